@@ -1,0 +1,123 @@
+//! Threat decisions: how an event, its features and the control collection at its time decide.
+
+use serde::{Deserialize, Serialize};
+
+use crate::control::Control;
+use crate::event::{Event, Time};
+use crate::features::Features;
+use crate::rules::ThreatAction;
+
+/// A decision's verdict. Benign events produce no decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The model or a rule flagged the event.
+    Threat,
+    /// The user was blocked at the event's time.
+    Blocked,
+}
+
+impl Verdict {
+    /// The verdict's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Threat => "threat",
+            Verdict::Blocked => "blocked",
+        }
+    }
+}
+
+/// A threat decision (DESIGN.md format).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// A pure function of the event and the verdict ([`decision_id`]), for deduplication.
+    pub decision_id: String,
+    /// The decided event.
+    pub event_id: String,
+    /// The event's user.
+    pub user: String,
+    /// The time the event was judged at: its `ts`, or the watermark when it was late.
+    pub ts: Time,
+    /// `threat` or `blocked`.
+    pub verdict: Verdict,
+    /// The model score, present whenever a model was in force.
+    pub score: Option<f64>,
+    /// The version of the model in force, if any.
+    pub model_version: Option<String>,
+    /// Ids of the matching rules, sorted.
+    pub rules: Vec<String>,
+    /// The marked threat whose fingerprint the event repeats, if any.
+    pub fingerprint_match: Option<String>,
+    /// The event's features.
+    pub features: Features,
+    /// What the decision asks to be done.
+    pub actions: Vec<ThreatAction>,
+    /// Whether the event arrived behind its partition's watermark.
+    pub late: bool,
+    /// The event's own `ts` when it differs from `ts` (late events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_ts: Option<Time>,
+}
+
+/// The decision id: 128-bit xxh3 of the event id and the verdict, in hex.
+pub fn decision_id(event_id: &str, verdict: Verdict) -> String {
+    let mut bytes = Vec::with_capacity(event_id.len() + 9);
+    bytes.extend_from_slice(event_id.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(verdict.as_str().as_bytes());
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes))
+}
+
+/// Decides an event judged at `time` with its features and the control collection in force then.
+///
+/// `controls` are the accumulated control values (model, rules) with their multiplicities.
+pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(Control, isize)]) -> Option<Decision> {
+    // One model is in force at a time; should an input ever hold two, the greatest is used, so the
+    // choice does not depend on arrival order.
+    let model = controls
+        .iter()
+        .filter(|(_, diff)| *diff > 0)
+        .filter_map(|(c, _)| match c {
+            Control::Model(m) => Some(m),
+            Control::Rule(_) => None,
+        })
+        .next_back();
+    let score = model.map(|m| m.score(features));
+    let model_threat = matches!((model, score), (Some(m), Some(s)) if m.is_threat(s));
+    let mut rules = Vec::new();
+    let mut actions = Vec::new();
+    for (control, diff) in controls {
+        if let (Control::Rule(rule), true) = (control, *diff > 0) {
+            if rule.matches(event, features) {
+                rules.push(rule.id.clone());
+                actions.extend(rule.actions.iter().copied());
+            }
+        }
+    }
+    if !model_threat && rules.is_empty() {
+        return None;
+    }
+    if model_threat {
+        actions.push(ThreatAction::Alert);
+    }
+    rules.sort();
+    rules.dedup();
+    actions.sort();
+    actions.dedup();
+    let verdict = Verdict::Threat;
+    Some(Decision {
+        decision_id: decision_id(&event.event_id, verdict),
+        event_id: event.event_id.clone(),
+        user: event.user.clone(),
+        ts: time,
+        verdict,
+        score,
+        model_version: model.map(|m| m.version.clone()),
+        rules,
+        fingerprint_match: None,
+        features: *features,
+        actions,
+        late: event.late,
+        event_ts: (event.ts != time).then_some(event.ts),
+    })
+}

@@ -1,0 +1,312 @@
+//! Runs a job: builds the dataflow on every worker, drives it to completion, writes the outputs.
+//!
+//! ```text
+//! source ──events──► shared inputs (by user: features; broadcast: control) ──► dataflow ──► decisions sink (worker 0)
+//!    └──side records (dead letters, labels, counts)───────────────────────────────────────► side sink (worker 0)
+//! ```
+//! Both sinks run on worker 0 and write each time's records once the frontier has passed it,
+//! sorted, so an output file is the same bytes whatever the number of workers or processes.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use differential_dataflow::input::Input as _;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::{Operator, Probe};
+use timely::dataflow::ProbeHandle;
+
+use crate::control::{ControlSpec, ControlUpdate};
+use crate::decision::Decision;
+use crate::eval::Quality;
+use crate::event::{DeadLetter, Time, DEFAULT_MAX_RECORD_BYTES};
+use crate::generator::Label;
+use crate::shared::build_shared;
+use crate::source::{partitioned_source, ErrorSlot, PartitionStats, SideRecord, SourceConfig, SourceSpec};
+
+/// What a job reads, runs and writes.
+#[derive(Clone, Debug)]
+pub struct JobSpec {
+    /// Name of the dataflow (see `dataflows/`).
+    pub dataflow: String,
+    /// Where events come from.
+    pub source: SourceSpec,
+    /// Models and rules.
+    pub control: ControlSpec,
+    /// Allowed lateness (ms).
+    pub allowed_lateness: Time,
+    /// Records longer than this are rejected.
+    pub max_record_bytes: usize,
+    /// Decisions as JSON lines.
+    pub decisions_path: Option<PathBuf>,
+    /// Dead letters as JSON lines.
+    pub dead_letters_path: Option<PathBuf>,
+    /// Keep decisions and dead letters in the report (tests, embedding).
+    pub collect: bool,
+    /// Show a progress bar (worker 0, when attached to a terminal).
+    pub progress: bool,
+    /// Total events expected, for the progress bar.
+    pub expected_events: Option<u64>,
+}
+
+impl JobSpec {
+    /// A job running `dataflow` over `source`, writing nothing and collecting nothing.
+    pub fn new(dataflow: &str, source: SourceSpec) -> Self {
+        JobSpec {
+            dataflow: dataflow.to_string(),
+            source,
+            control: ControlSpec::default(),
+            allowed_lateness: 5_000,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            decisions_path: None,
+            dead_letters_path: None,
+            collect: false,
+            progress: false,
+            expected_events: None,
+        }
+    }
+}
+
+/// What a job did (returned by worker 0; other workers return `None`).
+#[derive(Debug, Default)]
+pub struct JobReport {
+    /// Valid events read.
+    pub events: u64,
+    /// Records rejected.
+    pub rejected: u64,
+    /// Late events.
+    pub late: u64,
+    /// Decisions made.
+    pub decisions: u64,
+    /// Wall-clock time of the dataflow.
+    pub elapsed: Duration,
+    /// Counts per partition.
+    pub partitions: Vec<PartitionStats>,
+    /// Quality against ground truth, when the source has labels.
+    pub quality: Option<Quality>,
+    /// Decisions, when collected, in output order.
+    pub collected_decisions: Vec<Decision>,
+    /// Dead letters, when collected, in output order.
+    pub collected_dead_letters: Vec<DeadLetter>,
+}
+
+impl JobReport {
+    /// Events per second.
+    pub fn throughput(&self) -> f64 {
+        (self.events + self.rejected) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// What worker 0's sinks accumulate.
+#[derive(Default)]
+struct SinkState {
+    report: JobReport,
+    labels: Vec<Label>,
+    decided: Vec<(String, String, Time)>,
+}
+
+fn create(path: &Option<PathBuf>) -> Result<Option<BufWriter<File>>> {
+    path.as_ref()
+        .map(|p| File::create(p).map(|f| BufWriter::with_capacity(1 << 20, f)).with_context(|| format!("creating {}", p.display())))
+        .transpose()
+}
+
+/// Runs a job on a timely configuration; returns worker 0's report.
+pub fn run(config: timely::Config, job: JobSpec) -> Result<JobReport> {
+    let dataflow = crate::dataflows::find(&job.dataflow)
+        .ok_or_else(|| anyhow!("unknown dataflow {:?}; known: {}", job.dataflow, crate::dataflows::names().join(", ")))?;
+    drop(dataflow);
+    let control: Arc<Vec<ControlUpdate>> = Arc::new(job.control.load()?);
+    let job = Arc::new(job);
+    let progress = Arc::new(AtomicU64::new(0));
+    let guards = timely::execute(config, move |worker| run_worker(worker, &job, &control, &progress))
+        .map_err(|e| anyhow!("starting the timely cluster: {e}"))?;
+    let mut report = None;
+    for result in guards.join() {
+        match result.map_err(|e| anyhow!("a worker failed: {e}"))?? {
+            Some(r) => report = Some(r),
+            None => {}
+        }
+    }
+    Ok(report.unwrap_or_default())
+}
+
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    job: &JobSpec,
+    control_updates: &[ControlUpdate],
+    progress: &Arc<AtomicU64>,
+) -> Result<Option<JobReport>> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let dataflow = crate::dataflows::find(&job.dataflow).ok_or_else(|| anyhow!("unknown dataflow {}", job.dataflow))?;
+    let partitions = job.source.partitions(index, peers, job.max_record_bytes)?;
+    let errors: ErrorSlot = Rc::new(RefCell::new(None));
+    let state = Rc::new(RefCell::new(SinkState::default()));
+    let mut decisions_out = if index == 0 { create(&job.decisions_path)? } else { None };
+    let mut dead_out = if index == 0 { create(&job.dead_letters_path)? } else { None };
+    let sink_errors = Rc::clone(&errors);
+    let collect = job.collect;
+    // Each sink sets its flag once its input is complete; the job is over when both are set.
+    let decisions_done = Rc::new(std::cell::Cell::new(false));
+    let side_done = Rc::new(std::cell::Cell::new(false));
+
+    let probe = ProbeHandle::new();
+    let source_config =
+        SourceConfig { allowed_lateness: job.allowed_lateness, records_read: Arc::clone(progress), ..SourceConfig::default() };
+    let mut control_input = worker.dataflow::<Time, _, _>(|scope| {
+        let (control_input, control) = scope.new_collection();
+        let (events, side) =
+            partitioned_source(scope, "Source", partitions, source_config, probe.clone(), Rc::clone(&errors));
+        let inputs = build_shared(scope, events, control);
+        let decisions = dataflow.build(inputs);
+
+        // Decisions: gathered on worker 0, written per completed time in `decision_id` order.
+        let sink_state = Rc::clone(&state);
+        let write_errors = Rc::clone(&sink_errors);
+        let mut pending: BTreeMap<Time, Vec<Decision>> = BTreeMap::new();
+        let done = Rc::clone(&decisions_done);
+        decisions
+            .probe_with(&probe)
+            .sink(Exchange::new(|_: &Decision| 0), "DecisionSink", move |(input, frontier)| {
+                input.for_each(|cap, data| pending.entry(cap.least().copied().unwrap_or_default()).or_default().append(data));
+                let mut state = sink_state.borrow_mut();
+                while let Some(entry) = pending.first_entry() {
+                    if frontier.less_equal(entry.key()) {
+                        break;
+                    }
+                    let mut ready = entry.remove();
+                    ready.sort_by(|a, b| a.decision_id.cmp(&b.decision_id));
+                    for d in ready {
+                        if let Some(out) = decisions_out.as_mut() {
+                            let written = serde_json::to_writer(&mut *out, &d).map_err(anyhow::Error::from).and_then(|_| Ok(out.write_all(b"\n")?));
+                            if let Err(e) = written {
+                                write_errors.borrow_mut().get_or_insert(e.context("writing decisions"));
+                            }
+                        }
+                        state.report.decisions += 1;
+                        state.decided.push((d.event_id.clone(), d.user.clone(), d.ts));
+                        if collect {
+                            state.report.collected_decisions.push(d);
+                        }
+                    }
+                }
+                if frontier.is_empty() && !done.get() {
+                    if let Some(out) = decisions_out.as_mut() {
+                        if let Err(e) = out.flush() {
+                            write_errors.borrow_mut().get_or_insert(anyhow::Error::from(e).context("writing decisions"));
+                        }
+                    }
+                    done.set(true);
+                }
+            });
+
+        // Side records: dead letters written as they come (in a stable order per time), labels and counts kept.
+        let sink_state = Rc::clone(&state);
+        let write_errors = Rc::clone(&sink_errors);
+        let mut pending: BTreeMap<Time, Vec<SideRecord>> = BTreeMap::new();
+        let done = Rc::clone(&side_done);
+        side.probe_with(&probe).sink(Exchange::new(|_: &SideRecord| 0), "SideSink", move |(input, frontier)| {
+            input.for_each(|cap, data| pending.entry(cap.least().copied().unwrap_or_default()).or_default().append(data));
+            let mut state = sink_state.borrow_mut();
+            while let Some(entry) = pending.first_entry() {
+                if frontier.less_equal(entry.key()) {
+                    break;
+                }
+                let mut dead: Vec<DeadLetter> = Vec::new();
+                for record in entry.remove() {
+                    match record {
+                        SideRecord::DeadLetter(d) => dead.push(d),
+                        SideRecord::Label(l) => state.labels.push(l),
+                        SideRecord::Finished(stats) => {
+                            state.report.events += stats.events;
+                            state.report.rejected += stats.rejected;
+                            state.report.late += stats.late;
+                            state.report.partitions.push(stats);
+                        }
+                    }
+                }
+                dead.sort_by(|a, b| a.position.cmp(&b.position));
+                for d in dead {
+                    if let Some(out) = dead_out.as_mut() {
+                        let written = serde_json::to_writer(&mut *out, &d).map_err(anyhow::Error::from).and_then(|_| Ok(out.write_all(b"\n")?));
+                        if let Err(e) = written {
+                            write_errors.borrow_mut().get_or_insert(e.context("writing dead letters"));
+                        }
+                    }
+                    if collect {
+                        state.report.collected_dead_letters.push(d);
+                    }
+                }
+            }
+            if frontier.is_empty() && !done.get() {
+                if let Some(out) = dead_out.as_mut() {
+                    if let Err(e) = out.flush() {
+                        write_errors.borrow_mut().get_or_insert(anyhow::Error::from(e).context("writing dead letters"));
+                    }
+                }
+                done.set(true);
+            }
+        });
+        control_input
+    });
+
+    // The control collection is fed by worker 0 alone and broadcast; then closed, since a file-based
+    // job knows all its model and rule updates up front.
+    if index == 0 {
+        for (control, time, diff) in control_updates.iter().cloned() {
+            control_input.update_at(((), control), time, diff);
+        }
+    }
+    control_input.close();
+
+    let bar = (index == 0 && job.progress).then(|| progress_bar(job.expected_events));
+    let started = Instant::now();
+    let mut last_draw = Instant::now();
+    while !(decisions_done.get() && side_done.get()) {
+        worker.step_or_park(Some(Duration::from_millis(10)));
+        if let Some(bar) = bar.as_ref() {
+            if last_draw.elapsed() > Duration::from_millis(100) {
+                bar.set_position(progress.load(Ordering::Relaxed));
+                last_draw = Instant::now();
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if let Some(error) = errors.borrow_mut().take() {
+        return Err(error);
+    }
+    if index != 0 {
+        return Ok(None);
+    }
+    let mut state = state.borrow_mut();
+    let state = &mut *state;
+    state.report.elapsed = elapsed;
+    state.report.partitions.sort_by(|a, b| a.partition.cmp(&b.partition));
+    if !state.labels.is_empty() {
+        state.report.quality = Some(Quality::compute(&state.labels, &state.decided, state.report.events));
+    }
+    Ok(Some(std::mem::take(&mut state.report)))
+}
+
+fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
+    let bar = match total {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::no_length(),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} events ({per_sec})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}

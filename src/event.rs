@@ -1,0 +1,427 @@
+//! The canonical activity event: parsing, validation and the dead-letter record for what fails.
+//!
+//! Parsing never panics: every record either becomes an [`Event`] or a [`DeadLetter`] that keeps the
+//! original bytes, the reason and the record's position in its source.
+
+use std::fmt;
+
+use base64::Engine as _;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Event time in milliseconds since the Unix epoch; also the timely timestamp.
+pub type Time = u64;
+
+/// Records longer than this are rejected without being parsed (the dead letter keeps a prefix).
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// A canonical activity event (DESIGN.md), plus the time the engine judges it at.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique id of the event.
+    pub event_id: String,
+    /// Event time (ms since epoch) as the record states it.
+    pub ts: Time,
+    /// Acting user.
+    pub user: String,
+    /// Action name (`login`, `download`, ... or any other string).
+    pub action: String,
+    /// Application the event happened in.
+    pub app: Option<String>,
+    /// Resource acted on.
+    pub resource: Option<String>,
+    /// Source IP address, as sent (not validated: real logs carry anonymised, invalid addresses).
+    pub src_ip: Option<String>,
+    /// ISO 3166 alpha-2 country code, upper case.
+    pub country: Option<String>,
+    /// Bytes transferred.
+    pub bytes: Option<u64>,
+    /// User agent string.
+    pub user_agent: Option<String>,
+    /// Every other field of the record, as `(name, JSON text)`, sorted by name; kept for rules.
+    pub extra: Vec<(String, String)>,
+    /// The time the engine judges the event at: `ts`, or the partition watermark when the event was late.
+    pub time: Time,
+    /// Whether the event arrived behind its partition's watermark.
+    pub late: bool,
+}
+
+/// The standard action kinds the features look at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ActionKind {
+    /// `login`
+    Login,
+    /// `login_failed`
+    LoginFailed,
+    /// `download`
+    Download,
+    /// `upload`
+    Upload,
+    /// `share_external`
+    ShareExternal,
+    /// `delete`
+    Delete,
+    /// `permission_change`
+    PermissionChange,
+    /// `admin_action`
+    AdminAction,
+    /// any other action
+    Other,
+}
+
+impl ActionKind {
+    /// Classifies an action name.
+    pub fn of(action: &str) -> Self {
+        match action {
+            "login" => ActionKind::Login,
+            "login_failed" => ActionKind::LoginFailed,
+            "download" => ActionKind::Download,
+            "upload" => ActionKind::Upload,
+            "share_external" => ActionKind::ShareExternal,
+            "delete" => ActionKind::Delete,
+            "permission_change" => ActionKind::PermissionChange,
+            "admin_action" => ActionKind::AdminAction,
+            _ => ActionKind::Other,
+        }
+    }
+}
+
+impl Event {
+    /// The action's kind.
+    pub fn kind(&self) -> ActionKind {
+        ActionKind::of(&self.action)
+    }
+
+    /// The value of a field by name, as text (canonical fields first, then the kept extra fields).
+    /// JSON strings among the extra fields are unquoted; other JSON values are their JSON text.
+    pub fn field(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        use std::borrow::Cow;
+        match name {
+            "event_id" => Some(Cow::Borrowed(&self.event_id)),
+            "user" => Some(Cow::Borrowed(&self.user)),
+            "action" => Some(Cow::Borrowed(&self.action)),
+            "ts" => Some(Cow::Owned(self.ts.to_string())),
+            "app" => self.app.as_deref().map(Cow::Borrowed),
+            "resource" => self.resource.as_deref().map(Cow::Borrowed),
+            "src_ip" => self.src_ip.as_deref().map(Cow::Borrowed),
+            "country" => self.country.as_deref().map(Cow::Borrowed),
+            "user_agent" => self.user_agent.as_deref().map(Cow::Borrowed),
+            "bytes" => self.bytes.map(|b| Cow::Owned(b.to_string())),
+            _ => {
+                let idx = self.extra.binary_search_by(|(k, _)| k.as_str().cmp(name)).ok()?;
+                let text = &self.extra[idx].1;
+                match serde_json::from_str::<String>(text) {
+                    Ok(s) => Some(Cow::Owned(s)),
+                    Err(_) => Some(Cow::Borrowed(text)),
+                }
+            }
+        }
+    }
+
+    /// Serializes the event back to its canonical JSON form (one line, no engine fields).
+    pub fn to_json(&self) -> String {
+        let mut map = serde_json::Map::new();
+        map.insert("event_id".into(), self.event_id.clone().into());
+        map.insert("ts".into(), self.ts.into());
+        map.insert("user".into(), self.user.clone().into());
+        map.insert("action".into(), self.action.clone().into());
+        let optional = [
+            ("app", &self.app),
+            ("resource", &self.resource),
+            ("src_ip", &self.src_ip),
+            ("country", &self.country),
+            ("user_agent", &self.user_agent),
+        ];
+        for (name, value) in optional {
+            if let Some(v) = value {
+                map.insert(name.into(), v.clone().into());
+            }
+        }
+        if let Some(b) = self.bytes {
+            map.insert("bytes".into(), b.into());
+        }
+        for (k, v) in &self.extra {
+            let value = serde_json::from_str(v).unwrap_or(serde_json::Value::Null);
+            map.insert(k.clone(), value);
+        }
+        serde_json::Value::Object(map).to_string()
+    }
+}
+
+/// Why a record was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RejectReason {
+    /// The record exceeds the size limit.
+    #[error("record of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Size of the record.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The record is not valid UTF-8.
+    #[error("record is not valid UTF-8: {0}")]
+    InvalidUtf8(String),
+    /// The record is not a JSON object, lacks a field or has a wrong type.
+    #[error("invalid event: {0}")]
+    Invalid(String),
+}
+
+/// Parses one record (a line or a message payload) into an event.
+///
+/// The engine fields `time` and `late` are set to `ts` and `false`; the source adjusts them.
+pub fn parse_event(bytes: &[u8], max_bytes: usize) -> Result<Event, RejectReason> {
+    if bytes.len() > max_bytes {
+        return Err(RejectReason::TooLarge { size: bytes.len(), limit: max_bytes });
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| RejectReason::InvalidUtf8(e.to_string()))?;
+    let raw: RawEvent = serde_json::from_str(text).map_err(|e| RejectReason::Invalid(e.to_string()))?;
+    raw.validate().map_err(RejectReason::Invalid)
+}
+
+/// The record as deserialized, before validation.
+#[derive(Default)]
+struct RawEvent {
+    event_id: Option<String>,
+    ts: Option<Time>,
+    user: Option<String>,
+    action: Option<String>,
+    app: Option<String>,
+    resource: Option<String>,
+    src_ip: Option<String>,
+    country: Option<String>,
+    bytes: Option<u64>,
+    user_agent: Option<String>,
+    extra: Vec<(String, String)>,
+}
+
+impl RawEvent {
+    fn validate(self) -> Result<Event, String> {
+        fn required(value: Option<String>, name: &str) -> Result<String, String> {
+            match value {
+                Some(v) if !v.is_empty() => Ok(v),
+                Some(_) => Err(format!("field `{name}` is empty")),
+                None => Err(format!("missing field `{name}`")),
+            }
+        }
+        let event_id = required(self.event_id, "event_id")?;
+        let user = required(self.user, "user")?;
+        let action = required(self.action, "action")?;
+        let ts = self.ts.ok_or_else(|| "missing field `ts`".to_string())?;
+        let country = match self.country {
+            Some(c) => {
+                if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    return Err(format!("field `country` is not an ISO 3166 alpha-2 code: {c:?}"));
+                }
+                Some(c.to_ascii_uppercase())
+            }
+            None => None,
+        };
+        let mut extra = self.extra;
+        extra.sort();
+        Ok(Event {
+            event_id,
+            ts,
+            user,
+            action,
+            app: self.app,
+            resource: self.resource,
+            src_ip: self.src_ip,
+            country,
+            bytes: self.bytes,
+            user_agent: self.user_agent,
+            extra,
+            time: ts,
+            late: false,
+        })
+    }
+}
+
+/// `ts` is either milliseconds since the epoch or an RFC 3339 string.
+struct TsValue(Time);
+
+impl<'de> Deserialize<'de> for TsValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TsVisitor;
+        impl Visitor<'_> for TsVisitor {
+            type Value = TsValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("milliseconds since the epoch or an RFC 3339 timestamp")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<TsValue, E> {
+                Ok(TsValue(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<TsValue, E> {
+                u64::try_from(v).map(TsValue).map_err(|_| E::custom(format!("negative timestamp {v}")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TsValue, E> {
+                parse_rfc3339_ms(v).map(TsValue).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(TsVisitor)
+    }
+}
+
+/// Parses an RFC 3339 timestamp to milliseconds since the epoch.
+pub fn parse_rfc3339_ms(text: &str) -> Result<Time, String> {
+    let dt = chrono::DateTime::parse_from_rfc3339(text).map_err(|e| format!("bad RFC 3339 timestamp {text:?}: {e}"))?;
+    u64::try_from(dt.timestamp_millis()).map_err(|_| format!("timestamp before the epoch: {text:?}"))
+}
+
+/// An optional string field: `null` and absent are the same; anything but a string is an error.
+struct OptString(Option<String>);
+
+impl<'de> Deserialize<'de> for OptString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Option::<String>::deserialize(d).map(OptString)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawEvent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct EventVisitor;
+        impl<'de> Visitor<'de> for EventVisitor {
+            type Value = RawEvent;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEvent, A::Error> {
+                let mut raw = RawEvent::default();
+                let mut seen: Vec<String> = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if seen.contains(&key) {
+                        return Err(de::Error::custom(format!("duplicate field `{key}`")));
+                    }
+                    let typed = |r: Result<OptString, A::Error>, name: &str| {
+                        r.map(|v| v.0).map_err(|e| de::Error::custom(format!("field `{name}`: {e}")))
+                    };
+                    match key.as_str() {
+                        "event_id" => raw.event_id = typed(map.next_value(), "event_id")?,
+                        "user" => raw.user = typed(map.next_value(), "user")?,
+                        "action" => raw.action = typed(map.next_value(), "action")?,
+                        "app" => raw.app = typed(map.next_value(), "app")?,
+                        "resource" => raw.resource = typed(map.next_value(), "resource")?,
+                        "src_ip" => raw.src_ip = typed(map.next_value(), "src_ip")?,
+                        "country" => raw.country = typed(map.next_value(), "country")?,
+                        "user_agent" => raw.user_agent = typed(map.next_value(), "user_agent")?,
+                        "ts" => {
+                            let ts: TsValue =
+                                map.next_value().map_err(|e| de::Error::custom(format!("field `ts`: {e}")))?;
+                            raw.ts = Some(ts.0);
+                        }
+                        "bytes" => {
+                            raw.bytes = map
+                                .next_value::<Option<u64>>()
+                                .map_err(|e| de::Error::custom(format!("field `bytes`: {e}")))?;
+                        }
+                        _ => {
+                            let value: serde_json::Value = map.next_value()?;
+                            raw.extra.push((key.clone(), value.to_string()));
+                        }
+                    }
+                    seen.push(key);
+                }
+                Ok(raw)
+            }
+        }
+        d.deserialize_map(EventVisitor)
+    }
+}
+
+/// Where a record came from: its source and its position there.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Position {
+    /// Source name, e.g. `file:events.jsonl` or `memory:0`.
+    pub source: String,
+    /// 1-based line number (files) or record index.
+    pub record: u64,
+    /// Byte offset of the record in its source.
+    pub offset: u64,
+}
+
+/// A rejected record: the reason, its position and its original bytes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Why it was rejected.
+    pub reason: String,
+    /// Where it came from.
+    pub position: Position,
+    /// The original bytes when they are valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub original: Option<String>,
+    /// The original bytes, base64, when they are not valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub original_base64: Option<String>,
+    /// Whether `original` holds only a prefix of the record (records over the size limit).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub truncated: bool,
+    /// The record's full size in bytes.
+    pub size: u64,
+}
+
+impl DeadLetter {
+    /// Builds a dead letter; `bytes` may be a prefix of a record of `size` bytes.
+    pub fn new(reason: &RejectReason, position: Position, bytes: &[u8], size: usize) -> Self {
+        let (original, original_base64) = match std::str::from_utf8(bytes) {
+            Ok(text) => (Some(text.to_string()), None),
+            Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(bytes))),
+        };
+        DeadLetter {
+            reason: reason.to_string(),
+            position,
+            original,
+            original_base64,
+            truncated: bytes.len() < size,
+            size: size as u64,
+        }
+    }
+
+    /// The original bytes (or the kept prefix).
+    pub fn original_bytes(&self) -> Vec<u8> {
+        match (&self.original, &self.original_base64) {
+            (Some(text), _) => text.as_bytes().to_vec(),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default(),
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_event_and_keeps_unknown_fields() {
+        let line = br#"{"event_id":"e1","ts":"2026-01-05T10:00:00.250Z","user":"ann","action":"download","bytes":42,"country":"de","risk":{"a":1},"note":"x"}"#;
+        let e = parse_event(line, DEFAULT_MAX_RECORD_BYTES).unwrap();
+        assert_eq!(e.ts, 1_767_607_200_250);
+        assert_eq!(e.country.as_deref(), Some("DE"));
+        assert_eq!(e.bytes, Some(42));
+        assert_eq!(e.extra, vec![("note".into(), "\"x\"".into()), ("risk".into(), "{\"a\":1}".into())]);
+        assert_eq!(e.field("note").as_deref(), Some("x"));
+        assert_eq!(e.field("risk").as_deref(), Some("{\"a\":1}"));
+        let again = parse_event(e.to_json().as_bytes(), DEFAULT_MAX_RECORD_BYTES).unwrap();
+        assert_eq!(again, e);
+    }
+
+    #[test]
+    fn rejects_with_reasons() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"not json", "invalid event"),
+            (br#"{"event_id":"e","ts":1,"user":"u"}"#, "missing field `action`"),
+            (br#"{"event_id":"e","ts":"yesterday","user":"u","action":"a"}"#, "field `ts`"),
+            (br#"{"event_id":"e","ts":1,"user":"u","action":"a","bytes":-3}"#, "field `bytes`"),
+            (br#"{"event_id":"e","ts":1,"user":7,"action":"a"}"#, "field `user`"),
+            (br#"{"event_id":"e","ts":1,"user":"u","action":"a","country":"Germany"}"#, "country"),
+            (br#"{"event_id":"e","ts":1,"user":"u","user":"v","action":"a"}"#, "duplicate field"),
+            (br#"[1,2]"#, "a JSON object"),
+            (b"{\"event_id\":\"\xff\"}", "UTF-8"),
+        ];
+        for (bytes, reason) in cases {
+            let err = parse_event(bytes, DEFAULT_MAX_RECORD_BYTES).unwrap_err().to_string();
+            assert!(err.contains(reason), "{:?}: {err}", String::from_utf8_lossy(bytes));
+        }
+        let big = vec![b' '; 100];
+        assert!(matches!(parse_event(&big, 10), Err(RejectReason::TooLarge { size: 100, limit: 10 })));
+    }
+}

@@ -1,0 +1,312 @@
+//! The nine standard per-user features: the updates each event contributes to the shared feature
+//! arrangement, and how an event's feature vector is read back from that arrangement.
+//!
+//! An event at time `t` contributes `+d` at `t` and `-d` at `t + W` to `(user, value)`, so that
+//! the accumulation at time `t'` covers exactly the events with `t' - W < t <= t'` (DESIGN.md).
+//! Counters accumulate their diffs (counts, byte sums); distinct features count the values whose
+//! accumulation is positive. `new_country` reads the countries seen *strictly before* `t` within
+//! 30 days, so those contributions are shifted: `+1` at `t + 1`, `-1` at `t + W`.
+//!
+//! Distinct values are coalesced ([`WindowState`]): a value already present moves its single pending
+//! retraction instead of adding one per event, so a user who logs in from the same country a hundred
+//! times holds one pending update for it, not a hundred, for the 30 days of the window.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{ActionKind, Event, Time};
+
+/// One minute in milliseconds.
+pub const MINUTE: Time = 60_000;
+/// One hour in milliseconds.
+pub const HOUR: Time = 60 * MINUTE;
+/// One day in milliseconds.
+pub const DAY: Time = 24 * HOUR;
+
+/// The key of the feature arrangement: a 128-bit fingerprint of the user name (xxh3), so that
+/// keys are small and fixed-size; two of a million users collide with probability about 1e-27.
+pub type UserKey = u128;
+
+/// The user key of a user name.
+pub fn user_key(user: &str) -> UserKey {
+    xxhash_rust::xxh3::xxh3_128(user.as_bytes())
+}
+
+/// The worker-routing hash of a user key, used by every operator keyed by user.
+pub fn route(key: &UserKey) -> u64 {
+    *key as u64
+}
+
+/// Names of the standard features, in their standard order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum FeatureName {
+    /// Count of `login_failed` in 5 minutes.
+    #[serde(rename = "failed_logins_5m")]
+    FailedLogins5m,
+    /// Count of `login` in 1 hour.
+    #[serde(rename = "logins_1h")]
+    Logins1h,
+    /// Distinct countries of logins and failed logins in 24 hours.
+    #[serde(rename = "countries_24h")]
+    Countries24h,
+    /// 1 if the event's country was not seen for the user in the previous 30 days.
+    #[serde(rename = "new_country")]
+    NewCountry,
+    /// Sum of `bytes` of downloads in 1 hour.
+    #[serde(rename = "download_bytes_1h")]
+    DownloadBytes1h,
+    /// Count of `share_external` in 1 hour.
+    #[serde(rename = "external_shares_1h")]
+    ExternalShares1h,
+    /// Count of `delete` in 10 minutes.
+    #[serde(rename = "deletes_10m")]
+    Deletes10m,
+    /// Count of `permission_change` and `admin_action` in 1 hour.
+    #[serde(rename = "privilege_changes_1h")]
+    PrivilegeChanges1h,
+    /// Distinct resources in 1 hour.
+    #[serde(rename = "distinct_resources_1h")]
+    DistinctResources1h,
+}
+
+impl FeatureName {
+    /// All standard features, in order.
+    pub const ALL: [FeatureName; 9] = [
+        FeatureName::FailedLogins5m,
+        FeatureName::Logins1h,
+        FeatureName::Countries24h,
+        FeatureName::NewCountry,
+        FeatureName::DownloadBytes1h,
+        FeatureName::ExternalShares1h,
+        FeatureName::Deletes10m,
+        FeatureName::PrivilegeChanges1h,
+        FeatureName::DistinctResources1h,
+    ];
+
+    /// The feature's name as in DESIGN.md.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeatureName::FailedLogins5m => "failed_logins_5m",
+            FeatureName::Logins1h => "logins_1h",
+            FeatureName::Countries24h => "countries_24h",
+            FeatureName::NewCountry => "new_country",
+            FeatureName::DownloadBytes1h => "download_bytes_1h",
+            FeatureName::ExternalShares1h => "external_shares_1h",
+            FeatureName::Deletes10m => "deletes_10m",
+            FeatureName::PrivilegeChanges1h => "privilege_changes_1h",
+            FeatureName::DistinctResources1h => "distinct_resources_1h",
+        }
+    }
+
+    /// Looks a feature up by name.
+    pub fn parse(name: &str) -> Option<FeatureName> {
+        FeatureName::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+
+    /// The feature's window.
+    pub fn window(self) -> Time {
+        match self {
+            FeatureName::FailedLogins5m => 5 * MINUTE,
+            FeatureName::Deletes10m => 10 * MINUTE,
+            FeatureName::Countries24h => DAY,
+            FeatureName::NewCountry => 30 * DAY,
+            _ => HOUR,
+        }
+    }
+}
+
+/// The feature vector of one event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Features {
+    /// See [`FeatureName::FailedLogins5m`].
+    pub failed_logins_5m: u64,
+    /// See [`FeatureName::Logins1h`].
+    pub logins_1h: u64,
+    /// See [`FeatureName::Countries24h`].
+    pub countries_24h: u64,
+    /// See [`FeatureName::NewCountry`].
+    pub new_country: u64,
+    /// See [`FeatureName::DownloadBytes1h`].
+    pub download_bytes_1h: u64,
+    /// See [`FeatureName::ExternalShares1h`].
+    pub external_shares_1h: u64,
+    /// See [`FeatureName::Deletes10m`].
+    pub deletes_10m: u64,
+    /// See [`FeatureName::PrivilegeChanges1h`].
+    pub privilege_changes_1h: u64,
+    /// See [`FeatureName::DistinctResources1h`].
+    pub distinct_resources_1h: u64,
+}
+
+impl Features {
+    /// The value of one feature.
+    pub fn get(&self, name: FeatureName) -> u64 {
+        match name {
+            FeatureName::FailedLogins5m => self.failed_logins_5m,
+            FeatureName::Logins1h => self.logins_1h,
+            FeatureName::Countries24h => self.countries_24h,
+            FeatureName::NewCountry => self.new_country,
+            FeatureName::DownloadBytes1h => self.download_bytes_1h,
+            FeatureName::ExternalShares1h => self.external_shares_1h,
+            FeatureName::Deletes10m => self.deletes_10m,
+            FeatureName::PrivilegeChanges1h => self.privilege_changes_1h,
+            FeatureName::DistinctResources1h => self.distinct_resources_1h,
+        }
+    }
+
+    fn set(&mut self, name: FeatureName, value: u64) {
+        match name {
+            FeatureName::FailedLogins5m => self.failed_logins_5m = value,
+            FeatureName::Logins1h => self.logins_1h = value,
+            FeatureName::Countries24h => self.countries_24h = value,
+            FeatureName::NewCountry => self.new_country = value,
+            FeatureName::DownloadBytes1h => self.download_bytes_1h = value,
+            FeatureName::ExternalShares1h => self.external_shares_1h = value,
+            FeatureName::Deletes10m => self.deletes_10m = value,
+            FeatureName::PrivilegeChanges1h => self.privilege_changes_1h = value,
+            FeatureName::DistinctResources1h => self.distinct_resources_1h = value,
+        }
+    }
+
+    /// Reads an event's features from its user's accumulated feature values as of the event's time.
+    pub fn from_accumulated(event: &Event, vals: &[(FeatureVal, isize)]) -> Features {
+        let mut features = Features::default();
+        let country = event.country.as_deref().and_then(country_code);
+        let mut seen_before = false;
+        for (val, diff) in vals {
+            if *diff <= 0 {
+                continue;
+            }
+            match val {
+                FeatureVal::Counter(name) => features.set(*name, *diff as u64),
+                FeatureVal::Country(_) => features.countries_24h += 1,
+                FeatureVal::Resource(_) => features.distinct_resources_1h += 1,
+                FeatureVal::SeenCountry(c) => seen_before |= Some(*c) == country,
+            }
+        }
+        features.new_country = u64::from(country.is_some() && !seen_before);
+        features
+    }
+}
+
+/// A value of the feature arrangement (keyed by [`UserKey`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum FeatureVal {
+    /// A counter feature; the diff is the count or the byte sum.
+    Counter(FeatureName),
+    /// A country of a login or failed login in the last 24 hours.
+    Country(u16),
+    /// A country seen in the 30 days strictly before.
+    SeenCountry(u16),
+    /// A resource (64-bit xxh3 fingerprint of its name) in the last hour.
+    Resource(u64),
+}
+
+/// Packs an ISO alpha-2 country code into two bytes.
+pub fn country_code(country: &str) -> Option<u16> {
+    match country.as_bytes() {
+        [a, b] => Some(u16::from_be_bytes([a.to_ascii_uppercase(), b.to_ascii_uppercase()])),
+        _ => None,
+    }
+}
+
+/// Byte counts are clamped to this per event so that a day of sums fits the `isize` diff.
+pub const MAX_EVENT_BYTES: u64 = 1 << 48;
+
+/// The counter an action feeds, with the amount.
+fn counter_of(event: &Event) -> Option<(FeatureName, isize)> {
+    match event.kind() {
+        ActionKind::LoginFailed => Some((FeatureName::FailedLogins5m, 1)),
+        ActionKind::Login => Some((FeatureName::Logins1h, 1)),
+        ActionKind::Download => {
+            let bytes = event.bytes.unwrap_or(0).min(MAX_EVENT_BYTES);
+            (bytes > 0).then_some((FeatureName::DownloadBytes1h, bytes as isize))
+        }
+        ActionKind::ShareExternal => Some((FeatureName::ExternalShares1h, 1)),
+        ActionKind::Delete => Some((FeatureName::Deletes10m, 1)),
+        ActionKind::PermissionChange | ActionKind::AdminAction => Some((FeatureName::PrivilegeChanges1h, 1)),
+        ActionKind::Upload | ActionKind::Other => None,
+    }
+}
+
+/// An update of the feature arrangement: `((user, value), time, diff)`.
+pub type FeatureUpdate = ((UserKey, FeatureVal), Time, isize);
+
+/// Per-worker state that turns events, in time order, into feature-arrangement updates.
+///
+/// For each distinct value it remembers the end of the interval in which the value is present,
+/// so that an event extending the interval moves the pending retraction (`+1` at the old end,
+/// `-1` at the new one; the old `-1` and the new `+1` cancel in the arrangement).
+#[derive(Default)]
+pub struct WindowState {
+    present_until: HashMap<(UserKey, FeatureVal), Time>,
+    /// Size of `present_until` after the last sweep, to sweep again when it has doubled.
+    swept_size: usize,
+}
+
+impl WindowState {
+    /// Appends the updates of one event judged at `time` to `out`.
+    ///
+    /// Events must be presented in non-decreasing `time` order (events at the same time in any order).
+    pub fn updates(&mut self, key: UserKey, event: &Event, time: Time, out: &mut Vec<FeatureUpdate>) {
+        if let Some((name, amount)) = counter_of(event) {
+            let val = FeatureVal::Counter(name);
+            out.push(((key, val), time, amount));
+            out.push(((key, val), time + name.window(), -amount));
+        }
+        if let Some(c) = event.country.as_deref().and_then(country_code) {
+            if matches!(event.kind(), ActionKind::Login | ActionKind::LoginFailed) {
+                self.present(key, FeatureVal::Country(c), time, FeatureName::Countries24h.window(), out);
+            }
+            // Seen *strictly before* a later event: present during [time + 1, time + W).
+            self.present(key, FeatureVal::SeenCountry(c), time + 1, FeatureName::NewCountry.window() - 1, out);
+        }
+        if let Some(resource) = event.resource.as_deref() {
+            let val = FeatureVal::Resource(xxhash_rust::xxh3::xxh3_64(resource.as_bytes()));
+            self.present(key, val, time, FeatureName::DistinctResources1h.window(), out);
+        }
+    }
+
+    /// Makes `val` present during `[start, start + len)`, merging with its current interval.
+    fn present(&mut self, key: UserKey, val: FeatureVal, start: Time, len: Time, out: &mut Vec<FeatureUpdate>) {
+        let end = start + len;
+        match self.present_until.get_mut(&(key, val)) {
+            Some(until) if *until >= start => {
+                if end > *until {
+                    out.push(((key, val), *until, 1));
+                    out.push(((key, val), end, -1));
+                    *until = end;
+                }
+            }
+            Some(until) => {
+                out.push(((key, val), start, 1));
+                out.push(((key, val), end, -1));
+                *until = end;
+            }
+            None => {
+                out.push(((key, val), start, 1));
+                out.push(((key, val), end, -1));
+                self.present_until.insert((key, val), end);
+            }
+        }
+    }
+
+    /// Forgets intervals that ended before `time` (no later event can extend them).
+    pub fn sweep(&mut self, time: Time) {
+        if self.present_until.len() > 2 * self.swept_size.max(1024) {
+            self.present_until.retain(|_, until| *until >= time);
+            self.swept_size = self.present_until.len();
+        }
+    }
+
+    /// Number of remembered intervals.
+    pub fn len(&self) -> usize {
+        self.present_until.len()
+    }
+
+    /// Whether no interval is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.present_until.is_empty()
+    }
+}

@@ -1,0 +1,395 @@
+//! Partitioned sources with per-partition watermarks.
+//!
+//! A partition is a unit of order (an input file, a generator partition, later a Kafka partition).
+//! Partitions are fixed independently of the number of workers, and each is read by one worker, so
+//! which events are late, and hence every decision, does not depend on how many workers run.
+//!
+//! Per partition the watermark is the greatest event time seen minus the allowed lateness. An event
+//! behind its partition's watermark is not dropped: it takes the watermark as its time and is marked
+//! late. The source holds its capability at the least watermark of its open partitions; an exhausted
+//! partition stops holding anything back.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::{ProbeHandle, Scope, StreamVec};
+
+use crate::event::{parse_event, DeadLetter, Event, Position, RejectReason, Time};
+use crate::generator::Label;
+
+/// What a partition yields.
+#[derive(Clone, Debug)]
+pub enum Item {
+    /// A valid event.
+    Event(Event),
+    /// A rejected record.
+    Rejected(DeadLetter),
+    /// Ground truth for an event (generator only; never seen by detectors).
+    Label(Label),
+}
+
+/// A partition of a source.
+pub trait Partition {
+    /// The partition's name, for logs and dead letters.
+    fn name(&self) -> String;
+    /// Appends up to about `max` items to `out`; returns `Ok(false)` once exhausted.
+    fn poll(&mut self, max: usize, out: &mut Vec<Item>) -> Result<bool>;
+}
+
+/// Counts of one partition, reported when it is exhausted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionStats {
+    /// Partition name.
+    pub partition: String,
+    /// Valid events read.
+    pub events: u64,
+    /// Records rejected to the dead-letter output.
+    pub rejected: u64,
+    /// Events that arrived behind the watermark.
+    pub late: u64,
+}
+
+/// Records beside the event stream: dead letters, ground truth, partition counts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum SideRecord {
+    /// A rejected record.
+    DeadLetter(DeadLetter),
+    /// Ground truth of a generated event.
+    Label(Label),
+    /// A partition is exhausted.
+    Finished(PartitionStats),
+}
+
+/// How a source paces itself.
+#[derive(Clone, Debug)]
+pub struct SourceConfig {
+    /// Allowed lateness in milliseconds.
+    pub allowed_lateness: Time,
+    /// Items read per partition per activation.
+    pub batch: usize,
+    /// Batches this worker may have in flight before the output probe catches up.
+    pub max_batches_in_flight: usize,
+    /// Counts the records read (for a progress bar).
+    pub records_read: Arc<AtomicU64>,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig { allowed_lateness: 5_000, batch: 4_096, max_batches_in_flight: 8, records_read: Arc::default() }
+    }
+}
+
+struct PartitionState {
+    partition: Box<dyn Partition>,
+    max_ts: Option<Time>,
+    stats: PartitionStats,
+}
+
+impl PartitionState {
+    fn watermark(&self, lateness: Time) -> Time {
+        self.max_ts.map_or(0, |m| m.saturating_sub(lateness))
+    }
+}
+
+/// A shared slot for the first error a source hits (an I/O error ends the job with that error).
+pub type ErrorSlot = Rc<RefCell<Option<anyhow::Error>>>;
+
+/// Builds a source reading `partitions` (this worker's share); returns the events and side records.
+///
+/// Events are sent in messages at the source's capability and carry their own time in
+/// [`Event::time`] (at or after the message's time), as differential updates do.
+/// `probe` is the job's output probe, used to bound the batches in flight.
+pub fn partitioned_source<'s>(
+    scope: Scope<'s, Time>,
+    name: &str,
+    partitions: Vec<Box<dyn Partition>>,
+    config: SourceConfig,
+    probe: ProbeHandle<Time>,
+    errors: ErrorSlot,
+) -> (StreamVec<'s, Time, Event>, StreamVec<'s, Time, SideRecord>) {
+    let mut builder = OperatorBuilder::new(name.to_owned(), scope);
+    let info = builder.operator_info();
+    let (events_out, events) = builder.new_output::<Vec<Event>>();
+    let (side_out, side) = builder.new_output::<Vec<SideRecord>>();
+    let mut events_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Event>>>::from(events_out);
+    let mut side_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<SideRecord>>>::from(side_out);
+    let activator = scope.activator_for(info.address);
+
+    builder.build(move |capabilities| {
+        let mut caps = Some(capabilities);
+        let mut open: Vec<PartitionState> = partitions
+            .into_iter()
+            .map(|partition| {
+                let stats = PartitionStats { partition: partition.name(), ..Default::default() };
+                PartitionState { partition, max_ts: None, stats }
+            })
+            .collect();
+        let mut in_flight: VecDeque<Time> = VecDeque::new();
+        let mut items = Vec::new();
+        move |_frontiers| {
+            let Some(capabilities) = caps.as_mut() else { return };
+            // Back-pressure: wait until the output has caught up with an older batch.
+            while let Some(t) = in_flight.front() {
+                if probe.less_than(t) {
+                    break;
+                }
+                in_flight.pop_front();
+            }
+            if in_flight.len() >= config.max_batches_in_flight {
+                activator.activate_after(Duration::from_micros(100));
+                return;
+            }
+            let mut events_handle = events_out.activate();
+            let mut side_handle = side_out.activate();
+            let mut events_session = events_handle.session(&capabilities[0]);
+            let mut side_session = side_handle.session(&capabilities[1]);
+            let lateness = config.allowed_lateness;
+            let mut finished = Vec::new();
+            for (index, state) in open.iter_mut().enumerate() {
+                items.clear();
+                let more = match state.partition.poll(config.batch, &mut items) {
+                    Ok(more) => more,
+                    Err(error) => {
+                        let error = error.context(format!("reading partition {}", state.stats.partition));
+                        tracing::error!("{error:#}");
+                        errors.borrow_mut().get_or_insert(error);
+                        false
+                    }
+                };
+                config.records_read.fetch_add(items.len() as u64, Ordering::Relaxed);
+                for item in items.drain(..) {
+                    match item {
+                        Item::Event(mut event) => {
+                            let watermark = state.watermark(lateness);
+                            if event.ts < watermark {
+                                event.time = watermark;
+                                event.late = true;
+                                state.stats.late += 1;
+                            } else {
+                                event.time = event.ts;
+                                state.max_ts = Some(state.max_ts.map_or(event.ts, |m| m.max(event.ts)));
+                            }
+                            state.stats.events += 1;
+                            events_session.give(event);
+                        }
+                        Item::Rejected(dead) => {
+                            state.stats.rejected += 1;
+                            side_session.give(SideRecord::DeadLetter(dead));
+                        }
+                        Item::Label(label) => side_session.give(SideRecord::Label(label)),
+                    }
+                }
+                if !more {
+                    finished.push(index);
+                }
+            }
+            for index in finished.into_iter().rev() {
+                let state = open.remove(index);
+                tracing::debug!(partition = %state.stats.partition, events = state.stats.events, "partition exhausted");
+                side_session.give(SideRecord::Finished(state.stats));
+            }
+            drop(events_session);
+            drop(side_session);
+            if open.is_empty() || errors.borrow().is_some() {
+                caps = None;
+                return;
+            }
+            let watermark = open.iter().map(|s| s.watermark(lateness)).min().unwrap_or(0);
+            for cap in capabilities.iter_mut() {
+                if *cap.time() < watermark {
+                    cap.downgrade(&watermark);
+                }
+            }
+            in_flight.push_back(watermark);
+            activator.activate();
+        }
+    });
+    (events, side)
+}
+
+/// A partition of newline-delimited JSON events from any reader.
+///
+/// Records longer than the limit are skipped to the next newline without being buffered whole;
+/// their dead letter keeps the first `limit` bytes. Blank lines are not records.
+pub struct JsonLinesPartition {
+    name: String,
+    reader: Box<dyn BufRead>,
+    max_record_bytes: usize,
+    line: u64,
+    offset: u64,
+    record: Vec<u8>,
+}
+
+impl JsonLinesPartition {
+    /// Reads `reader`, naming the partition `name`.
+    pub fn new(name: impl Into<String>, reader: Box<dyn BufRead>, max_record_bytes: usize) -> Self {
+        JsonLinesPartition { name: name.into(), reader, max_record_bytes, line: 0, offset: 0, record: Vec::new() }
+    }
+
+    /// Opens a file.
+    pub fn open(path: &Path, max_record_bytes: usize) -> Result<Self> {
+        let file = std::fs::File::open(path).with_context(|| format!("opening input {}", path.display()))?;
+        let reader: Box<dyn BufRead> = Box::new(BufReader::with_capacity(1 << 20, file));
+        Ok(Self::new(format!("file:{}", path.display()), reader, max_record_bytes))
+    }
+
+    /// Reads lines from memory (tests, embedding).
+    pub fn from_bytes(name: impl Into<String>, bytes: Vec<u8>, max_record_bytes: usize) -> Self {
+        Self::new(name, Box::new(std::io::Cursor::new(bytes)), max_record_bytes)
+    }
+
+    /// Reads the next record into `self.record` (at most `limit + 1` bytes kept); returns its full
+    /// length, or `None` at the end of the input.
+    fn next_record(&mut self) -> std::io::Result<Option<usize>> {
+        self.record.clear();
+        let keep = self.max_record_bytes + 1;
+        let mut total = 0usize;
+        let mut any = false;
+        loop {
+            let buf = self.reader.fill_buf()?;
+            if buf.is_empty() {
+                return Ok(any.then_some(total));
+            }
+            any = true;
+            let (chunk, done) = match buf.iter().position(|b| *b == b'\n') {
+                Some(i) => (&buf[..i], Some(i + 1)),
+                None => (buf, None),
+            };
+            let room = keep.saturating_sub(self.record.len());
+            self.record.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            total += chunk.len();
+            let consumed = done.unwrap_or(buf.len());
+            self.reader.consume(consumed);
+            if done.is_some() {
+                return Ok(Some(total));
+            }
+        }
+    }
+}
+
+impl Partition for JsonLinesPartition {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn poll(&mut self, max: usize, out: &mut Vec<Item>) -> Result<bool> {
+        for _ in 0..max {
+            let start = self.offset;
+            let Some(mut len) = self.next_record()? else { return Ok(false) };
+            self.offset += len as u64 + 1;
+            self.line += 1;
+            if self.record.last() == Some(&b'\r') && len <= self.max_record_bytes + 1 {
+                self.record.pop();
+                len -= 1;
+            }
+            if self.record.iter().all(u8::is_ascii_whitespace) && len == self.record.len() {
+                continue;
+            }
+            let position = Position { source: self.name.clone(), record: self.line, offset: start };
+            let result = if len > self.max_record_bytes {
+                Err(RejectReason::TooLarge { size: len, limit: self.max_record_bytes })
+            } else {
+                parse_event(&self.record, self.max_record_bytes)
+            };
+            match result {
+                Ok(event) => out.push(Item::Event(event)),
+                Err(reason) => {
+                    let kept = &self.record[..self.record.len().min(self.max_record_bytes)];
+                    out.push(Item::Rejected(DeadLetter::new(&reason, position, kept, len)));
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Where a job's events come from.
+#[derive(Clone, Debug)]
+pub enum SourceSpec {
+    /// The embedded generator.
+    Generator(crate::generator::GeneratorConfig),
+    /// JSON-lines files, one partition each.
+    Files(Vec<PathBuf>),
+    /// In-memory JSON-lines inputs, one partition each (tests, embedding).
+    Memory(Vec<Vec<u8>>),
+}
+
+impl SourceSpec {
+    /// The partitions worker `index` of `peers` reads (partition `i` goes to worker `i % peers`).
+    pub fn partitions(&self, index: usize, peers: usize, max_record_bytes: usize) -> Result<Vec<Box<dyn Partition>>> {
+        let mine = |i: usize| i % peers == index;
+        let mut parts: Vec<Box<dyn Partition>> = Vec::new();
+        match self {
+            SourceSpec::Generator(config) => {
+                for p in (0..config.partitions).filter(|p| mine(*p)) {
+                    parts.push(Box::new(crate::generator::GeneratorPartition::new(config.clone(), p)));
+                }
+            }
+            SourceSpec::Files(paths) => {
+                for (i, path) in paths.iter().enumerate().filter(|(i, _)| mine(*i)) {
+                    let _ = i;
+                    parts.push(Box::new(JsonLinesPartition::open(path, max_record_bytes)?));
+                }
+            }
+            SourceSpec::Memory(inputs) => {
+                for (i, bytes) in inputs.iter().enumerate().filter(|(i, _)| mine(*i)) {
+                    parts.push(Box::new(JsonLinesPartition::from_bytes(format!("memory:{i}"), bytes.clone(), max_record_bytes)));
+                }
+            }
+        }
+        Ok(parts)
+    }
+}
+
+/// Reads all of a reader (helper for tests and small inputs).
+pub fn read_all(mut reader: impl Read) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    reader.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(input: &[u8], max: usize) -> Vec<Item> {
+        let mut p = JsonLinesPartition::from_bytes("m", input.to_vec(), max);
+        let mut out = Vec::new();
+        while p.poll(2, &mut out).unwrap() {}
+        out
+    }
+
+    #[test]
+    fn lines_positions_and_oversized_records() {
+        let long = format!("{{\"x\":\"{}\"}}", "a".repeat(100));
+        let input = format!("{{\"event_id\":\"1\",\"ts\":1,\"user\":\"u\",\"action\":\"a\"}}\r\n\n{long}\nnot json\n");
+        let mut bytes = input.into_bytes();
+        bytes.push(0xff);
+        let out = items(&bytes, 64);
+        assert_eq!(out.len(), 4);
+        assert!(matches!(&out[0], Item::Event(e) if e.event_id == "1"));
+        match &out[1] {
+            Item::Rejected(d) => {
+                assert!(d.reason.contains("exceeds the limit of 64 bytes"), "{}", d.reason);
+                assert_eq!(d.position.record, 3);
+                assert!(d.truncated);
+                assert_eq!(d.size, long.len() as u64);
+                assert_eq!(d.original.as_deref().map(str::len), Some(64));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&out[2], Item::Rejected(d) if d.position.record == 4 && d.original.as_deref() == Some("not json")));
+        assert!(matches!(&out[3], Item::Rejected(d) if d.original_base64.is_some() && d.original_bytes() == vec![0xff]));
+    }
+}
