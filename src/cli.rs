@@ -196,7 +196,7 @@ impl JobArgs {
                 Err(e) => tracing::error!("shipped rules: {e:#}"),
             }
         }
-        ControlSpec { model, model_updates: self.model_updates.clone(), rules }
+        ControlSpec { model, model_updates: self.model_updates.clone(), verified_models: Vec::new(), rules }
     }
 
     fn job(&self, source: SourceSpec, control: ControlSpec) -> JobSpec {

@@ -34,6 +34,8 @@ pub struct ControlSpec {
     pub model: Option<ModelSource>,
     /// A JSON-lines file of model updates.
     pub model_updates: Option<PathBuf>,
+    /// Already verified models with their `effective_from` (tests, embedding).
+    pub verified_models: Vec<(Time, Model)>,
     /// Rule files.
     pub rules: Vec<RulesSource>,
 }
@@ -45,8 +47,6 @@ pub enum ModelSource {
     File(PathBuf, Option<String>),
     /// Bytes (the shipped default model).
     Bytes(Vec<u8>),
-    /// An already verified model (tests and embedding).
-    Loaded(Model),
 }
 
 /// Rules from a file or from memory.
@@ -73,7 +73,6 @@ impl ControlSpec {
                     Model::from_bytes(&bytes, sha.as_deref()).with_context(|| format!("model {}", path.display()))?
                 }
                 ModelSource::Bytes(bytes) => Model::from_bytes(bytes, None).context("default model")?,
-                ModelSource::Loaded(model) => model.clone(),
             };
             tracing::info!(version = %model.version, sha256 = %model.sha256, "model loaded, in force from time 0");
             models.push((0, model));
@@ -93,6 +92,7 @@ impl ControlSpec {
                 }
             }
         }
+        models.extend(self.verified_models.iter().cloned());
         let mut specs = Vec::new();
         for source in &self.rules {
             match source {

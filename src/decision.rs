@@ -55,7 +55,6 @@ pub struct Decision {
     /// Whether the event arrived behind its partition's watermark.
     pub late: bool,
     /// The event's own `ts` when it differs from `ts` (late events).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_ts: Option<Time>,
 }
 

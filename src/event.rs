@@ -347,13 +347,10 @@ pub struct DeadLetter {
     /// Where it came from.
     pub position: Position,
     /// The original bytes when they are valid UTF-8.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub original: Option<String>,
     /// The original bytes, base64, when they are not valid UTF-8.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub original_base64: Option<String>,
     /// Whether `original` holds only a prefix of the record (records over the size limit).
-    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub truncated: bool,
     /// The record's full size in bytes.
     pub size: u64,

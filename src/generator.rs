@@ -158,15 +158,15 @@ const ATTACKER_AGENT: &str = "python-requests/2.31.0";
 
 /// Benign actions with the app they happen in and their weight.
 const HABITS: [(&str, &str, u32); 9] = [
-    ("view", "drive", 40),
-    ("edit", "docs", 20),
-    ("download", "drive", 14),
-    ("upload", "drive", 8),
-    ("share_internal", "drive", 6),
-    ("send_mail", "mail", 10),
-    ("delete", "drive", 3),
-    ("share_external", "drive", 1),
-    ("permission_change", "drive", 1),
+    ("view", "drive", 400),
+    ("edit", "docs", 200),
+    ("download", "drive", 140),
+    ("upload", "drive", 80),
+    ("share_internal", "drive", 60),
+    ("send_mail", "mail", 100),
+    ("delete", "drive", 30),
+    ("share_external", "drive", 8),
+    ("permission_change", "drive", 3),
 ];
 
 fn mix(a: u64, b: u64) -> u64 {
@@ -216,7 +216,7 @@ impl Profile {
         let admin = rng.random_bool(0.03);
         let mut habits: Vec<u32> = HABITS.iter().map(|h| h.2 * rng.random_range(50..150) / 100).collect();
         if admin {
-            habits[8] += 3;
+            habits[8] += 20;
         }
         Profile {
             name: format!("user{user:06}@example.com"),
@@ -347,6 +347,21 @@ impl Actor {
     }
 }
 
+/// A benign login of a user from home (used to set the scene of an attack).
+fn push_own_login(profile: &Profile, ts: Time) -> Draft {
+    Draft {
+        ts,
+        action: "login",
+        app: "sso",
+        resource: None,
+        ip: profile.ips[0].clone(),
+        country: COUNTRIES[profile.home].0,
+        bytes: None,
+        agent: profile.agent,
+        label: None,
+    }
+}
+
 /// One attack instance.
 #[derive(Clone, Debug)]
 struct Instance {
@@ -415,6 +430,14 @@ fn attack_actor(config: &GeneratorConfig, instance: &Instance, profile: std::rc:
             }
         }
         Scenario::ImpossibleTravel => {
+            // While the victim is at work at home: a weekday after a weekday, three hours into the day.
+            let day = (t - config.start) / DAY;
+            let day = day + [0, 0, 0, 0, 0, 2, 1][(day % 7) as usize];
+            let local_start = (profile.work_start * HOUR as f64) as i64 - COUNTRIES[profile.home].1 * HOUR as i64;
+            t = (config.start as i64 + (day * DAY) as i64 + local_start + 3 * HOUR as i64).max(config.start as i64) as Time;
+            // The victim's own login from home shortly before (not part of the attack: no label).
+            let own = push_own_login(&profile, t.saturating_sub(rng.random_range(20 * MINUTE..60 * MINUTE)));
+            queue.push_back(own);
             push(&mut queue, t, "login", "sso", None, None, true);
             for _ in 0..rng.random_range(2..6) {
                 t += rng.random_range(10_000..120_000);
@@ -525,7 +548,7 @@ impl GeneratorPartition {
         self.generated += 1;
         self.newest = self.newest.max(draft.ts);
         let delay = if self.config.late_one_in > 0 && self.rng.random_range(0..self.config.late_one_in) == 0 {
-            self.config.allowed_lateness + self.rng.random_range(1..10_000)
+            self.config.allowed_lateness + self.rng.random_range(1_000..600_000)
         } else if self.rng.random_bool(0.2) {
             self.rng.random_range(0..=self.config.max_disorder)
         } else {
@@ -625,7 +648,7 @@ mod tests {
 
     #[test]
     fn deterministic_exact_count_and_all_scenarios() {
-        let config = GeneratorConfig { users: 200, events: 20_000, partitions: 4, events_per_attack: 5_000, ..Default::default() };
+        let config = GeneratorConfig { users: 200, events: 20_000, partitions: 4, events_per_attack: 5_000, late_one_in: 2_000, ..Default::default() };
         let (a, la) = generate_all(&config);
         let (b, lb) = generate_all(&config);
         assert_eq!(a.iter().map(Vec::len).sum::<usize>(), 20_000);
@@ -646,7 +669,7 @@ mod tests {
                 max_ts = max_ts.max(e.ts);
             }
         }
-        assert!((1..=10).contains(&late), "{late} late events");
+        assert!((1..=40).contains(&late), "{late} late events");
         assert!(disordered > 100, "{disordered} out-of-order events");
     }
 }

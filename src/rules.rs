@@ -34,16 +34,12 @@ pub enum ThreatAction {
 #[serde(deny_unknown_fields)]
 pub struct Bounds {
     /// `value >= gte`
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gte: Option<OrderedFloat<f64>>,
     /// `value > gt`
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gt: Option<OrderedFloat<f64>>,
     /// `value <= lte`
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lte: Option<OrderedFloat<f64>>,
     /// `value < lt`
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lt: Option<OrderedFloat<f64>>,
 }
 

@@ -1,0 +1,277 @@
+//! The `threatflow` binary, as users run it: determinism across workers and processes, malformed
+//! input, model updates through a file, and the embedded default.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn threatflow() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_threatflow"));
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
+fn ok(output: Output) -> Output {
+    assert!(
+        output.status.success(),
+        "threatflow failed: {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+fn decision_ids(path: &Path) -> BTreeSet<String> {
+    lines(path).iter().map(|d| d["decision_id"].as_str().expect("decision_id").to_string()).collect()
+}
+
+/// Generates a small stream with every attack scenario.
+fn generated(dir: &Path) -> PathBuf {
+    let events = dir.join("events.jsonl");
+    ok(threatflow()
+        .args(["generate", "--users", "300", "--events", "60000", "--seed", "7", "--out"])
+        .arg(&events)
+        .output()
+        .expect("spawn"));
+    events
+}
+
+fn replay(events: &Path, output: &Path, extra: &[&str]) -> Output {
+    let root = env!("CARGO_MANIFEST_DIR");
+    ok(threatflow()
+        .arg("replay")
+        .arg("--input")
+        .arg(events)
+        .arg("--model")
+        .arg(format!("{root}/models/default.json"))
+        .arg("--rules")
+        .arg(format!("{root}/rules/default.json"))
+        .arg("--output")
+        .arg(output)
+        .args(extra)
+        .output()
+        .expect("spawn"))
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
+}
+
+#[test]
+fn same_decisions_on_one_and_two_workers_and_two_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = generated(dir.path());
+    let one = dir.path().join("w1.jsonl");
+    let two = dir.path().join("w2.jsonl");
+    replay(&events, &one, &["-w", "1"]);
+    replay(&events, &two, &["-w", "2"]);
+
+    // Two processes of one worker each, on loopback.
+    let hostfile = dir.path().join("hosts");
+    let ports = free_ports(2);
+    std::fs::write(&hostfile, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>()).unwrap();
+    let cluster = dir.path().join("n2.jsonl");
+    let spawn = |process: &str| {
+        let root = env!("CARGO_MANIFEST_DIR");
+        threatflow()
+            .arg("replay")
+            .arg("--input")
+            .arg(&events)
+            .arg("--model")
+            .arg(format!("{root}/models/default.json"))
+            .arg("--rules")
+            .arg(format!("{root}/rules/default.json"))
+            .arg("--output")
+            .arg(&cluster)
+            .args(["-w", "1", "-n", "2", "-p", process, "-h"])
+            .arg(&hostfile)
+            .spawn()
+            .expect("spawn")
+    };
+    let mut p1 = spawn("1");
+    let p0 = spawn("0").wait_with_output().expect("process 0");
+    ok(p0);
+    assert!(p1.wait().expect("process 1").success());
+
+    let reference = decision_ids(&one);
+    assert!(reference.len() > 100, "the stream has threats: {}", reference.len());
+    assert_eq!(reference, decision_ids(&two));
+    assert_eq!(reference, decision_ids(&cluster));
+    // The outputs are written in time and decision-id order: the same bytes.
+    let bytes = std::fs::read(&one).unwrap();
+    assert_eq!(bytes, std::fs::read(&two).unwrap());
+    assert_eq!(bytes, std::fs::read(&cluster).unwrap());
+}
+
+#[test]
+fn malformed_records_go_to_dead_letters_and_the_rest_is_decided() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = generated(dir.path());
+    let valid = std::fs::read(&events).unwrap();
+    let valid_lines: Vec<&[u8]> = valid.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+
+    let huge = format!("{{\"event_id\":\"huge\",\"ts\":1,\"user\":\"u\",\"action\":\"{}\"}}", "x".repeat(2 << 20));
+    let bad: Vec<(Vec<u8>, &str)> = vec![
+        (b"this is not json".to_vec(), "invalid event"),
+        (br#"{"event_id":"w1","ts":"soon","user":"u","action":"login"}"#.to_vec(), "field `ts`"),
+        (br#"{"event_id":"w2","ts":5,"user":["u"],"action":"login"}"#.to_vec(), "field `user`"),
+        (br#"{"event_id":"m1","ts":5,"action":"login"}"#.to_vec(), "missing field `user`"),
+        (br#"{"event_id":"m2","ts":5,"user":"u","action":"download","bytes":"many"}"#.to_vec(), "field `bytes`"),
+        (huge.into_bytes(), "exceeds the limit"),
+        (b"{\"event_id\":\"\xc3\x28\",\"ts\":5,\"user\":\"u\",\"action\":\"login\"}".to_vec(), "UTF-8"),
+        (br#"{"event_id":"t1","ts":5,"user":"u","action":"login"#.to_vec(), "invalid event"),
+    ];
+    // Interleave the bad records among the valid ones.
+    let mut mixed = Vec::new();
+    let mut expected_positions = Vec::new();
+    let mut line = 0u64;
+    let step = valid_lines.len() / (bad.len() + 1);
+    for (i, l) in valid_lines.iter().enumerate() {
+        if i > 0 && i % step == 0 && (i / step - 1) < bad.len() {
+            let (record, reason) = &bad[i / step - 1];
+            line += 1;
+            expected_positions.push((line, *reason, record.len()));
+            mixed.extend_from_slice(record);
+            mixed.push(b'\n');
+        }
+        line += 1;
+        mixed.extend_from_slice(l);
+        mixed.push(b'\n');
+    }
+    let mixed_path = dir.path().join("mixed.jsonl");
+    std::fs::write(&mixed_path, &mixed).unwrap();
+
+    let clean_out = dir.path().join("clean.jsonl");
+    let mixed_out = dir.path().join("mixed-decisions.jsonl");
+    let dead = dir.path().join("dead.jsonl");
+    replay(&events, &clean_out, &["-w", "2"]);
+    replay(&mixed_path, &mixed_out, &["-w", "2", "--dead-letters", dead.to_str().unwrap()]);
+
+    // The valid records are decided exactly as without the bad ones.
+    assert_eq!(std::fs::read(&clean_out).unwrap(), std::fs::read(&mixed_out).unwrap());
+    // Every bad record is a dead letter with its reason, position and original bytes.
+    let dead_letters = lines(&dead);
+    assert_eq!(dead_letters.len(), bad.len(), "{dead_letters:#?}");
+    for (d, (line, reason, size)) in dead_letters.iter().zip(&expected_positions) {
+        assert_eq!(d["position"]["record"].as_u64(), Some(*line));
+        assert!(d["reason"].as_str().unwrap().contains(reason), "{d}");
+        assert_eq!(d["size"].as_u64(), Some(*size as u64));
+        let offset = d["position"]["offset"].as_u64().unwrap() as usize;
+        let original: Vec<u8> = match (&d["original"], &d["original_base64"]) {
+            (Value::String(s), _) => s.as_bytes().to_vec(),
+            (_, Value::String(b)) => base64_decode(b),
+            _ => panic!("no original bytes: {d}"),
+        };
+        assert_eq!(&mixed[offset..offset + original.len()], &original[..], "original bytes at the offset");
+    }
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(text).expect("base64")
+}
+
+/// A model update through a file: decisions name v1 before `effective_from` and v2 from it on;
+/// an update whose artifact does not match its sha256 is rejected and v2 stays in force.
+#[test]
+fn model_updates_switch_exactly_at_effective_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = generated(dir.path());
+    let all = lines(&events);
+    let t_switch = all[all.len() / 2]["ts"].as_u64().unwrap();
+
+    // v2 flags everything with a resource; v1 is the default model.
+    let v2 = r#"{"version":"v2","features":["distinct_resources_1h"],"weights":[10.0],"bias":-1.0,"threshold":0.5}"#;
+    std::fs::write(dir.path().join("v2.json"), v2).unwrap();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(v2.as_bytes()))
+    };
+    let bad = r#"{"version":"v3","features":["deletes_10m"],"weights":[0.0],"bias":-100.0,"threshold":0.5}"#;
+    std::fs::write(dir.path().join("v3.json"), bad).unwrap();
+    let updates = dir.path().join("updates.jsonl");
+    std::fs::write(
+        &updates,
+        format!(
+            "{{\"version\":\"v2\",\"uri\":\"v2.json\",\"sha256\":\"{sha}\",\"effective_from\":{t_switch}}}\n\
+             {{\"version\":\"v3\",\"uri\":\"file://{}\",\"sha256\":\"{}\",\"effective_from\":{}}}\n",
+            dir.path().join("v3.json").display(),
+            "0".repeat(64),
+            t_switch + 1,
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out.jsonl");
+    let output = replay(&events, &out, &["-w", "2", "--model-updates", updates.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("model update rejected") && stderr.contains("sha256 mismatch"), "{stderr}");
+
+    let decisions = lines(&out);
+    // The time each event is judged at: its ts, or the watermark (5 s behind the newest) when late.
+    let mut newest = 0u64;
+    let mut with_resource = BTreeSet::new();
+    for e in &all {
+        let ts = e["ts"].as_u64().unwrap();
+        let judged = ts.max(newest.saturating_sub(5_000));
+        newest = newest.max(ts);
+        if judged >= t_switch && e.get("resource").is_some() {
+            with_resource.insert(e["event_id"].as_str().unwrap());
+        }
+    }
+    let mut after = BTreeSet::new();
+    for d in &decisions {
+        let ts = d["ts"].as_u64().unwrap();
+        let version = d["model_version"].as_str().unwrap();
+        if ts < t_switch {
+            assert_eq!(version, "default-handset-1", "{d}");
+        } else {
+            assert_eq!(version, "v2", "{d}");
+            after.insert(d["event_id"].as_str().unwrap());
+        }
+    }
+    let missing: Vec<_> = with_resource.difference(&after).collect();
+    assert!(missing.is_empty(), "events after the switch not flagged by v2: {missing:?}");
+}
+
+#[test]
+fn run_detects_every_scenario_out_of_the_box() {
+    let output = ok(threatflow().args(["run", "--users", "1000", "--events", "150000", "--json", "-w", "2"]).output().expect("spawn"));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_eq!(report["events"].as_u64(), Some(150_000));
+    let scenarios = report["quality"]["scenarios"].as_object().expect("quality per scenario");
+    assert_eq!(scenarios.len(), 6, "{report}");
+    for (name, q) in scenarios {
+        assert!(q["instances"].as_u64().unwrap() >= 1, "{name}: {q}");
+        assert_eq!(q["instances_detected"], q["instances"], "every {name} instance is detected: {q}");
+    }
+    let decisions = report["quality"]["decisions"].as_u64().unwrap();
+    let true_positives = report["quality"]["true_positives"].as_u64().unwrap();
+    assert!(true_positives * 2 >= decisions, "precision at least 0.5: {true_positives} of {decisions}");
+}
+
+#[test]
+fn unknown_dataflow_and_missing_model_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = threatflow().args(["run", "--events", "10", "--dataflow", "nope"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown dataflow \"nope\""));
+    let out = threatflow()
+        .args(["replay", "--input", "x.jsonl", "--model", "missing.json", "--output"])
+        .arg(dir.path().join("o.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reading model missing.json"), "{}", String::from_utf8_lossy(&out.stderr));
+}
