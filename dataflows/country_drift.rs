@@ -73,11 +73,11 @@ impl Dataflow for CountryDrift {
             "CountryDriftLookup",
             |e: &UserEvent| user_key(&e.user),
             |e: &UserEvent| e.time - 1,
-            move |_t, e, vals: &[(u16, isize)]| {
+            move |_t, e, vals: &[(&u16, isize)]| {
                 let total: isize = vals.iter().map(|(_, n)| *n).sum();
                 let (dominant, count) = vals.iter().max_by_key(|(c, n)| (*n, std::cmp::Reverse(*c)))?;
                 let own = country_code(e.country.as_deref()?)?;
-                let drift = total >= min_logins && own != *dominant && count * 100 >= total * dominant_percent;
+                let drift = total >= min_logins && own != **dominant && count * 100 >= total * dominant_percent;
                 drift.then(|| Rc::clone(e))
             },
         );

@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{ParallelizationContract, Pipeline};
-use timely::dataflow::operators::{generic::Operator, Capability};
+use timely::dataflow::operators::{generic::Operator, Capability, InputCapability};
+use timely::progress::frontier::MutableAntichain;
 use timely::dataflow::StreamVec;
 use timely::progress::Antichain;
 
@@ -28,8 +29,10 @@ use differential_dataflow::trace::{BatchCursor, BatchDiff, BatchValOwn, Cursor, 
 use crate::event::Time;
 
 /// For each event `e` at time `t = time_of(&e)` (at or after its message's time), calls
-/// `logic(t, &e, vals)` once the arrangement's frontier has passed `t`, where `vals` are the non-zero accumulations of `key_of(&e)`'s values over all updates
-/// with time `<= t`, in value order; emits what `logic` returns, at time `t`.
+/// `logic(t, &e, vals)` once the arrangement's frontier has passed `t`, where `vals` are the
+/// non-zero accumulations of `key_of(&e)`'s values over all updates with time `<= t`, in value
+/// order; emits what `logic` returns in a message at a time `<= t` (outputs carry their own time,
+/// as differential updates do: one message per activation, not one per distinct time).
 ///
 /// `pact` must route events to the worker that holds their key in `arranged` (`Pipeline` when the
 /// events are already partitioned like the arrangement, or when it is replicated on every worker).
@@ -47,7 +50,7 @@ use crate::event::Time;
 ///     // Events are `(key, time)`, sent at time 0 and read at their own time.
 ///     let events = vec![(1u64, 4u64), (1, 5), (1, 8), (1, 9)].to_stream(scope);
 ///     as_of_lookup(events, arranged, Pipeline, "Lookup", |(k, _)| *k, |(_, t)| *t, |t, _event, vals| {
-///         Some((t, vals.iter().map(|(v, _)| *v).collect::<String>()))
+///         Some((t, vals.iter().map(|(v, _)| **v).collect::<String>()))
 ///     })
 ///     .capture()
 /// });
@@ -72,7 +75,7 @@ where
     E: Clone + 'static,
     O: Clone + 'static,
     P: ParallelizationContract<Time, Vec<E>>,
-    L: FnMut(Time, &E, &[(BatchValOwn<Tr>, BatchDiff<Tr>)]) -> Option<O> + 'static,
+    L: FnMut(Time, &E, &[(&BatchValOwn<Tr>, BatchDiff<Tr>)]) -> Option<O> + 'static,
 {
     type C<Tr> = BatchCursor<Tr>;
     let mut trace = Some(arranged.trace);
@@ -80,8 +83,8 @@ where
     if let Some(trace) = trace.as_mut() {
         trace.set_physical_compaction(Antichain::new().borrow());
     }
-    // Events waiting for the arrangement's frontier, by time; one capability per time.
-    let mut stash: BTreeMap<Time, (Capability<Time>, Vec<E>)> = BTreeMap::new();
+    // Events waiting for the arrangement's frontier, by time, under one capability.
+    let mut stash: TimeStash<E> = TimeStash::default();
     let mut times: Vec<(Time, BatchDiff<Tr>)> = Vec::new();
     let mut key_con = <<C<Tr> as Cursor>::KeyContainer as BatchContainer>::with_capacity(1);
 
@@ -92,31 +95,24 @@ where
         name,
         move |_cap, _info| {
             move |(input1, frontier1), (input2, frontier2), output| {
-                // 1. Stash events by their own time, each time under a capability for it.
+                // 1. Stash events by their own time.
                 input1.for_each(|cap, data| {
                     for event in data.drain(..) {
-                        let time = time_of(&event);
-                        stash.entry(time).or_insert_with(|| (cap.delayed(&time, 0), Vec::new())).1.push(event);
+                        stash.insert(&cap, time_of(&event), event);
                     }
                 });
                 // 2. The trace holds the batches; the stream is read for its frontier only.
                 input2.for_each(|_cap, _data| {});
 
                 // 3. Answer every stashed time that the arrangement's frontier has passed.
-                let mut ready = Vec::new();
-                while let Some(entry) = stash.first_entry() {
-                    if frontier2.less_equal(entry.key()) {
-                        break;
-                    }
-                    ready.push(entry.remove());
-                }
-                if !ready.is_empty() {
+                let mut ready = stash.take_ready(frontier2);
+                if let (false, Some(held)) = (ready.is_empty(), stash.held()) {
                     let Some(trace) = trace.as_mut() else { return };
                     let since = trace.get_logical_compaction().to_owned();
-                    for (cap, _) in ready.iter() {
+                    for (time, _) in ready.iter() {
                         // Holding compaction at the event frontier makes this impossible; a violation
                         // would mean wrong answers, so it is a bug worth stopping for.
-                        assert!(since.less_equal(cap.time()), "{}: time {} below compaction", "as_of_lookup", cap.time());
+                        assert!(since.less_equal(time), "as_of_lookup: time {time} below compaction");
                     }
                     // Work list sorted by (key, time): cursors only seek forward.
                     let mut work: Vec<(K, usize, E)> = Vec::new();
@@ -126,9 +122,11 @@ where
                     // `ready` is in time order, so its index orders times.
                     work.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
                     let (mut cursor, storage) = cursor_list(trace.batches_through(Antichain::new().borrow()).unwrap_or_default());
-                    let mut results: Vec<Vec<O>> = (0..ready.len()).map(|_| Vec::new()).collect();
-                    // Accumulated values per distinct time of the current key.
-                    let mut group_vals: Vec<Vec<(BatchValOwn<Tr>, BatchDiff<Tr>)>> = Vec::new();
+                    let mut results: Vec<O> = Vec::with_capacity(work.len());
+                    // The current key's values (each cloned once), and per distinct time of the key
+                    // the accumulated values as `(index into key_vals, diff)`.
+                    let mut key_vals: Vec<BatchValOwn<Tr>> = Vec::new();
+                    let mut group_vals: Vec<Vec<(usize, BatchDiff<Tr>)>> = Vec::new();
                     let mut group_times: Vec<usize> = Vec::new();
                     let mut lo = 0;
                     while lo < work.len() {
@@ -142,6 +140,7 @@ where
                                 group_times.push(w.1);
                             }
                         }
+                        key_vals.clear();
                         group_vals.iter_mut().for_each(Vec::clear);
                         group_vals.resize_with(group_times.len().max(group_vals.len()), Vec::new);
                         key_con.clear();
@@ -154,8 +153,9 @@ where
                                 times.sort_by(|a, b| a.0.cmp(&b.0));
                                 // Sweep this key's times (ascending) and the value's updates together.
                                 let (mut acc, mut j): (Option<BatchDiff<Tr>>, usize) = (None, 0);
+                                let mut val_index = None;
                                 for (g, idx) in group_times.iter().enumerate() {
-                                    let t_ev = *ready[*idx].0.time();
+                                    let t_ev = ready[*idx].0;
                                     while j < times.len() && times[j].0 <= t_ev {
                                         match acc.as_mut() {
                                             Some(a) => a.plus_equals(&times[j].1),
@@ -164,36 +164,45 @@ where
                                         j += 1;
                                     }
                                     if let Some(a) = acc.as_ref().filter(|a| !a.is_zero()) {
-                                        group_vals[g].push((C::<Tr>::owned_val(val), a.clone()));
+                                        let i = *val_index.get_or_insert_with(|| {
+                                            key_vals.push(C::<Tr>::owned_val(val));
+                                            key_vals.len() - 1
+                                        });
+                                        group_vals[g].push((i, a.clone()));
                                     }
                                 }
                                 cursor.step_val(&storage);
                             }
                         }
                         let mut g = 0;
+                        let mut vals: Vec<(&BatchValOwn<Tr>, BatchDiff<Tr>)> = Vec::new();
+                        let mut built = None;
                         for (_, idx, e) in &work[lo..hi] {
                             while group_times[g] != *idx {
                                 g += 1;
                             }
-                            let time = *ready[*idx].0.time();
-                            if let Some(out) = logic(time, e, &group_vals[g]) {
-                                results[*idx].push(out);
+                            if built != Some(g) {
+                                vals.clear();
+                                vals.extend(group_vals[g].iter().map(|(i, d)| (&key_vals[*i], d.clone())));
+                                built = Some(g);
+                            }
+                            if let Some(out) = logic(ready[*idx].0, e, &vals) {
+                                results.push(out);
                             }
                         }
                         lo = hi;
                     }
-                    // Emit under each event's own capability (= its time).
-                    for ((cap, _), recs) in ready.iter().zip(results) {
-                        if !recs.is_empty() {
-                            output.session(cap).give_iterator(recs.into_iter());
-                        }
+                    // One message at the least ready time; each output carries its own time.
+                    if !results.is_empty() {
+                        output.session(held).give_iterator(results.into_iter());
                     }
                 }
+                stash.release();
 
                 // 4. Allow compaction up to the least time we can still be asked about.
                 let mut hold: Antichain<Time> = frontier1.frontier().to_owned();
-                if let Some(t) = stash.keys().next() {
-                    hold.insert(*t);
+                if let Some(t) = stash.least() {
+                    hold.insert(t);
                 }
                 if hold.is_empty() {
                     trace = None; // no more events: release the trace
@@ -203,4 +212,65 @@ where
             }
         },
     )
+}
+
+/// Records stashed by their own time under a single capability, held at the least stashed time.
+///
+/// One capability instead of one per distinct time keeps progress tracking per activation rather
+/// than per event (event times are milliseconds: nearly every event has a time of its own).
+pub struct TimeStash<E> {
+    held: Option<Capability<Time>>,
+    by_time: BTreeMap<Time, Vec<E>>,
+}
+
+impl<E> Default for TimeStash<E> {
+    fn default() -> Self {
+        TimeStash { held: None, by_time: BTreeMap::new() }
+    }
+}
+
+impl<E> TimeStash<E> {
+    /// Stashes `record` at `time`, which must not be before the time of the message it came in.
+    pub fn insert(&mut self, cap: &InputCapability<Time>, time: Time, record: E) {
+        if self.held.as_ref().is_none_or(|held| time < *held.time()) {
+            self.held = Some(cap.delayed(&time, 0));
+        }
+        self.by_time.entry(time).or_default().push(record);
+    }
+
+    /// Removes and returns, in time order, the records whose time the frontier has passed.
+    /// The capability stays held (at a time `<=` all of them) until [`TimeStash::release`].
+    pub fn take_ready(&mut self, frontier: &MutableAntichain<Time>) -> Vec<(Time, Vec<E>)> {
+        let mut ready = Vec::new();
+        while let Some(entry) = self.by_time.first_entry() {
+            if frontier.less_equal(entry.key()) {
+                break;
+            }
+            let time = *entry.key();
+            ready.push((time, entry.remove()));
+        }
+        ready
+    }
+
+    /// The capability held, at a time `<=` every stashed and every just-taken record.
+    pub fn held(&self) -> Option<&Capability<Time>> {
+        self.held.as_ref()
+    }
+
+    /// Moves the capability up to the least stashed time, or drops it when nothing is stashed.
+    pub fn release(&mut self) {
+        match self.by_time.keys().next() {
+            Some(least) => {
+                if let Some(held) = self.held.as_mut() {
+                    held.downgrade(least);
+                }
+            }
+            None => self.held = None,
+        }
+    }
+
+    /// The least stashed time.
+    pub fn least(&self) -> Option<Time> {
+        self.by_time.keys().next().copied()
+    }
 }

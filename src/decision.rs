@@ -70,13 +70,13 @@ pub fn decision_id(event_id: &str, verdict: Verdict) -> String {
 /// Decides an event judged at `time` with its features and the control collection in force then.
 ///
 /// `controls` are the accumulated control values (model, rules) with their multiplicities.
-pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(Control, isize)]) -> Option<Decision> {
+pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Control, isize)]) -> Option<Decision> {
     // One model is in force at a time; should an input ever hold two, the greatest is used, so the
     // choice does not depend on arrival order.
     let model = controls
         .iter()
         .filter(|(_, diff)| *diff > 0)
-        .filter_map(|(c, _)| match c {
+        .filter_map(|(c, _)| match *c {
             Control::Model(m) => Some(m),
             Control::Rule(_) => None,
         })
@@ -86,7 +86,7 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(Contr
     let mut rules = Vec::new();
     let mut actions = Vec::new();
     for (control, diff) in controls {
-        if let (Control::Rule(rule), true) = (control, *diff > 0) {
+        if let (Control::Rule(rule), true) = (*control, *diff > 0) {
             if rule.matches(event, features) {
                 rules.push(rule.id.clone());
                 actions.extend(rule.actions.iter().copied());

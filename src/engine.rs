@@ -176,7 +176,12 @@ fn run_worker(
         decisions
             .probe_with(&probe)
             .sink(Exchange::new(|_: &Decision| 0), "DecisionSink", move |(input, frontier)| {
-                input.for_each(|cap, data| pending.entry(cap.least().copied().unwrap_or_default()).or_default().append(data));
+                // Decisions carry their time (`ts`); messages may be stamped earlier.
+                input.for_each(|_cap, data| {
+                    for d in data.drain(..) {
+                        pending.entry(d.ts).or_default().push(d);
+                    }
+                });
                 let mut state = sink_state.borrow_mut();
                 while let Some(entry) = pending.first_entry() {
                     if frontier.less_equal(entry.key()) {

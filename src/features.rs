@@ -170,7 +170,7 @@ impl Features {
     }
 
     /// Reads an event's features from its user's accumulated feature values as of the event's time.
-    pub fn from_accumulated(event: &Event, vals: &[(FeatureVal, isize)]) -> Features {
+    pub fn from_accumulated(event: &Event, vals: &[(&FeatureVal, isize)]) -> Features {
         let mut features = Features::default();
         let country = event.country.as_deref().and_then(country_code);
         let mut seen_before = false;

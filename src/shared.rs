@@ -5,7 +5,6 @@
 //! `dataflows/`) receives them as [`SharedInputs`] and returns its decisions; it reads the shared
 //! arrangements instead of re-deriving them, and may build arrangements of its own.
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use differential_dataflow::operators::arrange::arrangement::arrange_core;
@@ -15,10 +14,10 @@ use differential_dataflow::{AsCollection, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::vec::{Broadcast, Map};
-use timely::dataflow::operators::{Capability, Exchange, Operator};
+use timely::dataflow::operators::{Exchange, Operator};
 use timely::dataflow::{Scope, StreamVec};
 
-use crate::as_of::as_of_lookup;
+use crate::as_of::{as_of_lookup, TimeStash};
 use crate::control::Control;
 use crate::decision::Decision;
 use crate::event::{Event, Time};
@@ -94,28 +93,27 @@ where
 pub fn feature_updates<'s>(events: StreamVec<'s, Time, UserEvent>) -> VecCollection<'s, Time, (UserKey, FeatureVal)> {
     events
         .unary_frontier::<CapacityContainerBuilder<Vec<FeatureUpdate>>, _, _, _>(Pipeline, "FeatureWindows", |_cap, _info| {
-            let mut stash: BTreeMap<Time, (Capability<Time>, Vec<UserEvent>)> = BTreeMap::new();
+            let mut stash: TimeStash<UserEvent> = TimeStash::default();
             let mut state = WindowState::default();
             let mut updates = Vec::new();
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
                     for event in data.drain(..) {
-                        let time = event.time;
-                        stash.entry(time).or_insert_with(|| (cap.delayed(&time, 0), Vec::new())).1.push(event);
+                        stash.insert(&cap, event.time, event);
                     }
                 });
-                while let Some(entry) = stash.first_entry() {
-                    if frontier.less_equal(entry.key()) {
-                        break;
+                let ready = stash.take_ready(frontier);
+                if let (Some((last, _)), Some(held)) = (ready.last(), stash.held()) {
+                    let last = *last;
+                    for (time, events) in ready {
+                        for event in &events {
+                            state.updates(user_key(&event.user), event, time, &mut updates);
+                        }
                     }
-                    let (cap, events) = entry.remove();
-                    let time = *cap.time();
-                    for event in &events {
-                        state.updates(user_key(&event.user), event, time, &mut updates);
-                    }
-                    output.session(&cap).give_iterator(updates.drain(..));
-                    state.sweep(time);
+                    output.session(held).give_iterator(updates.drain(..));
+                    state.sweep(last);
                 }
+                stash.release();
             }
         })
         .as_collection()
