@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use differential_dataflow::input::Input as _;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Operator, Probe};
@@ -118,11 +118,27 @@ fn create(path: &Option<PathBuf>) -> Result<Option<BufWriter<File>>> {
         .transpose()
 }
 
+/// Writes one JSON line; the first error is kept (and ends the job once the dataflow is done).
+fn write_line<T: serde::Serialize>(out: &mut Option<BufWriter<File>>, value: &T, errors: &ErrorSlot, what: &str) {
+    if let Some(out) = out.as_mut() {
+        let written = serde_json::to_writer(&mut *out, value).map_err(anyhow::Error::from).and_then(|_| Ok(out.write_all(b"\n")?));
+        if let Err(e) = written {
+            errors.borrow_mut().get_or_insert(e.context(what.to_string()));
+        }
+    }
+}
+
+fn flush(out: &mut Option<BufWriter<File>>, errors: &ErrorSlot, what: &str) {
+    if let Some(Err(e)) = out.as_mut().map(Write::flush) {
+        errors.borrow_mut().get_or_insert(anyhow::Error::from(e).context(what.to_string()));
+    }
+}
+
 /// Runs a job on a timely configuration; returns worker 0's report.
 pub fn run(config: timely::Config, job: JobSpec) -> Result<JobReport> {
-    let dataflow = crate::dataflows::find(&job.dataflow)
-        .ok_or_else(|| anyhow!("unknown dataflow {:?}; known: {}", job.dataflow, crate::dataflows::names().join(", ")))?;
-    drop(dataflow);
+    if crate::dataflows::find(&job.dataflow).is_none() {
+        bail!("unknown dataflow {:?}; known: {}", job.dataflow, crate::dataflows::names().join(", "));
+    }
     let control: Arc<Vec<ControlUpdate>> = Arc::new(job.control.load()?);
     let job = Arc::new(job);
     let progress = Arc::new(AtomicU64::new(0));
@@ -190,12 +206,7 @@ fn run_worker(
                     let mut ready = entry.remove();
                     ready.sort_by(|a, b| a.decision_id.cmp(&b.decision_id));
                     for d in ready {
-                        if let Some(out) = decisions_out.as_mut() {
-                            let written = serde_json::to_writer(&mut *out, &d).map_err(anyhow::Error::from).and_then(|_| Ok(out.write_all(b"\n")?));
-                            if let Err(e) = written {
-                                write_errors.borrow_mut().get_or_insert(e.context("writing decisions"));
-                            }
-                        }
+                        write_line(&mut decisions_out, &d, &write_errors, "writing decisions");
                         state.report.decisions += 1;
                         state.decided.push((d.event_id.clone(), d.user.clone(), d.ts));
                         if collect {
@@ -204,11 +215,7 @@ fn run_worker(
                     }
                 }
                 if frontier.is_empty() && !done.get() {
-                    if let Some(out) = decisions_out.as_mut() {
-                        if let Err(e) = out.flush() {
-                            write_errors.borrow_mut().get_or_insert(anyhow::Error::from(e).context("writing decisions"));
-                        }
-                    }
+                    flush(&mut decisions_out, &write_errors, "writing decisions");
                     done.set(true);
                 }
             });
@@ -240,23 +247,14 @@ fn run_worker(
                 }
                 dead.sort_by(|a, b| a.position.cmp(&b.position));
                 for d in dead {
-                    if let Some(out) = dead_out.as_mut() {
-                        let written = serde_json::to_writer(&mut *out, &d).map_err(anyhow::Error::from).and_then(|_| Ok(out.write_all(b"\n")?));
-                        if let Err(e) = written {
-                            write_errors.borrow_mut().get_or_insert(e.context("writing dead letters"));
-                        }
-                    }
+                    write_line(&mut dead_out, &d, &write_errors, "writing dead letters");
                     if collect {
                         state.report.collected_dead_letters.push(d);
                     }
                 }
             }
             if frontier.is_empty() && !done.get() {
-                if let Some(out) = dead_out.as_mut() {
-                    if let Err(e) = out.flush() {
-                        write_errors.borrow_mut().get_or_insert(anyhow::Error::from(e).context("writing dead letters"));
-                    }
-                }
+                flush(&mut dead_out, &write_errors, "writing dead letters");
                 done.set(true);
             }
         });

@@ -10,7 +10,7 @@
 //! partition stops holding anything back.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::cell::RefCell;
@@ -76,7 +76,7 @@ pub enum SideRecord {
 pub struct SourceConfig {
     /// Allowed lateness in milliseconds.
     pub allowed_lateness: Time,
-    /// Items read per partition per activation.
+    /// Items read per activation, shared among the open partitions.
     pub batch: usize,
     /// Batches this worker may have in flight before the output probe catches up.
     pub max_batches_in_flight: usize,
@@ -86,7 +86,7 @@ pub struct SourceConfig {
 
 impl Default for SourceConfig {
     fn default() -> Self {
-        SourceConfig { allowed_lateness: 5_000, batch: 4_096, max_batches_in_flight: 8, records_read: Arc::default() }
+        SourceConfig { allowed_lateness: 5_000, batch: 8_192, max_batches_in_flight: 4, records_read: Arc::default() }
     }
 }
 
@@ -156,9 +156,10 @@ pub fn partitioned_source<'s>(
             let mut side_session = side_handle.session(&capabilities[1]);
             let lateness = config.allowed_lateness;
             let mut finished = Vec::new();
+            let per_partition = config.batch.div_ceil(open.len().max(1)).max(64);
             for (index, state) in open.iter_mut().enumerate() {
                 items.clear();
-                let more = match state.partition.poll(config.batch, &mut items) {
+                let more = match state.partition.poll(per_partition, &mut items) {
                     Ok(more) => more,
                     Err(error) => {
                         let error = error.context(format!("reading partition {}", state.stats.partition));
@@ -337,8 +338,7 @@ impl SourceSpec {
                 }
             }
             SourceSpec::Files(paths) => {
-                for (i, path) in paths.iter().enumerate().filter(|(i, _)| mine(*i)) {
-                    let _ = i;
+                for (_, path) in paths.iter().enumerate().filter(|(i, _)| mine(*i)) {
                     parts.push(Box::new(JsonLinesPartition::open(path, max_record_bytes)?));
                 }
             }
@@ -350,13 +350,6 @@ impl SourceSpec {
         }
         Ok(parts)
     }
-}
-
-/// Reads all of a reader (helper for tests and small inputs).
-pub fn read_all(mut reader: impl Read) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    reader.read_to_end(&mut bytes)?;
-    Ok(bytes)
 }
 
 #[cfg(test)]
