@@ -39,6 +39,7 @@ fn hot_paths(c: &mut Criterion) {
             for e in &events {
                 out.clear();
                 state.updates(user_key(&e.user), e, e.time, &mut out);
+                state.expire(Some(e.time), &mut out);
                 black_box(&out);
             }
         })

@@ -7,11 +7,12 @@
 //! accumulation is positive. `new_country` reads the countries seen *strictly before* `t` within
 //! 30 days, so those contributions are shifted: `+1` at `t + 1`, `-1` at `t + W`.
 //!
-//! Distinct values are coalesced ([`WindowState`]): a value already present moves its single pending
-//! retraction instead of adding one per event, so a user who logs in from the same country a hundred
-//! times holds one pending update for it, not a hundred, for the 30 days of the window.
+//! Retractions wait in [`WindowState`] until the events' frontier passes them, and distinct values
+//! are coalesced there: a value already present moves its single pending retraction instead of
+//! adding one per event.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -235,25 +236,31 @@ pub type FeatureUpdate = ((UserKey, FeatureVal), Time, isize);
 
 /// Per-worker state that turns events, in time order, into feature-arrangement updates.
 ///
-/// For each distinct value it remembers the end of the interval in which the value is present,
-/// so that an event extending the interval moves the pending retraction (`+1` at the old end,
-/// `-1` at the new one; the old `-1` and the new `+1` cancel in the arrangement).
+/// Retractions (`-d` at `t + W`) are held here, in a queue by time, and sent only once the events'
+/// frontier has passed their time: the arrangement's batcher then never holds far-future updates
+/// (30-day windows would otherwise keep every event's retraction there, re-scanned at every seal).
+/// A distinct value keeps one pending retraction: an event that extends the value's presence
+/// moves its end instead of adding a retraction, so a user logging in from the same country a
+/// hundred times holds one pending update for it, not a hundred.
 #[derive(Default)]
 pub struct WindowState {
+    /// End (exclusive) of each distinct value's current presence interval.
     present_until: HashMap<(UserKey, FeatureVal), Time>,
-    /// Size of `present_until` after the last sweep, to sweep again when it has doubled.
-    swept_size: usize,
+    /// Pending retractions by time: `(time, key, value, diff)`. For distinct values an entry is
+    /// checked against `present_until` when due (the interval may have been extended since).
+    pending: BinaryHeap<Reverse<(Time, UserKey, FeatureVal, isize)>>,
 }
 
 impl WindowState {
-    /// Appends the updates of one event judged at `time` to `out`.
+    /// Appends the updates of one event judged at `time` to `out`; queues its retractions.
     ///
-    /// Events must be presented in non-decreasing `time` order (events at the same time in any order).
+    /// Events must be presented in non-decreasing `time` order (events at the same time in any order),
+    /// and [`WindowState::expire`] called with the events' frontier in between.
     pub fn updates(&mut self, key: UserKey, event: &Event, time: Time, out: &mut Vec<FeatureUpdate>) {
         if let Some((name, amount)) = counter_of(event) {
             let val = FeatureVal::Counter(name);
             out.push(((key, val), time, amount));
-            out.push(((key, val), time + name.window(), -amount));
+            self.pending.push(Reverse((time + name.window(), key, val, -amount)));
         }
         if let Some(c) = event.country.as_deref().and_then(country_code) {
             if matches!(event.kind(), ActionKind::Login | ActionKind::LoginFailed) {
@@ -272,41 +279,55 @@ impl WindowState {
     fn present(&mut self, key: UserKey, val: FeatureVal, start: Time, len: Time, out: &mut Vec<FeatureUpdate>) {
         let end = start + len;
         match self.present_until.get_mut(&(key, val)) {
-            Some(until) if *until >= start => {
-                if end > *until {
-                    out.push(((key, val), *until, 1));
-                    out.push(((key, val), end, -1));
-                    *until = end;
-                }
-            }
+            // Overlapping or adjacent: extend (the queued retraction is re-queued when due).
+            Some(until) if *until >= start => *until = (*until).max(end),
+            // Ended, but its retraction is not sent yet: send it, and start a new interval.
             Some(until) => {
+                out.push(((key, val), *until, -1));
                 out.push(((key, val), start, 1));
-                out.push(((key, val), end, -1));
                 *until = end;
+                self.pending.push(Reverse((end, key, val, -1)));
             }
             None => {
                 out.push(((key, val), start, 1));
-                out.push(((key, val), end, -1));
                 self.present_until.insert((key, val), end);
+                self.pending.push(Reverse((end, key, val, -1)));
             }
         }
     }
 
-    /// Forgets intervals that ended before `time` (no later event can extend them).
-    pub fn sweep(&mut self, time: Time) {
-        if self.present_until.len() > 2 * self.swept_size.max(1024) {
-            self.present_until.retain(|_, until| *until >= time);
-            self.swept_size = self.present_until.len();
+    /// Appends the retractions due before `frontier` (all of them when `None`: no more events).
+    ///
+    /// No event at or after the frontier can extend an interval ending before it.
+    pub fn expire(&mut self, frontier: Option<Time>, out: &mut Vec<FeatureUpdate>) {
+        while let Some(Reverse((time, key, val, diff))) = self.pending.peek().copied() {
+            if frontier.is_some_and(|f| time >= f) {
+                break;
+            }
+            self.pending.pop();
+            if let FeatureVal::Counter(_) = val {
+                out.push(((key, val), time, diff));
+                continue;
+            }
+            match self.present_until.get(&(key, val)).copied() {
+                Some(until) if until == time => {
+                    out.push(((key, val), time, diff));
+                    self.present_until.remove(&(key, val));
+                }
+                Some(until) if until > time => self.pending.push(Reverse((until, key, val, diff))),
+                // A stale entry: the interval was closed and replaced (see `present`).
+                _ => {}
+            }
         }
     }
 
-    /// Number of remembered intervals.
-    pub fn len(&self) -> usize {
-        self.present_until.len()
+    /// The time of the earliest pending retraction.
+    pub fn next_expiry(&self) -> Option<Time> {
+        self.pending.peek().map(|Reverse((time, ..))| *time)
     }
 
-    /// Whether no interval is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.present_until.is_empty()
+    /// Number of pending retractions.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
     }
 }

@@ -256,95 +256,157 @@ struct Draft {
     label: Option<(Scenario, u64)>,
 }
 
-/// An actor's upcoming events, generated a day (or an attack) at a time.
+/// A user's working day: where they are, and the sessions still to come.
+struct Day {
+    country: usize,
+    ip: String,
+    sessions: VecDeque<i64>,
+}
+
+/// The session in progress: what is left of it.
+struct Session {
+    t: Time,
+    failed_logins: u32,
+    login: bool,
+    activities: u32,
+    admin_action: bool,
+}
+
+/// An actor's upcoming events: a user's, generated one at a time (day plan, then session by
+/// session), or an attack's, generated whole.
 struct Actor {
     user: u64,
     profile: std::rc::Rc<Profile>,
     rng: ChaCha8Rng,
-    day: u64,
+    /// The next event, once generated.
+    next: Option<Draft>,
+    /// A user's state; `None` for an attack.
+    routine: Option<Routine>,
+    /// An attack's remaining events.
     queue: VecDeque<Draft>,
-    /// Attacks are one-shot; users go on day after day.
-    attack: bool,
+}
+
+/// Where a user is in their routine.
+struct Routine {
+    day: u64,
+    today: Option<Day>,
+    session: Option<Session>,
+    last_session_end: i64,
 }
 
 impl Actor {
     fn user(seed: u64, user: u64, profile: std::rc::Rc<Profile>) -> Actor {
         let rng = ChaCha8Rng::seed_from_u64(mix(seed ^ 0xAC71_F17E, user));
-        Actor { user, profile, rng, day: 0, queue: VecDeque::new(), attack: false }
+        let routine = Routine { day: 0, today: None, session: None, last_session_end: i64::MIN };
+        Actor { user, profile, rng, next: None, routine: Some(routine), queue: VecDeque::new() }
     }
 
-    /// Refills the queue with the next day of activity; false when the actor is done.
-    fn refill(&mut self, start: Time) -> bool {
-        if self.attack {
-            return false;
-        }
-        while self.queue.is_empty() {
-            self.plan_day(start);
-            self.day += 1;
-        }
-        true
+    fn attack(user: u64, profile: std::rc::Rc<Profile>, rng: ChaCha8Rng, queue: VecDeque<Draft>) -> Actor {
+        Actor { user, profile, rng, next: None, routine: None, queue }
     }
 
-    fn plan_day(&mut self, start: Time) {
+    /// The time of the next event, generating it if needed; `None` when the actor is done.
+    fn peek(&mut self, start: Time) -> Option<Time> {
+        if self.next.is_none() {
+            self.next = match self.routine.is_some() {
+                true => Some(self.next_routine_event(start)),
+                false => self.queue.pop_front(),
+            };
+        }
+        self.next.as_ref().map(|d| d.ts)
+    }
+
+    fn take(&mut self) -> Option<Draft> {
+        self.next.take()
+    }
+
+    fn next_routine_event(&mut self, start: Time) -> Draft {
         let p = std::rc::Rc::clone(&self.profile);
+        let user = self.user;
         let rng = &mut self.rng;
-        let weekend = self.day % 7 >= 5;
-        let sessions = if weekend { u32::from(rng.random_bool(0.2)) } else { p.sessions_per_day };
-        // A business trip: the whole day from a nearby foreign country.
-        let travel = !weekend && rng.random_bool(0.01);
-        let (country, ip) = if travel {
-            let near: Vec<usize> = (0..COUNTRIES.len()).filter(|c| *c != p.home && COUNTRIES[*c].2 == COUNTRIES[p.home].2).collect();
-            let c = if near.is_empty() { p.home } else { near[rng.random_range(0..near.len())] };
-            (c, ip_in(c, rng))
-        } else {
-            (p.home, p.ips[rng.random_range(0..p.ips.len())].clone())
-        };
-        let offset_ms = COUNTRIES[p.home].1 * HOUR as i64;
-        let day_start = start as i64 + (self.day * DAY) as i64 - offset_ms;
-        let work_start = day_start + (p.work_start * HOUR as f64) as i64;
-        let work_len = (p.work_hours * HOUR as f64) as i64;
-        let mut starts: Vec<i64> = (0..sessions).map(|_| work_start + rng.random_range(0..work_len)).collect();
-        starts.sort();
-        let mut last = i64::MIN;
-        for session_start in starts {
-            let mut t = session_start.max(last + MINUTE as i64).max(start as i64) as Time;
+        let Some(routine) = self.routine.as_mut() else { unreachable!("only users have routines") };
+        loop {
+            if routine.today.is_none() {
+                routine.today = Some(plan_day(&p, routine.day, start, rng));
+                routine.day += 1;
+            }
+            let Some(today) = routine.today.as_mut() else { continue };
+            if routine.session.is_none() {
+                let Some(session_start) = today.sessions.pop_front() else {
+                    routine.today = None;
+                    continue;
+                };
+                let t = session_start.max(routine.last_session_end.saturating_add(MINUTE as i64)).max(start as i64) as Time;
+                let failed_logins = if rng.random_bool(0.05) { rng.random_range(1..=2) } else { 0 };
+                let activities = rng.random_range(p.events_per_session / 2..=p.events_per_session * 3 / 2);
+                let admin_action = p.admin && rng.random_bool(0.3);
+                routine.session = Some(Session { t, failed_logins, login: true, activities, admin_action });
+            }
+            let Some(session) = routine.session.as_mut() else { continue };
             let draft = |ts, action, app, resource, bytes| Draft {
                 ts,
                 action,
                 app,
                 resource,
-                ip: ip.clone(),
-                country: COUNTRIES[country].0,
+                ip: today.ip.clone(),
+                country: COUNTRIES[today.country].0,
                 bytes,
                 agent: p.agent,
                 label: None,
             };
-            if rng.random_bool(0.05) {
-                for _ in 0..rng.random_range(1..=2) {
-                    self.queue.push_back(draft(t, "login_failed", "sso", None, None));
-                    t += rng.random_range(3_000..20_000);
-                }
+            if session.failed_logins > 0 {
+                session.failed_logins -= 1;
+                let event = draft(session.t, "login_failed", "sso", None, None);
+                session.t += rng.random_range(3_000..20_000);
+                return event;
             }
-            self.queue.push_back(draft(t, "login", "sso", None, None));
-            let n = rng.random_range(p.events_per_session / 2..=p.events_per_session * 3 / 2);
-            for _ in 0..n {
-                t += 1_000 + (rng.random::<f64>().max(1e-9).ln().abs() * 45_000.0) as Time;
+            if session.login {
+                session.login = false;
+                return draft(session.t, "login", "sso", None, None);
+            }
+            if session.activities > 0 {
+                session.activities -= 1;
+                session.t += 1_000 + (rng.random::<f64>().max(1e-9).ln().abs() * 45_000.0) as Time;
                 let (action, app, _) = HABITS[pick_index(rng, &p.habits)];
                 let bytes = match action {
                     "download" | "upload" => Some(rng.random_range(10_000..20_000_000)),
                     "view" | "edit" => Some(rng.random_range(1_000..500_000)),
                     _ => None,
                 };
-                let resource = if action == "send_mail" { None } else { Some(p.resource(self.user, rng)) };
-                self.queue.push_back(draft(t, action, app, resource, bytes));
+                let resource = if action == "send_mail" { None } else { Some(p.resource(user, rng)) };
+                return draft(session.t, action, app, resource, bytes);
             }
-            if p.admin && rng.random_bool(0.3) {
-                t += rng.random_range(10_000..60_000);
-                self.queue.push_back(draft(t, "admin_action", "admin", Some("admin/console".into()), None));
+            if session.admin_action {
+                session.admin_action = false;
+                session.t += rng.random_range(10_000..60_000);
+                return draft(session.t, "admin_action", "admin", Some("admin/console".into()), None);
             }
-            last = t as i64;
+            routine.last_session_end = session.t as i64;
+            routine.session = None;
         }
     }
+}
+
+/// Plans a user's day: where they work from (home, or now and then a nearby country on a trip) and
+/// when their sessions start.
+fn plan_day(p: &Profile, day: u64, start: Time, rng: &mut ChaCha8Rng) -> Day {
+    let weekend = day % 7 >= 5;
+    let sessions = if weekend { u32::from(rng.random_bool(0.2)) } else { p.sessions_per_day };
+    let travel = !weekend && rng.random_bool(0.01);
+    let (country, ip) = if travel {
+        let near: Vec<usize> = (0..COUNTRIES.len()).filter(|c| *c != p.home && COUNTRIES[*c].2 == COUNTRIES[p.home].2).collect();
+        let c = if near.is_empty() { p.home } else { near[rng.random_range(0..near.len())] };
+        (c, ip_in(c, rng))
+    } else {
+        (p.home, p.ips[rng.random_range(0..p.ips.len())].clone())
+    };
+    let offset_ms = COUNTRIES[p.home].1 * HOUR as i64;
+    let day_start = start as i64 + (day * DAY) as i64 - offset_ms;
+    let work_start = day_start + (p.work_start * HOUR as f64) as i64;
+    let work_len = (p.work_hours * HOUR as f64) as i64;
+    let mut starts: Vec<i64> = (0..sessions).map(|_| work_start + rng.random_range(0..work_len)).collect();
+    starts.sort();
+    Day { country, ip, sessions: starts.into() }
 }
 
 /// A benign login of a user from home (used to set the scene of an attack).
@@ -374,11 +436,13 @@ struct Instance {
 /// The attack plan: a function of the configuration only, the same on every worker.
 fn attack_plan(config: &GeneratorConfig) -> Vec<Instance> {
     let count = (config.events / config.events_per_attack.max(1)).max(Scenario::ALL.len() as u64);
-    // About 95 events per user per working day, 5 working days a week.
-    let per_day = (config.users as f64 * 95.0 * 5.0 / 7.0).max(1.0);
+    // About 80 events per user per working day (4 sessions of 20), a few at weekends: 59 a day.
+    // Attacks start in the first three quarters of the expected span, so that partitions that
+    // reach their quota early (more users, busier users) still hold every attack whole.
+    let per_day = (config.users as f64 * 59.0).max(1.0);
     let span = ((config.events as f64 / per_day) * DAY as f64) as Time;
     let lo = 3 * HOUR;
-    let hi = span.saturating_sub(2 * HOUR).max(lo + HOUR);
+    let hi = (span * 3 / 4).max(lo + HOUR);
     (0..count)
         .map(|id| {
             let mut rng = ChaCha8Rng::seed_from_u64(mix(config.seed ^ 0xA77A_C4ED, id));
@@ -475,7 +539,7 @@ fn attack_actor(config: &GeneratorConfig, instance: &Instance, profile: std::rc:
             }
         }
     }
-    Actor { user, profile, rng, day: 0, queue, attack: true }
+    Actor::attack(user, profile, rng, queue)
 }
 
 /// One partition of the generated stream: the users `u` with `u % partitions == index`.
@@ -513,10 +577,8 @@ impl GeneratorPartition {
         }
         let mut heap = BinaryHeap::new();
         for (k, actor) in actors.iter_mut().enumerate() {
-            if actor.refill(config.start) {
-                heap.push(Reverse((actor.queue[0].ts, k)));
-            } else if let Some(d) = actor.queue.front() {
-                heap.push(Reverse((d.ts, k)));
+            if let Some(ts) = actor.peek(config.start) {
+                heap.push(Reverse((ts, k)));
             }
         }
         let rng = ChaCha8Rng::seed_from_u64(mix(config.seed ^ 0xDE1A_7ED0, i));
@@ -538,11 +600,9 @@ impl GeneratorPartition {
     fn generate_one(&mut self) -> bool {
         let Some(Reverse((_, k))) = self.heap.pop() else { return false };
         let actor = &mut self.actors[k];
-        let Some(draft) = actor.queue.pop_front() else { return true };
-        if !actor.queue.is_empty() || actor.refill(self.config.start) {
-            if let Some(next) = actor.queue.front() {
-                self.heap.push(Reverse((next.ts, k)));
-            }
+        let Some(draft) = actor.take() else { return true };
+        if let Some(ts) = actor.peek(self.config.start) {
+            self.heap.push(Reverse((ts, k)));
         }
         let seq = self.generated;
         self.generated += 1;

@@ -14,7 +14,7 @@ use differential_dataflow::{AsCollection, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::vec::{Broadcast, Map};
-use timely::dataflow::operators::{Exchange, Operator};
+use timely::dataflow::operators::{Capability, Exchange, Operator};
 use timely::dataflow::{Scope, StreamVec};
 
 use crate::as_of::{as_of_lookup, TimeStash};
@@ -89,12 +89,15 @@ where
 }
 
 /// The feature-arrangement updates of events, produced in time order once the events' frontier
-/// has passed each time (the coalescing of distinct values needs that order; see [`WindowState`]).
+/// has passed each time (coalescing distinct values needs that order), with the retractions sent
+/// when the frontier passes their time (see [`WindowState`]).
 pub fn feature_updates<'s>(events: StreamVec<'s, Time, UserEvent>) -> VecCollection<'s, Time, (UserKey, FeatureVal)> {
     events
         .unary_frontier::<CapacityContainerBuilder<Vec<FeatureUpdate>>, _, _, _>(Pipeline, "FeatureWindows", |_cap, _info| {
             let mut stash: TimeStash<UserEvent> = TimeStash::default();
             let mut state = WindowState::default();
+            // Held at the earliest pending retraction.
+            let mut retractions: Option<Capability<Time>> = None;
             let mut updates = Vec::new();
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
@@ -103,15 +106,39 @@ pub fn feature_updates<'s>(events: StreamVec<'s, Time, UserEvent>) -> VecCollect
                     }
                 });
                 let ready = stash.take_ready(frontier);
-                if let (Some((last, _)), Some(held)) = (ready.last(), stash.held()) {
-                    let last = *last;
+                if let Some(held) = stash.held() {
                     for (time, events) in ready {
                         for event in &events {
                             state.updates(user_key(&event.user), event, time, &mut updates);
                         }
                     }
-                    output.session(held).give_iterator(updates.drain(..));
-                    state.sweep(last);
+                    // New retractions may be earlier than the held one: mint from the events' capability.
+                    if let Some(next) = state.next_expiry() {
+                        match retractions.as_mut() {
+                            Some(cap) if *cap.time() <= next => {}
+                            _ => retractions = Some(held.delayed(&next)),
+                        }
+                    }
+                }
+                let upto = frontier.frontier().first().copied();
+                state.expire(upto, &mut updates);
+                if !updates.is_empty() {
+                    // Every update is at or after one of the two capabilities; use the earlier.
+                    let cap = match (stash.held(), retractions.as_ref()) {
+                        (Some(a), Some(b)) => Some(if a.time() <= b.time() { a } else { b }),
+                        (a, b) => a.or(b),
+                    };
+                    if let Some(cap) = cap {
+                        output.session(cap).give_iterator(updates.drain(..));
+                    }
+                }
+                match state.next_expiry() {
+                    Some(next) => {
+                        if let Some(cap) = retractions.as_mut() {
+                            cap.downgrade(&next);
+                        }
+                    }
+                    None => retractions = None,
                 }
                 stash.release();
             }
