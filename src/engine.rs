@@ -139,6 +139,7 @@ pub fn run(config: timely::Config, job: JobSpec) -> Result<JobReport> {
     if crate::dataflows::find(&job.dataflow).is_none() {
         bail!("unknown dataflow {:?}; known: {}", job.dataflow, crate::dataflows::names().join(", "));
     }
+    job.source.check()?;
     let control: Arc<Vec<ControlUpdate>> = Arc::new(job.control.load()?);
     let job = Arc::new(job);
     let progress = Arc::new(AtomicU64::new(0));
@@ -146,9 +147,8 @@ pub fn run(config: timely::Config, job: JobSpec) -> Result<JobReport> {
         .map_err(|e| anyhow!("starting the timely cluster: {e}"))?;
     let mut report = None;
     for result in guards.join() {
-        match result.map_err(|e| anyhow!("a worker failed: {e}"))?? {
-            Some(r) => report = Some(r),
-            None => {}
+        if let Some(r) = result.map_err(|e| anyhow!("a worker failed: {e}"))?? {
+            report = Some(r);
         }
     }
     Ok(report.unwrap_or_default())

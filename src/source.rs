@@ -86,7 +86,7 @@ pub struct SourceConfig {
 
 impl Default for SourceConfig {
     fn default() -> Self {
-        SourceConfig { allowed_lateness: 5_000, batch: 8_192, max_batches_in_flight: 4, records_read: Arc::default() }
+        SourceConfig { allowed_lateness: 5_000, batch: 32_768, max_batches_in_flight: 4, records_read: Arc::default() }
     }
 }
 
@@ -327,6 +327,17 @@ pub enum SourceSpec {
 }
 
 impl SourceSpec {
+    /// Checks that every input can be opened, so that a bad path fails the job before any worker
+    /// starts (a worker failing alone would leave its peers waiting).
+    pub fn check(&self) -> Result<()> {
+        if let SourceSpec::Files(paths) = self {
+            for path in paths {
+                std::fs::File::open(path).with_context(|| format!("opening input {}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The partitions worker `index` of `peers` reads (partition `i` goes to worker `i % peers`).
     pub fn partitions(&self, index: usize, peers: usize, max_record_bytes: usize) -> Result<Vec<Box<dyn Partition>>> {
         let mine = |i: usize| i % peers == index;

@@ -274,4 +274,11 @@ fn unknown_dataflow_and_missing_model_are_clear_errors() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("reading model missing.json"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = threatflow()
+        .args(["replay", "--input", "no-such-input.jsonl", "-w", "2", "--output"])
+        .arg(dir.path().join("o.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("opening input no-such-input.jsonl"), "{}", String::from_utf8_lossy(&out.stderr));
 }
