@@ -267,8 +267,13 @@ fn unknown_dataflow_and_missing_model_are_clear_errors() {
     let out = threatflow().args(["run", "--events", "10", "--dataflow", "nope"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown dataflow \"nope\""));
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"event_id\":\"1\",\"ts\":1,\"user\":\"u\",\"action\":\"login\"}\n").unwrap();
     let out = threatflow()
-        .args(["replay", "--input", "x.jsonl", "--model", "missing.json", "--output"])
+        .arg("replay")
+        .arg("--input")
+        .arg(&input)
+        .args(["--model", "missing.json", "--output"])
         .arg(dir.path().join("o.jsonl"))
         .output()
         .unwrap();
