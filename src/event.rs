@@ -277,6 +277,34 @@ impl<'de> Deserialize<'de> for OptString {
     }
 }
 
+/// A field name: one of the canonical fields (read without allocating), or another one.
+enum FieldKey {
+    Known(usize),
+    Other(String),
+}
+
+/// The canonical fields, in the order of the bits that track which were seen.
+const FIELDS: [&str; 10] = ["event_id", "ts", "user", "action", "app", "resource", "src_ip", "country", "bytes", "user_agent"];
+
+impl<'de> Deserialize<'de> for FieldKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = FieldKey;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FieldKey, E> {
+                Ok(match FIELDS.iter().position(|f| *f == v) {
+                    Some(i) => FieldKey::Known(i),
+                    None => FieldKey::Other(v.to_string()),
+                })
+            }
+        }
+        d.deserialize_identifier(KeyVisitor)
+    }
+}
+
 impl<'de> Deserialize<'de> for RawEvent {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct EventVisitor;
@@ -287,39 +315,42 @@ impl<'de> Deserialize<'de> for RawEvent {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEvent, A::Error> {
                 let mut raw = RawEvent::default();
-                let mut seen: Vec<String> = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if seen.contains(&key) {
-                        return Err(de::Error::custom(format!("duplicate field `{key}`")));
-                    }
-                    let typed = |r: Result<OptString, A::Error>, name: &str| {
-                        r.map(|v| v.0).map_err(|e| de::Error::custom(format!("field `{name}`: {e}")))
-                    };
-                    match key.as_str() {
-                        "event_id" => raw.event_id = typed(map.next_value(), "event_id")?,
-                        "user" => raw.user = typed(map.next_value(), "user")?,
-                        "action" => raw.action = typed(map.next_value(), "action")?,
-                        "app" => raw.app = typed(map.next_value(), "app")?,
-                        "resource" => raw.resource = typed(map.next_value(), "resource")?,
-                        "src_ip" => raw.src_ip = typed(map.next_value(), "src_ip")?,
-                        "country" => raw.country = typed(map.next_value(), "country")?,
-                        "user_agent" => raw.user_agent = typed(map.next_value(), "user_agent")?,
-                        "ts" => {
-                            let ts: TsValue =
-                                map.next_value().map_err(|e| de::Error::custom(format!("field `ts`: {e}")))?;
-                            raw.ts = Some(ts.0);
-                        }
-                        "bytes" => {
-                            raw.bytes = map
-                                .next_value::<Option<u64>>()
-                                .map_err(|e| de::Error::custom(format!("field `bytes`: {e}")))?;
-                        }
-                        _ => {
+                let mut seen = 0u16;
+                let field_error = |name: &str, e: A::Error| de::Error::custom(format!("field `{name}`: {e}"));
+                while let Some(key) = map.next_key::<FieldKey>()? {
+                    let index = match key {
+                        FieldKey::Known(index) => index,
+                        FieldKey::Other(name) => {
+                            if raw.extra.iter().any(|(k, _)| *k == name) {
+                                return Err(de::Error::custom(format!("duplicate field `{name}`")));
+                            }
                             let value: serde_json::Value = map.next_value()?;
-                            raw.extra.push((key.clone(), value.to_string()));
+                            raw.extra.push((name, value.to_string()));
+                            continue;
+                        }
+                    };
+                    let name = FIELDS[index];
+                    if seen & (1 << index) != 0 {
+                        return Err(de::Error::custom(format!("duplicate field `{name}`")));
+                    }
+                    seen |= 1 << index;
+                    match name {
+                        "ts" => raw.ts = Some(map.next_value::<TsValue>().map_err(|e| field_error(name, e))?.0),
+                        "bytes" => raw.bytes = map.next_value::<Option<u64>>().map_err(|e| field_error(name, e))?,
+                        _ => {
+                            let value = map.next_value::<OptString>().map_err(|e| field_error(name, e))?.0;
+                            match name {
+                                "event_id" => raw.event_id = value,
+                                "user" => raw.user = value,
+                                "action" => raw.action = value,
+                                "app" => raw.app = value,
+                                "resource" => raw.resource = value,
+                                "src_ip" => raw.src_ip = value,
+                                "country" => raw.country = value,
+                                _ => raw.user_agent = value,
+                            }
                         }
                     }
-                    seen.push(key);
                 }
                 Ok(raw)
             }
