@@ -308,9 +308,9 @@ impl Actor {
     /// The time of the next event, generating it if needed; `None` when the actor is done.
     fn peek(&mut self, start: Time) -> Option<Time> {
         if self.next.is_none() {
-            self.next = match self.routine.is_some() {
-                true => Some(self.next_routine_event(start)),
-                false => self.queue.pop_front(),
+            self.next = match self.routine.as_mut() {
+                Some(routine) => Some(routine.next_event(&self.profile, self.user, &mut self.rng, start)),
+                None => self.queue.pop_front(),
             };
         }
         self.next.as_ref().map(|d| d.ts)
@@ -320,14 +320,16 @@ impl Actor {
         self.next.take()
     }
 
-    fn next_routine_event(&mut self, start: Time) -> Draft {
-        let p = std::rc::Rc::clone(&self.profile);
-        let user = self.user;
-        let rng = &mut self.rng;
-        let Some(routine) = self.routine.as_mut() else { unreachable!("only users have routines") };
+}
+
+impl Routine {
+    /// The user's next event: the next step of the session in progress, of the next session, or
+    /// of the next day.
+    fn next_event(&mut self, p: &Profile, user: u64, rng: &mut ChaCha8Rng, start: Time) -> Draft {
+        let routine = self;
         loop {
             if routine.today.is_none() {
-                routine.today = Some(plan_day(&p, routine.day, start, rng));
+                routine.today = Some(plan_day(p, routine.day, start, rng));
                 routine.day += 1;
             }
             let Some(today) = routine.today.as_mut() else { continue };
