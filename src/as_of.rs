@@ -150,7 +150,7 @@ where
                             while let Some(val) = cursor.get_val(&storage) {
                                 times.clear();
                                 cursor.map_times(&storage, |t, d| times.push((C::<Tr>::owned_time(t), C::<Tr>::owned_diff(d))));
-                                times.sort_by(|a, b| a.0.cmp(&b.0));
+                                times.sort_by_key(|(t, _)| *t);
                                 // Sweep this key's times (ascending) and the value's updates together.
                                 let (mut acc, mut j): (Option<BatchDiff<Tr>>, usize) = (None, 0);
                                 let mut val_index = None;
