@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use threatflow::control::Control;
 use threatflow::decision::decide;
 use threatflow::event::{parse_event, DEFAULT_MAX_RECORD_BYTES};
-use threatflow::features::{user_key, Features, WindowState};
+use threatflow::features::{Features, WindowState};
 use threatflow::generator::{generate_all, GeneratorConfig};
 use threatflow::model::{Model, DEFAULT_MODEL};
 use threatflow::rules::{parse_rules, Rule, DEFAULT_RULES};
@@ -38,7 +38,7 @@ fn hot_paths(c: &mut Criterion) {
             let mut state = WindowState::default();
             for e in &events {
                 out.clear();
-                state.updates(user_key(&e.user), e, e.time, &mut out);
+                state.updates(e.key, e, e.time, &mut out);
                 state.expire(Some(e.time), &mut out);
                 black_box(&out);
             }

@@ -15,7 +15,7 @@ use timely::dataflow::StreamVec;
 use crate::as_of::as_of_lookup;
 use crate::decision::{decision_id, Decision, Verdict};
 use crate::event::{ActionKind, Time};
-use crate::features::{country_code, user_key, DAY};
+use crate::features::{country_code, DAY};
 use crate::rules::ThreatAction;
 use crate::shared::{arrange_by_user, with_features, Dataflow, SharedInputs, UserEvent};
 
@@ -55,7 +55,7 @@ impl Dataflow for CountryDrift {
             .flat_map(move |e: UserEvent| {
                 let country = e.country.as_deref().and_then(country_code);
                 let login = matches!(e.kind(), ActionKind::Login);
-                let key = user_key(&e.user);
+                let key = e.key;
                 country
                     .filter(|_| login)
                     .into_iter()
@@ -71,7 +71,7 @@ impl Dataflow for CountryDrift {
             history,
             Pipeline,
             "CountryDriftLookup",
-            |e: &UserEvent| user_key(&e.user),
+            |e: &UserEvent| e.key,
             |e: &UserEvent| e.time - 1,
             move |_t, e, vals: &[(&u16, isize)]| {
                 let total: isize = vals.iter().map(|(_, n)| *n).sum();

@@ -40,6 +40,8 @@ pub struct Event {
     pub user_agent: Option<String>,
     /// Every other field of the record, as `(name, JSON text)`, sorted by name; kept for rules.
     pub extra: Vec<(String, String)>,
+    /// The user's key ([`crate::features::user_key`] of `user`), computed once when the event is read.
+    pub key: crate::features::UserKey,
     /// The time the engine judges the event at: `ts`, or the partition watermark when the event was late.
     pub time: Time,
     /// Whether the event arrived behind its partition's watermark.
@@ -219,6 +221,7 @@ impl RawEvent {
         };
         let mut extra = self.extra;
         extra.sort();
+        let key = crate::features::user_key(&user);
         Ok(Event {
             event_id,
             ts,
@@ -231,6 +234,7 @@ impl RawEvent {
             bytes: self.bytes,
             user_agent: self.user_agent,
             extra,
+            key,
             time: ts,
             late: false,
         })

@@ -245,10 +245,14 @@ pub type FeatureUpdate = ((UserKey, FeatureVal), Time, isize);
 #[derive(Default)]
 pub struct WindowState {
     /// End (exclusive) of each distinct value's current presence interval.
-    present_until: HashMap<(UserKey, FeatureVal), Time>,
-    /// Pending retractions by time: `(time, key, value, diff)`. For distinct values an entry is
-    /// checked against `present_until` when due (the interval may have been extended since).
-    pending: BinaryHeap<Reverse<(Time, UserKey, FeatureVal, isize)>>,
+    present_until: HashMap<(UserKey, FeatureVal), Time, foldhash::fast::FixedState>,
+    /// Pending retractions by time, as `(time, slot)`; small entries keep the heap cheap. For
+    /// distinct values an entry is checked against `present_until` when due (the interval may have
+    /// been extended since).
+    pending: BinaryHeap<Reverse<(Time, usize)>>,
+    /// The `(key, value, diff)` of each pending retraction, by slot; `free` lists unused slots.
+    slots: Vec<(UserKey, FeatureVal, isize)>,
+    free: Vec<usize>,
 }
 
 impl WindowState {
@@ -260,7 +264,7 @@ impl WindowState {
         if let Some((name, amount)) = counter_of(event) {
             let val = FeatureVal::Counter(name);
             out.push(((key, val), time, amount));
-            self.pending.push(Reverse((time + name.window(), key, val, -amount)));
+            self.queue(time + name.window(), key, val, -amount);
         }
         if let Some(c) = event.country.as_deref().and_then(country_code) {
             if matches!(event.kind(), ActionKind::Login | ActionKind::LoginFailed) {
@@ -286,12 +290,12 @@ impl WindowState {
                 out.push(((key, val), *until, -1));
                 out.push(((key, val), start, 1));
                 *until = end;
-                self.pending.push(Reverse((end, key, val, -1)));
+                self.queue(end, key, val, -1);
             }
             None => {
                 out.push(((key, val), start, 1));
                 self.present_until.insert((key, val), end);
-                self.pending.push(Reverse((end, key, val, -1)));
+                self.queue(end, key, val, -1);
             }
         }
     }
@@ -300,25 +304,44 @@ impl WindowState {
     ///
     /// No event at or after the frontier can extend an interval ending before it.
     pub fn expire(&mut self, frontier: Option<Time>, out: &mut Vec<FeatureUpdate>) {
-        while let Some(Reverse((time, key, val, diff))) = self.pending.peek().copied() {
+        while let Some(Reverse((time, slot))) = self.pending.peek().copied() {
             if frontier.is_some_and(|f| time >= f) {
                 break;
             }
             self.pending.pop();
-            if let FeatureVal::Counter(_) = val {
+            let (key, val, diff) = self.slots[slot];
+            let until = match val {
+                FeatureVal::Counter(_) => time,
+                _ => self.present_until.get(&(key, val)).copied().unwrap_or(Time::MAX),
+            };
+            if until == time {
                 out.push(((key, val), time, diff));
-                continue;
-            }
-            match self.present_until.get(&(key, val)).copied() {
-                Some(until) if until == time => {
-                    out.push(((key, val), time, diff));
+                if !matches!(val, FeatureVal::Counter(_)) {
                     self.present_until.remove(&(key, val));
                 }
-                Some(until) if until > time => self.pending.push(Reverse((until, key, val, diff))),
+                self.free.push(slot);
+            } else if until > time && until != Time::MAX {
+                // Extended since: due later.
+                self.pending.push(Reverse((until, slot)));
+            } else {
                 // A stale entry: the interval was closed and replaced (see `present`).
-                _ => {}
+                self.free.push(slot);
             }
         }
+    }
+
+    fn queue(&mut self, time: Time, key: UserKey, val: FeatureVal, diff: isize) {
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = (key, val, diff);
+                slot
+            }
+            None => {
+                self.slots.push((key, val, diff));
+                self.slots.len() - 1
+            }
+        };
+        self.pending.push(Reverse((time, slot)));
     }
 
     /// The time of the earliest pending retraction.

@@ -21,7 +21,7 @@ use crate::as_of::{as_of_lookup, TimeStash};
 use crate::control::Control;
 use crate::decision::Decision;
 use crate::event::{Event, Time};
-use crate::features::{route, user_key, FeatureUpdate, FeatureVal, Features, UserKey, WindowState};
+use crate::features::{route, FeatureUpdate, FeatureVal, Features, UserKey, WindowState};
 
 /// An arrangement keyed by user, maintained on the worker that owns the user.
 pub type UserArrangement<'s, V> = Arranged<'s, TraceAgent<ValSpine<UserKey, V, Time, isize>>>;
@@ -64,7 +64,7 @@ pub fn build_shared<'s>(
     events: StreamVec<'s, Time, Event>,
     control: VecCollection<'s, Time, ((), Control)>,
 ) -> SharedInputs<'s> {
-    let events = events.exchange(|e: &Event| route(&user_key(&e.user))).map(Rc::new);
+    let events = events.exchange(|e: &Event| route(&e.key)).map(Rc::new);
     let features = arrange_by_user(feature_updates(events.clone()), "Features");
     let control = arrange_core::<_, _, ValBatcher<(), Control, Time, isize>, ValSpine<(), Control, Time, isize>>(
         control.inner.broadcast(),
@@ -109,7 +109,7 @@ pub fn feature_updates<'s>(events: StreamVec<'s, Time, UserEvent>) -> VecCollect
                 if let Some(held) = stash.held() {
                     for (time, events) in ready {
                         for event in &events {
-                            state.updates(user_key(&event.user), event, time, &mut updates);
+                            state.updates(event.key, event, time, &mut updates);
                         }
                     }
                     // New retractions may be earlier than the held one: mint from the events' capability.
@@ -156,7 +156,7 @@ pub fn with_features<'s>(
         features,
         Pipeline,
         "FeatureLookup",
-        |e: &UserEvent| user_key(&e.user),
+        |e: &UserEvent| e.key,
         |e: &UserEvent| e.time,
         |_time, e, vals| Some((Rc::clone(e), Features::from_accumulated(e, vals))),
     )
