@@ -2,22 +2,22 @@
 //!
 //! timely 0.32 / differential 0.26 have no usable `half_join` (`differential-dogs3` targets older
 //! versions), so this is our own `binary_frontier` operator, after `shared/notes/as-of-lookup.md`:
-//! events are stashed under a capability for their time; once the arrangement's frontier has passed
-//! that time, every update at a time `<= t` is in the trace, so the answer is exact and final, and the
-//! event is emitted once, at `t`, never retracted.
+//! events are stashed by their time; once the arrangement's frontier has passed that time, every
+//! update at a time `<= t` is in the trace, so the answer is exact and final, and the event is
+//! answered once, never retracted.
 //!
-//! Two departures from the note: the pact is a parameter (arrangements built with `Pipeline`, such
-//! as the broadcast control collection, are read with `Pipeline`), and the accumulated values are
-//! computed once per `(key, time)` and handed to a closure by reference, so a large value (a model)
-//! is not cloned per event.
-
-use std::collections::BTreeMap;
+//! Departures from the note: the pact is a parameter (arrangements built with `Pipeline`, such as
+//! the broadcast control collection, are read with `Pipeline`); each key's values are cloned once
+//! per activation and handed to a closure by reference, so a large value (a model) is not cloned
+//! per event; and events carry their own time, stashed under one capability per operator
+//! ([`TimeStash`]) rather than one per distinct time, since with millisecond times nearly every
+//! event has a time of its own and per-time capabilities made progress tracking the bottleneck.
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{ParallelizationContract, Pipeline};
 use timely::dataflow::operators::{generic::Operator, Capability, InputCapability};
-use timely::progress::frontier::MutableAntichain;
 use timely::dataflow::StreamVec;
+use timely::progress::frontier::MutableAntichain;
 use timely::progress::Antichain;
 
 use differential_dataflow::difference::{IsZero, Semigroup};
@@ -109,16 +109,16 @@ where
                 if let (false, Some(held)) = (ready.is_empty(), stash.held()) {
                     let Some(trace) = trace.as_mut() else { return };
                     let since = trace.get_logical_compaction().to_owned();
-                    for (time, _) in ready.iter() {
-                        // Holding compaction at the event frontier makes this impossible; a violation
-                        // would mean wrong answers, so it is a bug worth stopping for.
+                    if let Some((time, _)) = ready.first() {
+                        // `ready` is sorted: the first time is the least. Holding compaction at the event
+                        // frontier makes a violation impossible; one would mean wrong answers, so it is
+                        // a bug worth stopping for.
                         assert!(since.less_equal(time), "as_of_lookup: time {time} below compaction");
                     }
                     // Work list sorted by (key, time): cursors only seek forward.
-                    let mut work: Vec<(K, usize, E)> = Vec::new();
-                    for (idx, (_, evs)) in ready.iter_mut().enumerate() {
-                        work.extend(evs.drain(..).map(|e| (key_of(&e), idx, e)));
-                    }
+                    let times_of: Vec<Time> = ready.iter().map(|(t, _)| *t).collect();
+                    let mut work: Vec<(K, usize, E)> = Vec::with_capacity(ready.len());
+                    work.extend(ready.drain(..).enumerate().map(|(idx, (_, e))| (key_of(&e), idx, e)));
                     // `ready` is in time order, so its index orders times.
                     work.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
                     let (mut cursor, storage) = cursor_list(trace.batches_through(Antichain::new().borrow()).unwrap_or_default());
@@ -155,7 +155,7 @@ where
                                 let (mut acc, mut j): (Option<BatchDiff<Tr>>, usize) = (None, 0);
                                 let mut val_index = None;
                                 for (g, idx) in group_times.iter().enumerate() {
-                                    let t_ev = ready[*idx].0;
+                                    let t_ev = times_of[*idx];
                                     while j < times.len() && times[j].0 <= t_ev {
                                         match acc.as_mut() {
                                             Some(a) => a.plus_equals(&times[j].1),
@@ -186,7 +186,7 @@ where
                                 vals.extend(group_vals[g].iter().map(|(i, d)| (&key_vals[*i], d.clone())));
                                 built = Some(g);
                             }
-                            if let Some(out) = logic(ready[*idx].0, e, &vals) {
+                            if let Some(out) = logic(times_of[*idx], e, &vals) {
                                 results.push(out);
                             }
                         }
@@ -217,15 +217,17 @@ where
 /// Records stashed by their own time under a single capability, held at the least stashed time.
 ///
 /// One capability instead of one per distinct time keeps progress tracking per activation rather
-/// than per event (event times are milliseconds: nearly every event has a time of its own).
+/// than per event (event times are milliseconds: nearly every event has a time of its own), and a
+/// flat list instead of a map by time keeps stashing free of per-time allocations.
 pub struct TimeStash<E> {
     held: Option<Capability<Time>>,
-    by_time: BTreeMap<Time, Vec<E>>,
+    records: Vec<(Time, E)>,
+    least: Option<Time>,
 }
 
 impl<E> Default for TimeStash<E> {
     fn default() -> Self {
-        TimeStash { held: None, by_time: BTreeMap::new() }
+        TimeStash { held: None, records: Vec::new(), least: None }
     }
 }
 
@@ -235,20 +237,28 @@ impl<E> TimeStash<E> {
         if self.held.as_ref().is_none_or(|held| time < *held.time()) {
             self.held = Some(cap.delayed(&time, 0));
         }
-        self.by_time.entry(time).or_default().push(record);
+        self.least = Some(self.least.map_or(time, |l| l.min(time)));
+        self.records.push((time, record));
     }
 
-    /// Removes and returns, in time order, the records whose time the frontier has passed.
+    /// Removes and returns, sorted by time (stable), the records whose time the frontier has passed.
     /// The capability stays held (at a time `<=` all of them) until [`TimeStash::release`].
-    pub fn take_ready(&mut self, frontier: &MutableAntichain<Time>) -> Vec<(Time, Vec<E>)> {
-        let mut ready = Vec::new();
-        while let Some(entry) = self.by_time.first_entry() {
-            if frontier.less_equal(entry.key()) {
-                break;
-            }
-            let time = *entry.key();
-            ready.push((time, entry.remove()));
+    pub fn take_ready(&mut self, frontier: &MutableAntichain<Time>) -> Vec<(Time, E)> {
+        if self.least.is_none_or(|least| frontier.less_equal(&least)) {
+            return Vec::new();
         }
+        let mut ready = Vec::new();
+        let mut kept = Vec::new();
+        for (time, record) in self.records.drain(..) {
+            if frontier.less_equal(&time) {
+                kept.push((time, record));
+            } else {
+                ready.push((time, record));
+            }
+        }
+        self.least = kept.iter().map(|(t, _)| *t).min();
+        self.records = kept;
+        ready.sort_by_key(|(t, _)| *t);
         ready
     }
 
@@ -259,10 +269,10 @@ impl<E> TimeStash<E> {
 
     /// Moves the capability up to the least stashed time, or drops it when nothing is stashed.
     pub fn release(&mut self) {
-        match self.by_time.keys().next() {
+        match self.least {
             Some(least) => {
                 if let Some(held) = self.held.as_mut() {
-                    held.downgrade(least);
+                    held.downgrade(&least);
                 }
             }
             None => self.held = None,
@@ -271,6 +281,6 @@ impl<E> TimeStash<E> {
 
     /// The least stashed time.
     pub fn least(&self) -> Option<Time> {
-        self.by_time.keys().next().copied()
+        self.least
     }
 }

@@ -107,10 +107,8 @@ pub fn feature_updates<'s>(events: StreamVec<'s, Time, UserEvent>) -> VecCollect
                 });
                 let ready = stash.take_ready(frontier);
                 if let Some(held) = stash.held() {
-                    for (time, events) in ready {
-                        for event in &events {
-                            state.updates(event.key, event, time, &mut updates);
-                        }
+                    for (time, event) in &ready {
+                        state.updates(event.key, event, *time, &mut updates);
                     }
                     // New retractions may be earlier than the held one: mint from the events' capability.
                     if let Some(next) = state.next_expiry() {
