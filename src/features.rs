@@ -12,7 +12,7 @@
 //! adding one per event.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -236,7 +236,7 @@ pub type FeatureUpdate = ((UserKey, FeatureVal), Time, isize);
 
 /// Per-worker state that turns events, in time order, into feature-arrangement updates.
 ///
-/// Retractions (`-d` at `t + W`) are held here, in a queue by time, and sent only once the events'
+/// Retractions (`-d` at `t + W`) are held here, queued by time, and sent only once the events'
 /// frontier has passed their time: the arrangement's batcher then never holds far-future updates
 /// (30-day windows would otherwise keep every event's retraction there, re-scanned at every seal).
 /// A distinct value keeps one pending retraction: an event that extends the value's presence
@@ -253,6 +253,22 @@ pub struct WindowState {
     /// The `(key, value, diff)` of each pending retraction, by slot; `free` lists unused slots.
     slots: Vec<(UserKey, FeatureVal, isize)>,
     free: Vec<usize>,
+    /// Counter retractions, one queue per counter: a counter's window is fixed and events come in
+    /// time order, so each queue is already sorted by time (no heap needed).
+    counters: [VecDeque<(Time, UserKey, isize)>; 9],
+    /// Retractions of the short-window distinct values (countries in 24 h, resources in 1 h), one
+    /// queue each, sorted for the same reason. An extension queues a new entry and leaves the old
+    /// one stale, which is cheap for short windows; the 30-day countries use the heap instead.
+    short: [VecDeque<(Time, UserKey, FeatureVal)>; 2],
+}
+
+/// The queue in [`WindowState::short`] of a distinct value, if it has one.
+fn short_queue(val: FeatureVal) -> Option<usize> {
+    match val {
+        FeatureVal::Country(_) => Some(0),
+        FeatureVal::Resource(_) => Some(1),
+        FeatureVal::SeenCountry(_) | FeatureVal::Counter(_) => None,
+    }
 }
 
 impl WindowState {
@@ -264,7 +280,7 @@ impl WindowState {
         if let Some((name, amount)) = counter_of(event) {
             let val = FeatureVal::Counter(name);
             out.push(((key, val), time, amount));
-            self.queue(time + name.window(), key, val, -amount);
+            self.counters[name as usize].push_back((time + name.window(), key, -amount));
         }
         if let Some(c) = event.country.as_deref().and_then(country_code) {
             if matches!(event.kind(), ActionKind::Login | ActionKind::LoginFailed) {
@@ -283,19 +299,27 @@ impl WindowState {
     fn present(&mut self, key: UserKey, val: FeatureVal, start: Time, len: Time, out: &mut Vec<FeatureUpdate>) {
         let end = start + len;
         match self.present_until.get_mut(&(key, val)) {
-            // Overlapping or adjacent: extend (the queued retraction is re-queued when due).
-            Some(until) if *until >= start => *until = (*until).max(end),
+            // Overlapping or adjacent: extend (a heap entry is re-queued when due; a short-window
+            // value queues a new entry and its old one goes stale).
+            Some(until) if *until >= start => {
+                if end > *until {
+                    *until = end;
+                    if let Some(q) = short_queue(val) {
+                        self.short[q].push_back((end, key, val));
+                    }
+                }
+            }
             // Ended, but its retraction is not sent yet: send it, and start a new interval.
             Some(until) => {
                 out.push(((key, val), *until, -1));
                 out.push(((key, val), start, 1));
                 *until = end;
-                self.queue(end, key, val, -1);
+                self.queue(end, key, val);
             }
             None => {
                 out.push(((key, val), start, 1));
                 self.present_until.insert((key, val), end);
-                self.queue(end, key, val, -1);
+                self.queue(end, key, val);
             }
         }
     }
@@ -304,21 +328,38 @@ impl WindowState {
     ///
     /// No event at or after the frontier can extend an interval ending before it.
     pub fn expire(&mut self, frontier: Option<Time>, out: &mut Vec<FeatureUpdate>) {
+        for (name, queue) in FeatureName::ALL.iter().zip(self.counters.iter_mut()) {
+            while let Some(&(time, key, diff)) = queue.front() {
+                if frontier.is_some_and(|f| time >= f) {
+                    break;
+                }
+                queue.pop_front();
+                out.push(((key, FeatureVal::Counter(*name)), time, diff));
+            }
+        }
+        for queue in self.short.iter_mut() {
+            while let Some(&(time, key, val)) = queue.front() {
+                if frontier.is_some_and(|f| time >= f) {
+                    break;
+                }
+                queue.pop_front();
+                // Only the entry at the interval's current end retracts; others are stale.
+                if self.present_until.get(&(key, val)) == Some(&time) {
+                    out.push(((key, val), time, -1));
+                    self.present_until.remove(&(key, val));
+                }
+            }
+        }
         while let Some(Reverse((time, slot))) = self.pending.peek().copied() {
             if frontier.is_some_and(|f| time >= f) {
                 break;
             }
             self.pending.pop();
             let (key, val, diff) = self.slots[slot];
-            let until = match val {
-                FeatureVal::Counter(_) => time,
-                _ => self.present_until.get(&(key, val)).copied().unwrap_or(Time::MAX),
-            };
+            let until = self.present_until.get(&(key, val)).copied().unwrap_or(Time::MAX);
             if until == time {
                 out.push(((key, val), time, diff));
-                if !matches!(val, FeatureVal::Counter(_)) {
-                    self.present_until.remove(&(key, val));
-                }
+                self.present_until.remove(&(key, val));
                 self.free.push(slot);
             } else if until > time && until != Time::MAX {
                 // Extended since: due later.
@@ -330,14 +371,19 @@ impl WindowState {
         }
     }
 
-    fn queue(&mut self, time: Time, key: UserKey, val: FeatureVal, diff: isize) {
+    /// Queues the retraction of a distinct value at `time`.
+    fn queue(&mut self, time: Time, key: UserKey, val: FeatureVal) {
+        if let Some(q) = short_queue(val) {
+            self.short[q].push_back((time, key, val));
+            return;
+        }
         let slot = match self.free.pop() {
             Some(slot) => {
-                self.slots[slot] = (key, val, diff);
+                self.slots[slot] = (key, val, -1);
                 slot
             }
             None => {
-                self.slots.push((key, val, diff));
+                self.slots.push((key, val, -1));
                 self.slots.len() - 1
             }
         };
@@ -346,11 +392,8 @@ impl WindowState {
 
     /// The time of the earliest pending retraction.
     pub fn next_expiry(&self) -> Option<Time> {
-        self.pending.peek().map(|Reverse((time, ..))| *time)
-    }
-
-    /// Number of pending retractions.
-    pub fn pending(&self) -> usize {
-        self.pending.len()
+        let counters = self.counters.iter().filter_map(|q| q.front().map(|(time, ..)| *time));
+        let short = self.short.iter().filter_map(|q| q.front().map(|(time, ..)| *time));
+        self.pending.peek().map(|Reverse((time, _))| *time).into_iter().chain(counters).chain(short).min()
     }
 }
