@@ -246,12 +246,12 @@ pub type FeatureUpdate = ((UserKey, FeatureVal), Time, isize);
 pub struct WindowState {
     /// End (exclusive) of each distinct value's current presence interval.
     present_until: HashMap<(UserKey, FeatureVal), Time, foldhash::fast::FixedState>,
-    /// Pending retractions by time, as `(time, slot)`; small entries keep the heap cheap. For
-    /// distinct values an entry is checked against `present_until` when due (the interval may have
-    /// been extended since).
+    /// Pending retractions of the 30-day countries by time, as `(time, slot)`; one per value,
+    /// checked against `present_until` when due and re-queued if the interval was extended.
     pending: BinaryHeap<Reverse<(Time, usize)>>,
-    /// The `(key, value, diff)` of each pending retraction, by slot; `free` lists unused slots.
-    slots: Vec<(UserKey, FeatureVal, isize)>,
+    /// The `(key, value)` of each pending heap retraction (always `-1`), by slot; `free` lists
+    /// unused slots.
+    slots: Vec<(UserKey, FeatureVal)>,
     free: Vec<usize>,
     /// Counter retractions, one queue per counter: a counter's window is fixed and events come in
     /// time order, so each queue is already sorted by time (no heap needed).
@@ -355,10 +355,10 @@ impl WindowState {
                 break;
             }
             self.pending.pop();
-            let (key, val, diff) = self.slots[slot];
+            let (key, val) = self.slots[slot];
             let until = self.present_until.get(&(key, val)).copied().unwrap_or(Time::MAX);
             if until == time {
-                out.push(((key, val), time, diff));
+                out.push(((key, val), time, -1));
                 self.present_until.remove(&(key, val));
                 self.free.push(slot);
             } else if until > time && until != Time::MAX {
@@ -379,11 +379,11 @@ impl WindowState {
         }
         let slot = match self.free.pop() {
             Some(slot) => {
-                self.slots[slot] = (key, val, -1);
+                self.slots[slot] = (key, val);
                 slot
             }
             None => {
-                self.slots.push((key, val, -1));
+                self.slots.push((key, val));
                 self.slots.len() - 1
             }
         };

@@ -349,7 +349,7 @@ impl SourceSpec {
                 }
             }
             SourceSpec::Files(paths) => {
-                for (_, path) in paths.iter().enumerate().filter(|(i, _)| mine(*i)) {
+                for path in paths.iter().enumerate().filter_map(|(i, path)| mine(i).then_some(path)) {
                     parts.push(Box::new(JsonLinesPartition::open(path, max_record_bytes)?));
                 }
             }
