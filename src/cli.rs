@@ -1,8 +1,10 @@
-//! The command line: `run`, `replay`, `generate`, `dataflows`, with timely's cluster options
-//! (`-w`, `-n`, `-p`, `-h`) merged into the same parser.
+//! The command line: `run`, `replay`, `generate`, `produce`, `consume`, `dataflows`, with timely's
+//! cluster options (`-w`, `-n`, `-p`, `-h`) merged into the same parser.
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -11,6 +13,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::control::{ControlSpec, ModelSource, RulesSource};
 use crate::engine::{run, JobReport, JobSpec};
 use crate::generator::{GeneratorConfig, DEFAULT_START};
+use crate::kafka::source::KafkaSource;
+use crate::kafka::tools::ProduceInput;
+use crate::kafka::KafkaConfig;
 use crate::source::SourceSpec;
 
 /// threatflow: real-time threat detection for cloud-application activity streams.
@@ -25,7 +30,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the embedded generator through a dataflow and report throughput and detection quality.
+    /// Run the embedded generator (or, with `--kafka`, the activity topic) through a dataflow and
+    /// report throughput and detection quality.
     #[command(disable_help_flag = true)]
     Run(RunArgs),
     /// Run a dataflow over JSON-lines files of canonical events (backfill) and write decisions.
@@ -33,6 +39,10 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Write the embedded generator's events (and ground truth) as JSON lines.
     Generate(GenerateArgs),
+    /// Send the embedded generator's events, or files' lines, to a Kafka topic at a fixed rate.
+    Produce(ProduceArgs),
+    /// Print or save the records of a Kafka topic.
+    Consume(ConsumeArgs),
     /// List the dataflows `--dataflow` can select.
     Dataflows,
 }
@@ -108,6 +118,44 @@ pub struct JobArgs {
     pub dead_letters: Option<PathBuf>,
 }
 
+/// How to reach Kafka.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers (`host:port,...`).
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
+    /// A librdkafka setting, `key=value` (`security.protocol`, `sasl.mechanism`, `sasl.username`,
+    /// `ssl.ca.location`, ...); repeatable.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+    pub kafka_options: Vec<String>,
+    /// Create missing topics instead of failing.
+    #[arg(long)]
+    pub create_topics: bool,
+    /// Partitions of the topics `--create-topics` creates.
+    #[arg(long, default_value_t = 4)]
+    pub topic_partitions: usize,
+    /// How long to keep retrying while the broker cannot be reached at start.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub kafka_connect_timeout: Duration,
+}
+
+impl KafkaArgs {
+    /// The Kafka configuration, when `--kafka` is given.
+    pub fn config(&self) -> Result<Option<KafkaConfig>> {
+        let Some(brokers) = &self.kafka else { return Ok(None) };
+        let mut config = KafkaConfig::new(brokers.clone());
+        config.options = crate::kafka::parse_options(&self.kafka_options)?;
+        config.create_topics = self.create_topics;
+        config.partitions = self.topic_partitions;
+        config.connect_timeout = self.kafka_connect_timeout;
+        Ok(Some(config))
+    }
+
+    fn required(&self) -> Result<KafkaConfig> {
+        self.config()?.context("--kafka BROKERS is required")
+    }
+}
+
 /// `threatflow run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -129,12 +177,71 @@ pub struct RunArgs {
     /// Print the report as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Kafka: read events from the activity topic instead of the generator, model and rule updates
+    /// from their topics while running, and write decisions, alerts, actions and dead letters to
+    /// theirs.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// A topic name for a role, `ROLE=NAME`; the default name is the role's (activity, models,
+    /// rules, decisions, alerts, actions, dead-letters); repeatable.
+    #[arg(long = "topic", value_name = "ROLE=NAME", requires = "kafka")]
+    pub topics: Vec<String>,
+    /// Stop at the end offsets the activity topic has at start (a bounded run); by default the job
+    /// follows the topic until SIGTERM or Ctrl-C, then decides what it has read and ends.
+    #[arg(long, requires = "kafka")]
+    pub until_end: bool,
+    /// An activity partition at its end for this long no longer holds event time back.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
     /// Job options.
     #[command(flatten)]
     pub job: JobArgs,
     /// Cluster options.
     #[command(flatten)]
     pub cluster: ClusterArgs,
+}
+
+/// `threatflow produce`.
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Topic to write.
+    #[arg(long, default_value = "activity")]
+    pub topic: String,
+    /// Records per second, open loop (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Send these files' lines as they are (file `i` to partition `i % P`) instead of generated events.
+    #[arg(long)]
+    pub input: Vec<PathBuf>,
+    /// Number of users (generator).
+    #[arg(long, default_value_t = 10_000)]
+    pub users: u64,
+    /// Number of events (generator).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Generator seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// `threatflow consume`.
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Topic to read.
+    #[arg(long)]
+    pub topic: String,
+    /// Write the records here instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Keep reading new records until SIGTERM or Ctrl-C (default: stop at the end offsets at start).
+    #[arg(long)]
+    pub follow: bool,
 }
 
 /// `threatflow replay`.
@@ -215,6 +322,8 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Run(args) => run_generated(args),
         Command::Replay(args) => replay(args),
         Command::Generate(args) => generate(args),
+        Command::Produce(args) => produce(args),
+        Command::Consume(args) => consume(args),
         Command::Dataflows => {
             for d in crate::dataflows::all() {
                 println!("{:<16} {}", d.name(), d.description());
@@ -224,18 +333,43 @@ pub fn execute(cli: Cli) -> Result<()> {
     }
 }
 
+/// A flag set by the first SIGTERM or Ctrl-C (a second one exits at once).
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop)).context("installing a signal handler")?;
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing a signal handler")?;
+    }
+    Ok(stop)
+}
+
 fn run_generated(args: RunArgs) -> Result<()> {
-    let generator = GeneratorConfig {
-        seed: args.seed,
-        users: args.users,
-        events: args.events,
-        allowed_lateness: ms(args.job.allowed_lateness),
-        ..GeneratorConfig::default()
+    let control = args.job.control(true, !args.no_default_rules);
+    let mut job = match args.kafka.config()? {
+        Some(kafka) => {
+            let kafka = kafka.with_topics(&args.topics)?;
+            let mut source = KafkaSource::new(kafka.clone(), args.until_end);
+            source.idle_timeout = args.idle_timeout;
+            let mut job = args.job.job(SourceSpec::Kafka(source), control);
+            job.kafka = Some(kafka);
+            job
+        }
+        None => {
+            let generator = GeneratorConfig {
+                seed: args.seed,
+                users: args.users,
+                events: args.events,
+                allowed_lateness: ms(args.job.allowed_lateness),
+                ..GeneratorConfig::default()
+            };
+            let mut job = args.job.job(SourceSpec::Generator(generator), control);
+            job.expected_events = (args.cluster.processes == 1).then_some(args.events);
+            job
+        }
     };
-    let mut job = args.job.job(SourceSpec::Generator(generator), args.job.control(true, !args.no_default_rules));
     job.decisions_path = args.output.clone();
     job.progress = true;
-    job.expected_events = (args.cluster.processes == 1).then_some(args.events);
+    job.stop = stop_on_signals()?;
     let is_reporter = args.cluster.process == 0;
     let report = run(args.cluster.timely_config()?, job)?;
     if is_reporter {
@@ -263,6 +397,33 @@ fn replay(args: ReplayArgs) -> Result<()> {
             args.output.display()
         );
     }
+    Ok(())
+}
+
+fn produce(args: ProduceArgs) -> Result<()> {
+    let kafka = args.kafka.required()?;
+    let input = if args.input.is_empty() {
+        ProduceInput::Generator(GeneratorConfig { seed: args.seed, users: args.users, events: args.events, ..GeneratorConfig::default() })
+    } else {
+        ProduceInput::Files(args.input.clone())
+    };
+    let sent = crate::kafka::tools::produce(&kafka, &args.topic, input, args.rate, true)?;
+    eprintln!("{sent} records sent to {}", args.topic);
+    Ok(())
+}
+
+fn consume(args: ConsumeArgs) -> Result<()> {
+    let kafka = args.kafka.required()?;
+    let stop = stop_on_signals()?;
+    let count = match &args.out {
+        Some(path) => {
+            let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            crate::kafka::tools::consume(&kafka, &args.topic, args.follow, &stop, &mut out)?
+        }
+        None => crate::kafka::tools::consume(&kafka, &args.topic, args.follow, &stop, &mut std::io::stdout().lock())?,
+    };
+    tracing::info!(records = count, topic = %args.topic, "consumed");
     Ok(())
 }
 

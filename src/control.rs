@@ -59,12 +59,12 @@ pub enum RulesSource {
 }
 
 impl ControlSpec {
-    /// Loads every model and rule, and returns the control collection's updates.
+    /// Loads every model and rule, and returns them as a [`ControlLog`].
     ///
     /// The initial model must load (a bad start is a clear error); a model update that cannot be
     /// fetched or verified, and a rule that does not validate, are reported and skipped, so what was
     /// in force stays in force.
-    pub fn load(&self) -> Result<Vec<ControlUpdate>> {
+    pub fn load(&self) -> Result<ControlLog> {
         let mut models: Vec<(Time, Model)> = Vec::new();
         if let Some(source) = &self.model {
             let model = match source {
@@ -93,15 +93,69 @@ impl ControlSpec {
             }
         }
         models.extend(self.verified_models.iter().cloned());
-        let mut specs = Vec::new();
+        let mut log = ControlLog { models, specs: Vec::new() };
         for source in &self.rules {
             match source {
-                RulesSource::File(path) => specs.extend(rules::read_rules(path)?),
-                RulesSource::Specs(s) => specs.extend(s.iter().cloned()),
-            }
+                RulesSource::File(path) => log.add_rules(rules::read_rules(path)?),
+                RulesSource::Specs(specs) => log.add_rules(specs.iter().cloned()),
+            };
         }
-        Ok(timeline(models, specs))
+        Ok(log)
     }
+}
+
+/// Every model and rule update of a job so far; turns a new update into the control collection's
+/// changes (updates read from Kafka while the job runs).
+#[derive(Clone, Debug, Default)]
+pub struct ControlLog {
+    models: Vec<(Time, Model)>,
+    specs: Vec<RuleSpec>,
+}
+
+impl ControlLog {
+    /// The control collection's updates for everything logged.
+    pub fn updates(&self) -> Vec<ControlUpdate> {
+        timeline(self.models.clone(), self.specs.clone())
+    }
+
+    /// Logs a verified model in force from `from`; returns the collection's changes.
+    pub fn add_model(&mut self, from: Time, model: Model) -> Vec<ControlUpdate> {
+        let before = self.updates();
+        self.models.push((from, model));
+        changes(before, self.updates())
+    }
+
+    /// Logs rule updates; a rule that does not validate is reported and skipped. Returns the
+    /// collection's changes.
+    pub fn add_rules(&mut self, specs: impl IntoIterator<Item = RuleSpec>) -> Vec<ControlUpdate> {
+        let before = self.updates();
+        for spec in specs {
+            if let (false, Err(error)) = (spec.remove, Rule::from_spec(&spec)) {
+                tracing::error!(rule = %spec.id, "rule rejected, skipped: {error:#}");
+                continue;
+            }
+            self.specs.push(spec);
+        }
+        changes(before, self.updates())
+    }
+}
+
+/// What turns the collection described by `before` into the one described by `after`.
+///
+/// A change that takes effect at `t` leaves the collection before `t` as it was, so every change
+/// returned is at `t` or later.
+fn changes(before: Vec<ControlUpdate>, after: Vec<ControlUpdate>) -> Vec<ControlUpdate> {
+    let mut all: Vec<ControlUpdate> = before.into_iter().map(|(c, t, d)| (c, t, -d)).chain(after).collect();
+    all.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    let mut out: Vec<ControlUpdate> = Vec::new();
+    for (control, time, diff) in all {
+        match out.last_mut() {
+            Some(last) if last.0 == control && last.1 == time => last.2 += diff,
+            _ => out.push((control, time, diff)),
+        }
+    }
+    out.retain(|(_, _, diff)| *diff != 0);
+    out
 }
 
 /// Turns models and rule updates into updates of the control collection.
@@ -142,4 +196,51 @@ pub fn timeline(mut models: Vec<(Time, Model)>, mut specs: Vec<RuleSpec>) -> Vec
         }
     }
     updates
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(version: &str) -> Model {
+        let artifact = format!(r#"{{"version":"{version}","features":["deletes_10m"],"weights":[1.0],"bias":-1.0,"threshold":0.5}}"#);
+        Model::from_bytes(artifact.as_bytes(), None).unwrap()
+    }
+
+    /// The collection at time `t`, from updates.
+    fn at(updates: &[ControlUpdate], t: Time) -> Vec<Control> {
+        let mut counts: BTreeMap<Control, isize> = BTreeMap::new();
+        for (c, _, d) in updates.iter().filter(|u| u.1 <= t) {
+            *counts.entry(c.clone()).or_default() += d;
+        }
+        counts.into_iter().filter(|(_, d)| *d != 0).map(|(c, d)| {
+            assert_eq!(d, 1);
+            c
+        }).collect()
+    }
+
+    #[test]
+    fn log_changes_add_up_to_the_timeline() {
+        let mut log = ControlLog::default();
+        let mut applied = log.add_model(0, model("v1"));
+        applied.extend(log.add_model(100, model("v2")));
+        // An update between two others, then a rule and its removal.
+        let changes = log.add_model(50, model("v3"));
+        assert!(changes.iter().all(|(_, t, _)| *t >= 50), "{changes:?}");
+        applied.extend(changes);
+        let rules = r#"[{"id":"r","effective_from":70,"when":{"action":["delete"]}},{"id":"r","effective_from":90,"remove":true}]"#;
+        applied.extend(log.add_rules(crate::rules::parse_rules(rules).unwrap()));
+        // A rule that does not validate is skipped.
+        assert!(log.add_rules(crate::rules::parse_rules(r#"[{"id":"bad"}]"#).unwrap()).is_empty());
+        for t in [0, 49, 50, 69, 70, 89, 90, 99, 100, 1000] {
+            assert_eq!(at(&applied, t), at(&log.updates(), t), "at {t}");
+        }
+        let version = |t| match &at(&applied, t)[0] {
+            Control::Model(m) => m.version.clone(),
+            Control::Rule(_) => unreachable!(),
+        };
+        assert_eq!([version(0), version(50), version(100)], ["v1", "v3", "v2"]);
+        assert_eq!(at(&applied, 70).len(), 2);
+        assert_eq!(at(&applied, 90).len(), 1);
+    }
 }

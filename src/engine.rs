@@ -4,30 +4,34 @@
 //! source ──events──► shared inputs (by user: features; broadcast: control) ──► dataflow ──► decisions sink (worker 0)
 //!    └──side records (dead letters, labels, counts)───────────────────────────────────────► side sink (worker 0)
 //! ```
-//! Both sinks run on worker 0 and write each time's records once the frontier has passed it,
-//! sorted, so an output file is the same bytes whatever the number of workers or processes.
+//! Both sinks run on worker 0 and hand each time's records to the job's [`Output`]s (files, Kafka
+//! topics) once the frontier has passed it, sorted, so an output is the same bytes whatever the
+//! number of workers or processes. The control input (models, rules) is fed by worker 0: all at
+//! once from files, or while the job runs from Kafka topics ([`crate::kafka::control`]).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use differential_dataflow::input::Input as _;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Operator, Probe};
 use timely::dataflow::ProbeHandle;
 
-use crate::control::{ControlSpec, ControlUpdate};
+use crate::control::{ControlLog, ControlSpec};
 use crate::decision::Decision;
 use crate::eval::Quality;
 use crate::event::{DeadLetter, Time, DEFAULT_MAX_RECORD_BYTES};
 use crate::generator::Label;
+use crate::kafka::control::KafkaControl;
+use crate::kafka::sink::KafkaOutput;
+use crate::kafka::{KafkaConfig, Role};
+use crate::output::{JsonLinesOutput, Output};
 use crate::shared::build_shared;
 use crate::source::{partitioned_source, ErrorSlot, PartitionStats, SideRecord, SourceConfig, SourceSpec};
 
@@ -48,6 +52,10 @@ pub struct JobSpec {
     pub decisions_path: Option<PathBuf>,
     /// Dead letters as JSON lines.
     pub dead_letters_path: Option<PathBuf>,
+    /// Kafka: control topics read while the job runs, and output topics written.
+    pub kafka: Option<KafkaConfig>,
+    /// Set it to end the job early: sources stop reading and what was read is decided (SIGTERM).
+    pub stop: Arc<AtomicBool>,
     /// Keep decisions and dead letters in the report (tests, embedding).
     pub collect: bool,
     /// Show a progress bar (worker 0, when attached to a terminal).
@@ -67,6 +75,8 @@ impl JobSpec {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             decisions_path: None,
             dead_letters_path: None,
+            kafka: None,
+            stop: Arc::default(),
             collect: false,
             progress: false,
             expected_events: None,
@@ -112,35 +122,25 @@ struct SinkState {
     decided: Vec<(String, String, Time)>,
 }
 
-fn create(path: &Option<PathBuf>) -> Result<Option<BufWriter<File>>> {
-    path.as_ref()
-        .map(|p| File::create(p).map(|f| BufWriter::with_capacity(1 << 20, f)).with_context(|| format!("creating {}", p.display())))
-        .transpose()
-}
-
-/// Writes one JSON line; the first error is kept (and ends the job once the dataflow is done).
-fn write_line<T: serde::Serialize>(out: &mut Option<BufWriter<File>>, value: &T, errors: &ErrorSlot, what: &str) {
-    if let Some(out) = out.as_mut() {
-        let written = serde_json::to_writer(&mut *out, value).map_err(anyhow::Error::from).and_then(|_| Ok(out.write_all(b"\n")?));
-        if let Err(e) = written {
-            errors.borrow_mut().get_or_insert(e.context(what.to_string()));
-        }
-    }
-}
-
-fn flush(out: &mut Option<BufWriter<File>>, errors: &ErrorSlot, what: &str) {
-    if let Some(Err(e)) = out.as_mut().map(Write::flush) {
-        errors.borrow_mut().get_or_insert(anyhow::Error::from(e).context(what.to_string()));
+/// Keeps the first error of a result (the job ends with it once the dataflow is done).
+fn keep_error(result: Result<()>, errors: &ErrorSlot) {
+    if let Err(error) = result {
+        errors.borrow_mut().get_or_insert(error);
     }
 }
 
 /// Runs a job on a timely configuration; returns worker 0's report.
-pub fn run(config: timely::Config, job: JobSpec) -> Result<JobReport> {
+pub fn run(config: timely::Config, mut job: JobSpec) -> Result<JobReport> {
     if crate::dataflows::find(&job.dataflow).is_none() {
         bail!("unknown dataflow {:?}; known: {}", job.dataflow, crate::dataflows::names().join(", "));
     }
-    job.source.check()?;
-    let control: Arc<Vec<ControlUpdate>> = Arc::new(job.control.load()?);
+    job.source.prepare()?;
+    if let Some(kafka) = &job.kafka {
+        // Every process checks (or creates) the topics before any worker starts.
+        let topics: Vec<&str> = Role::ALL[1..].iter().map(|r| kafka.topic(*r)).collect();
+        kafka.partition_counts(&topics)?;
+    }
+    let control = Arc::new(job.control.load()?);
     let job = Arc::new(job);
     let progress = Arc::new(AtomicU64::new(0));
     let guards = timely::execute(config, move |worker| run_worker(worker, &job, &control, &progress))
@@ -157,7 +157,7 @@ pub fn run(config: timely::Config, job: JobSpec) -> Result<JobReport> {
 fn run_worker(
     worker: &mut timely::worker::Worker,
     job: &JobSpec,
-    control_updates: &[ControlUpdate],
+    control: &ControlLog,
     progress: &Arc<AtomicU64>,
 ) -> Result<Option<JobReport>> {
     let index = worker.index();
@@ -166,8 +166,17 @@ fn run_worker(
     let partitions = job.source.partitions(index, peers, job.max_record_bytes)?;
     let errors: ErrorSlot = Rc::new(RefCell::new(None));
     let state = Rc::new(RefCell::new(SinkState::default()));
-    let mut decisions_out = if index == 0 { create(&job.decisions_path)? } else { None };
-    let mut dead_out = if index == 0 { create(&job.dead_letters_path)? } else { None };
+    let mut outputs: Vec<Box<dyn Output>> = Vec::new();
+    let mut kafka_control = None;
+    if index == 0 {
+        let files = JsonLinesOutput::create(job.decisions_path.as_deref(), job.dead_letters_path.as_deref())?;
+        outputs.push(Box::new(files));
+        if let Some(kafka) = &job.kafka {
+            outputs.push(Box::new(KafkaOutput::new(kafka)?));
+            kafka_control = Some(KafkaControl::start(kafka, control.clone())?);
+        }
+    }
+    let outputs = Rc::new(RefCell::new(outputs));
     let sink_errors = Rc::clone(&errors);
     let collect = job.collect;
     // Each sink sets its flag once its input is complete; the job is over when both are set.
@@ -175,18 +184,25 @@ fn run_worker(
     let side_done = Rc::new(std::cell::Cell::new(false));
 
     let probe = ProbeHandle::new();
-    let source_config =
-        SourceConfig { allowed_lateness: job.allowed_lateness, records_read: Arc::clone(progress), ..SourceConfig::default() };
-    let mut control_input = worker.dataflow::<Time, _, _>(|scope| {
+    let events_probe = ProbeHandle::new();
+    let source_config = SourceConfig {
+        allowed_lateness: job.allowed_lateness,
+        records_read: Arc::clone(progress),
+        stop: Arc::clone(&job.stop),
+        ..SourceConfig::default()
+    };
+    let control_input = worker.dataflow::<Time, _, _>(|scope| {
         let (control_input, control) = scope.new_collection();
         let (events, side) =
             partitioned_source(scope, "Source", partitions, source_config, probe.clone(), Rc::clone(&errors));
+        let events = events.probe_with(&events_probe);
         let inputs = build_shared(scope, events, control);
         let decisions = dataflow.build(inputs);
 
         // Decisions: gathered on worker 0, written per completed time in `decision_id` order.
         let sink_state = Rc::clone(&state);
         let write_errors = Rc::clone(&sink_errors);
+        let sink_outputs = Rc::clone(&outputs);
         let mut pending: BTreeMap<Time, Vec<Decision>> = BTreeMap::new();
         let done = Rc::clone(&decisions_done);
         decisions
@@ -199,14 +215,19 @@ fn run_worker(
                     }
                 });
                 let mut state = sink_state.borrow_mut();
+                let mut outputs = sink_outputs.borrow_mut();
+                let mut wrote = false;
                 while let Some(entry) = pending.first_entry() {
                     if frontier.less_equal(entry.key()) {
                         break;
                     }
                     let mut ready = entry.remove();
                     ready.sort_by(|a, b| a.decision_id.cmp(&b.decision_id));
+                    wrote = true;
                     for d in ready {
-                        write_line(&mut decisions_out, &d, &write_errors, "writing decisions");
+                        for output in outputs.iter_mut() {
+                            keep_error(output.decision(&d), &write_errors);
+                        }
                         state.report.decisions += 1;
                         state.decided.push((d.event_id.clone(), d.user.clone(), d.ts));
                         if collect {
@@ -214,8 +235,12 @@ fn run_worker(
                         }
                     }
                 }
+                if wrote {
+                    for output in outputs.iter_mut() {
+                        keep_error(output.flush(), &write_errors);
+                    }
+                }
                 if frontier.is_empty() && !done.get() {
-                    flush(&mut decisions_out, &write_errors, "writing decisions");
                     done.set(true);
                 }
             });
@@ -223,11 +248,13 @@ fn run_worker(
         // Side records: dead letters written as they come (in a stable order per time), labels and counts kept.
         let sink_state = Rc::clone(&state);
         let write_errors = Rc::clone(&sink_errors);
+        let sink_outputs = Rc::clone(&outputs);
         let mut pending: BTreeMap<Time, Vec<SideRecord>> = BTreeMap::new();
         let done = Rc::clone(&side_done);
         side.probe_with(&probe).sink(Exchange::new(|_: &SideRecord| 0), "SideSink", move |(input, frontier)| {
             input.for_each(|cap, data| pending.entry(cap.least().copied().unwrap_or_default()).or_default().append(data));
             let mut state = sink_state.borrow_mut();
+            let mut outputs = sink_outputs.borrow_mut();
             while let Some(entry) = pending.first_entry() {
                 if frontier.less_equal(entry.key()) {
                     break;
@@ -247,34 +274,53 @@ fn run_worker(
                 }
                 dead.sort_by(|a, b| a.position.cmp(&b.position));
                 for d in dead {
-                    write_line(&mut dead_out, &d, &write_errors, "writing dead letters");
+                    for output in outputs.iter_mut() {
+                        keep_error(output.dead_letter(&d), &write_errors);
+                    }
                     if collect {
                         state.report.collected_dead_letters.push(d);
                     }
                 }
             }
             if frontier.is_empty() && !done.get() {
-                flush(&mut dead_out, &write_errors, "writing dead letters");
                 done.set(true);
             }
         });
         control_input
     });
 
-    // The control collection is fed by worker 0 alone and broadcast; then closed, since a file-based
-    // job knows all its model and rule updates up front.
+    // The control collection is fed by worker 0 alone and broadcast. A job without control topics
+    // knows all its model and rule updates up front and closes the input at once.
+    let mut control_input = Some(control_input);
     if index == 0 {
-        for (control, time, diff) in control_updates.iter().cloned() {
-            control_input.update_at(((), control), time, diff);
+        if let Some(input) = control_input.as_mut() {
+            for (control, time, diff) in control.updates() {
+                input.update_at(((), control), time, diff);
+            }
         }
     }
-    control_input.close();
+    if kafka_control.is_none() {
+        control_input = None;
+    }
 
     let bar = (index == 0 && job.progress).then(|| progress_bar(job.expected_events));
     let started = Instant::now();
     let mut last_draw = Instant::now();
     while !(decisions_done.get() && side_done.get()) {
-        worker.step_or_park(Some(Duration::from_millis(10)));
+        if let (Some(feed), Some(input)) = (kafka_control.as_mut(), control_input.as_mut()) {
+            let events_frontier = events_probe.with_frontier(|f| f.first().copied());
+            match feed.step(input, events_frontier) {
+                Ok(false) => {}
+                Ok(true) => control_input = None,
+                Err(error) => {
+                    // Without its control input the job cannot go on; end it with this error.
+                    errors.borrow_mut().get_or_insert(error);
+                    job.stop.store(true, Ordering::Relaxed);
+                    control_input = None;
+                }
+            }
+        }
+        worker.step_or_park(Some(Duration::from_millis(if control_input.is_some() { 1 } else { 10 })));
         if let Some(bar) = bar.as_ref() {
             if last_draw.elapsed() > Duration::from_millis(100) {
                 bar.set_position(progress.load(Ordering::Relaxed));
@@ -285,6 +331,9 @@ fn run_worker(
     let elapsed = started.elapsed();
     if let Some(bar) = bar {
         bar.finish_and_clear();
+    }
+    for output in outputs.borrow_mut().iter_mut() {
+        keep_error(output.finish(), &errors);
     }
     if let Some(error) = errors.borrow_mut().take() {
         return Err(error);

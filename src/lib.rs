@@ -38,7 +38,8 @@
 //! letters) and [`generator`]; [`event`]; [`shared`] (the inputs every dataflow shares: events by
 //! user, the [`features`] arrangement, the [`control`] arrangement of [`model`]s and [`rules`]);
 //! [`as_of`] (the half join); [`dataflows`] (one file per dataflow); [`decision`]; [`engine`]
-//! (workers, sinks); [`eval`] (quality against ground truth); [`cli`].
+//! (workers, sinks) and [`output`]; [`kafka`] (topics in and out); [`eval`] (quality against
+//! ground truth); [`cli`].
 
 #![deny(missing_docs)]
 
@@ -53,7 +54,9 @@ pub mod eval;
 pub mod event;
 pub mod features;
 pub mod generator;
+pub mod kafka;
 pub mod model;
+pub mod output;
 pub mod rules;
 pub mod shared;
 pub mod source;

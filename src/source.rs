@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +45,11 @@ pub trait Partition {
     fn name(&self) -> String;
     /// Appends up to about `max` items to `out`; returns `Ok(false)` once exhausted.
     fn poll(&mut self, max: usize, out: &mut Vec<Item>) -> Result<bool>;
+    /// Whether the partition is caught up and quiet, so that it need not hold the frontier back
+    /// (unbounded sources only; a bounded partition is never idle).
+    fn idle(&self) -> bool {
+        false
+    }
 }
 
 /// Counts of one partition, reported when it is exhausted.
@@ -82,11 +87,19 @@ pub struct SourceConfig {
     pub max_batches_in_flight: usize,
     /// Counts the records read (for a progress bar).
     pub records_read: Arc<AtomicU64>,
+    /// Once set, every partition is treated as exhausted: the job drains and ends (SIGTERM).
+    pub stop: Arc<AtomicBool>,
 }
 
 impl Default for SourceConfig {
     fn default() -> Self {
-        SourceConfig { allowed_lateness: 5_000, batch: 32_768, max_batches_in_flight: 4, records_read: Arc::default() }
+        SourceConfig {
+            allowed_lateness: 5_000,
+            batch: 32_768,
+            max_batches_in_flight: 4,
+            records_read: Arc::default(),
+            stop: Arc::default(),
+        }
     }
 }
 
@@ -155,11 +168,17 @@ pub fn partitioned_source<'s>(
             let mut events_session = events_handle.session(&capabilities[0]);
             let mut side_session = side_handle.session(&capabilities[1]);
             let lateness = config.allowed_lateness;
+            // Events are never stamped before the capability; only idle partitions that wake up
+            // behind it (the others hold it back) see it above their own watermark.
+            let floor = *capabilities[0].time();
+            let stopping = config.stop.load(Ordering::Relaxed);
+            let mut read_any = false;
             let mut finished = Vec::new();
             let per_partition = config.batch.div_ceil(open.len().max(1)).max(64);
             for (index, state) in open.iter_mut().enumerate() {
                 items.clear();
-                let more = match state.partition.poll(per_partition, &mut items) {
+                let polled = if stopping { Ok(false) } else { state.partition.poll(per_partition, &mut items) };
+                let more = match polled {
                     Ok(more) => more,
                     Err(error) => {
                         let error = error.context(format!("reading partition {}", state.stats.partition));
@@ -169,10 +188,11 @@ pub fn partitioned_source<'s>(
                     }
                 };
                 config.records_read.fetch_add(items.len() as u64, Ordering::Relaxed);
+                read_any |= !items.is_empty();
                 for item in items.drain(..) {
                     match item {
                         Item::Event(mut event) => {
-                            let watermark = state.watermark(lateness);
+                            let watermark = state.watermark(lateness).max(floor);
                             if event.ts < watermark {
                                 event.time = watermark;
                                 event.late = true;
@@ -206,14 +226,22 @@ pub fn partitioned_source<'s>(
                 caps = None;
                 return;
             }
-            let watermark = open.iter().map(|s| s.watermark(lateness)).min().unwrap_or(0);
+            // The least watermark of the partitions still holding the frontier back; when all are
+            // idle, the frontier stays where it is.
+            let watermark = open.iter().filter(|s| !s.partition.idle()).map(|s| s.watermark(lateness)).min().unwrap_or(floor);
             for cap in capabilities.iter_mut() {
                 if *cap.time() < watermark {
                     cap.downgrade(&watermark);
                 }
             }
             in_flight.push_back(watermark);
-            activator.activate();
+            if read_any {
+                activator.activate();
+            } else {
+                // Nothing to read right now (a caught-up Kafka partition): look again shortly
+                // instead of spinning.
+                activator.activate_after(Duration::from_millis(1));
+            }
         }
     });
     (events, side)
@@ -324,16 +352,23 @@ pub enum SourceSpec {
     Files(Vec<PathBuf>),
     /// In-memory JSON-lines inputs, one partition each (tests, embedding).
     Memory(Vec<Vec<u8>>),
+    /// A Kafka topic, one partition per topic partition.
+    Kafka(crate::kafka::source::KafkaSource),
 }
 
 impl SourceSpec {
-    /// Checks that every input can be opened, so that a bad path fails the job before any worker
-    /// starts (a worker failing alone would leave its peers waiting).
-    pub fn check(&self) -> Result<()> {
-        if let SourceSpec::Files(paths) = self {
-            for path in paths {
-                std::fs::File::open(path).with_context(|| format!("opening input {}", path.display()))?;
+    /// Checks that every input can be opened (and, for Kafka, waits for the broker and reads the
+    /// topic's partitions), so that a bad input fails the job before any worker starts (a worker
+    /// failing alone would leave its peers waiting).
+    pub fn prepare(&mut self) -> Result<()> {
+        match self {
+            SourceSpec::Files(paths) => {
+                for path in paths.iter() {
+                    std::fs::File::open(path).with_context(|| format!("opening input {}", path.display()))?;
+                }
             }
+            SourceSpec::Kafka(kafka) => kafka.prepare()?,
+            SourceSpec::Generator(_) | SourceSpec::Memory(_) => {}
         }
         Ok(())
     }
@@ -358,6 +393,7 @@ impl SourceSpec {
                     parts.push(Box::new(JsonLinesPartition::from_bytes(format!("memory:{i}"), bytes.clone(), max_record_bytes)));
                 }
             }
+            SourceSpec::Kafka(kafka) => parts = kafka.partitions(index, peers, max_record_bytes)?,
         }
         Ok(parts)
     }

@@ -3,34 +3,12 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
-fn threatflow() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_threatflow"));
-    cmd.env("RUST_LOG", "warn");
-    cmd
-}
-
-fn ok(output: Output) -> Output {
-    assert!(
-        output.status.success(),
-        "threatflow failed: {}\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
-}
+mod common;
+use common::{free_ports, lines, ok, threatflow};
 
 fn decision_ids(path: &Path) -> BTreeSet<String> {
     lines(path).iter().map(|d| d["decision_id"].as_str().expect("decision_id").to_string()).collect()
@@ -62,11 +40,6 @@ fn replay(events: &Path, output: &Path, extra: &[&str]) -> Output {
         .args(extra)
         .output()
         .expect("spawn"))
-}
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
 }
 
 #[test]

@@ -1,0 +1,179 @@
+//! Kafka topic partitions as partitions of the event source.
+//!
+//! Each worker owns the partitions `p` with `p % peers == index` and reads them through one
+//! consumer, with one queue per partition, so the source's per-partition watermarks work exactly as
+//! for files. Nothing is committed: the next offset of each partition is kept here (checkpoints
+//! record it). A partition that has reached its end and stayed quiet for the idle timeout stops
+//! holding the frontier back; with `until_end`, a partition is exhausted at the end offset it had
+//! when the job started.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{KafkaConfig, LogContext, Role};
+use crate::event::{parse_event, DeadLetter, Position, RejectReason};
+use crate::source::{Item, Partition};
+
+/// The activity topic as a source.
+#[derive(Clone, Debug)]
+pub struct KafkaSource {
+    /// Connection and topic names.
+    pub config: KafkaConfig,
+    /// Stop each partition at the end offset it had when the job started (a bounded run).
+    pub until_end: bool,
+    /// A partition at its end for this long no longer holds the frontier back (unbounded runs).
+    pub idle_timeout: Duration,
+    /// What [`KafkaSource::prepare`] found: the partition count and, with `until_end`, the end offsets.
+    pub resolved: Option<(usize, Option<Vec<i64>>)>,
+}
+
+impl KafkaSource {
+    /// Reads the activity topic of `config`.
+    pub fn new(config: KafkaConfig, until_end: bool) -> Self {
+        KafkaSource { config, until_end, idle_timeout: Duration::from_secs(1), resolved: None }
+    }
+
+    /// Waits for the broker, checks (or creates) the topic, and reads its end offsets when bounded.
+    pub fn prepare(&mut self) -> Result<()> {
+        let topic = self.config.topic(Role::Activity).to_string();
+        let partitions = self.config.partition_counts(&[&topic])?[0];
+        let ends = if self.until_end {
+            let consumer = self.config.consumer()?;
+            Some(self.config.end_offsets(&consumer, &topic, partitions)?)
+        } else {
+            None
+        };
+        tracing::info!(topic, partitions, ends = ?ends, "Kafka source ready");
+        self.resolved = Some((partitions, ends));
+        Ok(())
+    }
+
+    /// The partitions worker `index` of `peers` reads, through one consumer.
+    pub fn partitions(&self, index: usize, peers: usize, max_record_bytes: usize) -> Result<Vec<Box<dyn Partition>>> {
+        let (count, ends) = self.resolved.clone().context("the Kafka source was not prepared")?;
+        let topic = self.config.topic(Role::Activity).to_string();
+        let mine: Vec<usize> = (0..count).filter(|p| p % peers == index).collect();
+        if mine.is_empty() {
+            return Ok(Vec::new());
+        }
+        let consumer = Arc::new(self.config.consumer()?);
+        let mut assignment = TopicPartitionList::new();
+        for p in &mine {
+            assignment.add_partition_offset(&topic, *p as i32, Offset::Beginning).context("assigning a partition")?;
+        }
+        consumer.assign(&assignment).with_context(|| format!("assigning partitions {mine:?} of {topic}"))?;
+        let mut parts: Vec<Box<dyn Partition>> = Vec::new();
+        for p in mine {
+            let queue = consumer
+                .split_partition_queue(&topic, p as i32)
+                .with_context(|| format!("no queue for partition {topic}/{p}"))?;
+            parts.push(Box::new(KafkaPartition {
+                name: format!("kafka:{topic}/{p}"),
+                consumer: Arc::clone(&consumer),
+                queue,
+                end: ends.as_ref().map(|e| e[p]),
+                next_offset: 0,
+                at_end: false,
+                last_record: Instant::now(),
+                last_warning: None,
+                idle_timeout: self.idle_timeout,
+                max_record_bytes,
+            }));
+        }
+        Ok(parts)
+    }
+}
+
+/// One topic partition.
+pub struct KafkaPartition {
+    name: String,
+    consumer: Arc<BaseConsumer<LogContext>>,
+    queue: rdkafka::consumer::base_consumer::PartitionQueue<LogContext>,
+    end: Option<i64>,
+    next_offset: i64,
+    at_end: bool,
+    last_record: Instant,
+    last_warning: Option<Instant>,
+    idle_timeout: Duration,
+    max_record_bytes: usize,
+}
+
+impl KafkaPartition {
+    fn exhausted(&self) -> bool {
+        self.end.is_some_and(|end| self.next_offset >= end)
+    }
+
+    /// Logs a consumer error, at most once every 5 seconds per partition (librdkafka retries).
+    fn warn(&mut self, error: &KafkaError) {
+        if self.last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(5)) {
+            tracing::warn!(partition = %self.name, "Kafka consumer: {error} (librdkafka retries)");
+            self.last_warning = Some(Instant::now());
+        }
+    }
+
+    fn item(&self, offset: i64, payload: Option<&[u8]>) -> Item {
+        let bytes = payload.unwrap_or_default();
+        let position = Position { source: self.name.clone(), record: offset as u64, offset: offset as u64 };
+        let result = if bytes.len() > self.max_record_bytes {
+            Err(RejectReason::TooLarge { size: bytes.len(), limit: self.max_record_bytes })
+        } else {
+            parse_event(bytes, self.max_record_bytes)
+        };
+        match result {
+            Ok(event) => Item::Event(event),
+            Err(reason) => {
+                let kept = &bytes[..bytes.len().min(self.max_record_bytes)];
+                Item::Rejected(DeadLetter::new(&reason, position, kept, bytes.len()))
+            }
+        }
+    }
+}
+
+impl Partition for KafkaPartition {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn poll(&mut self, max: usize, out: &mut Vec<Item>) -> Result<bool> {
+        if self.exhausted() {
+            return Ok(false);
+        }
+        // Serves the consumer's events (errors, logs); every partition has its own queue.
+        if let Some(Err(error)) = self.consumer.poll(Duration::ZERO) {
+            self.warn(&error);
+        }
+        for _ in 0..max {
+            let next = match self.queue.poll(Duration::ZERO) {
+                None => break,
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    self.at_end = true;
+                    break;
+                }
+                Some(Err(error)) => {
+                    self.warn(&error);
+                    break;
+                }
+                Some(Ok(message)) => (message.offset(), self.item(message.offset(), message.payload())),
+            };
+            let (offset, item) = next;
+            self.next_offset = offset + 1;
+            self.at_end = false;
+            self.last_record = Instant::now();
+            out.push(item);
+            if self.exhausted() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn idle(&self) -> bool {
+        self.end.is_none() && self.at_end && self.last_record.elapsed() >= self.idle_timeout
+    }
+}

@@ -1,0 +1,195 @@
+//! `threatflow produce` and `threatflow consume`: put a stream on a topic, read a topic back.
+//!
+//! `produce` is open loop: record `k` is sent at `start + k / rate`, whatever the broker or the
+//! engine is doing, so a slow consumer cannot slow the offered load down (and hide its latency).
+//! Generated events keep their generator partition's order (partition `g` goes to topic partition
+//! `g % P`); lines of input file `i` go, in order, to topic partition `i % P`, so a topic holds
+//! exactly what `threatflow replay` of the same files reads, partition for partition.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::sink::KafkaProducer;
+use super::KafkaConfig;
+use crate::generator::{GeneratorConfig, GeneratorPartition};
+use crate::source::{Item, Partition};
+
+/// What `produce` sends.
+#[derive(Clone, Debug)]
+pub enum ProduceInput {
+    /// The embedded generator's events (keyed by user).
+    Generator(GeneratorConfig),
+    /// The lines of files, as they are (malformed lines included; blank lines skipped).
+    Files(Vec<PathBuf>),
+}
+
+/// Sends records to `topic`, at `rate` records per second when given (as fast as possible
+/// otherwise), showing a progress bar when `progress`; returns the number of records sent once
+/// the broker has acknowledged all of them.
+pub fn produce(config: &KafkaConfig, topic: &str, input: ProduceInput, rate: Option<f64>, progress: bool) -> Result<u64> {
+    let partitions = config.partition_counts(&[topic])?[0];
+    let mut producer = KafkaProducer::new(config)?;
+    let mut records: Box<dyn Iterator<Item = Result<Record>>> = match input {
+        ProduceInput::Generator(generator) => {
+            let total = generator.events;
+            Box::new(generated(generator, partitions).map(Ok).take(total as usize))
+        }
+        ProduceInput::Files(paths) => {
+            if paths.len() > partitions {
+                tracing::warn!(files = paths.len(), partitions, "more files than partitions: some partitions interleave several files");
+            }
+            Box::new(file_lines(paths, partitions)?)
+        }
+    };
+    let bar = progress.then(|| {
+        let bar = indicatif::ProgressBar::no_length();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {human_pos} records ({per_sec})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar
+    });
+    let started = Instant::now();
+    let mut sent = 0u64;
+    for record in records.by_ref() {
+        let record = record?;
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(sent as f64 / rate);
+            let now = Instant::now();
+            if due > now + Duration::from_micros(500) {
+                std::thread::sleep(due - now);
+            }
+        }
+        producer.send(topic, Some(record.partition), record.key.as_deref(), &record.payload)?;
+        sent += 1;
+        if let Some(bar) = bar.as_ref().filter(|_| sent % 1024 == 0) {
+            bar.set_position(sent);
+        }
+    }
+    producer.flush()?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(records = sent, topic, seconds, per_second = sent as f64 / seconds.max(1e-9), "produced");
+    Ok(sent)
+}
+
+/// One record to send.
+struct Record {
+    partition: i32,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+}
+
+/// The generator's events, its partitions merged by time, each keeping its own order.
+fn generated(config: GeneratorConfig, topic_partitions: usize) -> impl Iterator<Item = Record> {
+    let mut parts: Vec<(GeneratorPartition, VecDeque<crate::event::Event>, bool)> = (0..config.partitions)
+        .map(|p| (GeneratorPartition::new(config.clone(), p), VecDeque::new(), true))
+        .collect();
+    let mut items = Vec::new();
+    std::iter::from_fn(move || {
+        // Refill empty buffers, then take the earliest head.
+        for (partition, buffer, open) in parts.iter_mut() {
+            while buffer.is_empty() && *open {
+                items.clear();
+                // The generator cannot fail; an error would only end its partition.
+                *open = partition.poll(1024, &mut items).unwrap_or(false);
+                buffer.extend(items.drain(..).filter_map(|item| match item {
+                    Item::Event(event) => Some(event),
+                    Item::Rejected(_) | Item::Label(_) => None,
+                }));
+            }
+        }
+        let (index, _) = parts.iter().enumerate().filter_map(|(i, (_, b, _))| b.front().map(|e| (i, e.ts))).min_by_key(|(_, ts)| *ts)?;
+        let event = parts[index].1.pop_front()?;
+        Some(Record {
+            partition: (index % topic_partitions) as i32,
+            key: Some(event.user.as_bytes().to_vec()),
+            payload: event.to_json().into_bytes(),
+        })
+    })
+}
+
+/// The lines of the files, one line of each file in turn.
+fn file_lines(paths: Vec<PathBuf>, topic_partitions: usize) -> Result<impl Iterator<Item = Result<Record>>> {
+    let mut readers = paths
+        .iter()
+        .map(|path| {
+            let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            Ok((path.clone(), BufReader::with_capacity(1 << 20, file)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut open: Vec<usize> = (0..readers.len()).collect();
+    let mut turn = 0;
+    Ok(std::iter::from_fn(move || loop {
+        if open.is_empty() {
+            return None;
+        }
+        turn %= open.len();
+        let index = open[turn];
+        let (path, reader) = &mut readers[index];
+        let mut line = Vec::new();
+        match reader.read_until(b'\n', &mut line) {
+            Err(e) => return Some(Err(anyhow::Error::from(e).context(format!("reading {}", path.display())))),
+            Ok(0) => {
+                open.remove(turn);
+                continue;
+            }
+            Ok(_) => {
+                turn += 1;
+                while matches!(line.last(), Some(b'\n' | b'\r')) {
+                    line.pop();
+                }
+                // Blank lines are not records (as for `replay`).
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Some(Ok(Record { partition: (index % topic_partitions) as i32, key: None, payload: line }));
+            }
+        }
+    }))
+}
+
+/// Writes every record of `topic` to `out`, one per line (in offset order within a partition): up
+/// to the end offsets the topic has when the call starts, or, with `follow`, until `stop` is set.
+/// Returns the number of records.
+pub fn consume(config: &KafkaConfig, topic: &str, follow: bool, stop: &AtomicBool, out: &mut dyn Write) -> Result<u64> {
+    let partitions = config.partition_counts(&[topic])?[0];
+    let consumer = config.consumer()?;
+    let ends = config.end_offsets(&consumer, topic, partitions)?;
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment.add_partition_offset(topic, p as i32, Offset::Beginning).context("assigning a partition")?;
+    }
+    consumer.assign(&assignment).with_context(|| format!("assigning the partitions of {topic}"))?;
+    let mut next = vec![0i64; partitions];
+    let mut count = 0u64;
+    let done = |next: &[i64]| !follow && next.iter().zip(&ends).all(|(n, e)| n >= e);
+    while !done(&next) && !stop.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(100)) {
+            None | Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(error)) => tracing::warn!(topic, "Kafka consumer: {error} (librdkafka retries)"),
+            Some(Ok(message)) => {
+                let partition = message.partition() as usize;
+                if let Some(n) = next.get_mut(partition) {
+                    *n = message.offset() + 1;
+                }
+                out.write_all(message.payload().unwrap_or_default()).context("writing records")?;
+                out.write_all(b"\n").context("writing records")?;
+                count += 1;
+            }
+        }
+    }
+    out.flush().context("writing records")?;
+    Ok(count)
+}

@@ -1,0 +1,147 @@
+//! Where a job's results go: decisions, the alerts and action commands derived from them, and dead
+//! letters, to JSON-lines files and to Kafka topics.
+//!
+//! Worker 0 hands every output the records of each completed time in a fixed order, so outputs
+//! are the same whatever the number of workers. Every record carries its `decision_id` (dead
+//! letters their source position), so a reader can remove duplicates.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::decision::{Decision, Verdict};
+use crate::event::{DeadLetter, Time};
+use crate::features::Features;
+use crate::rules::ThreatAction;
+
+/// An alert for the administrator: a decision whose actions include `alert`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// The decision that raised it.
+    pub decision_id: String,
+    /// The decided event.
+    pub event_id: String,
+    /// Its user.
+    pub user: String,
+    /// The time it was judged at.
+    pub ts: Time,
+    /// `threat` or `blocked`.
+    pub verdict: Verdict,
+    /// The model score, if a model was in force.
+    pub score: Option<f64>,
+    /// The model version in force.
+    pub model_version: Option<String>,
+    /// The matching rules.
+    pub rules: Vec<String>,
+    /// The features the decision was made on.
+    pub features: Features,
+}
+
+/// A command for an enforcement system: revert the event or block the user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionCommand {
+    /// The decision that asks for it.
+    pub decision_id: String,
+    /// `revert` or `block`.
+    pub action: ThreatAction,
+    /// The user.
+    pub user: String,
+    /// The event to revert (or that caused the block).
+    pub event_id: String,
+    /// The time it was judged at.
+    pub ts: Time,
+}
+
+impl Alert {
+    /// The alert a decision raises, if its actions include `alert`.
+    pub fn of(d: &Decision) -> Option<Alert> {
+        d.actions.contains(&ThreatAction::Alert).then(|| Alert {
+            decision_id: d.decision_id.clone(),
+            event_id: d.event_id.clone(),
+            user: d.user.clone(),
+            ts: d.ts,
+            verdict: d.verdict,
+            score: d.score,
+            model_version: d.model_version.clone(),
+            rules: d.rules.clone(),
+            features: d.features.clone(),
+        })
+    }
+}
+
+impl ActionCommand {
+    /// The revert and block commands a decision asks for.
+    pub fn of(d: &Decision) -> impl Iterator<Item = ActionCommand> + '_ {
+        d.actions.iter().filter(|a| **a != ThreatAction::Alert).map(|action| ActionCommand {
+            decision_id: d.decision_id.clone(),
+            action: *action,
+            user: d.user.clone(),
+            event_id: d.event_id.clone(),
+            ts: d.ts,
+        })
+    }
+}
+
+/// A destination for a job's results, driven by worker 0.
+pub trait Output {
+    /// One decision (with the alerts and actions it implies).
+    fn decision(&mut self, decision: &Decision) -> Result<()>;
+    /// One rejected record.
+    fn dead_letter(&mut self, dead: &DeadLetter) -> Result<()>;
+    /// Called once every record of a time has been handed over; makes what was written durable
+    /// enough for the output's guarantees (files: written out; Kafka: handed to the producer).
+    fn flush(&mut self) -> Result<()>;
+    /// Called at the end of the job: waits until everything is written.
+    fn finish(&mut self) -> Result<()> {
+        self.flush()
+    }
+}
+
+/// Decisions and dead letters as JSON-lines files.
+pub struct JsonLinesOutput {
+    decisions: Option<(PathBuf, BufWriter<File>)>,
+    dead_letters: Option<(PathBuf, BufWriter<File>)>,
+}
+
+fn create(path: Option<&Path>) -> Result<Option<(PathBuf, BufWriter<File>)>> {
+    path.map(|p| {
+        let file = File::create(p).with_context(|| format!("creating {}", p.display()))?;
+        Ok((p.to_path_buf(), BufWriter::with_capacity(1 << 20, file)))
+    })
+    .transpose()
+}
+
+fn write_line<T: Serialize>(out: &mut Option<(PathBuf, BufWriter<File>)>, value: &T) -> Result<()> {
+    if let Some((path, out)) = out.as_mut() {
+        serde_json::to_writer(&mut *out, value).with_context(|| format!("writing {}", path.display()))?;
+        out.write_all(b"\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+impl JsonLinesOutput {
+    /// Creates (truncates) the files that are named.
+    pub fn create(decisions: Option<&Path>, dead_letters: Option<&Path>) -> Result<Self> {
+        Ok(JsonLinesOutput { decisions: create(decisions)?, dead_letters: create(dead_letters)? })
+    }
+}
+
+impl Output for JsonLinesOutput {
+    fn decision(&mut self, decision: &Decision) -> Result<()> {
+        write_line(&mut self.decisions, decision)
+    }
+
+    fn dead_letter(&mut self, dead: &DeadLetter) -> Result<()> {
+        write_line(&mut self.dead_letters, dead)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        for (path, out) in self.decisions.iter_mut().chain(self.dead_letters.iter_mut()) {
+            out.flush().with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+}

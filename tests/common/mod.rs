@@ -1,0 +1,42 @@
+//! Helpers shared by the integration tests: running the binary, reading JSON lines, free ports.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// The `threatflow` binary, logging warnings only.
+pub fn threatflow() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_threatflow"));
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Asserts that a run succeeded, showing its output when it did not.
+pub fn ok(output: Output) -> Output {
+    assert!(
+        output.status.success(),
+        "threatflow failed: {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Parses JSON lines.
+pub fn parse_lines(text: &str) -> Vec<Value> {
+    text.lines().filter(|l| !l.is_empty()).map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+}
+
+/// Reads a JSON-lines file.
+pub fn lines(path: &Path) -> Vec<Value> {
+    parse_lines(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+/// `n` ports free on loopback right now.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
+}
