@@ -242,6 +242,9 @@ pub struct ConsumeArgs {
     /// Keep reading new records until SIGTERM or Ctrl-C (default: stop at the end offsets at start).
     #[arg(long)]
     pub follow: bool,
+    /// Start each line with the record's timestamp and its receive time (ms), tab-separated.
+    #[arg(long)]
+    pub timestamps: bool,
 }
 
 /// `threatflow replay`.
@@ -419,9 +422,12 @@ fn consume(args: ConsumeArgs) -> Result<()> {
         Some(path) => {
             let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
             let mut out = std::io::BufWriter::new(file);
-            crate::kafka::tools::consume(&kafka, &args.topic, args.follow, &stop, &mut out)?
+            crate::kafka::tools::consume(&kafka, &args.topic, args.follow, args.timestamps, &stop, &mut out)?
         }
-        None => crate::kafka::tools::consume(&kafka, &args.topic, args.follow, &stop, &mut std::io::stdout().lock())?,
+        None => {
+            let mut out = std::io::stdout().lock();
+            crate::kafka::tools::consume(&kafka, &args.topic, args.follow, args.timestamps, &stop, &mut out)?
+        }
     };
     tracing::info!(records = count, topic = %args.topic, "consumed");
     Ok(())

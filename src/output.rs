@@ -67,7 +67,7 @@ impl Alert {
             score: d.score,
             model_version: d.model_version.clone(),
             rules: d.rules.clone(),
-            features: d.features.clone(),
+            features: d.features,
         })
     }
 }

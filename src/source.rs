@@ -83,7 +83,8 @@ pub struct SourceConfig {
     pub allowed_lateness: Time,
     /// Items read per activation, shared among the open partitions.
     pub batch: usize,
-    /// Batches this worker may have in flight before the output probe catches up.
+    /// Batches (of `batch` records) this worker may have in flight before the output probe
+    /// catches up.
     pub max_batches_in_flight: usize,
     /// Counts the records read (for a progress bar).
     pub records_read: Arc<AtomicU64>,
@@ -148,18 +149,20 @@ pub fn partitioned_source<'s>(
                 PartitionState { partition, max_ts: None, stats }
             })
             .collect();
-        let mut in_flight: VecDeque<Time> = VecDeque::new();
+        // Records sent per watermark not yet passed by the output: `(watermark, records)`.
+        let mut in_flight: VecDeque<(Time, usize)> = VecDeque::new();
+        let max_in_flight = config.batch * config.max_batches_in_flight;
         let mut items = Vec::new();
         move |_frontiers| {
             let Some(capabilities) = caps.as_mut() else { return };
-            // Back-pressure: wait until the output has caught up with an older batch.
-            while let Some(t) = in_flight.front() {
+            // Back-pressure: wait until the output has caught up with older records.
+            while let Some((t, _)) = in_flight.front() {
                 if probe.less_than(t) {
                     break;
                 }
                 in_flight.pop_front();
             }
-            if in_flight.len() >= config.max_batches_in_flight {
+            if in_flight.iter().map(|(_, n)| n).sum::<usize>() >= max_in_flight {
                 activator.activate_after(Duration::from_micros(100));
                 return;
             }
@@ -172,7 +175,7 @@ pub fn partitioned_source<'s>(
             // behind it (the others hold it back) see it above their own watermark.
             let floor = *capabilities[0].time();
             let stopping = config.stop.load(Ordering::Relaxed);
-            let mut read_any = false;
+            let mut read = 0;
             let mut finished = Vec::new();
             let per_partition = config.batch.div_ceil(open.len().max(1)).max(64);
             for (index, state) in open.iter_mut().enumerate() {
@@ -188,7 +191,7 @@ pub fn partitioned_source<'s>(
                     }
                 };
                 config.records_read.fetch_add(items.len() as u64, Ordering::Relaxed);
-                read_any |= !items.is_empty();
+                read += items.len();
                 for item in items.drain(..) {
                     match item {
                         Item::Event(mut event) => {
@@ -234,8 +237,11 @@ pub fn partitioned_source<'s>(
                     cap.downgrade(&watermark);
                 }
             }
-            in_flight.push_back(watermark);
-            if read_any {
+            match in_flight.back_mut() {
+                Some((t, n)) if *t == watermark => *n += read,
+                _ => in_flight.push_back((watermark, read)),
+            }
+            if read > 0 {
                 activator.activate();
             } else {
                 // Nothing to read right now (a caught-up Kafka partition): look again shortly

@@ -280,7 +280,10 @@ fn decisions_through_kafka_equal_replay_on_two_workers_and_two_processes() {
 }
 
 /// Splits partitions at event time `at`: the records before the first one at or after it, and the rest.
-fn split_at(parts: &[Vec<String>], at: u64) -> (Vec<Vec<Vec<u8>>>, Vec<Vec<Vec<u8>>>) {
+/// Records per partition.
+type Partitions = Vec<Vec<Vec<u8>>>;
+
+fn split_at(parts: &[Vec<String>], at: u64) -> (Partitions, Partitions) {
     let ts = |line: &str| serde_json::from_str::<Value>(line).unwrap()["ts"].as_u64().unwrap();
     parts
         .iter()
@@ -418,4 +421,21 @@ fn broker_down_at_start_and_restarted_mid_run_loses_nothing() {
     // stored but not acknowledged before the restart may be there twice.
     let unique: BTreeMap<String, Value> = decisions.into_iter().map(|d| (d["decision_id"].as_str().unwrap().to_string(), d)).collect();
     assert_eq!(sorted(&unique.into_values().collect::<Vec<_>>()), sorted(&reference));
+}
+
+#[test]
+fn unreachable_broker_and_missing_topic_are_clear_errors() {
+    let broker = Broker::new();
+    let run = |extra: &[&str]| {
+        let output = threatflow().args(["run", "--kafka", &broker.address(), "--until-end"]).args(extra).output().expect("spawn");
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).to_string()
+    };
+    let error = run(&["--kafka-connect-timeout", "1s"]);
+    assert!(error.contains("gave up after 1s"), "{error}");
+    broker.script(&["start", "memory"]);
+    let error = run(&["--topic", "activity=nowhere"]);
+    assert!(error.contains("Kafka topic \"nowhere\" does not exist"), "{error}");
+    let error = run(&["--kafka-option", "no.such.setting=1"]);
+    assert!(error.contains("no.such.setting"), "{error}");
 }

@@ -176,32 +176,25 @@ fn read_rounds(
     stop: &AtomicBool,
 ) -> Result<()> {
     let models_topic = config.topic(Role::Models).to_string();
+    // End offsets are asked on a connection of their own: on the reading consumer's, the request
+    // would queue behind its waiting fetch.
+    let offsets = config.consumer()?;
     let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut last_warning: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        let mut ends = Vec::with_capacity(partitions.len());
-        let mut reachable = true;
-        for (topic, p) in partitions {
-            match consumer.fetch_watermarks(topic, *p, Duration::from_secs(5)) {
-                Ok((low, high)) => {
-                    next.entry((topic.clone(), *p)).or_insert(low);
-                    ends.push(((topic.clone(), *p), high));
+        // The end offsets of every assigned partition, in one request per broker.
+        let ends = match end_offsets(&offsets, partitions, &mut next) {
+            Ok(ends) => ends,
+            Err(error) => {
+                if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(5)) {
+                    tracing::warn!("control topics unreachable: {error}; retrying");
+                    last_warning = Some(Instant::now());
                 }
-                Err(error) => {
-                    if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(5)) {
-                        tracing::warn!(topic, partition = p, "control topics unreachable: {error}; retrying");
-                        last_warning = Some(Instant::now());
-                    }
-                    reachable = false;
-                    break;
-                }
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
             }
-        }
-        if !reachable {
-            std::thread::sleep(Duration::from_millis(200));
-            continue;
-        }
+        };
         let mut messages = Vec::new();
         while ends.iter().any(|(key, end)| next.get(key).copied().unwrap_or(0) < *end) {
             if stop.load(Ordering::Relaxed) {
@@ -223,12 +216,46 @@ fn read_rounds(
                 }
             }
         }
+        tracing::trace!(elapsed = ?started.elapsed(), updates = messages.len(), "control round");
         if rounds.send(Round { started, messages }).is_err() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(1));
     }
     Ok(())
+}
+
+/// The end offsets of the control partitions. The first call also learns where each partition
+/// starts (records before it may have been deleted), so that reading up to the end terminates.
+/// `consumer` needs no assignment.
+fn end_offsets(
+    consumer: &BaseConsumer<LogContext>,
+    partitions: &[(String, i32)],
+    next: &mut BTreeMap<(String, i32), i64>,
+) -> Result<Vec<((String, i32), i64)>, KafkaError> {
+    for (topic, p) in partitions {
+        if !next.contains_key(&(topic.clone(), *p)) {
+            let (low, _) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(5))?;
+            next.insert((topic.clone(), *p), low);
+        }
+    }
+    // The "timestamp" -1 (`Offset::End`) asks for the latest offset.
+    let mut query = TopicPartitionList::new();
+    for (topic, p) in partitions {
+        query.add_partition_offset(topic, *p, Offset::End)?;
+    }
+    let latest = consumer.offsets_for_times(query, Duration::from_secs(5))?;
+    Ok(latest
+        .elements()
+        .iter()
+        .map(|e| {
+            let end = match e.offset() {
+                Offset::Offset(n) => n,
+                _ => 0,
+            };
+            ((e.topic().to_string(), e.partition()), end)
+        })
+        .collect())
 }
 
 /// A model update: fetched and verified here, so that only verified models reach the dataflow.

@@ -79,9 +79,10 @@ pub struct KafkaConfig {
     pub options: Vec<(String, String)>,
     /// Topic names by role.
     pub topics: BTreeMap<Role, String>,
-    /// Create missing topics (with `partitions` partitions) instead of failing.
+    /// Create missing topics instead of failing.
     pub create_topics: bool,
-    /// Partitions of topics threatflow creates.
+    /// Partitions of the topics threatflow creates (control topics get one: they are tiny, and one
+    /// partition keeps their updates in order).
     pub partitions: usize,
     /// How long to keep retrying while the broker cannot be reached at start.
     pub connect_timeout: Duration,
@@ -143,7 +144,7 @@ impl KafkaConfig {
             ("enable.auto.offset.store", "false"),
             ("enable.partition.eof", "true"),
             ("auto.offset.reset", "earliest"),
-            ("fetch.wait.max.ms", "20"),
+            ("fetch.wait.max.ms", "5"),
         ])
         .create_with_context(LogContext)
         .with_context(|| format!("creating a Kafka consumer for {}", self.brokers))
@@ -172,11 +173,12 @@ impl KafkaConfig {
         Ok(counts)
     }
 
-    /// Creates a topic with `self.partitions` partitions (an existing topic is fine).
+    /// Creates a topic (an existing topic is fine).
     pub fn create_topic(&self, topic: &str) -> Result<()> {
         let admin: AdminClient<LogContext> =
             self.client_config(&[]).create_with_context(LogContext).context("creating a Kafka admin client")?;
-        let partitions = i32::try_from(self.partitions).context("too many partitions")?;
+        let control = [Role::Models, Role::Rules].iter().any(|r| self.topic(*r) == topic);
+        let partitions = if control { 1 } else { i32::try_from(self.partitions).context("too many partitions")? };
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
         let results = futures_executor::block_on(admin.create_topics([&new], &AdminOptions::new()))
             .with_context(|| format!("creating Kafka topic {topic}"))?;

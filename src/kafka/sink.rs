@@ -71,7 +71,7 @@ impl KafkaProducer {
             .client_config(&[
                 ("enable.idempotence", "true"),
                 ("acks", "all"),
-                ("linger.ms", "2"),
+                ("linger.ms", "1"),
                 ("queue.buffering.max.messages", "1000000"),
                 // Retry for up to 10 minutes (a broker restart, a network blip) before failing the job.
                 ("message.timeout.ms", "600000"),

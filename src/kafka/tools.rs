@@ -71,7 +71,7 @@ pub fn produce(config: &KafkaConfig, topic: &str, input: ProduceInput, rate: Opt
         }
         producer.send(topic, Some(record.partition), record.key.as_deref(), &record.payload)?;
         sent += 1;
-        if let Some(bar) = bar.as_ref().filter(|_| sent % 1024 == 0) {
+        if let Some(bar) = bar.as_ref().filter(|_| sent.is_multiple_of(1024)) {
             bar.set_position(sent);
         }
     }
@@ -162,8 +162,16 @@ fn file_lines(paths: Vec<PathBuf>, topic_partitions: usize) -> Result<impl Itera
 
 /// Writes every record of `topic` to `out`, one per line (in offset order within a partition): up
 /// to the end offsets the topic has when the call starts, or, with `follow`, until `stop` is set.
-/// Returns the number of records.
-pub fn consume(config: &KafkaConfig, topic: &str, follow: bool, stop: &AtomicBool, out: &mut dyn Write) -> Result<u64> {
+/// With `timestamps`, each line starts with the record's timestamp and the time it was received
+/// (ms since the epoch), tab-separated (for latency measurements). Returns the number of records.
+pub fn consume(
+    config: &KafkaConfig,
+    topic: &str,
+    follow: bool,
+    timestamps: bool,
+    stop: &AtomicBool,
+    out: &mut dyn Write,
+) -> Result<u64> {
     let partitions = config.partition_counts(&[topic])?[0];
     let consumer = config.consumer()?;
     let ends = config.end_offsets(&consumer, topic, partitions)?;
@@ -183,6 +191,11 @@ pub fn consume(config: &KafkaConfig, topic: &str, follow: bool, stop: &AtomicBoo
                 let partition = message.partition() as usize;
                 if let Some(n) = next.get_mut(partition) {
                     *n = message.offset() + 1;
+                }
+                if timestamps {
+                    let received = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                    let created = message.timestamp().to_millis().unwrap_or(-1);
+                    write!(out, "{created}\t{}\t", received.as_millis()).context("writing records")?;
                 }
                 out.write_all(message.payload().unwrap_or_default()).context("writing records")?;
                 out.write_all(b"\n").context("writing records")?;
