@@ -156,18 +156,33 @@ impl KafkaArgs {
     }
 }
 
-/// `threatflow run`.
-#[derive(Debug, Args)]
-pub struct RunArgs {
+/// The embedded generator's stream.
+#[derive(Debug, Clone, Args)]
+pub struct GeneratorArgs {
     /// Number of users.
     #[arg(long, default_value_t = 10_000)]
     pub users: u64,
-    /// Number of events to generate.
+    /// Number of events.
     #[arg(long, default_value_t = 1_000_000)]
     pub events: u64,
     /// Generator seed.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+impl GeneratorArgs {
+    /// The generator configuration (other settings at their defaults).
+    pub fn config(&self) -> GeneratorConfig {
+        GeneratorConfig { seed: self.seed, users: self.users, events: self.events, ..GeneratorConfig::default() }
+    }
+}
+
+/// `threatflow run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The generated stream.
+    #[command(flatten)]
+    pub generator: GeneratorArgs,
     /// Decisions output (JSON lines); none by default.
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -216,15 +231,9 @@ pub struct ProduceArgs {
     /// Send these files' lines as they are (file `i` to partition `i % P`) instead of generated events.
     #[arg(long)]
     pub input: Vec<PathBuf>,
-    /// Number of users (generator).
-    #[arg(long, default_value_t = 10_000)]
-    pub users: u64,
-    /// Number of events (generator).
-    #[arg(long, default_value_t = 1_000_000)]
-    pub events: u64,
-    /// Generator seed.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    /// The generated stream (without `--input`).
+    #[command(flatten)]
+    pub generator: GeneratorArgs,
 }
 
 /// `threatflow consume`.
@@ -273,15 +282,9 @@ pub struct GenerateArgs {
     /// Ground-truth output (JSON lines of labels).
     #[arg(long)]
     pub labels: Option<PathBuf>,
-    /// Number of users.
-    #[arg(long, default_value_t = 10_000)]
-    pub users: u64,
-    /// Number of events.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub events: u64,
-    /// Seed.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    /// The generated stream.
+    #[command(flatten)]
+    pub generator: GeneratorArgs,
     /// Generator partitions.
     #[arg(long, default_value_t = 16)]
     pub partitions: usize,
@@ -358,15 +361,9 @@ fn run_generated(args: RunArgs) -> Result<()> {
             job
         }
         None => {
-            let generator = GeneratorConfig {
-                seed: args.seed,
-                users: args.users,
-                events: args.events,
-                allowed_lateness: ms(args.job.allowed_lateness),
-                ..GeneratorConfig::default()
-            };
+            let generator = GeneratorConfig { allowed_lateness: ms(args.job.allowed_lateness), ..args.generator.config() };
             let mut job = args.job.job(SourceSpec::Generator(generator), control);
-            job.expected_events = (args.cluster.processes == 1).then_some(args.events);
+            job.expected_events = (args.cluster.processes == 1).then_some(args.generator.events);
             job
         }
     };
@@ -406,7 +403,7 @@ fn replay(args: ReplayArgs) -> Result<()> {
 fn produce(args: ProduceArgs) -> Result<()> {
     let kafka = args.kafka.required()?;
     let input = if args.input.is_empty() {
-        ProduceInput::Generator(GeneratorConfig { seed: args.seed, users: args.users, events: args.events, ..GeneratorConfig::default() })
+        ProduceInput::Generator(args.generator.config())
     } else {
         ProduceInput::Files(args.input.clone())
     };
@@ -465,14 +462,7 @@ fn print_report(report: &JobReport, json: bool) -> Result<()> {
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
-    let config = GeneratorConfig {
-        seed: args.seed,
-        users: args.users,
-        events: args.events,
-        partitions: args.partitions,
-        start: DEFAULT_START,
-        ..GeneratorConfig::default()
-    };
+    let config = GeneratorConfig { partitions: args.partitions, start: DEFAULT_START, ..args.generator.config() };
     let (partitions, labels) = crate::generator::generate_all(&config);
     let file = std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let mut out = std::io::BufWriter::new(file);
