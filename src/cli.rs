@@ -192,6 +192,11 @@ pub struct RunArgs {
     /// Print the report as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// `threat` (the threat dataflow), or `flink-compare`: the Apache Flink comparison workload
+    /// of `../shared/bench/WORKLOAD.md` (its own stream of `--events` events, checksums, latency
+    /// probes).
+    #[arg(long, default_value = "threat", value_parser = ["threat", "flink-compare"])]
+    pub workload: String,
     /// Kafka: read events from the activity topic instead of the generator, model and rule updates
     /// from their topics while running, and write decisions, alerts, actions and dead letters to
     /// theirs.
@@ -350,6 +355,9 @@ fn stop_on_signals() -> Result<Arc<AtomicBool>> {
 }
 
 fn run_generated(args: RunArgs) -> Result<()> {
+    if args.workload == "flink-compare" {
+        return run_compare(&args);
+    }
     let control = args.job.control(true, !args.no_default_rules);
     let mut job = match args.kafka.config()? {
         Some(kafka) => {
@@ -395,6 +403,43 @@ fn replay(args: ReplayArgs) -> Result<()> {
             seconds = report.elapsed.as_secs_f64(),
             "replay done: decisions in {}",
             args.output.display()
+        );
+    }
+    Ok(())
+}
+
+fn run_compare(args: &RunArgs) -> Result<()> {
+    let events = args.generator.events;
+    let report = crate::compare::run(args.cluster.timely_config()?, crate::compare::CompareConfig { events, ..Default::default() })?;
+    if args.cluster.process != 0 {
+        return Ok(());
+    }
+    let sums = &report.checksums;
+    let latency_ms = |q: f64| report.latency.value_at_quantile(q) as f64 / 1e6;
+    let value = serde_json::json!({
+        "workload": "flink-compare",
+        "events": events,
+        "seconds": report.elapsed.as_secs_f64(),
+        "events_per_second": report.throughput(events),
+        "flagged": sums.flagged,
+        "per_version": sums.per_version,
+        "checksum_idx": sums.checksum_idx,
+        "checksum_user": sums.checksum_user,
+        "probe_latency_ms": {"p50": latency_ms(0.5), "p99": latency_ms(0.99), "max": report.latency.max() as f64 / 1e6},
+    });
+    if args.json {
+        println!("{value}");
+    } else {
+        println!(
+            "{events} events in {:.2} s: {:.0} events/s\nflagged {} per version {:?} checksumIdx {} checksumUser {}\nprobe latency p50 {:.2} ms, p99 {:.2} ms",
+            report.elapsed.as_secs_f64(),
+            report.throughput(events),
+            sums.flagged,
+            sums.per_version,
+            sums.checksum_idx,
+            sums.checksum_user,
+            latency_ms(0.5),
+            latency_ms(0.99)
         );
     }
     Ok(())

@@ -45,6 +45,7 @@
 
 pub mod as_of;
 pub mod cli;
+pub mod compare;
 pub mod control;
 #[path = "../dataflows/mod.rs"]
 pub mod dataflows;
