@@ -258,13 +258,13 @@ enum Output {
 
 /// Runs the comparison job; returns the merged checksums of all workers.
 pub fn run(config: timely::Config, job: CompareConfig) -> Result<CompareReport> {
-    ensure!(job.events % LANES == 0, "the comparison workload needs a multiple of 16 events");
+    ensure!(job.events.is_multiple_of(LANES), "the comparison workload needs a multiple of 16 events");
     let results = Arc::new(Mutex::new((Checksums::default(), None::<hdrhistogram::Histogram<u64>>)));
     let shared = Arc::clone(&results);
     let started = Instant::now();
     let guards = timely::execute(config, move |worker| {
         let peers = worker.peers() as u64;
-        if LANES % peers != 0 {
+        if !LANES.is_multiple_of(peers) {
             return Err(anyhow!("the comparison workload needs a worker count that divides 16, not {peers}"));
         }
         let checksums = std::rc::Rc::new(std::cell::RefCell::new(Checksums::default()));
@@ -346,7 +346,7 @@ fn generate<'s>(
                         break;
                     }
                     let event = CompareEvent::generate(next);
-                    let generated = (next % PROBE_EVERY == 0).then(|| started.elapsed().as_nanos() as u64);
+                    let generated = next.is_multiple_of(PROBE_EVERY).then(|| started.elapsed().as_nanos() as u64);
                     session.give((event, generated));
                     next += peers;
                 }

@@ -39,6 +39,9 @@ pub enum ControlMessage {
     Rules(Vec<RuleSpec>),
 }
 
+/// A topic and a partition number.
+type TopicPartition = (String, i32);
+
 /// What the reader reports after each round.
 #[derive(Debug)]
 struct Round {
@@ -179,7 +182,7 @@ fn read_rounds(
     // End offsets are asked on a connection of their own: on the reading consumer's, the request
     // would queue behind its waiting fetch.
     let offsets = config.consumer()?;
-    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut next: BTreeMap<TopicPartition, i64> = BTreeMap::new();
     let mut last_warning: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
@@ -231,12 +234,11 @@ fn read_rounds(
 fn end_offsets(
     consumer: &BaseConsumer<LogContext>,
     partitions: &[(String, i32)],
-    next: &mut BTreeMap<(String, i32), i64>,
-) -> Result<Vec<((String, i32), i64)>, KafkaError> {
+    next: &mut BTreeMap<TopicPartition, i64>,
+) -> Result<Vec<(TopicPartition, i64)>, KafkaError> {
     for (topic, p) in partitions {
-        if !next.contains_key(&(topic.clone(), *p)) {
-            let (low, _) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(5))?;
-            next.insert((topic.clone(), *p), low);
+        if let std::collections::btree_map::Entry::Vacant(entry) = next.entry((topic.clone(), *p)) {
+            entry.insert(consumer.fetch_watermarks(topic, *p, Duration::from_secs(5))?.0);
         }
     }
     // The "timestamp" -1 (`Offset::End`) asks for the latest offset.
