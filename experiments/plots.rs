@@ -139,12 +139,14 @@ fn main() -> Result<()> {
     let kafka = std::fs::read_to_string(dir.join("kafka.txt")).unwrap_or_default();
 
     // Half of saturation: the highest rate whose achieved rate kept up, halved, rounded to the sweep.
-    let half: Vec<(String, Vec<(f64, f64)>, f64)> = sweeps
+    // Per worker count: the CCDF's label, its points, and the saturation rate.
+    type HalfLoad = (String, Vec<(f64, f64)>, f64);
+    let half: Vec<HalfLoad> = sweeps
         .iter()
         .filter_map(|(w, sweep)| {
             let kept_up = sweep.iter().filter(|r| f(&r["achieved_per_second"]) >= 0.95 * f(&r["offered_per_second"]) && f(&r["latency_ms"]["p99"]) <= 1000.0);
             let saturation = kept_up.map(|r| f(&r["offered_per_second"])).fold(0.0, f64::max);
-            let at = sweep.iter().filter(|r| f(&r["offered_per_second"]) <= saturation / 2.0 + 1.0).last().or(sweep.first())?;
+            let at = sweep.iter().rfind(|r| f(&r["offered_per_second"]) <= saturation / 2.0 + 1.0).or(sweep.first())?;
             let points = at["ccdf"].as_array()?.iter().map(|p| (f(&p[0]), f(&p[1]))).collect();
             Some((format!("-w {w} at {:.0}/s", f(&at["offered_per_second"])), points, saturation))
         })
