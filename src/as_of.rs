@@ -244,16 +244,22 @@ impl<E> TimeStash<E> {
     /// Removes and returns, sorted by time (stable), the records whose time the frontier has passed.
     /// The capability stays held (at a time `<=` all of them) until [`TimeStash::release`].
     pub fn take_ready(&mut self, frontier: &MutableAntichain<Time>) -> Vec<(Time, E)> {
-        if self.least.is_none_or(|least| frontier.less_equal(&least)) {
+        self.take_before(frontier.frontier().first().copied())
+    }
+
+    /// Removes and returns, sorted by time (stable), the records before `bound` (all when `None`).
+    pub fn take_before(&mut self, bound: Option<Time>) -> Vec<(Time, E)> {
+        let passed = |time: Time| bound.is_none_or(|b| time < b);
+        if self.least.is_none_or(|least| !passed(least)) {
             return Vec::new();
         }
         let mut ready = Vec::new();
         let mut kept = Vec::new();
         for (time, record) in self.records.drain(..) {
-            if frontier.less_equal(&time) {
-                kept.push((time, record));
-            } else {
+            if passed(time) {
                 ready.push((time, record));
+            } else {
+                kept.push((time, record));
             }
         }
         self.least = kept.iter().map(|(t, _)| *t).min();

@@ -16,6 +16,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::WindowEntry;
 use crate::event::{ActionKind, Event, Time};
 
 /// One minute in milliseconds.
@@ -388,6 +389,44 @@ impl WindowState {
             }
         };
         self.pending.push(Reverse((time, slot)));
+    }
+
+    /// The windows' contents at the frontier `F` of the last [`WindowState::expire`]: every pending
+    /// counter retraction and every distinct value present.
+    pub fn export(&self, out: &mut Vec<WindowEntry>) {
+        for (name, queue) in FeatureName::ALL.iter().zip(self.counters.iter()) {
+            for &(until, key, diff) in queue {
+                out.push(WindowEntry::Counter { key, val: FeatureVal::Counter(*name), amount: -diff, until });
+            }
+        }
+        for (&(key, val), &until) in &self.present_until {
+            out.push(WindowEntry::Present { key, val, until });
+        }
+    }
+
+    /// Restores exported contents into an empty state, and appends the updates that make the
+    /// arrangement hold them at `at` (the checkpoint's frontier).
+    pub fn import(&mut self, mut entries: Vec<WindowEntry>, at: Time, out: &mut Vec<FeatureUpdate>) {
+        let until = |e: &WindowEntry| match e {
+            WindowEntry::Counter { until, .. } | WindowEntry::Present { until, .. } => *until,
+        };
+        // Queues must be in time order.
+        entries.sort_by_key(until);
+        for entry in entries {
+            match entry {
+                WindowEntry::Counter { key, val, amount, until } => {
+                    if let FeatureVal::Counter(name) = val {
+                        self.counters[name as usize].push_back((until, key, -amount));
+                        out.push(((key, val), at, amount));
+                    }
+                }
+                WindowEntry::Present { key, val, until } => {
+                    self.present_until.insert((key, val), until);
+                    self.queue(until, key, val);
+                    out.push(((key, val), at, 1));
+                }
+            }
+        }
     }
 
     /// The time of the earliest pending retraction.

@@ -44,6 +44,7 @@
 #![deny(missing_docs)]
 
 pub mod as_of;
+pub mod checkpoint;
 pub mod cli;
 pub mod compare;
 pub mod control;

@@ -12,12 +12,15 @@ use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::implementations::{ValBatcher, ValSpine};
 use differential_dataflow::{AsCollection, VecCollection};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::channels::pact::{Exchange as ExchangePact, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::vec::{Broadcast, Map};
-use timely::dataflow::operators::{Capability, Exchange, Operator};
+use timely::dataflow::operators::{Capability, Exchange};
 use timely::dataflow::{Scope, StreamVec};
 
 use crate::as_of::{as_of_lookup, TimeStash};
+use crate::checkpoint::WindowEntry;
 use crate::control::Control;
 use crate::decision::Decision;
 use crate::event::{Event, Time};
@@ -58,21 +61,19 @@ pub trait Dataflow: Send + Sync {
     fn build<'s>(&self, inputs: SharedInputs<'s>) -> StreamVec<'s, Time, Decision>;
 }
 
-/// Builds the shared inputs from the source's events and the control collection.
+/// Builds the shared inputs from the source's events and the control collection (no checkpoints).
 pub fn build_shared<'s>(
     scope: Scope<'s, Time>,
     events: StreamVec<'s, Time, Event>,
     control: VecCollection<'s, Time, ((), Control)>,
 ) -> SharedInputs<'s> {
-    let events = events.exchange(|e: &Event| route(&e.key)).map(Rc::new);
-    let features = arrange_by_user(feature_updates(events.clone()), "Features");
-    let control = arrange_core::<_, _, ValBatcher<(), Control, Time, isize>, ValSpine<(), Control, Time, isize>>(
-        control.inner.broadcast(),
-        Pipeline,
-        "Control",
-        ValBatcher::new,
-    );
-    SharedInputs { scope, events, features, control }
+    let checkpoints = WindowCheckpoints { barriers: empty(scope), restore: empty(scope) };
+    build_shared_with_checkpoints(scope, events, control, checkpoints).0
+}
+
+/// A stream with no records.
+fn empty<'s, D: timely::ExchangeData>(scope: Scope<'s, Time>) -> StreamVec<'s, Time, D> {
+    timely::dataflow::operators::generic::operator::empty(scope)
 }
 
 /// Arranges a per-user collection that is already partitioned by user (as [`SharedInputs::events`] is).
@@ -88,24 +89,105 @@ where
     )
 }
 
+/// Checkpoint plumbing of the feature windows: barrier times in (broadcast, from worker 0),
+/// restored window entries in (at the checkpoint's frontier), and each worker's exported windows
+/// out (on worker 0).
+pub struct WindowCheckpoints<'s> {
+    /// Checkpoint barriers: a record `F` at time `F` asks every worker for its windows at `F`.
+    pub barriers: StreamVec<'s, Time, Time>,
+    /// Window entries of a restored checkpoint, at its frontier.
+    pub restore: StreamVec<'s, Time, WindowEntry>,
+}
+
+/// Builds the shared inputs from the source's events and the control collection, with the
+/// checkpoint plumbing; returns them and the stream of windows exported at each barrier (on
+/// worker 0: `(F, entries)` from every worker).
+pub fn build_shared_with_checkpoints<'s>(
+    scope: Scope<'s, Time>,
+    events: StreamVec<'s, Time, Event>,
+    control: VecCollection<'s, Time, ((), Control)>,
+    checkpoints: WindowCheckpoints<'s>,
+) -> (SharedInputs<'s>, StreamVec<'s, Time, (Time, Vec<WindowEntry>)>) {
+    let events = events.exchange(|e: &Event| route(&e.key)).map(Rc::new);
+    let (updates, exported) = feature_windows(events.clone(), checkpoints);
+    let features = arrange_by_user(updates, "Features");
+    let control = arrange_core::<_, _, ValBatcher<(), Control, Time, isize>, ValSpine<(), Control, Time, isize>>(
+        control.inner.broadcast(),
+        Pipeline,
+        "Control",
+        ValBatcher::new,
+    );
+    (SharedInputs { scope, events, features, control }, exported)
+}
+
 /// The feature-arrangement updates of events, produced in time order once the events' frontier
 /// has passed each time (coalescing distinct values needs that order), with the retractions sent
 /// when the frontier passes their time (see [`WindowState`]).
-pub fn feature_updates<'s>(events: StreamVec<'s, Time, UserEvent>) -> VecCollection<'s, Time, (UserKey, FeatureVal)> {
-    events
-        .unary_frontier::<CapacityContainerBuilder<Vec<FeatureUpdate>>, _, _, _>(Pipeline, "FeatureWindows", |_cap, _info| {
-            let mut stash: TimeStash<UserEvent> = TimeStash::default();
-            let mut state = WindowState::default();
-            // Held at the earliest pending retraction.
-            let mut retractions: Option<Capability<Time>> = None;
-            let mut updates = Vec::new();
-            move |(input, frontier), output| {
-                input.for_each(|cap, data| {
-                    for event in data.drain(..) {
-                        stash.insert(&cap, event.time, event);
-                    }
-                });
-                let ready = stash.take_ready(frontier);
+///
+/// A checkpoint barrier `F` splits the work: everything before `F` is applied, the windows are
+/// exported, then the rest. Restored entries are imported before any event is applied.
+pub fn feature_windows<'s>(
+    events: StreamVec<'s, Time, UserEvent>,
+    checkpoints: WindowCheckpoints<'s>,
+) -> (VecCollection<'s, Time, (UserKey, FeatureVal)>, StreamVec<'s, Time, (Time, Vec<WindowEntry>)>) {
+    let scope = events.scope();
+    let mut builder = OperatorBuilder::new("FeatureWindows".to_owned(), scope);
+    let mut events_in = builder.new_input(events, Pipeline);
+    let mut barriers_in = builder.new_input(checkpoints.barriers, Pipeline);
+    let mut restore_in = builder.new_input(checkpoints.restore, ExchangePact::new(|e: &WindowEntry| route(&e.key())));
+    let (updates_out, updates) = builder.new_output::<Vec<FeatureUpdate>>();
+    let (exported_out, exported) = builder.new_output::<Vec<(Time, Vec<WindowEntry>)>>();
+    let mut updates_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<FeatureUpdate>>>::from(updates_out);
+    let mut exported_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<(Time, Vec<WindowEntry>)>>>::from(exported_out);
+    builder.build(move |_capabilities| {
+        let mut stash: TimeStash<UserEvent> = TimeStash::default();
+        let mut state = WindowState::default();
+        // Held at the earliest pending retraction.
+        let mut retractions: Option<Capability<Time>> = None;
+        let mut barriers: Vec<Capability<Time>> = Vec::new();
+        let mut restoring: Option<(Capability<Time>, Vec<WindowEntry>)> = None;
+        let mut updates = Vec::new();
+        move |frontiers| {
+            events_in.for_each(|cap, data| {
+                for event in data.drain(..) {
+                    stash.insert(&cap, event.time, event);
+                }
+            });
+            barriers_in.for_each(|cap, data| {
+                for at in data.drain(..) {
+                    barriers.push(cap.delayed(&at, 1));
+                }
+            });
+            restore_in.for_each(|cap, data| {
+                if restoring.is_none() {
+                    restoring = cap.retain_least(0).map(|cap| (cap, Vec::new()));
+                }
+                if let Some((_, entries)) = restoring.as_mut() {
+                    entries.append(data);
+                }
+            });
+            // Nothing is applied until every restored entry is in.
+            let restore_frontier = frontiers[2].frontier().first().copied();
+            if let Some((cap, entries)) = restoring.take_if(|(cap, _)| restore_frontier.is_none_or(|f| f > *cap.time())) {
+                let at = *cap.time();
+                state.import(entries, at, &mut updates);
+                if let Some(next) = state.next_expiry() {
+                    retractions = Some(cap.delayed(&next));
+                }
+                updates_out.activate().session(&cap).give_iterator(updates.drain(..));
+            }
+            if restoring.is_some() {
+                return;
+            }
+            // Work up to the least of the three frontiers, stopping at each barrier to export.
+            let bound = frontiers.iter().filter_map(|f| f.frontier().first().copied()).min();
+            barriers.sort_by_key(|c| *c.time());
+            let mut updates_handle = updates_out.activate();
+            let mut exported_handle = exported_out.activate();
+            loop {
+                let barrier = barriers.first().map(|c| *c.time()).filter(|b| bound.is_none_or(|f| *b < f));
+                let upto = barrier.or(bound);
+                let ready = stash.take_before(upto);
                 if let Some(held) = stash.held() {
                     for (time, event) in &ready {
                         state.updates(event.key, event, *time, &mut updates);
@@ -118,7 +200,6 @@ pub fn feature_updates<'s>(events: StreamVec<'s, Time, UserEvent>) -> VecCollect
                         }
                     }
                 }
-                let upto = frontier.frontier().first().copied();
                 state.expire(upto, &mut updates);
                 if !updates.is_empty() {
                     // Every update is at or after one of the two capabilities; use the earlier.
@@ -127,7 +208,7 @@ pub fn feature_updates<'s>(events: StreamVec<'s, Time, UserEvent>) -> VecCollect
                         (a, b) => a.or(b),
                     };
                     if let Some(cap) = cap {
-                        output.session(cap).give_iterator(updates.drain(..));
+                        updates_handle.session(cap).give_iterator(updates.drain(..));
                     }
                 }
                 match state.next_expiry() {
@@ -139,9 +220,15 @@ pub fn feature_updates<'s>(events: StreamVec<'s, Time, UserEvent>) -> VecCollect
                     None => retractions = None,
                 }
                 stash.release();
+                let Some(at) = barrier else { break };
+                let cap = barriers.remove(0);
+                let mut entries = Vec::new();
+                state.export(&mut entries);
+                exported_handle.session(&cap).give((at, entries));
             }
-        })
-        .as_collection()
+        }
+    });
+    (updates.as_collection(), exported.exchange(|_| 0))
 }
 
 /// Looks up each event's standard features as of its own time.
