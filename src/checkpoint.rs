@@ -306,3 +306,169 @@ mod tests {
         assert!(checkpoints.newest().unwrap().is_none());
     }
 }
+
+/// What worker 0 has gathered for a barrier it sent.
+#[derive(Debug)]
+struct Gathering {
+    partitions: BTreeMap<String, PartitionCheckpoint>,
+    windows: Vec<WindowEntry>,
+    partitions_done: bool,
+    windows_done: bool,
+    /// Set by the sinks once every record before the barrier is written (`Some(None)`: no file).
+    decisions: Option<Option<u64>>,
+    dead_letters: Option<Option<u64>>,
+    requested: Instant,
+}
+
+/// The parts of the checkpoints in progress, filled by worker 0's sinks.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    pending: BTreeMap<Time, Gathering>,
+}
+
+/// Which output a sink writes.
+#[derive(Clone, Copy, Debug)]
+pub enum OutputKind {
+    /// The decisions sink.
+    Decisions,
+    /// The dead-letter sink.
+    DeadLetters,
+}
+
+impl Gathered {
+    /// Records the output's length for every pending barrier `F` with `complete(F)`: everything
+    /// before `F` and nothing at or after it has been written.
+    pub fn record_output(&mut self, kind: OutputKind, complete: impl Fn(Time) -> bool, written: Option<u64>) {
+        for (frontier, gathering) in self.pending.iter_mut() {
+            let slot = match kind {
+                OutputKind::Decisions => &mut gathering.decisions,
+                OutputKind::DeadLetters => &mut gathering.dead_letters,
+            };
+            if slot.is_none() && complete(*frontier) {
+                *slot = Some(written);
+            }
+        }
+    }
+
+    /// Adds a partition's part.
+    pub fn add_partition(&mut self, frontier: Time, name: String, part: PartitionCheckpoint) {
+        if let Some(g) = self.pending.get_mut(&frontier) {
+            g.partitions.insert(name, part);
+        }
+    }
+
+    /// Adds a worker's windows.
+    pub fn add_windows(&mut self, frontier: Time, mut entries: Vec<WindowEntry>) {
+        if let Some(g) = self.pending.get_mut(&frontier) {
+            g.windows.append(&mut entries);
+        }
+    }
+
+    /// Marks the parts (`windows: false`) or windows of every barrier before `frontier` complete.
+    pub fn complete_before(&mut self, frontier: Option<Time>, windows: bool) {
+        for (at, g) in self.pending.iter_mut() {
+            if frontier.is_none_or(|f| *at < f) {
+                if windows {
+                    g.windows_done = true;
+                } else {
+                    g.partitions_done = true;
+                }
+            }
+        }
+    }
+}
+
+/// Worker 0's side of checkpointing: sends barriers on an interval, and writes each checkpoint
+/// once its parts are in and the outputs have been written up to it.
+pub struct Coordinator {
+    dir: CheckpointDir,
+    interval: std::time::Duration,
+    barriers: Option<timely::dataflow::InputHandle<Time, timely::container::CapacityContainerBuilder<Vec<Time>>>>,
+    last_request: Instant,
+    last_frontier: Option<Time>,
+    /// Filled by the sinks.
+    pub gathered: std::rc::Rc<std::cell::RefCell<Gathered>>,
+}
+
+impl Coordinator {
+    /// A coordinator sending barriers through `barriers`, starting at `start` (a restored frontier).
+    pub fn new(
+        dir: CheckpointDir,
+        interval: std::time::Duration,
+        mut barriers: timely::dataflow::InputHandle<Time, timely::container::CapacityContainerBuilder<Vec<Time>>>,
+        start: Option<Time>,
+        gathered: std::rc::Rc<std::cell::RefCell<Gathered>>,
+    ) -> Self {
+        if let Some(start) = start {
+            barriers.advance_to(start);
+        }
+        Coordinator { dir, interval, barriers: Some(barriers), last_request: Instant::now(), last_frontier: start, gathered }
+    }
+
+    /// Writes finished checkpoints, asks for a new one when due, and moves the barrier input up to
+    /// the events' frontier (`None`: the events are complete, the input closes).
+    pub fn step(&mut self, events_frontier: Option<Time>) -> Result<()> {
+        self.write_ready()?;
+        let Some(input) = self.barriers.as_mut() else { return Ok(()) };
+        let idle = self.gathered.borrow().pending.is_empty();
+        let at = *input.time();
+        if idle && self.last_request.elapsed() >= self.interval && self.last_frontier.is_none_or(|l| at > l) {
+            self.gathered.borrow_mut().pending.insert(
+                at,
+                Gathering {
+                    partitions: BTreeMap::new(),
+                    windows: Vec::new(),
+                    partitions_done: false,
+                    windows_done: false,
+                    decisions: None,
+                    dead_letters: None,
+                    requested: Instant::now(),
+                },
+            );
+            input.send(at);
+            self.last_request = Instant::now();
+            self.last_frontier = Some(at);
+        }
+        match events_frontier {
+            Some(f) if f > at => input.advance_to(f),
+            Some(_) => {}
+            None => self.barriers = None,
+        }
+        if let Some(input) = self.barriers.as_mut() {
+            input.flush();
+        }
+        Ok(())
+    }
+
+    fn write_ready(&mut self) -> Result<()> {
+        let ready = {
+            let gathered = self.gathered.borrow();
+            gathered
+                .pending
+                .iter()
+                .next()
+                .filter(|(_, g)| g.partitions_done && g.windows_done && g.decisions.is_some() && g.dead_letters.is_some())
+                .map(|(f, _)| *f)
+        };
+        let Some(frontier) = ready else { return Ok(()) };
+        let Some(g) = self.gathered.borrow_mut().pending.remove(&frontier) else { return Ok(()) };
+        let users = g.windows.len();
+        let checkpoint = Checkpoint {
+            frontier,
+            partitions: g.partitions,
+            windows: g.windows,
+            outputs: OutputPositions { decisions: g.decisions.flatten(), dead_letters: g.dead_letters.flatten() },
+        };
+        let started = Instant::now();
+        let bytes = self.dir.write(&checkpoint)?;
+        tracing::info!(
+            frontier,
+            bytes,
+            window_entries = users,
+            write_ms = started.elapsed().as_secs_f64() * 1e3,
+            since_barrier_ms = g.requested.elapsed().as_secs_f64() * 1e3,
+            "checkpoint written"
+        );
+        Ok(())
+    }
+}

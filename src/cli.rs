@@ -116,6 +116,15 @@ pub struct JobArgs {
     /// Dead-letter output (JSON lines).
     #[arg(long)]
     pub dead_letters: Option<PathBuf>,
+    /// Write consistent checkpoints here, and resume from the newest valid one at start.
+    #[arg(long)]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Time between checkpoints.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub checkpoint_interval: Duration,
+    /// Checkpoints kept.
+    #[arg(long, default_value_t = 3)]
+    pub checkpoint_keep: usize,
 }
 
 /// How to reach Kafka.
@@ -323,6 +332,9 @@ impl JobArgs {
         job.allowed_lateness = ms(self.allowed_lateness);
         job.max_record_bytes = self.max_record_bytes;
         job.dead_letters_path = self.dead_letters.clone();
+        job.checkpoints = self.checkpoint_dir.as_ref().map(|path| {
+            (crate::checkpoint::CheckpointDir { path: path.clone(), keep: self.checkpoint_keep }, self.checkpoint_interval)
+        });
         job
     }
 }

@@ -19,10 +19,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use differential_dataflow::input::Input as _;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::{Operator, Probe};
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Input, Operator, Probe};
 use timely::dataflow::ProbeHandle;
 
+use crate::checkpoint::{truncate_output, Checkpoint, CheckpointDir, Coordinator, Gathered, OutputKind, OutputPositions, WindowEntry};
 use crate::control::{ControlLog, ControlSpec};
 use crate::decision::Decision;
 use crate::eval::Quality;
@@ -32,8 +34,8 @@ use crate::kafka::control::KafkaControl;
 use crate::kafka::sink::KafkaOutput;
 use crate::kafka::{KafkaConfig, Role};
 use crate::output::{JsonLinesOutput, Output};
-use crate::shared::build_shared;
-use crate::source::{partitioned_source, ErrorSlot, PartitionStats, SideRecord, SourceConfig, SourceSpec};
+use crate::shared::{build_shared_with_checkpoints, WindowCheckpoints};
+use crate::source::{partitioned_source, ErrorSlot, PartitionStats, SideRecord, SourceCheckpoints, SourceConfig, SourceSpec};
 
 /// What a job reads, runs and writes.
 #[derive(Clone, Debug)]
@@ -56,6 +58,8 @@ pub struct JobSpec {
     pub kafka: Option<KafkaConfig>,
     /// Set it to end the job early: sources stop reading and what was read is decided (SIGTERM).
     pub stop: Arc<AtomicBool>,
+    /// Checkpoints: where, and how often.
+    pub checkpoints: Option<(CheckpointDir, Duration)>,
     /// Keep decisions and dead letters in the report (tests, embedding).
     pub collect: bool,
     /// Show a progress bar (worker 0, when attached to a terminal).
@@ -77,6 +81,7 @@ impl JobSpec {
             dead_letters_path: None,
             kafka: None,
             stop: Arc::default(),
+            checkpoints: None,
             collect: false,
             progress: false,
             expected_events: None,
@@ -122,6 +127,33 @@ struct SinkState {
     decided: Vec<(String, String, Time)>,
 }
 
+/// What the outputs have written so far.
+fn written(outputs: &[Box<dyn Output>]) -> OutputPositions {
+    let mut all = OutputPositions::default();
+    for output in outputs {
+        let w = output.written();
+        all.decisions = all.decisions.or(w.decisions);
+        all.dead_letters = all.dead_letters.or(w.dead_letters);
+    }
+    all
+}
+
+/// The windows of a restored checkpoint, given at its frontier by worker 0 (nothing elsewhere).
+fn restored_windows_stream<'s>(scope: timely::dataflow::Scope<'s, Time>, windows: Option<(Time, Vec<WindowEntry>)>) -> timely::dataflow::StreamVec<'s, Time, WindowEntry> {
+    let mut windows = windows;
+    timely::dataflow::operators::generic::operator::source(scope, "RestoredWindows", move |capability, _info| {
+        let mut capability = Some(capability);
+        move |output| {
+            if let Some(cap) = capability.take() {
+                if let Some((frontier, entries)) = windows.take() {
+                    let cap = cap.delayed(&frontier);
+                    output.session(&cap).give_iterator(entries.into_iter());
+                }
+            }
+        }
+    })
+}
+
 /// Keeps the first error of a result (the job ends with it once the dataflow is done).
 fn keep_error(result: Result<()>, errors: &ErrorSlot) {
     if let Err(error) = result {
@@ -134,6 +166,9 @@ pub fn run(config: timely::Config, mut job: JobSpec) -> Result<JobReport> {
     if crate::dataflows::find(&job.dataflow).is_none() {
         bail!("unknown dataflow {:?}; known: {}", job.dataflow, crate::dataflows::names().join(", "));
     }
+    if job.checkpoints.is_some() && matches!(job.source, SourceSpec::Kafka(_)) {
+        bail!("checkpoints of Kafka sources are not supported yet: run without --checkpoint-dir");
+    }
     job.source.prepare()?;
     if let Some(kafka) = &job.kafka {
         // Every process checks (or creates) the topics before any worker starts.
@@ -141,9 +176,10 @@ pub fn run(config: timely::Config, mut job: JobSpec) -> Result<JobReport> {
         kafka.partition_counts(&topics)?;
     }
     let control = Arc::new(job.control.load()?);
+    let restore = restore(&job)?;
     let job = Arc::new(job);
     let progress = Arc::new(AtomicU64::new(0));
-    let guards = timely::execute(config, move |worker| run_worker(worker, &job, &control, &progress))
+    let guards = timely::execute(config, move |worker| run_worker(worker, &job, &control, &progress, restore.clone()))
         .map_err(|e| anyhow!("starting the timely cluster: {e}"))?;
     let mut report = None;
     for result in guards.join() {
@@ -154,11 +190,32 @@ pub fn run(config: timely::Config, mut job: JobSpec) -> Result<JobReport> {
     Ok(report.unwrap_or_default())
 }
 
+/// The newest valid checkpoint of the job, with the outputs truncated to its lengths.
+fn restore(job: &JobSpec) -> Result<Option<Arc<Checkpoint>>> {
+    let Some((dir, _)) = &job.checkpoints else { return Ok(None) };
+    let started = Instant::now();
+    let Some(checkpoint) = dir.newest()? else { return Ok(None) };
+    for (path, length) in [(&job.decisions_path, checkpoint.outputs.decisions), (&job.dead_letters_path, checkpoint.outputs.dead_letters)] {
+        if let (Some(path), Some(length)) = (path, length) {
+            truncate_output(path, length)?;
+        }
+    }
+    tracing::info!(
+        frontier = checkpoint.frontier,
+        partitions = checkpoint.partitions.len(),
+        window_entries = checkpoint.windows.len(),
+        restore_ms = started.elapsed().as_secs_f64() * 1e3,
+        "resuming from a checkpoint"
+    );
+    Ok(Some(Arc::new(checkpoint)))
+}
+
 fn run_worker(
     worker: &mut timely::worker::Worker,
     job: &JobSpec,
     control: &ControlLog,
     progress: &Arc<AtomicU64>,
+    restored: Option<Arc<Checkpoint>>,
 ) -> Result<Option<JobReport>> {
     let index = worker.index();
     let peers = worker.peers();
@@ -169,7 +226,7 @@ fn run_worker(
     let mut outputs: Vec<Box<dyn Output>> = Vec::new();
     let mut kafka_control = None;
     if index == 0 {
-        let files = JsonLinesOutput::create(job.decisions_path.as_deref(), job.dead_letters_path.as_deref())?;
+        let files = JsonLinesOutput::open(job.decisions_path.as_deref(), job.dead_letters_path.as_deref(), restored.is_some())?;
         outputs.push(Box::new(files));
         if let Some(kafka) = &job.kafka {
             outputs.push(Box::new(KafkaOutput::new(kafka)?));
@@ -191,18 +248,58 @@ fn run_worker(
         stop: Arc::clone(&job.stop),
         ..SourceConfig::default()
     };
-    let control_input = worker.dataflow::<Time, _, _>(|scope| {
+    let gathered: Rc<RefCell<Gathered>> = Rc::default();
+    let checkpointing = job.checkpoints.is_some();
+    let (control_input, barrier_input) = worker.dataflow::<Time, _, _>(|scope| {
         let (control_input, control) = scope.new_collection();
-        let (events, side) =
-            partitioned_source(scope, "Source", partitions, source_config, probe.clone(), Rc::clone(&errors));
+        // Checkpoint barriers from worker 0, on every worker; restored windows from worker 0.
+        let (barrier_input, barriers) = scope.new_input::<Vec<Time>>();
+        let barriers = barriers.broadcast();
+        let restored_windows = (index == 0).then(|| restored.as_ref().map(|c| (c.frontier, c.windows.clone()))).flatten();
+        let restore_stream = restored_windows_stream(scope, restored_windows);
+        let source_checkpoints =
+            checkpointing.then(|| SourceCheckpoints { barriers: barriers.clone(), restore: restored.clone() });
+        let (events, side, parts) = partitioned_source(
+            scope,
+            "Source",
+            partitions,
+            source_config,
+            probe.clone(),
+            Rc::clone(&errors),
+            source_checkpoints,
+        );
         let events = events.probe_with(&events_probe);
-        let inputs = build_shared(scope, events, control);
+        let (inputs, exported) =
+            build_shared_with_checkpoints(scope, events, control, WindowCheckpoints { barriers, restore: restore_stream });
         let decisions = dataflow.build(inputs);
+
+        // Checkpoint parts and windows: gathered on worker 0.
+        let parts_gathered = Rc::clone(&gathered);
+        parts.sink(Pipeline, "CheckpointParts", move |(input, frontier)| {
+            let mut gathered = parts_gathered.borrow_mut();
+            input.for_each(|_, data| {
+                for (at, name, part) in data.drain(..) {
+                    gathered.add_partition(at, name, part);
+                }
+            });
+            gathered.complete_before(frontier.frontier().first().copied(), false);
+        });
+        let windows_gathered = Rc::clone(&gathered);
+        exported.sink(Pipeline, "CheckpointWindows", move |(input, frontier)| {
+            let mut gathered = windows_gathered.borrow_mut();
+            input.for_each(|_, data| {
+                for (at, entries) in data.drain(..) {
+                    gathered.add_windows(at, entries);
+                }
+            });
+            gathered.complete_before(frontier.frontier().first().copied(), true);
+        });
 
         // Decisions: gathered on worker 0, written per completed time in `decision_id` order.
         let sink_state = Rc::clone(&state);
         let write_errors = Rc::clone(&sink_errors);
         let sink_outputs = Rc::clone(&outputs);
+        let sink_gathered = Rc::clone(&gathered);
         let mut pending: BTreeMap<Time, Vec<Decision>> = BTreeMap::new();
         let done = Rc::clone(&decisions_done);
         decisions
@@ -221,6 +318,8 @@ fn run_worker(
                     if frontier.less_equal(entry.key()) {
                         break;
                     }
+                    let time = *entry.key();
+                    sink_gathered.borrow_mut().record_output(OutputKind::Decisions, |f| f <= time, written(&outputs).decisions);
                     let mut ready = entry.remove();
                     ready.sort_by(|a, b| a.decision_id.cmp(&b.decision_id));
                     wrote = true;
@@ -235,6 +334,11 @@ fn run_worker(
                         }
                     }
                 }
+                sink_gathered.borrow_mut().record_output(
+                    OutputKind::Decisions,
+                    |f| frontier.frontier().iter().all(|t| *t >= f),
+                    written(&outputs).decisions,
+                );
                 if wrote {
                     for output in outputs.iter_mut() {
                         keep_error(output.flush(), &write_errors);
@@ -249,6 +353,7 @@ fn run_worker(
         let sink_state = Rc::clone(&state);
         let write_errors = Rc::clone(&sink_errors);
         let sink_outputs = Rc::clone(&outputs);
+        let sink_gathered = Rc::clone(&gathered);
         let mut pending: BTreeMap<Time, Vec<SideRecord>> = BTreeMap::new();
         let done = Rc::clone(&side_done);
         side.probe_with(&probe).sink(Exchange::new(|_: &SideRecord| 0), "SideSink", move |(input, frontier)| {
@@ -259,6 +364,8 @@ fn run_worker(
                 if frontier.less_equal(entry.key()) {
                     break;
                 }
+                let time = *entry.key();
+                sink_gathered.borrow_mut().record_output(OutputKind::DeadLetters, |f| f <= time, written(&outputs).dead_letters);
                 let mut dead: Vec<DeadLetter> = Vec::new();
                 for record in entry.remove() {
                     match record {
@@ -282,12 +389,31 @@ fn run_worker(
                     }
                 }
             }
+            sink_gathered.borrow_mut().record_output(
+                OutputKind::DeadLetters,
+                |f| frontier.frontier().iter().all(|t| *t >= f),
+                written(&outputs).dead_letters,
+            );
             if frontier.is_empty() && !done.get() {
                 done.set(true);
             }
         });
-        control_input
+        (control_input, barrier_input)
     });
+    // Worker 0 coordinates checkpoints; the other workers' barrier inputs close at once.
+    let mut coordinator = match (&job.checkpoints, index) {
+        (Some((dir, interval)), 0) => Some(Coordinator::new(
+            dir.clone(),
+            *interval,
+            barrier_input,
+            restored.as_ref().map(|c| c.frontier),
+            Rc::clone(&gathered),
+        )),
+        _ => {
+            drop(barrier_input);
+            None
+        }
+    };
 
     // The control collection is fed by worker 0 alone and broadcast. A job without control topics
     // knows all its model and rule updates up front and closes the input at once.
@@ -307,8 +433,14 @@ fn run_worker(
     let started = Instant::now();
     let mut last_draw = Instant::now();
     while !(decisions_done.get() && side_done.get()) {
+        let events_frontier = events_probe.with_frontier(|f| f.first().copied());
+        if let Some(Err(error)) = coordinator.as_mut().map(|c| c.step(events_frontier)) {
+            tracing::error!("checkpoint failed: {error:#}");
+            errors.borrow_mut().get_or_insert(error);
+            job.stop.store(true, Ordering::Relaxed);
+            coordinator = None;
+        }
         if let (Some(feed), Some(input)) = (kafka_control.as_mut(), control_input.as_mut()) {
-            let events_frontier = events_probe.with_frontier(|f| f.first().copied());
             match feed.step(input, events_frontier) {
                 Ok(false) => {}
                 Ok(true) => control_input = None,
@@ -320,7 +452,8 @@ fn run_worker(
                 }
             }
         }
-        worker.step_or_park(Some(Duration::from_millis(if control_input.is_some() { 1 } else { 10 })));
+        let busy = control_input.is_some() || coordinator.is_some();
+        worker.step_or_park(Some(Duration::from_millis(if busy { 1 } else { 10 })));
         if let Some(bar) = bar.as_ref() {
             if last_draw.elapsed() > Duration::from_millis(100) {
                 bar.set_position(progress.load(Ordering::Relaxed));

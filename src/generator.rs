@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, Time};
 use crate::features::{DAY, HOUR, MINUTE};
+use crate::checkpoint::PartitionPosition;
 use crate::source::{Item, Partition};
 
 /// 2026-01-05T00:00:00Z, a Monday.
@@ -558,6 +559,10 @@ pub struct GeneratorPartition {
     quota: u64,
     newest: Time,
     rng: ChaCha8Rng,
+    /// Items handed out so far (the position a checkpoint records).
+    items_out: u64,
+    /// Items generated past a seek target, handed out first.
+    carry: Vec<Item>,
 }
 
 impl GeneratorPartition {
@@ -595,6 +600,8 @@ impl GeneratorPartition {
             quota,
             newest: 0,
             rng,
+            items_out: 0,
+            carry: Vec::new(),
         }
     }
 
@@ -653,7 +660,41 @@ impl Partition for GeneratorPartition {
     }
 
     fn poll(&mut self, max: usize, out: &mut Vec<Item>) -> anyhow::Result<bool> {
-        let mut emitted = 0;
+        let before = out.len();
+        let more = self.generate_into(max, out);
+        self.items_out += (out.len() - before) as u64;
+        Ok(more)
+    }
+
+    fn position(&self) -> Option<PartitionPosition> {
+        Some(PartitionPosition::Items(self.items_out))
+    }
+
+    /// Regenerates the stream up to the position (the generator is deterministic).
+    fn seek(&mut self, position: &PartitionPosition) -> anyhow::Result<()> {
+        let PartitionPosition::Items(target) = *position else { anyhow::bail!("a generator resumes from an item count") };
+        let mut skipped = Vec::new();
+        let mut more = true;
+        while self.items_out < target && more {
+            skipped.clear();
+            more = self.generate_into(4096, &mut skipped);
+            let take = ((target - self.items_out) as usize).min(skipped.len());
+            self.items_out += take as u64;
+            self.carry.extend(skipped.drain(take..));
+        }
+        Ok(())
+    }
+}
+
+impl GeneratorPartition {
+    /// Appends about `max` items (carried ones first); `false` once exhausted.
+    fn generate_into(&mut self, max: usize, out: &mut Vec<Item>) -> bool {
+        let carried = self.carry.len();
+        out.append(&mut self.carry);
+        if carried >= max {
+            return true;
+        }
+        let mut emitted = carried;
         while emitted < max {
             let exhausted = self.generated >= self.quota;
             if !exhausted && !self.generate_one() {
@@ -671,10 +712,10 @@ impl Partition for GeneratorPartition {
                 }
             }
             if self.generated >= self.quota && self.arrivals.is_empty() {
-                return Ok(false);
+                return false;
             }
         }
-        Ok(true)
+        true
     }
 }
 

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::OutputPositions;
 use crate::decision::{Decision, Verdict};
 use crate::event::{DeadLetter, Time};
 use crate::features::Features;
@@ -98,50 +99,76 @@ pub trait Output {
     fn finish(&mut self) -> Result<()> {
         self.flush()
     }
+    /// How much has been written, for checkpoints (outputs that can be truncated on recovery).
+    fn written(&self) -> OutputPositions {
+        OutputPositions::default()
+    }
+}
+
+/// A JSON-lines file and the bytes written to it.
+struct LinesFile {
+    path: PathBuf,
+    out: BufWriter<File>,
+    bytes: u64,
 }
 
 /// Decisions and dead letters as JSON-lines files.
 pub struct JsonLinesOutput {
-    decisions: Option<(PathBuf, BufWriter<File>)>,
-    dead_letters: Option<(PathBuf, BufWriter<File>)>,
+    decisions: Option<LinesFile>,
+    dead_letters: Option<LinesFile>,
+    line: Vec<u8>,
 }
 
-fn create(path: Option<&Path>) -> Result<Option<(PathBuf, BufWriter<File>)>> {
+/// Creates the file, or with `append` opens it to write on at its end (a resumed job).
+fn open(path: Option<&Path>, append: bool) -> Result<Option<LinesFile>> {
     path.map(|p| {
-        let file = File::create(p).with_context(|| format!("creating {}", p.display()))?;
-        Ok((p.to_path_buf(), BufWriter::with_capacity(1 << 20, file)))
+        let file = if append {
+            std::fs::OpenOptions::new().append(true).create(true).open(p)
+        } else {
+            File::create(p)
+        };
+        let file = file.with_context(|| format!("creating {}", p.display()))?;
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(LinesFile { path: p.to_path_buf(), out: BufWriter::with_capacity(1 << 20, file), bytes })
     })
     .transpose()
 }
 
-fn write_line<T: Serialize>(out: &mut Option<(PathBuf, BufWriter<File>)>, value: &T) -> Result<()> {
-    if let Some((path, out)) = out.as_mut() {
-        serde_json::to_writer(&mut *out, value).with_context(|| format!("writing {}", path.display()))?;
-        out.write_all(b"\n").with_context(|| format!("writing {}", path.display()))?;
+fn write_line<T: Serialize>(out: &mut Option<LinesFile>, line: &mut Vec<u8>, value: &T) -> Result<()> {
+    if let Some(file) = out.as_mut() {
+        line.clear();
+        serde_json::to_writer(&mut *line, value)?;
+        line.push(b'\n');
+        file.out.write_all(line).with_context(|| format!("writing {}", file.path.display()))?;
+        file.bytes += line.len() as u64;
     }
     Ok(())
 }
 
 impl JsonLinesOutput {
-    /// Creates (truncates) the files that are named.
-    pub fn create(decisions: Option<&Path>, dead_letters: Option<&Path>) -> Result<Self> {
-        Ok(JsonLinesOutput { decisions: create(decisions)?, dead_letters: create(dead_letters)? })
+    /// Creates (truncates) the files that are named, or with `append` writes on at their ends.
+    pub fn open(decisions: Option<&Path>, dead_letters: Option<&Path>, append: bool) -> Result<Self> {
+        Ok(JsonLinesOutput { decisions: open(decisions, append)?, dead_letters: open(dead_letters, append)?, line: Vec::new() })
     }
 }
 
 impl Output for JsonLinesOutput {
     fn decision(&mut self, decision: &Decision) -> Result<()> {
-        write_line(&mut self.decisions, decision)
+        write_line(&mut self.decisions, &mut self.line, decision)
     }
 
     fn dead_letter(&mut self, dead: &DeadLetter) -> Result<()> {
-        write_line(&mut self.dead_letters, dead)
+        write_line(&mut self.dead_letters, &mut self.line, dead)
     }
 
     fn flush(&mut self) -> Result<()> {
-        for (path, out) in self.decisions.iter_mut().chain(self.dead_letters.iter_mut()) {
-            out.flush().with_context(|| format!("writing {}", path.display()))?;
+        for file in self.decisions.iter_mut().chain(self.dead_letters.iter_mut()) {
+            file.out.flush().with_context(|| format!("writing {}", file.path.display()))?;
         }
         Ok(())
+    }
+
+    fn written(&self) -> OutputPositions {
+        OutputPositions { decisions: self.decisions.as_ref().map(|f| f.bytes), dead_letters: self.dead_letters.as_ref().map(|f| f.bytes) }
     }
 }

@@ -89,6 +89,9 @@ where
     )
 }
 
+/// Each worker's windows exported at a barrier `F`, as `(F, entries)`, on worker 0.
+pub type ExportedWindows<'s> = StreamVec<'s, Time, (Time, Vec<WindowEntry>)>;
+
 /// Checkpoint plumbing of the feature windows: barrier times in (broadcast, from worker 0),
 /// restored window entries in (at the checkpoint's frontier), and each worker's exported windows
 /// out (on worker 0).
@@ -107,7 +110,7 @@ pub fn build_shared_with_checkpoints<'s>(
     events: StreamVec<'s, Time, Event>,
     control: VecCollection<'s, Time, ((), Control)>,
     checkpoints: WindowCheckpoints<'s>,
-) -> (SharedInputs<'s>, StreamVec<'s, Time, (Time, Vec<WindowEntry>)>) {
+) -> (SharedInputs<'s>, ExportedWindows<'s>) {
     let events = events.exchange(|e: &Event| route(&e.key)).map(Rc::new);
     let (updates, exported) = feature_windows(events.clone(), checkpoints);
     let features = arrange_by_user(updates, "Features");
@@ -129,7 +132,7 @@ pub fn build_shared_with_checkpoints<'s>(
 pub fn feature_windows<'s>(
     events: StreamVec<'s, Time, UserEvent>,
     checkpoints: WindowCheckpoints<'s>,
-) -> (VecCollection<'s, Time, (UserKey, FeatureVal)>, StreamVec<'s, Time, (Time, Vec<WindowEntry>)>) {
+) -> (VecCollection<'s, Time, (UserKey, FeatureVal)>, ExportedWindows<'s>) {
     let scope = events.scope();
     let mut builder = OperatorBuilder::new("FeatureWindows".to_owned(), scope);
     let mut events_in = builder.new_input(events, Pipeline);

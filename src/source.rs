@@ -10,7 +10,7 @@
 //! partition stops holding anything back.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::cell::RefCell;
@@ -23,8 +23,10 @@ use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::Exchange;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
+use crate::checkpoint::{Checkpoint, LoggedRecord, PartitionCheckpoint, PartitionPosition};
 use crate::event::{parse_event, DeadLetter, Event, Position, RejectReason, Time};
 use crate::generator::Label;
 
@@ -50,7 +52,20 @@ pub trait Partition {
     fn idle(&self) -> bool {
         false
     }
+    /// Where the partition would read on from, for checkpoints; `None` when it cannot resume.
+    fn position(&self) -> Option<PartitionPosition> {
+        None
+    }
+    /// Moves to a position a checkpoint recorded.
+    fn seek(&mut self, position: &PartitionPosition) -> Result<()> {
+        let _ = position;
+        anyhow::bail!("partition {} cannot resume from a checkpoint", self.name())
+    }
 }
+
+/// A buffered reader that can also seek (files, memory).
+pub trait SeekBufRead: BufRead + Seek {}
+impl<T: BufRead + Seek> SeekBufRead for T {}
 
 /// Counts of one partition, reported when it is exhausted.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,22 +123,52 @@ struct PartitionState {
     partition: Box<dyn Partition>,
     max_ts: Option<Time>,
     stats: PartitionStats,
+    /// Records given at or after the checkpoint barriers' frontier, with their time (checkpoints only).
+    log: VecDeque<(Time, LoggedRecord)>,
+    /// Records of a restored checkpoint to give again first.
+    replay: Vec<(Time, LoggedRecord)>,
 }
 
 impl PartitionState {
     fn watermark(&self, lateness: Time) -> Time {
         self.max_ts.map_or(0, |m| m.saturating_sub(lateness))
     }
+
+    fn checkpoint(&self, frontier: Time, finished: bool) -> Option<PartitionCheckpoint> {
+        Some(PartitionCheckpoint {
+            position: self.partition.position()?,
+            max_ts: self.max_ts,
+            stats: self.stats.clone(),
+            finished,
+            pending: self.log.iter().filter(|(t, _)| *t >= frontier).cloned().collect(),
+        })
+    }
 }
+
+/// How a source takes part in checkpoints.
+pub struct SourceCheckpoints<'s> {
+    /// Checkpoint barriers (broadcast): a record `F` asks for every partition's part at `F`.
+    pub barriers: StreamVec<'s, Time, Time>,
+    /// The checkpoint the job resumes from.
+    pub restore: Option<Arc<Checkpoint>>,
+}
+
+/// A partition's part of a checkpoint: `(F, partition name, part)`.
+pub type PartitionPart = (Time, String, PartitionCheckpoint);
 
 /// A shared slot for the first error a source hits (an I/O error ends the job with that error).
 pub type ErrorSlot = Rc<RefCell<Option<anyhow::Error>>>;
 
-/// Builds a source reading `partitions` (this worker's share); returns the events and side records.
+/// Builds a source reading `partitions` (this worker's share); returns the events, the side
+/// records, and the partitions' checkpoint parts (on worker 0).
 ///
 /// Events are sent in messages at the source's capability and carry their own time in
 /// [`Event::time`] (at or after the message's time), as differential updates do.
-/// `probe` is the job's output probe, used to bound the batches in flight.
+/// `probe` is the job's output probe, used to bound the batches in flight. With checkpoints, the
+/// source keeps the records it gave at or after the barriers' frontier, and on a barrier `F` sends
+/// each partition's position and those of its records at or after `F`; when restoring, it seeks
+/// every partition to its position and gives the recorded records again first.
+#[allow(clippy::too_many_arguments)]
 pub fn partitioned_source<'s>(
     scope: Scope<'s, Time>,
     name: &str,
@@ -131,30 +176,108 @@ pub fn partitioned_source<'s>(
     config: SourceConfig,
     probe: ProbeHandle<Time>,
     errors: ErrorSlot,
-) -> (StreamVec<'s, Time, Event>, StreamVec<'s, Time, SideRecord>) {
+    checkpoints: Option<SourceCheckpoints<'s>>,
+) -> (StreamVec<'s, Time, Event>, StreamVec<'s, Time, SideRecord>, StreamVec<'s, Time, PartitionPart>) {
     let mut builder = OperatorBuilder::new(name.to_owned(), scope);
     let info = builder.operator_info();
+    let logging = checkpoints.is_some();
+    let (barriers, restore) = match checkpoints {
+        Some(c) => (c.barriers, c.restore),
+        None => (timely::dataflow::operators::generic::operator::empty(scope), None),
+    };
     let (events_out, events) = builder.new_output::<Vec<Event>>();
     let (side_out, side) = builder.new_output::<Vec<SideRecord>>();
+    let (parts_out, parts) = builder.new_output::<Vec<PartitionPart>>();
     let mut events_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Event>>>::from(events_out);
     let mut side_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<SideRecord>>>::from(side_out);
+    let mut parts_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<PartitionPart>>>::from(parts_out);
+    // Barriers hold back the side records (so that the dead letters written when a checkpoint is
+    // cut are exactly those before it) and the parts, but not the events: the barriers follow the
+    // events' frontier.
+    let identity = || timely::progress::Antichain::from_elem(Default::default());
+    let not_events = [(1, identity()), (2, identity())];
+    let mut barriers_in = builder.new_input_connection(barriers, timely::dataflow::channels::pact::Pipeline, not_events);
     let activator = scope.activator_for(info.address);
 
-    builder.build(move |capabilities| {
+    builder.build(move |mut capabilities| {
+        // The parts output answers barriers with their own capabilities.
+        capabilities.pop();
+        let mut open: Vec<PartitionState> = Vec::new();
+        let mut done: Vec<PartitionState> = Vec::new();
+        for partition in partitions {
+            let stats = PartitionStats { partition: partition.name(), ..Default::default() };
+            let mut state = PartitionState { partition, max_ts: None, stats, log: VecDeque::new(), replay: Vec::new() };
+            match restore.as_ref().and_then(|c| c.partitions.get(&state.stats.partition)) {
+                Some(part) => {
+                    if let Err(error) = state.partition.seek(&part.position) {
+                        errors.borrow_mut().get_or_insert(error.context(format!("restoring partition {}", state.stats.partition)));
+                    }
+                    state.max_ts = part.max_ts;
+                    state.stats = part.stats.clone();
+                    state.replay = part.pending.clone();
+                    if part.finished {
+                        done.push(state);
+                    } else {
+                        open.push(state);
+                    }
+                }
+                None => open.push(state),
+            }
+        }
+        // A restored job starts at the checkpoint's frontier.
+        if let Some(frontier) = restore.as_ref().map(|c| c.frontier) {
+            for cap in capabilities.iter_mut() {
+                cap.downgrade(&frontier);
+            }
+        }
         let mut caps = Some(capabilities);
-        let mut open: Vec<PartitionState> = partitions
-            .into_iter()
-            .map(|partition| {
-                let stats = PartitionStats { partition: partition.name(), ..Default::default() };
-                PartitionState { partition, max_ts: None, stats }
-            })
-            .collect();
+        // An operator with an input is scheduled by its input; a source must start by itself.
+        activator.activate();
         // Records sent per watermark not yet passed by the output: `(watermark, records)`.
         let mut in_flight: VecDeque<(Time, usize)> = VecDeque::new();
         let max_in_flight = config.batch * config.max_batches_in_flight;
         let mut items = Vec::new();
-        move |_frontiers| {
+        move |frontiers| {
+            // Checkpoint barriers: every partition's part, then forget what no barrier can need.
+            barriers_in.for_each(|cap, data| {
+                let mut handle = parts_out.activate();
+                for at in data.drain(..) {
+                    let cap = cap.delayed(&at, 2);
+                    let mut session = handle.session(&cap);
+                    let parts = open.iter().map(|s| (s, false)).chain(done.iter().map(|s| (s, true)));
+                    for (state, finished) in parts {
+                        match state.checkpoint(at, finished) {
+                            Some(part) => session.give((at, state.stats.partition.clone(), part)),
+                            None => tracing::warn!(partition = %state.stats.partition, "this partition cannot resume from a checkpoint"),
+                        }
+                    }
+                }
+            });
+            if logging {
+                let keep_from = frontiers[0].frontier().first().copied();
+                for state in open.iter_mut().chain(done.iter_mut()) {
+                    while state.log.front().is_some_and(|(t, _)| keep_from.is_none_or(|k| *t < k)) {
+                        state.log.pop_front();
+                    }
+                }
+            }
             let Some(capabilities) = caps.as_mut() else { return };
+            // First, the records a restored checkpoint had read at or after its frontier.
+            if open.iter().chain(done.iter()).any(|s| !s.replay.is_empty()) {
+                let mut events_handle = events_out.activate();
+                let mut side_handle = side_out.activate();
+                for state in open.iter_mut().chain(done.iter_mut()) {
+                    for (time, record) in std::mem::take(&mut state.replay) {
+                        match &record {
+                            LoggedRecord::Event(event) => events_handle.session(&capabilities[0]).give(event.clone()),
+                            LoggedRecord::DeadLetter(dead) => {
+                                side_handle.session(&capabilities[1].delayed(&time)).give(SideRecord::DeadLetter(dead.clone()))
+                            }
+                        }
+                        state.log.push_back((time, record));
+                    }
+                }
+            }
             // Back-pressure: wait until the output has caught up with older records.
             while let Some((t, _)) = in_flight.front() {
                 if probe.less_than(t) {
@@ -176,6 +299,7 @@ pub fn partitioned_source<'s>(
             let floor = *capabilities[0].time();
             let stopping = config.stop.load(Ordering::Relaxed);
             let mut read = 0;
+            let mut dead_letters: Vec<(Time, DeadLetter)> = Vec::new();
             let mut finished = Vec::new();
             let per_partition = config.batch.div_ceil(open.len().max(1)).max(64);
             for (index, state) in open.iter_mut().enumerate() {
@@ -205,11 +329,21 @@ pub fn partitioned_source<'s>(
                                 state.max_ts = Some(state.max_ts.map_or(event.ts, |m| m.max(event.ts)));
                             }
                             state.stats.events += 1;
+                            if logging {
+                                state.log.push_back((event.time, LoggedRecord::Event(event.clone())));
+                            }
                             events_session.give(event);
                         }
                         Item::Rejected(dead) => {
                             state.stats.rejected += 1;
-                            side_session.give(SideRecord::DeadLetter(dead));
+                            // At its partition's watermark: a function of the partition's records
+                            // before it, so the dead-letter output's order does not depend on how
+                            // reading was batched (or resumed).
+                            let time = state.watermark(lateness).max(floor);
+                            if logging {
+                                state.log.push_back((time, LoggedRecord::DeadLetter(dead.clone())));
+                            }
+                            dead_letters.push((time, dead));
                         }
                         Item::Label(label) => side_session.give(SideRecord::Label(label)),
                     }
@@ -221,10 +355,14 @@ pub fn partitioned_source<'s>(
             for index in finished.into_iter().rev() {
                 let state = open.remove(index);
                 tracing::debug!(partition = %state.stats.partition, events = state.stats.events, "partition exhausted");
-                side_session.give(SideRecord::Finished(state.stats));
+                side_session.give(SideRecord::Finished(state.stats.clone()));
+                done.push(state);
             }
             drop(events_session);
             drop(side_session);
+            for (time, dead) in dead_letters.drain(..) {
+                side_handle.session(&capabilities[1].delayed(&time)).give(SideRecord::DeadLetter(dead));
+            }
             if open.is_empty() || errors.borrow().is_some() {
                 caps = None;
                 return;
@@ -250,7 +388,7 @@ pub fn partitioned_source<'s>(
             }
         }
     });
-    (events, side)
+    (events, side, parts.exchange(|_| 0))
 }
 
 /// A partition of newline-delimited JSON events from any reader.
@@ -259,7 +397,7 @@ pub fn partitioned_source<'s>(
 /// their dead letter keeps the first `limit` bytes. Blank lines are not records.
 pub struct JsonLinesPartition {
     name: String,
-    reader: Box<dyn BufRead>,
+    reader: Box<dyn SeekBufRead>,
     max_record_bytes: usize,
     line: u64,
     offset: u64,
@@ -268,14 +406,14 @@ pub struct JsonLinesPartition {
 
 impl JsonLinesPartition {
     /// Reads `reader`, naming the partition `name`.
-    pub fn new(name: impl Into<String>, reader: Box<dyn BufRead>, max_record_bytes: usize) -> Self {
+    pub fn new(name: impl Into<String>, reader: Box<dyn SeekBufRead>, max_record_bytes: usize) -> Self {
         JsonLinesPartition { name: name.into(), reader, max_record_bytes, line: 0, offset: 0, record: Vec::new() }
     }
 
     /// Opens a file.
     pub fn open(path: &Path, max_record_bytes: usize) -> Result<Self> {
         let file = std::fs::File::open(path).with_context(|| format!("opening input {}", path.display()))?;
-        let reader: Box<dyn BufRead> = Box::new(BufReader::with_capacity(1 << 20, file));
+        let reader: Box<dyn SeekBufRead> = Box::new(BufReader::with_capacity(1 << 20, file));
         Ok(Self::new(format!("file:{}", path.display()), reader, max_record_bytes))
     }
 
@@ -316,6 +454,18 @@ impl JsonLinesPartition {
 impl Partition for JsonLinesPartition {
     fn name(&self) -> String {
         self.name.clone()
+    }
+
+    fn position(&self) -> Option<PartitionPosition> {
+        Some(PartitionPosition::Bytes { offset: self.offset, line: self.line })
+    }
+
+    fn seek(&mut self, position: &PartitionPosition) -> Result<()> {
+        let PartitionPosition::Bytes { offset, line } = *position else { anyhow::bail!("{} resumes from a byte offset", self.name) };
+        self.reader.seek(SeekFrom::Start(offset)).with_context(|| format!("seeking {} to byte {offset}", self.name))?;
+        self.offset = offset;
+        self.line = line;
+        Ok(())
     }
 
     fn poll(&mut self, max: usize, out: &mut Vec<Item>) -> Result<bool> {

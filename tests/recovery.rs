@@ -1,0 +1,165 @@
+//! Checkpoints and recovery, by killing the engine: `kill -9` at a random moment of a run with
+//! `--checkpoint-dir`, then the same command again (on the same or another worker count) until it
+//! finishes. The decisions and dead letters must be the uninterrupted run's, byte for byte: no
+//! loss, no duplicate. A damaged newest checkpoint must make the engine fall back to the previous
+//! one.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+mod common;
+use common::{ok, threatflow};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A deterministic pseudo-random sequence (splitmix64), so that a failing seed can be rerun.
+fn random(seed: u64) -> impl Iterator<Item = u64> {
+    let mut state = seed;
+    std::iter::repeat_with(move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}
+
+/// Generated events with malformed lines mixed in.
+fn input(dir: &Path) -> std::path::PathBuf {
+    let events = dir.join("events.jsonl");
+    ok(threatflow()
+        .args(["generate", "--users", "2000", "--events", "300000", "--seed", "3", "--out"])
+        .arg(&events)
+        .output()
+        .expect("spawn"));
+    let text = std::fs::read_to_string(&events).unwrap();
+    let mut mixed = String::with_capacity(text.len() + 1024);
+    for (i, line) in text.lines().enumerate() {
+        if i % 20_000 == 7 {
+            mixed.push_str(&format!("not json {i}\n"));
+        }
+        mixed.push_str(line);
+        mixed.push('\n');
+    }
+    std::fs::write(&events, mixed).unwrap();
+    events
+}
+
+fn replay(events: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = threatflow();
+    cmd.arg("replay")
+        .arg("--input")
+        .arg(events)
+        .args(["--model", &format!("{ROOT}/models/default.json"), "--rules", &format!("{ROOT}/rules/default.json")])
+        .arg("--output")
+        .arg(out.join("decisions.jsonl"))
+        .arg("--dead-letters")
+        .arg(out.join("dead.jsonl"))
+        .args(extra);
+    cmd
+}
+
+/// Starts the command and kills it with SIGKILL after `delay` (if it is still running).
+fn run_and_kill(mut command: Command, delay: Duration) -> bool {
+    let mut child = command.spawn().expect("spawn");
+    std::thread::sleep(delay);
+    let finished = child.try_wait().expect("wait").is_some();
+    if !finished {
+        child.kill().expect("kill -9");
+    }
+    let _ = child.wait();
+    finished
+}
+
+fn same_outputs(reference: &Path, out: &Path) {
+    for file in ["decisions.jsonl", "dead.jsonl"] {
+        let expected = std::fs::read(reference.join(file)).unwrap();
+        let got = std::fs::read(out.join(file)).unwrap();
+        assert!(expected == got, "{file} differs from the uninterrupted run ({} vs {} bytes)", got.len(), expected.len());
+    }
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = input(dir.path());
+    let reference = dir.path().join("reference");
+    std::fs::create_dir_all(&reference).unwrap();
+    ok(replay(&events, &reference, &[]).output().expect("spawn"));
+    assert!(std::fs::read_to_string(reference.join("decisions.jsonl")).unwrap().lines().count() > 100);
+    assert_eq!(std::fs::read_to_string(reference.join("dead.jsonl")).unwrap().lines().count(), 15);
+
+    for seed in 0..10u64 {
+        let out = dir.path().join(format!("seed-{seed}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let checkpoints = out.join("checkpoints");
+        let mut rng = random(seed);
+        let mut kills = 0;
+        // Up to three kills, each after 0.1 to 0.9 s, alternating 1 and 2 workers.
+        for attempt in 0..3 {
+            let workers = if (seed + attempt) % 2 == 0 { "1" } else { "2" };
+            let extra = ["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval", "100ms", "-w", workers];
+            let delay = Duration::from_millis(100 + rng.next().unwrap() % 800);
+            if run_and_kill(replay(&events, &out, &extra), delay) {
+                break;
+            }
+            kills += 1;
+        }
+        let extra = ["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval", "100ms", "-w", "2"];
+        ok(replay(&events, &out, &extra).output().expect("spawn"));
+        same_outputs(&reference, &out);
+        eprintln!("seed {seed}: {kills} kills, outputs identical");
+    }
+}
+
+#[test]
+fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = input(dir.path());
+    let reference = dir.path().join("reference");
+    std::fs::create_dir_all(&reference).unwrap();
+    ok(replay(&events, &reference, &[]).output().expect("spawn"));
+
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let checkpoints = out.join("checkpoints");
+    let extra = ["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval", "50ms"];
+    // Kill once at least two checkpoints exist.
+    let mut child = replay(&events, &out, &extra).spawn().expect("spawn");
+    let count = || std::fs::read_dir(&checkpoints).map(|d| d.filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "bin")).count()).unwrap_or(0);
+    while count() < 2 && child.try_wait().expect("wait").is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut files: Vec<_> = std::fs::read_dir(&checkpoints).unwrap().filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "bin")).collect();
+    files.sort();
+    assert!(files.len() >= 2, "two checkpoints before the run ended");
+    let newest = files.last().unwrap();
+    let bytes = std::fs::read(newest).unwrap();
+    std::fs::write(newest, &bytes[..bytes.len() / 2]).unwrap();
+
+    let output = ok(replay(&events, &out, &extra).env("RUST_LOG", "info").output().expect("spawn"));
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("trying an older one"), "the damaged checkpoint is reported: {log}");
+    same_outputs(&reference, &out);
+}
+
+#[test]
+fn the_generator_run_resumes_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |out: &Path, extra: &[&str]| {
+        let mut cmd = threatflow();
+        cmd.args(["run", "--users", "2000", "--events", "300000", "--seed", "5", "--output"]).arg(out).args(extra);
+        cmd
+    };
+    let reference = dir.path().join("reference.jsonl");
+    ok(run(&reference, &[]).output().expect("spawn"));
+    let out = dir.path().join("out.jsonl");
+    let checkpoints = dir.path().join("checkpoints");
+    let extra = ["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval", "100ms"];
+    run_and_kill(run(&out, &extra), Duration::from_millis(800));
+    ok(run(&out, &extra).output().expect("spawn"));
+    assert!(std::fs::read(&reference).unwrap() == std::fs::read(&out).unwrap(), "the resumed run's decisions differ");
+}
