@@ -388,6 +388,8 @@ pub struct Coordinator {
     last_frontier: Option<Time>,
     /// Filled by the sinks.
     pub gathered: std::rc::Rc<std::cell::RefCell<Gathered>>,
+    /// The checkpoint being encoded and written in the background, if any.
+    writing: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
 impl Coordinator {
@@ -402,7 +404,15 @@ impl Coordinator {
         if let Some(start) = start {
             barriers.advance_to(start);
         }
-        Coordinator { dir, interval, barriers: Some(barriers), last_request: Instant::now(), last_frontier: start, gathered }
+        Coordinator {
+            dir,
+            interval,
+            barriers: Some(barriers),
+            last_request: Instant::now(),
+            last_frontier: start,
+            gathered,
+            writing: None,
+        }
     }
 
     /// Writes finished checkpoints, asks for a new one when due, and moves the barrier input up to
@@ -410,7 +420,7 @@ impl Coordinator {
     pub fn step(&mut self, events_frontier: Option<Time>) -> Result<()> {
         self.write_ready()?;
         let Some(input) = self.barriers.as_mut() else { return Ok(()) };
-        let idle = self.gathered.borrow().pending.is_empty();
+        let idle = self.gathered.borrow().pending.is_empty() && self.writing.is_none();
         let at = *input.time();
         if idle && self.last_request.elapsed() >= self.interval && self.last_frontier.is_none_or(|l| at > l) {
             self.gathered.borrow_mut().pending.insert(
@@ -440,7 +450,22 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Waits for the checkpoint being written, if any.
+    pub fn finish(&mut self) -> Result<()> {
+        match self.writing.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => bail!("the checkpoint writer panicked"),
+            None => Ok(()),
+        }
+    }
+
     fn write_ready(&mut self) -> Result<()> {
+        if self.writing.as_ref().is_some_and(|w| w.is_finished()) {
+            self.finish()?;
+        }
+        if self.writing.is_some() {
+            return Ok(());
+        }
         let ready = {
             let gathered = self.gathered.borrow();
             gathered
@@ -459,16 +484,23 @@ impl Coordinator {
             windows: g.windows,
             outputs: OutputPositions { decisions: g.decisions.flatten(), dead_letters: g.dead_letters.flatten() },
         };
-        let started = Instant::now();
-        let bytes = self.dir.write(&checkpoint)?;
-        tracing::info!(
-            frontier,
-            bytes,
-            window_entries = users,
-            write_ms = started.elapsed().as_secs_f64() * 1e3,
-            since_barrier_ms = g.requested.elapsed().as_secs_f64() * 1e3,
-            "checkpoint written"
-        );
+        let gathered_ms = g.requested.elapsed().as_secs_f64() * 1e3;
+        // Encoding and writing run beside the worker, which goes on with the dataflow.
+        let dir = self.dir.clone();
+        let writer = std::thread::Builder::new().name("checkpoint-writer".into()).spawn(move || {
+            let started = Instant::now();
+            let bytes = dir.write(&checkpoint)?;
+            tracing::info!(
+                frontier,
+                bytes,
+                window_entries = users,
+                gathered_ms,
+                write_ms = started.elapsed().as_secs_f64() * 1e3,
+                "checkpoint written"
+            );
+            Ok(())
+        });
+        self.writing = Some(writer.context("starting the checkpoint writer")?);
         Ok(())
     }
 }

@@ -462,6 +462,9 @@ fn run_worker(
         }
     }
     let elapsed = started.elapsed();
+    if let Some(Err(error)) = coordinator.as_mut().map(Coordinator::finish) {
+        errors.borrow_mut().get_or_insert(error);
+    }
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
