@@ -422,7 +422,8 @@ impl Coordinator {
         let Some(input) = self.barriers.as_mut() else { return Ok(()) };
         let idle = self.gathered.borrow().pending.is_empty() && self.writing.is_none();
         let at = *input.time();
-        if idle && self.last_request.elapsed() >= self.interval && self.last_frontier.is_none_or(|l| at > l) {
+        // Not before the events have started (a checkpoint at 0 would hold nothing to resume from).
+        if idle && at > 0 && self.last_request.elapsed() >= self.interval && self.last_frontier.is_none_or(|l| at > l) {
             self.gathered.borrow_mut().pending.insert(
                 at,
                 Gathering {

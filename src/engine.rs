@@ -190,16 +190,11 @@ pub fn run(config: timely::Config, mut job: JobSpec) -> Result<JobReport> {
     Ok(report.unwrap_or_default())
 }
 
-/// The newest valid checkpoint of the job, with the outputs truncated to its lengths.
+/// The newest valid checkpoint of the job.
 fn restore(job: &JobSpec) -> Result<Option<Arc<Checkpoint>>> {
     let Some((dir, _)) = &job.checkpoints else { return Ok(None) };
     let started = Instant::now();
     let Some(checkpoint) = dir.newest()? else { return Ok(None) };
-    for (path, length) in [(&job.decisions_path, checkpoint.outputs.decisions), (&job.dead_letters_path, checkpoint.outputs.dead_letters)] {
-        if let (Some(path), Some(length)) = (path, length) {
-            truncate_output(path, length)?;
-        }
-    }
     tracing::info!(
         frontier = checkpoint.frontier,
         partitions = checkpoint.partitions.len(),
@@ -226,6 +221,15 @@ fn run_worker(
     let mut outputs: Vec<Box<dyn Output>> = Vec::new();
     let mut kafka_control = None;
     if index == 0 {
+        // Worker 0 alone writes the outputs: it alone cuts them back to a restored checkpoint.
+        if let Some(checkpoint) = &restored {
+            let outputs = &checkpoint.outputs;
+            for (path, length) in [(&job.decisions_path, outputs.decisions), (&job.dead_letters_path, outputs.dead_letters)] {
+                if let (Some(path), Some(length)) = (path, length) {
+                    truncate_output(path, length)?;
+                }
+            }
+        }
         let files = JsonLinesOutput::open(job.decisions_path.as_deref(), job.dead_letters_path.as_deref(), restored.is_some())?;
         outputs.push(Box::new(files));
         if let Some(kafka) = &job.kafka {

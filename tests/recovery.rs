@@ -1,8 +1,8 @@
 //! Checkpoints and recovery, by killing the engine: `kill -9` at a random moment of a run with
 //! `--checkpoint-dir`, then the same command again (on the same or another worker count) until it
-//! finishes. The decisions and dead letters must be the uninterrupted run's, byte for byte: no
-//! loss, no duplicate. A damaged newest checkpoint must make the engine fall back to the previous
-//! one.
+//! finishes, on one process or a two-process cluster. The decisions and dead letters must be the
+//! uninterrupted run's, byte for byte: no loss, no duplicate. A damaged newest checkpoint must make
+//! the engine fall back to the previous one.
 
 use std::path::Path;
 use std::process::Command;
@@ -162,4 +162,42 @@ fn the_generator_run_resumes_too() {
     run_and_kill(run(&out, &extra), Duration::from_millis(800));
     ok(run(&out, &extra).output().expect("spawn"));
     assert!(std::fs::read(&reference).unwrap() == std::fs::read(&out).unwrap(), "the resumed run's decisions differ");
+}
+
+#[test]
+fn a_two_process_cluster_resumes_after_one_process_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = input(dir.path());
+    let reference = dir.path().join("reference");
+    std::fs::create_dir_all(&reference).unwrap();
+    ok(replay(&events, &reference, &[]).output().expect("spawn"));
+
+    for (attempt, delay) in [900u64, 1_300].into_iter().enumerate() {
+        let out = dir.path().join(format!("cluster-{attempt}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let checkpoints = out.join("checkpoints").display().to_string();
+        let hosts = out.join("hosts");
+        let ports = common::free_ports(2);
+        std::fs::write(&hosts, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>()).unwrap();
+        let hosts = hosts.display().to_string();
+        let process = |p: &str| {
+            let extra = ["--checkpoint-dir", &checkpoints, "--checkpoint-interval", "100ms", "-w", "1", "-n", "2", "-p", p, "-h", &hosts];
+            replay(&events, &out, &extra)
+        };
+        // Kill process 1; process 0 loses its peer and is killed too (an operator restarts the cluster).
+        // (Their peer's death makes timely's network threads panic: keep that out of the test log.)
+        let mut p1 = process("1").stderr(std::process::Stdio::null()).spawn().expect("spawn");
+        let mut p0 = process("0").stderr(std::process::Stdio::null()).spawn().expect("spawn");
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = p1.kill();
+        let _ = p1.wait();
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = p0.kill();
+        let _ = p0.wait();
+        // The same two commands again.
+        let p1 = process("1").spawn().expect("spawn");
+        ok(process("0").output().expect("spawn"));
+        assert!(p1.wait_with_output().expect("process 1").status.success());
+        same_outputs(&reference, &out);
+    }
 }
