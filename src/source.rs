@@ -391,6 +391,23 @@ pub fn partitioned_source<'s>(
     (events, side, parts.exchange(|_| 0))
 }
 
+/// A record as an item: its event, or its dead letter with the reason. `bytes` may hold only a
+/// prefix of a record of `size` bytes (an oversized one); `position` is made for rejects only.
+pub fn record_item(bytes: &[u8], size: usize, max_record_bytes: usize, position: impl FnOnce() -> Position) -> Item {
+    let result = if size > max_record_bytes {
+        Err(RejectReason::TooLarge { size, limit: max_record_bytes })
+    } else {
+        parse_event(bytes, max_record_bytes)
+    };
+    match result {
+        Ok(event) => Item::Event(event),
+        Err(reason) => {
+            let kept = &bytes[..bytes.len().min(max_record_bytes)];
+            Item::Rejected(DeadLetter::new(&reason, position(), kept, size))
+        }
+    }
+}
+
 /// A partition of newline-delimited JSON events from any reader.
 ///
 /// Records longer than the limit are skipped to the next newline without being buffered whole;
@@ -481,19 +498,8 @@ impl Partition for JsonLinesPartition {
             if self.record.iter().all(u8::is_ascii_whitespace) && len == self.record.len() {
                 continue;
             }
-            let position = Position { source: self.name.clone(), record: self.line, offset: start };
-            let result = if len > self.max_record_bytes {
-                Err(RejectReason::TooLarge { size: len, limit: self.max_record_bytes })
-            } else {
-                parse_event(&self.record, self.max_record_bytes)
-            };
-            match result {
-                Ok(event) => out.push(Item::Event(event)),
-                Err(reason) => {
-                    let kept = &self.record[..self.record.len().min(self.max_record_bytes)];
-                    out.push(Item::Rejected(DeadLetter::new(&reason, position, kept, len)));
-                }
-            }
+            let position = || Position { source: self.name.clone(), record: self.line, offset: start };
+            out.push(record_item(&self.record, len, self.max_record_bytes, position));
         }
         Ok(true)
     }

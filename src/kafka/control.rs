@@ -68,15 +68,10 @@ impl KafkaControl {
         let topics = [config.topic(Role::Models).to_string(), config.topic(Role::Rules).to_string()];
         let counts = config.partition_counts(&[&topics[0], &topics[1]])?;
         let consumer = config.consumer()?;
-        let mut assignment = TopicPartitionList::new();
-        let mut partitions = Vec::new();
-        for (topic, count) in topics.iter().zip(counts) {
-            for p in 0..count as i32 {
-                assignment.add_partition_offset(topic, p, Offset::Beginning).context("assigning a control partition")?;
-                partitions.push((topic.clone(), p));
-            }
-        }
-        consumer.assign(&assignment).context("assigning the control topics")?;
+        let partitions: Vec<TopicPartition> =
+            topics.iter().zip(counts).flat_map(|(topic, count)| (0..count as i32).map(move |p| (topic.clone(), p))).collect();
+        let assignment: Vec<(&str, i32)> = partitions.iter().map(|(topic, p)| (topic.as_str(), *p)).collect();
+        super::assign_from_beginning(&consumer, &assignment)?;
         let (sender, rounds) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let reader_stop = Arc::clone(&stop);

@@ -205,6 +205,15 @@ impl KafkaConfig {
     }
 }
 
+/// Assigns `(topic, partition)`s to a consumer, each read from its beginning.
+pub fn assign_from_beginning(consumer: &BaseConsumer<LogContext>, partitions: &[(&str, i32)]) -> Result<()> {
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for (topic, p) in partitions {
+        assignment.add_partition_offset(topic, *p, rdkafka::Offset::Beginning).context("assigning a partition")?;
+    }
+    consumer.assign(&assignment).with_context(|| format!("assigning partitions {partitions:?}"))
+}
+
 /// `Some(partitions)` of a topic, `None` when the broker says it does not exist.
 fn topic_partitions(consumer: &BaseConsumer<LogContext>, topic: &str) -> Result<Option<usize>, KafkaError> {
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(2))?;

@@ -11,14 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 
-use super::{KafkaConfig, LogContext, Role};
-use crate::event::{parse_event, DeadLetter, Position, RejectReason};
-use crate::source::{Item, Partition};
+use super::{assign_from_beginning, KafkaConfig, LogContext, Role};
+use crate::event::Position;
+use crate::source::{record_item, Item, Partition};
 
 /// The activity topic as a source.
 #[derive(Clone, Debug)]
@@ -63,11 +62,8 @@ impl KafkaSource {
             return Ok(Vec::new());
         }
         let consumer = Arc::new(self.config.consumer()?);
-        let mut assignment = TopicPartitionList::new();
-        for p in &mine {
-            assignment.add_partition_offset(&topic, *p as i32, Offset::Beginning).context("assigning a partition")?;
-        }
-        consumer.assign(&assignment).with_context(|| format!("assigning partitions {mine:?} of {topic}"))?;
+        let assignment: Vec<(&str, i32)> = mine.iter().map(|p| (topic.as_str(), *p as i32)).collect();
+        assign_from_beginning(&consumer, &assignment)?;
         let mut parts: Vec<Box<dyn Partition>> = Vec::new();
         for p in mine {
             let queue = consumer
@@ -119,19 +115,8 @@ impl KafkaPartition {
 
     fn item(&self, offset: i64, payload: Option<&[u8]>) -> Item {
         let bytes = payload.unwrap_or_default();
-        let position = Position { source: self.name.clone(), record: offset as u64, offset: offset as u64 };
-        let result = if bytes.len() > self.max_record_bytes {
-            Err(RejectReason::TooLarge { size: bytes.len(), limit: self.max_record_bytes })
-        } else {
-            parse_event(bytes, self.max_record_bytes)
-        };
-        match result {
-            Ok(event) => Item::Event(event),
-            Err(reason) => {
-                let kept = &bytes[..bytes.len().min(self.max_record_bytes)];
-                Item::Rejected(DeadLetter::new(&reason, position, kept, bytes.len()))
-            }
-        }
+        let position = || Position { source: self.name.clone(), record: offset as u64, offset: offset as u64 };
+        record_item(bytes, bytes.len(), self.max_record_bytes, position)
     }
 }
 

@@ -13,10 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 
 use super::sink::KafkaProducer;
 use super::KafkaConfig;
@@ -175,11 +173,8 @@ pub fn consume(
     let partitions = config.partition_counts(&[topic])?[0];
     let consumer = config.consumer()?;
     let ends = config.end_offsets(&consumer, topic, partitions)?;
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
-        assignment.add_partition_offset(topic, p as i32, Offset::Beginning).context("assigning a partition")?;
-    }
-    consumer.assign(&assignment).with_context(|| format!("assigning the partitions of {topic}"))?;
+    let assignment: Vec<(&str, i32)> = (0..partitions as i32).map(|p| (topic, p)).collect();
+    super::assign_from_beginning(&consumer, &assignment)?;
     let mut next = vec![0i64; partitions];
     let mut count = 0u64;
     let done = |next: &[i64]| !follow && next.iter().zip(&ends).all(|(n, e)| n >= e);
