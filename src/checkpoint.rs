@@ -15,18 +15,20 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::control::ControlLog;
 use crate::event::{DeadLetter, Event, Time};
 use crate::features::{FeatureVal, UserKey};
 use crate::source::PartitionStats;
 
 const MAGIC: &[u8; 8] = b"TFCKPT\0\x01";
 /// The format version; a checkpoint of another version is refused.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER: usize = 8 + 4 + 8 + 16;
 
 /// Where a partition resumes.
@@ -41,6 +43,8 @@ pub enum PartitionPosition {
     },
     /// Items produced so far (the generator, which regenerates and skips them).
     Items(u64),
+    /// The next offset of a Kafka topic partition.
+    Offset(i64),
 }
 
 /// A record a partition had read, at the time it was given.
@@ -103,13 +107,27 @@ impl WindowEntry {
     }
 }
 
-/// Output lengths once every decision before the frontier was written.
+/// Output positions once every decision before the frontier was written.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputPositions {
     /// Bytes of the decisions file.
     pub decisions: Option<u64>,
     /// Bytes of the dead-letters file.
     pub dead_letters: Option<u64>,
+    /// Per output topic partition `(topic, partition)`, an offset at or before the first record
+    /// written for a time at or after the frontier (the end offset acknowledged when the barrier
+    /// was sent): a restored job reads on from it to find what it must not write again.
+    pub kafka: BTreeMap<(String, i32), i64>,
+}
+
+/// The model and rule updates read from the control topics: every update with the time it applies
+/// from, and the next offset of each control topic partition after them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ControlCheckpoint {
+    /// The updates, static ones included.
+    pub log: ControlLog,
+    /// `(topic, partition)` to the next offset to read.
+    pub offsets: BTreeMap<(String, i32), i64>,
 }
 
 /// Everything needed to resume at `frontier`.
@@ -123,6 +141,8 @@ pub struct Checkpoint {
     pub windows: Vec<WindowEntry>,
     /// Output lengths.
     pub outputs: OutputPositions,
+    /// The updates read from the control topics (Kafka jobs).
+    pub control: Option<ControlCheckpoint>,
 }
 
 /// Encodes a checkpoint with its header.
@@ -203,8 +223,9 @@ impl CheckpointDir {
     }
 
     /// Writes a checkpoint atomically (temporary file, fsync, rename, fsync of the directory) and
-    /// removes all but the newest `keep`. Returns the bytes written.
-    pub fn write(&self, checkpoint: &Checkpoint) -> Result<u64> {
+    /// removes all but the newest `keep`; `before_commit` runs just before the rename. Returns the
+    /// bytes written.
+    pub fn write(&self, checkpoint: &Checkpoint, before_commit: impl FnOnce() -> Result<()>) -> Result<u64> {
         std::fs::create_dir_all(&self.path).with_context(|| format!("creating {}", self.path.display()))?;
         let bytes = encode(checkpoint)?;
         let path = self.file(checkpoint.frontier);
@@ -212,6 +233,7 @@ impl CheckpointDir {
         let mut file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         file.write_all(&bytes).with_context(|| format!("writing {}", tmp.display()))?;
         file.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+        before_commit().context("not committing the checkpoint")?;
         std::fs::rename(&tmp, &path).with_context(|| format!("committing {}", path.display()))?;
         File::open(&self.path).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", self.path.display()))?;
         for old in self.files()?.into_iter().skip(self.keep.max(1)) {
@@ -294,7 +316,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let checkpoints = CheckpointDir { path: dir.path().to_path_buf(), keep: 2 };
         for f in [10, 20, 30] {
-            checkpoints.write(&Checkpoint { frontier: f, ..Default::default() }).unwrap();
+            checkpoints.write(&Checkpoint { frontier: f, ..Default::default() }, || Ok(())).unwrap();
         }
         assert_eq!(checkpoints.files().unwrap().len(), 2);
         assert_eq!(checkpoints.newest().unwrap().unwrap().frontier, 30);
@@ -317,6 +339,8 @@ struct Gathering {
     /// Set by the sinks once every record before the barrier is written (`Some(None)`: no file).
     decisions: Option<Option<u64>>,
     dead_letters: Option<Option<u64>>,
+    /// The Kafka outputs' acknowledged end offsets when the barrier was sent.
+    kafka_outputs: BTreeMap<(String, i32), i64>,
     requested: Instant,
 }
 
@@ -378,6 +402,36 @@ impl Gathered {
     }
 }
 
+/// What checkpointing did in a job: printed in the job's report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CheckpointStats {
+    /// The frontier the job resumed from, if it was restored.
+    pub restored_from: Option<Time>,
+    /// Milliseconds to read, verify and decode the restored checkpoint.
+    pub restore_ms: Option<f64>,
+    /// Checkpoints written.
+    pub written: u64,
+    /// The frontier of the last one.
+    pub last_frontier: Option<Time>,
+    /// Its size in bytes.
+    pub last_bytes: u64,
+    /// Milliseconds to encode, write and commit it.
+    pub last_write_ms: f64,
+    /// The longest write.
+    pub max_write_ms: f64,
+}
+
+/// Outputs acknowledged asynchronously (Kafka topics), as checkpoints see them.
+pub struct AsyncOutputs {
+    /// Per output partition, an offset at or before every record not yet queued (and every record
+    /// a run before a restart wrote that this run has not reached yet): asked when a barrier is sent.
+    pub positions: Box<dyn Fn() -> BTreeMap<(String, i32), i64>>,
+    /// A mark after every record queued so far.
+    pub mark: Box<dyn Fn() -> usize>,
+    /// Waits until every record queued before a mark is acknowledged; fails if one could not be.
+    pub wait: Arc<dyn Fn(usize) -> Result<()> + Send + Sync>,
+}
+
 /// Worker 0's side of checkpointing: sends barriers on an interval, and writes each checkpoint
 /// once its parts are in and the outputs have been written up to it.
 pub struct Coordinator {
@@ -388,18 +442,23 @@ pub struct Coordinator {
     last_frontier: Option<Time>,
     /// Filled by the sinks.
     pub gathered: std::rc::Rc<std::cell::RefCell<Gathered>>,
+    async_outputs: Option<AsyncOutputs>,
     /// The checkpoint being encoded and written in the background, if any.
     writing: Option<std::thread::JoinHandle<Result<()>>>,
+    /// Updated by the writer.
+    pub stats: std::sync::Arc<std::sync::Mutex<CheckpointStats>>,
 }
 
 impl Coordinator {
-    /// A coordinator sending barriers through `barriers`, starting at `start` (a restored frontier).
+    /// A coordinator sending barriers through `barriers`, starting at `start` (a restored frontier);
+    /// `async_outputs` are the job's Kafka outputs, if any.
     pub fn new(
         dir: CheckpointDir,
         interval: std::time::Duration,
         mut barriers: timely::dataflow::InputHandle<Time, timely::container::CapacityContainerBuilder<Vec<Time>>>,
         start: Option<Time>,
         gathered: std::rc::Rc<std::cell::RefCell<Gathered>>,
+        async_outputs: Option<AsyncOutputs>,
     ) -> Self {
         if let Some(start) = start {
             barriers.advance_to(start);
@@ -411,19 +470,25 @@ impl Coordinator {
             last_request: Instant::now(),
             last_frontier: start,
             gathered,
+            async_outputs,
             writing: None,
+            stats: Default::default(),
         }
     }
 
-    /// Writes finished checkpoints, asks for a new one when due, and moves the barrier input up to
-    /// the events' frontier (`None`: the events are complete, the input closes).
-    pub fn step(&mut self, events_frontier: Option<Time>) -> Result<()> {
-        self.write_ready()?;
+    /// Writes finished checkpoints (with `control`'s part, asked then), asks for a new one when due,
+    /// and moves the barrier input up to the events' frontier (`None`: the events are complete, the
+    /// input closes).
+    pub fn step(&mut self, events_frontier: Option<Time>, control: impl FnOnce() -> Option<ControlCheckpoint>) -> Result<()> {
+        self.write_ready(control)?;
         let Some(input) = self.barriers.as_mut() else { return Ok(()) };
         let idle = self.gathered.borrow().pending.is_empty() && self.writing.is_none();
         let at = *input.time();
         // Not before the events have started (a checkpoint at 0 would hold nothing to resume from).
         if idle && at > 0 && self.last_request.elapsed() >= self.interval && self.last_frontier.is_none_or(|l| at > l) {
+            // The barrier input is at `at` and holds the sinks back: nothing at or after `at` has
+            // been queued yet, so what is acknowledged now is all before it.
+            let kafka_outputs = self.async_outputs.as_ref().map(|o| (o.positions)()).unwrap_or_default();
             self.gathered.borrow_mut().pending.insert(
                 at,
                 Gathering {
@@ -433,6 +498,7 @@ impl Coordinator {
                     windows_done: false,
                     decisions: None,
                     dead_letters: None,
+                    kafka_outputs,
                     requested: Instant::now(),
                 },
             );
@@ -460,7 +526,7 @@ impl Coordinator {
         }
     }
 
-    fn write_ready(&mut self) -> Result<()> {
+    fn write_ready(&mut self, control: impl FnOnce() -> Option<ControlCheckpoint>) -> Result<()> {
         if self.writing.as_ref().is_some_and(|w| w.is_finished()) {
             self.finish()?;
         }
@@ -478,27 +544,44 @@ impl Coordinator {
         };
         let Some(frontier) = ready else { return Ok(()) };
         let Some(g) = self.gathered.borrow_mut().pending.remove(&frontier) else { return Ok(()) };
-        let users = g.windows.len();
+        let window_entries = g.windows.len();
         let checkpoint = Checkpoint {
             frontier,
             partitions: g.partitions,
             windows: g.windows,
-            outputs: OutputPositions { decisions: g.decisions.flatten(), dead_letters: g.dead_letters.flatten() },
+            outputs: OutputPositions {
+                decisions: g.decisions.flatten(),
+                dead_letters: g.dead_letters.flatten(),
+                kafka: g.kafka_outputs,
+            },
+            // Every update applied before the frontier is in (the decisions before it are written).
+            control: control(),
         };
         let gathered_ms = g.requested.elapsed().as_secs_f64() * 1e3;
         // Encoding and writing run beside the worker, which goes on with the dataflow.
         let dir = self.dir.clone();
+        let stats = std::sync::Arc::clone(&self.stats);
+        // Every output record before the frontier is queued by now; the checkpoint commits once
+        // they are all acknowledged.
+        let acknowledged = self.async_outputs.as_ref().map(|o| ((o.mark)(), Arc::clone(&o.wait)));
         let writer = std::thread::Builder::new().name("checkpoint-writer".into()).spawn(move || {
             let started = Instant::now();
-            let bytes = dir.write(&checkpoint)?;
-            tracing::info!(
-                frontier,
-                bytes,
-                window_entries = users,
-                gathered_ms,
-                write_ms = started.elapsed().as_secs_f64() * 1e3,
-                "checkpoint written"
-            );
+            let bytes = dir.write(&checkpoint, || {
+                match acknowledged {
+                    Some((mark, wait)) => wait(mark),
+                    None => Ok(()),
+                }
+            })?;
+            let write_ms = started.elapsed().as_secs_f64() * 1e3;
+            let users = checkpoint.windows.iter().map(WindowEntry::key).collect::<std::collections::HashSet<_>>().len();
+            tracing::info!(frontier, bytes, users, window_entries, gathered_ms, write_ms, "checkpoint written");
+            if let Ok(mut stats) = stats.lock() {
+                stats.written += 1;
+                stats.last_frontier = Some(frontier);
+                stats.last_bytes = bytes;
+                stats.last_write_ms = write_ms;
+                stats.max_write_ms = stats.max_write_ms.max(write_ms);
+            }
             Ok(())
         });
         self.writing = Some(writer.context("starting the checkpoint writer")?);

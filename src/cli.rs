@@ -125,6 +125,10 @@ pub struct JobArgs {
     /// Checkpoints kept.
     #[arg(long, default_value_t = 3)]
     pub checkpoint_keep: usize,
+    /// Records each worker's source reads at a time; at most four such batches are in flight
+    /// before the outputs catch up (smaller: lower latency and finer checkpoints, less throughput).
+    #[arg(long, default_value_t = crate::source::SourceConfig::default().batch)]
+    pub read_batch: usize,
 }
 
 /// How to reach Kafka.
@@ -330,6 +334,7 @@ impl JobArgs {
         let mut job = JobSpec::new(&self.dataflow, source);
         job.control = control;
         job.allowed_lateness = ms(self.allowed_lateness);
+        job.read_batch = self.read_batch.max(1);
         job.max_record_bytes = self.max_record_bytes;
         job.dead_letters_path = self.dead_letters.clone();
         job.checkpoints = self.checkpoint_dir.as_ref().map(|path| {
@@ -498,6 +503,7 @@ fn print_report(report: &JobReport, json: bool) -> Result<()> {
             "seconds": report.elapsed.as_secs_f64(),
             "events_per_second": report.throughput(),
             "quality": report.quality,
+            "checkpoints": report.checkpoints,
         });
         writeln!(out, "{value}")?;
         return Ok(());
@@ -512,6 +518,16 @@ fn print_report(report: &JobReport, json: bool) -> Result<()> {
         report.throughput(),
         report.decisions
     )?;
+    if let Some(c) = &report.checkpoints {
+        if let (Some(from), Some(ms)) = (c.restored_from, c.restore_ms) {
+            writeln!(out, "restored from the checkpoint at {from} in {ms:.0} ms")?;
+        }
+        write!(out, "{} checkpoints written", c.written)?;
+        if let Some(frontier) = c.last_frontier {
+            write!(out, "; the last at {frontier}: {} bytes in {:.0} ms (longest write {:.0} ms)", c.last_bytes, c.last_write_ms, c.max_write_ms)?;
+        }
+        writeln!(out)?;
+    }
     if let Some(quality) = &report.quality {
         write!(out, "\n{}", quality.table())?;
     }

@@ -106,7 +106,7 @@ impl ControlSpec {
 
 /// Every model and rule update of a job so far; turns a new update into the control collection's
 /// changes (updates read from Kafka while the job runs).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ControlLog {
     models: Vec<(Time, Model)>,
     specs: Vec<RuleSpec>,

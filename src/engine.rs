@@ -24,7 +24,10 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Input, Operator, Probe};
 use timely::dataflow::ProbeHandle;
 
-use crate::checkpoint::{truncate_output, Checkpoint, CheckpointDir, Coordinator, Gathered, OutputKind, OutputPositions, WindowEntry};
+use crate::checkpoint::{
+    truncate_output, Checkpoint, CheckpointDir, CheckpointStats, Coordinator, Gathered, AsyncOutputs, OutputKind, OutputPositions,
+    WindowEntry,
+};
 use crate::control::{ControlLog, ControlSpec};
 use crate::decision::Decision;
 use crate::eval::Quality;
@@ -48,6 +51,8 @@ pub struct JobSpec {
     pub control: ControlSpec,
     /// Allowed lateness (ms).
     pub allowed_lateness: Time,
+    /// Records a source reads at a time (see [`SourceConfig::batch`]).
+    pub read_batch: usize,
     /// Records longer than this are rejected.
     pub max_record_bytes: usize,
     /// Decisions as JSON lines.
@@ -76,6 +81,7 @@ impl JobSpec {
             source,
             control: ControlSpec::default(),
             allowed_lateness: 5_000,
+            read_batch: SourceConfig::default().batch,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             decisions_path: None,
             dead_letters_path: None,
@@ -110,6 +116,8 @@ pub struct JobReport {
     pub collected_decisions: Vec<Decision>,
     /// Dead letters, when collected, in output order.
     pub collected_dead_letters: Vec<DeadLetter>,
+    /// What checkpointing did, when the job checkpoints.
+    pub checkpoints: Option<CheckpointStats>,
 }
 
 impl JobReport {
@@ -166,9 +174,6 @@ pub fn run(config: timely::Config, mut job: JobSpec) -> Result<JobReport> {
     if crate::dataflows::find(&job.dataflow).is_none() {
         bail!("unknown dataflow {:?}; known: {}", job.dataflow, crate::dataflows::names().join(", "));
     }
-    if job.checkpoints.is_some() && matches!(job.source, SourceSpec::Kafka(_)) {
-        bail!("checkpoints of Kafka sources are not supported yet: run without --checkpoint-dir");
-    }
     job.source.prepare()?;
     if let Some(kafka) = &job.kafka {
         // Every process checks (or creates) the topics before any worker starts.
@@ -176,10 +181,11 @@ pub fn run(config: timely::Config, mut job: JobSpec) -> Result<JobReport> {
         kafka.partition_counts(&topics)?;
     }
     let control = Arc::new(job.control.load()?);
-    let restore = restore(&job)?;
+    let (restore, stats) = restore(&job)?;
     let job = Arc::new(job);
     let progress = Arc::new(AtomicU64::new(0));
-    let guards = timely::execute(config, move |worker| run_worker(worker, &job, &control, &progress, restore.clone()))
+    let guards =
+        timely::execute(config, move |worker| run_worker(worker, &job, &control, &progress, restore.clone(), stats.clone()))
         .map_err(|e| anyhow!("starting the timely cluster: {e}"))?;
     let mut report = None;
     for result in guards.join() {
@@ -190,19 +196,21 @@ pub fn run(config: timely::Config, mut job: JobSpec) -> Result<JobReport> {
     Ok(report.unwrap_or_default())
 }
 
-/// The newest valid checkpoint of the job.
-fn restore(job: &JobSpec) -> Result<Option<Arc<Checkpoint>>> {
-    let Some((dir, _)) = &job.checkpoints else { return Ok(None) };
+/// The newest valid checkpoint of the job, and the time it took to read.
+fn restore(job: &JobSpec) -> Result<(Option<Arc<Checkpoint>>, CheckpointStats)> {
+    let Some((dir, _)) = &job.checkpoints else { return Ok(Default::default()) };
     let started = Instant::now();
-    let Some(checkpoint) = dir.newest()? else { return Ok(None) };
+    let Some(checkpoint) = dir.newest()? else { return Ok(Default::default()) };
+    let restore_ms = started.elapsed().as_secs_f64() * 1e3;
     tracing::info!(
         frontier = checkpoint.frontier,
         partitions = checkpoint.partitions.len(),
         window_entries = checkpoint.windows.len(),
-        restore_ms = started.elapsed().as_secs_f64() * 1e3,
+        restore_ms,
         "resuming from a checkpoint"
     );
-    Ok(Some(Arc::new(checkpoint)))
+    let stats = CheckpointStats { restored_from: Some(checkpoint.frontier), restore_ms: Some(restore_ms), ..Default::default() };
+    Ok((Some(Arc::new(checkpoint)), stats))
 }
 
 fn run_worker(
@@ -211,15 +219,17 @@ fn run_worker(
     control: &ControlLog,
     progress: &Arc<AtomicU64>,
     restored: Option<Arc<Checkpoint>>,
+    restore_stats: CheckpointStats,
 ) -> Result<Option<JobReport>> {
     let index = worker.index();
     let peers = worker.peers();
     let dataflow = crate::dataflows::find(&job.dataflow).ok_or_else(|| anyhow!("unknown dataflow {}", job.dataflow))?;
-    let partitions = job.source.partitions(index, peers, job.max_record_bytes)?;
+    let partitions = job.source.partitions(index, peers, job.max_record_bytes, restored.as_deref())?;
     let errors: ErrorSlot = Rc::new(RefCell::new(None));
     let state = Rc::new(RefCell::new(SinkState::default()));
     let mut outputs: Vec<Box<dyn Output>> = Vec::new();
     let mut kafka_control = None;
+    let mut async_outputs: Option<AsyncOutputs> = None;
     if index == 0 {
         // Worker 0 alone writes the outputs: it alone cuts them back to a restored checkpoint.
         if let Some(checkpoint) = &restored {
@@ -233,8 +243,22 @@ fn run_worker(
         let files = JsonLinesOutput::open(job.decisions_path.as_deref(), job.dead_letters_path.as_deref(), restored.is_some())?;
         outputs.push(Box::new(files));
         if let Some(kafka) = &job.kafka {
-            outputs.push(Box::new(KafkaOutput::new(kafka)?));
-            kafka_control = Some(KafkaControl::start(kafka, control.clone())?);
+            let output = KafkaOutput::new(kafka, restored.as_ref().map(|c| &c.outputs.kafka))?;
+            let view = output.checkpoint_view();
+            if let (Some((dir, _)), None) = (&job.checkpoints, &restored) {
+                // What a run killed before its first checkpoint wrote must not be written again
+                // either: a checkpoint at 0 records where the output topics end now.
+                let outputs = OutputPositions {
+                    decisions: job.decisions_path.as_ref().map(|_| 0),
+                    dead_letters: job.dead_letters_path.as_ref().map(|_| 0),
+                    kafka: (view.positions)(),
+                };
+                dir.write(&Checkpoint { outputs, ..Default::default() }, || Ok(()))?;
+            }
+            async_outputs = Some(view);
+            outputs.push(Box::new(output));
+            let restored_control = restored.as_ref().and_then(|c| c.control.as_ref());
+            kafka_control = Some(KafkaControl::start(kafka, control.clone(), restored_control)?);
         }
     }
     let outputs = Rc::new(RefCell::new(outputs));
@@ -248,6 +272,7 @@ fn run_worker(
     let events_probe = ProbeHandle::new();
     let source_config = SourceConfig {
         allowed_lateness: job.allowed_lateness,
+        batch: job.read_batch,
         records_read: Arc::clone(progress),
         stop: Arc::clone(&job.stop),
         ..SourceConfig::default()
@@ -412,6 +437,7 @@ fn run_worker(
             barrier_input,
             restored.as_ref().map(|c| c.frontier),
             Rc::clone(&gathered),
+            async_outputs.take(),
         )),
         _ => {
             drop(barrier_input);
@@ -424,8 +450,13 @@ fn run_worker(
     let mut control_input = Some(control_input);
     if index == 0 {
         if let Some(input) = control_input.as_mut() {
-            for (control, time, diff) in control.updates() {
+            let log = kafka_control.as_ref().map_or_else(|| control.clone(), KafkaControl::log);
+            for (control, time, diff) in log.updates() {
                 input.update_at(((), control), time, diff);
+            }
+            // A restored job goes on from the checkpoint's frontier (late updates apply from there).
+            if let (Some(_), Some(checkpoint)) = (&kafka_control, &restored) {
+                input.advance_to(checkpoint.frontier);
             }
         }
     }
@@ -438,7 +469,8 @@ fn run_worker(
     let mut last_draw = Instant::now();
     while !(decisions_done.get() && side_done.get()) {
         let events_frontier = events_probe.with_frontier(|f| f.first().copied());
-        if let Some(Err(error)) = coordinator.as_mut().map(|c| c.step(events_frontier)) {
+        let control_part = || kafka_control.as_ref().map(KafkaControl::checkpoint);
+        if let Some(Err(error)) = coordinator.as_mut().map(|c| c.step(events_frontier, control_part)) {
             tracing::error!("checkpoint failed: {error:#}");
             errors.borrow_mut().get_or_insert(error);
             job.stop.store(true, Ordering::Relaxed);
@@ -469,6 +501,11 @@ fn run_worker(
     if let Some(Err(error)) = coordinator.as_mut().map(Coordinator::finish) {
         errors.borrow_mut().get_or_insert(error);
     }
+    let checkpoint_stats = coordinator.as_ref().and_then(|c| c.stats.lock().ok().map(|s| s.clone())).map(|written| CheckpointStats {
+        restored_from: restore_stats.restored_from,
+        restore_ms: restore_stats.restore_ms,
+        ..written
+    });
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -484,6 +521,7 @@ fn run_worker(
     let mut state = state.borrow_mut();
     let state = &mut *state;
     state.report.elapsed = elapsed;
+    state.report.checkpoints = checkpoint_stats;
     state.report.partitions.sort_by(|a, b| a.partition.cmp(&b.partition));
     if !state.labels.is_empty() {
         state.report.quality = Some(Quality::compute(&state.labels, &state.decided, state.report.events));

@@ -169,6 +169,6 @@ impl Output for JsonLinesOutput {
     }
 
     fn written(&self) -> OutputPositions {
-        OutputPositions { decisions: self.decisions.as_ref().map(|f| f.bytes), dead_letters: self.dead_letters.as_ref().map(|f| f.bytes) }
+        OutputPositions { decisions: self.decisions.as_ref().map(|f| f.bytes), dead_letters: self.dead_letters.as_ref().map(|f| f.bytes), ..Default::default() }
     }
 }

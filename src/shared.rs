@@ -173,7 +173,9 @@ pub fn feature_windows<'s>(
             let restore_frontier = frontiers[2].frontier().first().copied();
             if let Some((cap, entries)) = restoring.take_if(|(cap, _)| restore_frontier.is_none_or(|f| f > *cap.time())) {
                 let at = *cap.time();
+                let (started, count) = (std::time::Instant::now(), entries.len());
                 state.import(entries, at, &mut updates);
+                tracing::info!(entries = count, import_ms = started.elapsed().as_secs_f64() * 1e3, "feature windows restored");
                 if let Some(next) = state.next_expiry() {
                     retractions = Some(cap.delayed(&next));
                 }

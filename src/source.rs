@@ -535,8 +535,15 @@ impl SourceSpec {
         Ok(())
     }
 
-    /// The partitions worker `index` of `peers` reads (partition `i` goes to worker `i % peers`).
-    pub fn partitions(&self, index: usize, peers: usize, max_record_bytes: usize) -> Result<Vec<Box<dyn Partition>>> {
+    /// The partitions worker `index` of `peers` reads (partition `i` goes to worker `i % peers`);
+    /// Kafka partitions start at the offsets `restored` recorded (the others seek later).
+    pub fn partitions(
+        &self,
+        index: usize,
+        peers: usize,
+        max_record_bytes: usize,
+        restored: Option<&Checkpoint>,
+    ) -> Result<Vec<Box<dyn Partition>>> {
         let mine = |i: usize| i % peers == index;
         let mut parts: Vec<Box<dyn Partition>> = Vec::new();
         match self {
@@ -555,7 +562,7 @@ impl SourceSpec {
                     parts.push(Box::new(JsonLinesPartition::from_bytes(format!("memory:{i}"), bytes.clone(), max_record_bytes)));
                 }
             }
-            SourceSpec::Kafka(kafka) => parts = kafka.partitions(index, peers, max_record_bytes)?,
+            SourceSpec::Kafka(kafka) => parts = kafka.partitions(index, peers, max_record_bytes, restored)?,
         }
         Ok(parts)
     }

@@ -9,6 +9,10 @@
 //! apply to is always in the collection before those events are decided: decisions switch exactly
 //! at `effective_from`. An update whose `effective_from` is already behind the control input
 //! applies from the input's time instead, and says so in the log.
+//!
+//! Checkpoints hold the [`ControlLog`] (every update with the time it was applied from) and the
+//! offsets of the rounds applied; a restored job starts from both, so an update keeps the time it
+//! was first applied from.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +29,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{KafkaConfig, LogContext, Role};
+use crate::checkpoint::ControlCheckpoint;
 use crate::control::{Control, ControlLog};
 use crate::event::Time;
 use crate::model::{self, Model, ModelUpdate};
@@ -49,6 +54,8 @@ struct Round {
     started: Instant,
     /// The updates read in this round.
     messages: Vec<ControlMessage>,
+    /// The next offset of every partition after this round.
+    next: BTreeMap<TopicPartition, i64>,
 }
 
 /// Feeds the control input from the control topics (worker 0).
@@ -60,27 +67,46 @@ pub struct KafkaControl {
     /// Events frontiers observed and when (`None`: the events are complete).
     seen: VecDeque<(Instant, Option<Time>)>,
     last_seen: Option<Option<Time>>,
+    /// The next offset of every partition after the rounds applied so far.
+    applied: BTreeMap<TopicPartition, i64>,
 }
 
 impl KafkaControl {
-    /// Starts the reader thread; `log` holds the job's static models and rules.
-    pub fn start(config: &KafkaConfig, log: ControlLog) -> Result<Self> {
+    /// Starts the reader thread; `log` holds the job's static models and rules, unless a restored
+    /// checkpoint's log and offsets are given.
+    pub fn start(config: &KafkaConfig, log: ControlLog, restored: Option<&ControlCheckpoint>) -> Result<Self> {
+        let (log, applied) = match restored {
+            Some(c) => (c.log.clone(), c.offsets.clone()),
+            None => (log, BTreeMap::new()),
+        };
         let topics = [config.topic(Role::Models).to_string(), config.topic(Role::Rules).to_string()];
         let counts = config.partition_counts(&[&topics[0], &topics[1]])?;
         let consumer = config.consumer()?;
         let partitions: Vec<TopicPartition> =
             topics.iter().zip(counts).flat_map(|(topic, count)| (0..count as i32).map(move |p| (topic.clone(), p))).collect();
-        let assignment: Vec<(&str, i32)> = partitions.iter().map(|(topic, p)| (topic.as_str(), *p)).collect();
-        super::assign_from_beginning(&consumer, &assignment)?;
+        let start = |key: &TopicPartition| applied.get(key).map_or(Offset::Beginning, |n| Offset::Offset(*n));
+        let assignment: Vec<(&str, i32, Offset)> = partitions.iter().map(|key| (key.0.as_str(), key.1, start(key))).collect();
+        super::assign(&consumer, &assignment)?;
+        let next = applied.clone();
         let (sender, rounds) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let reader_stop = Arc::clone(&stop);
         let config = config.clone();
         let reader = std::thread::Builder::new()
             .name("control-reader".into())
-            .spawn(move || read_rounds(&config, &consumer, &partitions, &sender, &reader_stop))
+            .spawn(move || read_rounds(&config, &consumer, &partitions, next, &sender, &reader_stop))
             .context("starting the control reader")?;
-        Ok(KafkaControl { log, rounds, stop, reader: Some(reader), seen: VecDeque::new(), last_seen: None })
+        Ok(KafkaControl { log, rounds, stop, reader: Some(reader), seen: VecDeque::new(), last_seen: None, applied })
+    }
+
+    /// Every update so far.
+    pub fn log(&self) -> ControlLog {
+        self.log.clone()
+    }
+
+    /// What a checkpoint keeps: every update applied so far and the offsets after them.
+    pub fn checkpoint(&self) -> ControlCheckpoint {
+        ControlCheckpoint { log: self.log.clone(), offsets: self.applied.clone() }
     }
 
     /// Applies the updates read so far and advances `input` as far as is safe, given the events
@@ -100,6 +126,7 @@ impl KafkaControl {
             for message in round.messages {
                 self.apply(input, message);
             }
+            self.applied = round.next;
             while let Some((seen_at, frontier)) = self.seen.front().copied() {
                 if seen_at >= round.started {
                     break;
@@ -170,6 +197,7 @@ fn read_rounds(
     config: &KafkaConfig,
     consumer: &BaseConsumer<LogContext>,
     partitions: &[(String, i32)],
+    mut next: BTreeMap<TopicPartition, i64>,
     rounds: &Sender<Round>,
     stop: &AtomicBool,
 ) -> Result<()> {
@@ -177,7 +205,6 @@ fn read_rounds(
     // End offsets are asked on a connection of their own: on the reading consumer's, the request
     // would queue behind its waiting fetch.
     let offsets = config.consumer()?;
-    let mut next: BTreeMap<TopicPartition, i64> = BTreeMap::new();
     let mut last_warning: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
@@ -215,7 +242,7 @@ fn read_rounds(
             }
         }
         tracing::trace!(elapsed = ?started.elapsed(), updates = messages.len(), "control round");
-        if rounds.send(Round { started, messages }).is_err() {
+        if rounds.send(Round { started, messages, next: next.clone() }).is_err() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(1));

@@ -205,13 +205,58 @@ impl KafkaConfig {
     }
 }
 
-/// Assigns `(topic, partition)`s to a consumer, each read from its beginning.
-pub fn assign_from_beginning(consumer: &BaseConsumer<LogContext>, partitions: &[(&str, i32)]) -> Result<()> {
+/// Assigns `(topic, partition, start)`s to a consumer.
+pub fn assign(consumer: &BaseConsumer<LogContext>, partitions: &[(&str, i32, rdkafka::Offset)]) -> Result<()> {
     let mut assignment = rdkafka::TopicPartitionList::new();
-    for (topic, p) in partitions {
-        assignment.add_partition_offset(topic, *p, rdkafka::Offset::Beginning).context("assigning a partition")?;
+    for (topic, p, start) in partitions {
+        assignment.add_partition_offset(topic, *p, *start).context("assigning a partition")?;
     }
-    consumer.assign(&assignment).with_context(|| format!("assigning partitions {partitions:?}"))
+    let names: Vec<(&str, i32)> = partitions.iter().map(|(t, p, _)| (*t, *p)).collect();
+    consumer.assign(&assignment).with_context(|| format!("assigning partitions {names:?}"))
+}
+
+/// Calls `each(partition, offset, payload)` for every record of `topic` from `starts[p]` (the
+/// partition's first record when `None` or deleted) up to the end offsets the partitions have when
+/// the call starts, or, with `follow`, until `stop` is set. Returns the number of records.
+pub fn read_topic(
+    config: &KafkaConfig,
+    topic: &str,
+    starts: &[Option<i64>],
+    follow: bool,
+    stop: &std::sync::atomic::AtomicBool,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<()>,
+) -> Result<u64> {
+    use rdkafka::message::Message;
+    let consumer = config.consumer()?;
+    let mut next = Vec::with_capacity(starts.len());
+    let mut ends = Vec::with_capacity(starts.len());
+    for (p, start) in starts.iter().enumerate() {
+        let p = i32::try_from(p).context("partition number")?;
+        let (low, high) = retry(config, &format!("reading the offsets of {topic}/{p}"), || {
+            consumer.fetch_watermarks(topic, p, Duration::from_secs(5))
+        })?;
+        next.push(start.unwrap_or(low).max(low));
+        ends.push(high);
+    }
+    let assignment: Vec<(&str, i32, rdkafka::Offset)> =
+        next.iter().enumerate().map(|(p, n)| (topic, p as i32, rdkafka::Offset::Offset(*n))).collect();
+    assign(&consumer, &assignment)?;
+    let mut count = 0u64;
+    let done = |next: &[i64]| !follow && next.iter().zip(&ends).all(|(n, e)| n >= e);
+    while !done(&next) && !stop.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(100)) {
+            None | Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(error)) => tracing::warn!(topic, "Kafka consumer: {error} (librdkafka retries)"),
+            Some(Ok(message)) => {
+                if let Some(n) = next.get_mut(message.partition() as usize) {
+                    *n = message.offset() + 1;
+                }
+                each(&message)?;
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
 }
 
 /// `Some(partitions)` of a topic, `None` when the broker says it does not exist.

@@ -4,10 +4,19 @@
 //! until the broker acknowledges it, without duplicating or reordering it within a partition,
 //! through a broker restart. Decisions, alerts and actions are keyed by user, so one user's
 //! records stay in order in one partition; dead letters are keyed by their source partition.
-//! Every record carries its `decision_id` (dead letters their position) for readers to deduplicate.
+//! Every record carries its `decision_id` (dead letters their position).
+//!
+//! Exactly once without broker transactions: the producer tracks the end offset acknowledged per
+//! output partition, and checkpoints record it when a barrier is sent (before any record of a time
+//! at or after the barrier is queued). A restored job reads each output partition from there to
+//! its end, and does not write again the records it finds (by `decision_id`, action, dead-letter
+//! position).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -17,16 +26,107 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 use super::{KafkaConfig, LogContext, Role};
+use crate::checkpoint::AsyncOutputs;
 use crate::decision::Decision;
-use crate::event::DeadLetter;
+use crate::event::{DeadLetter, Position};
+use crate::rules::ThreatAction;
+use rdkafka::message::Message;
 use crate::output::{ActionCommand, Alert, Output};
 
-/// Counts deliveries and keeps the first failure.
+/// Counts deliveries, keeps the first failure, and tracks what is acknowledged.
 #[derive(Default)]
 pub struct DeliveryContext {
     delivered: AtomicU64,
     failed: AtomicU64,
     first_failure: Mutex<Option<String>>,
+    ledger: Ledger,
+}
+
+/// What the producer has queued and the broker acknowledged, shared with the delivery callbacks.
+#[derive(Clone, Default)]
+pub struct Ledger(Arc<(Mutex<LedgerState>, Condvar)>);
+
+#[derive(Default)]
+struct LedgerState {
+    /// Per topic, per partition: the offset after the last record acknowledged.
+    ends: BTreeMap<String, Vec<i64>>,
+    /// Sequence numbers of the records queued and not yet acknowledged or failed.
+    in_flight: BTreeSet<usize>,
+    next_sequence: usize,
+    /// Whether a record could not be delivered (the job then fails).
+    failed: bool,
+}
+
+impl LedgerState {
+    fn advance(&mut self, topic: &str, partition: i32, end: i64) {
+        let Ok(partition) = usize::try_from(partition) else { return };
+        let ends = match self.ends.get_mut(topic) {
+            Some(ends) => ends,
+            None => self.ends.entry(topic.to_string()).or_default(),
+        };
+        if ends.len() <= partition {
+            ends.resize(partition + 1, 0);
+        }
+        ends[partition] = ends[partition].max(end);
+    }
+}
+
+impl Ledger {
+    fn state(&self) -> std::sync::MutexGuard<'_, LedgerState> {
+        // The state stays consistent whatever a panicking holder did: every update is one step.
+        self.0 .0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn queue(&self) -> usize {
+        let mut state = self.state();
+        let sequence = state.next_sequence;
+        state.next_sequence += 1;
+        state.in_flight.insert(sequence);
+        sequence
+    }
+
+    fn done(&self, sequence: usize, acknowledged: Option<(&str, i32, i64)>) {
+        let mut state = self.state();
+        state.in_flight.remove(&sequence);
+        if let Some((topic, partition, offset)) = acknowledged {
+            state.advance(topic, partition, offset + 1);
+        }
+        self.0 .1.notify_all();
+    }
+
+    /// Notes that everything before `end` of a partition is acknowledged (a partition's end offset
+    /// when the producer starts).
+    fn start_at(&self, topic: &str, partition: i32, end: i64) {
+        self.state().advance(topic, partition, end);
+    }
+
+    /// The end offsets acknowledged so far, by `(topic, partition)`.
+    pub fn acknowledged(&self) -> BTreeMap<(String, i32), i64> {
+        let state = self.state();
+        state.ends.iter().flat_map(|(topic, ends)| ends.iter().enumerate().map(|(p, end)| ((topic.clone(), p as i32), *end))).collect()
+    }
+
+    /// A mark after every record queued so far.
+    pub fn mark(&self) -> usize {
+        self.state().next_sequence
+    }
+
+    /// Waits until every record queued before `mark` is acknowledged; fails if one could not be.
+    pub fn wait(&self, mark: usize) -> Result<()> {
+        let mut state = self.state();
+        let started = std::time::Instant::now();
+        while state.in_flight.first().is_some_and(|s| *s < mark) {
+            let (next, timeout) = self.0 .1.wait_timeout(state, Duration::from_secs(10)).unwrap_or_else(std::sync::PoisonError::into_inner);
+            state = next;
+            if timeout.timed_out() {
+                tracing::warn!(waited = ?started.elapsed(), "a checkpoint waits for the Kafka broker to acknowledge output records");
+            }
+        }
+        if state.failed {
+            bail!("output records could not be delivered to Kafka");
+        }
+        Ok(())
+    }
 }
 
 impl ClientContext for DeliveryContext {
@@ -40,18 +140,22 @@ impl ClientContext for DeliveryContext {
 }
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = ();
+    /// The record's sequence number in the [`Ledger`].
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, sequence: usize) {
         match result {
-            Ok(_) => {
+            Ok(message) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
+                self.ledger.done(sequence, Some((message.topic(), message.partition(), message.offset())));
             }
             Err((error, _)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut first) = self.first_failure.lock() {
                     first.get_or_insert_with(|| error.to_string());
                 }
+                self.ledger.state().failed = true;
+                self.ledger.done(sequence, None);
             }
         }
     }
@@ -83,7 +187,8 @@ impl KafkaProducer {
 
     /// Queues one record; waits while the producer's queue is full.
     pub fn send(&mut self, topic: &str, partition: Option<i32>, key: Option<&[u8]>, payload: &[u8]) -> Result<()> {
-        let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(payload);
+        let sequence = self.producer.context().ledger.queue();
+        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, sequence).payload(payload);
         if let Some(key) = key {
             record = record.key(key);
         }
@@ -100,7 +205,10 @@ impl KafkaProducer {
                     record = back;
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Err((error, _)) => return Err(error).with_context(|| format!("producing to Kafka topic {topic}")),
+                Err((error, _)) => {
+                    self.producer.context().ledger.done(sequence, None);
+                    return Err(error).with_context(|| format!("producing to Kafka topic {topic}"));
+                }
             }
         }
     }
@@ -108,6 +216,11 @@ impl KafkaProducer {
     /// Records queued so far.
     pub fn sent(&self) -> u64 {
         self.sent
+    }
+
+    /// What is queued and acknowledged (kept up to date by the delivery callbacks).
+    pub fn ledger(&self) -> Ledger {
+        self.producer.context().ledger.clone()
     }
 
     /// Records the broker has acknowledged so far.
@@ -153,23 +266,120 @@ pub struct KafkaOutput {
     actions: String,
     dead_letters: String,
     buffer: Vec<u8>,
+    /// Records a run before a restart wrote after the restored checkpoint's positions, with where
+    /// they are: not written again.
+    written_before: Rc<RefCell<HashMap<RecordId, OutputOffset>>>,
+    suppressed: u64,
 }
 
+/// What identifies an output record across runs: its role and its id in that role.
+type RecordId = (Role, String);
+/// A record's topic, partition and offset.
+type OutputOffset = (String, i32, i64);
+
 impl KafkaOutput {
-    /// Checks (or creates) the output topics and creates the producer.
-    pub fn new(config: &KafkaConfig) -> Result<Self> {
+    /// Checks (or creates) the output topics and creates the producer. A restored job passes its
+    /// checkpoint's output positions: what was written from them on is read back, so as not to be
+    /// written again.
+    pub fn new(config: &KafkaConfig, resume: Option<&BTreeMap<(String, i32), i64>>) -> Result<Self> {
         let roles = [Role::Decisions, Role::Alerts, Role::Actions, Role::DeadLetters];
         let topics: Vec<&str> = roles.iter().map(|r| config.topic(*r)).collect();
-        config.partition_counts(&topics)?;
+        let counts = config.partition_counts(&topics)?;
+        let producer = KafkaProducer::new(config)?;
+        // Whatever this job writes goes after the current ends.
+        let consumer = config.consumer()?;
+        let ledger = producer.ledger();
+        for (topic, count) in topics.iter().zip(&counts) {
+            for (p, end) in config.end_offsets(&consumer, topic, *count)?.into_iter().enumerate() {
+                ledger.start_at(topic, p as i32, end);
+            }
+        }
+        let mut written_before = HashMap::new();
+        if let Some(resume) = resume {
+            let started = std::time::Instant::now();
+            let never = AtomicBool::new(false);
+            for ((role, topic), count) in roles.iter().zip(&topics).zip(&counts) {
+                let starts: Vec<Option<i64>> = (0..*count).map(|p| resume.get(&(topic.to_string(), p as i32)).copied()).collect();
+                super::read_topic(config, topic, &starts, false, &never, |message| {
+                    match record_id(*role, message.payload().unwrap_or_default()) {
+                        Some(id) => {
+                            written_before.insert((*role, id), (topic.to_string(), message.partition(), message.offset()));
+                        }
+                        None => tracing::warn!(topic, offset = message.offset(), "an output record without an id: ignored"),
+                    }
+                    Ok(())
+                })?;
+            }
+            tracing::info!(
+                records = written_before.len(),
+                read_ms = started.elapsed().as_secs_f64() * 1e3,
+                "output records written after the checkpoint before the restart: not written again"
+            );
+        }
         Ok(KafkaOutput {
-            producer: KafkaProducer::new(config)?,
+            producer,
             decisions: config.topic(Role::Decisions).to_string(),
             alerts: config.topic(Role::Alerts).to_string(),
             actions: config.topic(Role::Actions).to_string(),
             dead_letters: config.topic(Role::DeadLetters).to_string(),
             buffer: Vec::new(),
+            written_before: Rc::new(RefCell::new(written_before)),
+            suppressed: 0,
         })
     }
+
+    /// What checkpoints need of these outputs.
+    pub fn checkpoint_view(&self) -> AsyncOutputs {
+        let ledger = self.producer.ledger();
+        let written_before = Rc::clone(&self.written_before);
+        let positions = move || {
+            let mut positions = ledger.acknowledged();
+            // A record a run before the restart wrote, that this run has not reached yet, must be
+            // read again after another restart.
+            for (topic, partition, offset) in written_before.borrow().values() {
+                if let Some(position) = positions.get_mut(&(topic.clone(), *partition)) {
+                    *position = (*position).min(*offset);
+                }
+            }
+            positions
+        };
+        let ledger = self.producer.ledger();
+        let mark = move || ledger.mark();
+        let ledger = self.producer.ledger();
+        AsyncOutputs { positions: Box::new(positions), mark: Box::new(mark), wait: Arc::new(move |mark| ledger.wait(mark)) }
+    }
+
+    /// Whether the record was written before a restart (it is then forgotten: written once).
+    fn written_before(&mut self, role: Role, id: impl FnOnce() -> String) -> bool {
+        let mut written_before = self.written_before.borrow_mut();
+        if written_before.is_empty() || written_before.remove(&(role, id())).is_none() {
+            return false;
+        }
+        self.suppressed += 1;
+        true
+    }
+}
+
+/// The id of an output record of `role`, as [`KafkaOutput`] writes it.
+fn record_id(role: Role, payload: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
+    match role {
+        Role::DeadLetters => {
+            let position: Position = serde_json::from_value(value.get("position")?.clone()).ok()?;
+            Some(dead_letter_id(&position))
+        }
+        Role::Actions => Some(action_id(&text(value.get("decision_id")?)?, &serde_json::from_value(value.get("action")?.clone()).ok()?)),
+        _ => text(value.get("decision_id")?),
+    }
+}
+
+fn action_id(decision_id: &str, action: &ThreatAction) -> String {
+    format!("{decision_id}/{action:?}")
+}
+
+fn dead_letter_id(position: &Position) -> String {
+    format!("{}#{}#{}", position.source, position.record, position.offset)
 }
 
 /// Queues one JSON record, serialised into a reused buffer.
@@ -188,17 +398,26 @@ fn send_json<T: serde::Serialize>(
 impl Output for KafkaOutput {
     fn decision(&mut self, decision: &Decision) -> Result<()> {
         let key = decision.user.as_bytes();
-        send_json(&mut self.producer, &mut self.buffer, &self.decisions, key, decision)?;
+        if !self.written_before(Role::Decisions, || decision.decision_id.clone()) {
+            send_json(&mut self.producer, &mut self.buffer, &self.decisions, key, decision)?;
+        }
         if let Some(alert) = Alert::of(decision) {
-            send_json(&mut self.producer, &mut self.buffer, &self.alerts, key, &alert)?;
+            if !self.written_before(Role::Alerts, || decision.decision_id.clone()) {
+                send_json(&mut self.producer, &mut self.buffer, &self.alerts, key, &alert)?;
+            }
         }
         for command in ActionCommand::of(decision) {
-            send_json(&mut self.producer, &mut self.buffer, &self.actions, key, &command)?;
+            if !self.written_before(Role::Actions, || action_id(&command.decision_id, &command.action)) {
+                send_json(&mut self.producer, &mut self.buffer, &self.actions, key, &command)?;
+            }
         }
         Ok(())
     }
 
     fn dead_letter(&mut self, dead: &DeadLetter) -> Result<()> {
+        if self.written_before(Role::DeadLetters, || dead_letter_id(&dead.position)) {
+            return Ok(());
+        }
         send_json(&mut self.producer, &mut self.buffer, &self.dead_letters, dead.position.source.as_bytes(), dead)
     }
 
@@ -209,7 +428,7 @@ impl Output for KafkaOutput {
 
     fn finish(&mut self) -> Result<()> {
         self.producer.flush()?;
-        tracing::info!(records = self.producer.sent(), "Kafka outputs delivered");
+        tracing::info!(records = self.producer.sent(), not_written_again = self.suppressed, "Kafka outputs delivered");
         Ok(())
     }
 }

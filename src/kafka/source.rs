@@ -14,8 +14,10 @@ use anyhow::{Context, Result};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::Offset;
 
-use super::{assign_from_beginning, KafkaConfig, LogContext, Role};
+use super::{assign, KafkaConfig, LogContext, Role};
+use crate::checkpoint::{Checkpoint, PartitionPosition};
 use crate::event::Position;
 use crate::source::{record_item, Item, Partition};
 
@@ -53,28 +55,43 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// The partitions worker `index` of `peers` reads, through one consumer.
-    pub fn partitions(&self, index: usize, peers: usize, max_record_bytes: usize) -> Result<Vec<Box<dyn Partition>>> {
+    /// The partitions worker `index` of `peers` reads, through one consumer, each from its
+    /// beginning or from the offset `restored` recorded for it.
+    pub fn partitions(
+        &self,
+        index: usize,
+        peers: usize,
+        max_record_bytes: usize,
+        restored: Option<&Checkpoint>,
+    ) -> Result<Vec<Box<dyn Partition>>> {
         let (count, ends) = self.resolved.clone().context("the Kafka source was not prepared")?;
         let topic = self.config.topic(Role::Activity).to_string();
         let mine: Vec<usize> = (0..count).filter(|p| p % peers == index).collect();
         if mine.is_empty() {
             return Ok(Vec::new());
         }
+        let name = |p: usize| format!("kafka:{topic}/{p}");
+        let start = |p: usize| match restored.and_then(|c| c.partitions.get(&name(p))).map(|part| &part.position) {
+            Some(PartitionPosition::Offset(offset)) => Ok(*offset),
+            Some(other) => anyhow::bail!("the checkpoint holds {other:?} for Kafka partition {}", name(p)),
+            None => Ok(0),
+        };
+        let starts = mine.iter().map(|p| start(*p)).collect::<Result<Vec<i64>>>()?;
         let consumer = Arc::new(self.config.consumer()?);
-        let assignment: Vec<(&str, i32)> = mine.iter().map(|p| (topic.as_str(), *p as i32)).collect();
-        assign_from_beginning(&consumer, &assignment)?;
+        let assignment: Vec<(&str, i32, Offset)> =
+            mine.iter().zip(&starts).map(|(p, s)| (topic.as_str(), *p as i32, Offset::Offset(*s))).collect();
+        assign(&consumer, &assignment)?;
         let mut parts: Vec<Box<dyn Partition>> = Vec::new();
-        for p in mine {
+        for (p, next_offset) in mine.into_iter().zip(starts) {
             let queue = consumer
                 .split_partition_queue(&topic, p as i32)
                 .with_context(|| format!("no queue for partition {topic}/{p}"))?;
             parts.push(Box::new(KafkaPartition {
-                name: format!("kafka:{topic}/{p}"),
+                name: name(p),
                 consumer: Arc::clone(&consumer),
                 queue,
                 end: ends.as_ref().map(|e| e[p]),
-                next_offset: 0,
+                next_offset,
                 at_end: false,
                 last_record: Instant::now(),
                 last_warning: None,
@@ -156,6 +173,18 @@ impl Partition for KafkaPartition {
             }
         }
         Ok(true)
+    }
+
+    fn position(&self) -> Option<PartitionPosition> {
+        Some(PartitionPosition::Offset(self.next_offset))
+    }
+
+    /// The consumer was assigned at the recorded offset when the partition was made.
+    fn seek(&mut self, position: &PartitionPosition) -> Result<()> {
+        match position {
+            PartitionPosition::Offset(offset) if *offset == self.next_offset => Ok(()),
+            other => anyhow::bail!("{} was assigned at offset {}, not at {other:?}", self.name, self.next_offset),
+        }
     }
 
     fn idle(&self) -> bool {

@@ -9,11 +9,10 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 
 use super::sink::KafkaProducer;
@@ -171,33 +170,15 @@ pub fn consume(
     out: &mut dyn Write,
 ) -> Result<u64> {
     let partitions = config.partition_counts(&[topic])?[0];
-    let consumer = config.consumer()?;
-    let ends = config.end_offsets(&consumer, topic, partitions)?;
-    let assignment: Vec<(&str, i32)> = (0..partitions as i32).map(|p| (topic, p)).collect();
-    super::assign_from_beginning(&consumer, &assignment)?;
-    let mut next = vec![0i64; partitions];
-    let mut count = 0u64;
-    let done = |next: &[i64]| !follow && next.iter().zip(&ends).all(|(n, e)| n >= e);
-    while !done(&next) && !stop.load(Ordering::Relaxed) {
-        match consumer.poll(Duration::from_millis(100)) {
-            None | Some(Err(KafkaError::PartitionEOF(_))) => {}
-            Some(Err(error)) => tracing::warn!(topic, "Kafka consumer: {error} (librdkafka retries)"),
-            Some(Ok(message)) => {
-                let partition = message.partition() as usize;
-                if let Some(n) = next.get_mut(partition) {
-                    *n = message.offset() + 1;
-                }
-                if timestamps {
-                    let received = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-                    let created = message.timestamp().to_millis().unwrap_or(-1);
-                    write!(out, "{created}\t{}\t", received.as_millis()).context("writing records")?;
-                }
-                out.write_all(message.payload().unwrap_or_default()).context("writing records")?;
-                out.write_all(b"\n").context("writing records")?;
-                count += 1;
-            }
+    let count = super::read_topic(config, topic, &vec![None; partitions], follow, stop, |message| {
+        if timestamps {
+            let received = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let created = message.timestamp().to_millis().unwrap_or(-1);
+            write!(out, "{created}\t{}\t", received.as_millis()).context("writing records")?;
         }
-    }
+        out.write_all(message.payload().unwrap_or_default()).context("writing records")?;
+        out.write_all(b"\n").context("writing records")
+    })?;
     out.flush().context("writing records")?;
     Ok(count)
 }
