@@ -1,9 +1,9 @@
 //! Consistent checkpoints: what a job needs to resume at a frontier `F`, and its durable format.
 //!
 //! A checkpoint at `F` holds the feature windows' state consolidated at `F` (every event judged
-//! before `F` applied, none at or after it), each source partition's position and the records it
-//! had already read whose time is not below `F`, and each output's length once every decision
-//! before `F` was written. Restoring it and reading on from the positions gives the same decisions
+//! before `F` applied, none at or after it), each source partition's position before its first
+//! record whose time is not below `F` (with its watermark and counts there), and each output's
+//! position once every decision before `F` was written. Restoring it and reading on from the positions gives the same decisions
 //! as a run that never stopped.
 //!
 //! Files are `ckpt-<F>.bin`: magic, format version, payload length, xxh3-128 of the payload, then
@@ -22,7 +22,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::control::ControlLog;
-use crate::event::{DeadLetter, Event, Time};
+use crate::event::Time;
 use crate::features::{FeatureVal, UserKey};
 use crate::source::PartitionStats;
 
@@ -47,16 +47,9 @@ pub enum PartitionPosition {
     Offset(i64),
 }
 
-/// A record a partition had read, at the time it was given.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum LoggedRecord {
-    /// An event (its `time` and `late` as judged).
-    Event(Event),
-    /// A rejected record.
-    DeadLetter(DeadLetter),
-}
-
-/// One partition's part of a checkpoint.
+/// One partition's part of a checkpoint: where to read on from, and the partition's state there.
+/// Records read from there whose time is before the checkpoint's frontier were given before it,
+/// and are skipped.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PartitionCheckpoint {
     /// Where to read on from.
@@ -67,9 +60,6 @@ pub struct PartitionCheckpoint {
     pub stats: PartitionStats,
     /// Whether the partition was exhausted.
     pub finished: bool,
-    /// Records read before `position` whose time is at or after the checkpoint's frontier, in the
-    /// order they were given, with that time.
-    pub pending: Vec<(Time, LoggedRecord)>,
 }
 
 /// The feature windows of one user value at the frontier: a counter's pending retraction, or a
@@ -409,6 +399,9 @@ pub struct CheckpointStats {
     pub restored_from: Option<Time>,
     /// Milliseconds to read, verify and decode the restored checkpoint.
     pub restore_ms: Option<f64>,
+    /// Milliseconds from the job's start until its output passed the restored frontier: the
+    /// state is restored and events are decided again.
+    pub resumed_ms: Option<f64>,
     /// Checkpoints written.
     pub written: u64,
     /// The frontier of the last one.
@@ -462,6 +455,7 @@ impl Coordinator {
     ) -> Self {
         if let Some(start) = start {
             barriers.advance_to(start);
+            barriers.flush();
         }
         Coordinator {
             dir,

@@ -520,7 +520,11 @@ fn print_report(report: &JobReport, json: bool) -> Result<()> {
     )?;
     if let Some(c) = &report.checkpoints {
         if let (Some(from), Some(ms)) = (c.restored_from, c.restore_ms) {
-            writeln!(out, "restored from the checkpoint at {from} in {ms:.0} ms")?;
+            write!(out, "restored from the checkpoint at {from}: read in {ms:.0} ms")?;
+            if let Some(resumed) = c.resumed_ms {
+                write!(out, ", deciding again {resumed:.0} ms after the start")?;
+            }
+            writeln!(out)?;
         }
         write!(out, "{} checkpoints written", c.written)?;
         if let Some(frontier) = c.last_frontier {

@@ -181,11 +181,12 @@ pub fn run(config: timely::Config, mut job: JobSpec) -> Result<JobReport> {
         kafka.partition_counts(&topics)?;
     }
     let control = Arc::new(job.control.load()?);
+    let job_started = Instant::now();
     let (restore, stats) = restore(&job)?;
     let job = Arc::new(job);
     let progress = Arc::new(AtomicU64::new(0));
     let guards =
-        timely::execute(config, move |worker| run_worker(worker, &job, &control, &progress, restore.clone(), stats.clone()))
+        timely::execute(config, move |worker| run_worker(worker, &job, &control, &progress, restore.clone(), stats.clone(), job_started))
         .map_err(|e| anyhow!("starting the timely cluster: {e}"))?;
     let mut report = None;
     for result in guards.join() {
@@ -219,7 +220,8 @@ fn run_worker(
     control: &ControlLog,
     progress: &Arc<AtomicU64>,
     restored: Option<Arc<Checkpoint>>,
-    restore_stats: CheckpointStats,
+    mut restore_stats: CheckpointStats,
+    job_started: Instant,
 ) -> Result<Option<JobReport>> {
     let index = worker.index();
     let peers = worker.peers();
@@ -454,9 +456,12 @@ fn run_worker(
             for (control, time, diff) in log.updates() {
                 input.update_at(((), control), time, diff);
             }
-            // A restored job goes on from the checkpoint's frontier (late updates apply from there).
+            // A restored job goes on from the checkpoint's frontier (late updates apply from
+            // there). Flushed now: the events may not pass the frontier (and move the input on)
+            // until the outputs, which wait on this input, have caught up with them.
             if let (Some(_), Some(checkpoint)) = (&kafka_control, &restored) {
                 input.advance_to(checkpoint.frontier);
+                input.flush();
             }
         }
     }
@@ -467,8 +472,34 @@ fn run_worker(
     let bar = (index == 0 && job.progress).then(|| progress_bar(job.expected_events));
     let started = Instant::now();
     let mut last_draw = Instant::now();
+    // A stall (the output frontier still for 10 s while events are pending) is logged with the
+    // frontiers that explain it.
+    let mut last_output: (Option<Time>, Instant) = (None, Instant::now());
     while !(decisions_done.get() && side_done.get()) {
         let events_frontier = events_probe.with_frontier(|f| f.first().copied());
+        let output_frontier = probe.with_frontier(|f| f.first().copied());
+        if output_frontier != last_output.0 {
+            last_output = (output_frontier, Instant::now());
+            if let (Some(restored), None) = (&restored, restore_stats.resumed_ms) {
+                if output_frontier.is_none_or(|f| f > restored.frontier) {
+                    let resumed_ms = job_started.elapsed().as_secs_f64() * 1e3;
+                    restore_stats.resumed_ms = Some(resumed_ms);
+                    if index == 0 {
+                        tracing::info!(resumed_ms, "restored: the output passed the checkpoint's frontier");
+                    }
+                }
+            }
+        } else if last_output.1.elapsed() > Duration::from_secs(10) && events_frontier != output_frontier {
+            tracing::warn!(
+                worker = index,
+                ?events_frontier,
+                ?output_frontier,
+                control_input = ?control_input.as_ref().map(|i| *i.time()),
+                records_read = progress.load(Ordering::Relaxed),
+                "the output frontier has not moved for 10 s"
+            );
+            last_output.1 = Instant::now();
+        }
         let control_part = || kafka_control.as_ref().map(KafkaControl::checkpoint);
         if let Some(Err(error)) = coordinator.as_mut().map(|c| c.step(events_frontier, control_part)) {
             tracing::error!("checkpoint failed: {error:#}");
@@ -504,6 +535,7 @@ fn run_worker(
     let checkpoint_stats = coordinator.as_ref().and_then(|c| c.stats.lock().ok().map(|s| s.clone())).map(|written| CheckpointStats {
         restored_from: restore_stats.restored_from,
         restore_ms: restore_stats.restore_ms,
+        resumed_ms: restore_stats.resumed_ms,
         ..written
     });
     if let Some(bar) = bar {

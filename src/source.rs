@@ -26,7 +26,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::Exchange;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
-use crate::checkpoint::{Checkpoint, LoggedRecord, PartitionCheckpoint, PartitionPosition};
+use crate::checkpoint::{Checkpoint, PartitionCheckpoint, PartitionPosition};
 use crate::event::{parse_event, DeadLetter, Event, Position, RejectReason, Time};
 use crate::generator::Label;
 
@@ -123,10 +123,21 @@ struct PartitionState {
     partition: Box<dyn Partition>,
     max_ts: Option<Time>,
     stats: PartitionStats,
-    /// Records given at or after the checkpoint barriers' frontier, with their time (checkpoints only).
-    log: VecDeque<(Time, LoggedRecord)>,
-    /// Records of a restored checkpoint to give again first.
-    replay: Vec<(Time, LoggedRecord)>,
+    /// The batches read that the barriers' frontier may still need, oldest first (checkpoints only).
+    batches: VecDeque<Batch>,
+    /// A restored partition re-reads from a batch start: records it had given before the
+    /// checkpoint's frontier (time below it) are read again but not given.
+    skip_before: Option<Time>,
+}
+
+/// Where a batch of records started, and the times its records were given at: a checkpoint at `F`
+/// resumes a partition at the start of its first batch with a record at or after `F`.
+struct Batch {
+    position: PartitionPosition,
+    max_ts: Option<Time>,
+    stats: PartitionStats,
+    /// The greatest time of its records.
+    max_time: Time,
 }
 
 impl PartitionState {
@@ -134,14 +145,23 @@ impl PartitionState {
         self.max_ts.map_or(0, |m| m.saturating_sub(lateness))
     }
 
+    /// The partition's part of a checkpoint at `frontier`: the start of the first batch with a
+    /// record at or after it, or where it is now.
     fn checkpoint(&self, frontier: Time, finished: bool) -> Option<PartitionCheckpoint> {
-        Some(PartitionCheckpoint {
-            position: self.partition.position()?,
-            max_ts: self.max_ts,
-            stats: self.stats.clone(),
-            finished,
-            pending: self.log.iter().filter(|(t, _)| *t >= frontier).cloned().collect(),
-        })
+        match self.batches.iter().find(|b| b.max_time >= frontier) {
+            Some(batch) => Some(PartitionCheckpoint {
+                position: batch.position.clone(),
+                max_ts: batch.max_ts,
+                stats: batch.stats.clone(),
+                finished: false,
+            }),
+            None => Some(PartitionCheckpoint {
+                position: self.partition.position()?,
+                max_ts: self.max_ts,
+                stats: self.stats.clone(),
+                finished,
+            }),
+        }
     }
 }
 
@@ -165,9 +185,11 @@ pub type ErrorSlot = Rc<RefCell<Option<anyhow::Error>>>;
 /// Events are sent in messages at the source's capability and carry their own time in
 /// [`Event::time`] (at or after the message's time), as differential updates do.
 /// `probe` is the job's output probe, used to bound the batches in flight. With checkpoints, the
-/// source keeps the records it gave at or after the barriers' frontier, and on a barrier `F` sends
-/// each partition's position and those of its records at or after `F`; when restoring, it seeks
-/// every partition to its position and gives the recorded records again first.
+/// source notes where each batch it read started (position, watermark, counts) and the greatest
+/// time it gave its records, and on a barrier `F` sends, per partition, the start of the first
+/// batch with a record at or after `F`. A restored partition seeks there and reads on, giving only
+/// the records at or after `F` (their times are a function of the partition's records before
+/// them, so they are the times they had).
 #[allow(clippy::too_many_arguments)]
 pub fn partitioned_source<'s>(
     scope: Scope<'s, Time>,
@@ -206,7 +228,7 @@ pub fn partitioned_source<'s>(
         let mut done: Vec<PartitionState> = Vec::new();
         for partition in partitions {
             let stats = PartitionStats { partition: partition.name(), ..Default::default() };
-            let mut state = PartitionState { partition, max_ts: None, stats, log: VecDeque::new(), replay: Vec::new() };
+            let mut state = PartitionState { partition, max_ts: None, stats, batches: VecDeque::new(), skip_before: None };
             match restore.as_ref().and_then(|c| c.partitions.get(&state.stats.partition)) {
                 Some(part) => {
                     if let Err(error) = state.partition.seek(&part.position) {
@@ -214,7 +236,7 @@ pub fn partitioned_source<'s>(
                     }
                     state.max_ts = part.max_ts;
                     state.stats = part.stats.clone();
-                    state.replay = part.pending.clone();
+                    state.skip_before = restore.as_ref().map(|c| c.frontier);
                     if part.finished {
                         done.push(state);
                     } else {
@@ -256,28 +278,12 @@ pub fn partitioned_source<'s>(
             if logging {
                 let keep_from = frontiers[0].frontier().first().copied();
                 for state in open.iter_mut().chain(done.iter_mut()) {
-                    while state.log.front().is_some_and(|(t, _)| keep_from.is_none_or(|k| *t < k)) {
-                        state.log.pop_front();
+                    while state.batches.front().is_some_and(|b| keep_from.is_none_or(|k| b.max_time < k)) {
+                        state.batches.pop_front();
                     }
                 }
             }
             let Some(capabilities) = caps.as_mut() else { return };
-            // First, the records a restored checkpoint had read at or after its frontier.
-            if open.iter().chain(done.iter()).any(|s| !s.replay.is_empty()) {
-                let mut events_handle = events_out.activate();
-                let mut side_handle = side_out.activate();
-                for state in open.iter_mut().chain(done.iter_mut()) {
-                    for (time, record) in std::mem::take(&mut state.replay) {
-                        match &record {
-                            LoggedRecord::Event(event) => events_handle.session(&capabilities[0]).give(event.clone()),
-                            LoggedRecord::DeadLetter(dead) => {
-                                side_handle.session(&capabilities[1].delayed(&time)).give(SideRecord::DeadLetter(dead.clone()))
-                            }
-                        }
-                        state.log.push_back((time, record));
-                    }
-                }
-            }
             // Back-pressure: wait until the output has caught up with older records.
             while let Some((t, _)) = in_flight.front() {
                 if probe.less_than(t) {
@@ -304,6 +310,7 @@ pub fn partitioned_source<'s>(
             let per_partition = config.batch.div_ceil(open.len().max(1)).max(64);
             for (index, state) in open.iter_mut().enumerate() {
                 items.clear();
+                let start = logging.then(|| (state.partition.position(), state.max_ts, state.stats.clone()));
                 let polled = if stopping { Ok(false) } else { state.partition.poll(per_partition, &mut items) };
                 let more = match polled {
                     Ok(more) => more,
@@ -316,10 +323,18 @@ pub fn partitioned_source<'s>(
                 };
                 config.records_read.fetch_add(items.len() as u64, Ordering::Relaxed);
                 read += items.len();
+                let mut max_time = None;
                 for item in items.drain(..) {
+                    // The time a record is given at, from its partition's records before it; a
+                    // restored partition re-reading records it gave before the checkpoint skips them.
+                    let own_watermark = state.watermark(lateness);
+                    let skip = |time: Time| state.skip_before.is_some_and(|f| time < f);
                     match item {
                         Item::Event(mut event) => {
-                            let watermark = state.watermark(lateness).max(floor);
+                            // (A record given before the checkpoint was judged against its own
+                            // partition's watermark: the floor only matters after an idle spell.)
+                            let skipped = skip(event.ts.max(own_watermark));
+                            let watermark = if skipped { own_watermark } else { own_watermark.max(floor) };
                             if event.ts < watermark {
                                 event.time = watermark;
                                 event.late = true;
@@ -329,24 +344,31 @@ pub fn partitioned_source<'s>(
                                 state.max_ts = Some(state.max_ts.map_or(event.ts, |m| m.max(event.ts)));
                             }
                             state.stats.events += 1;
-                            if logging {
-                                state.log.push_back((event.time, LoggedRecord::Event(event.clone())));
+                            if !skipped {
+                                max_time = max_time.max(Some(event.time));
+                                events_session.give(event);
                             }
-                            events_session.give(event);
                         }
                         Item::Rejected(dead) => {
                             state.stats.rejected += 1;
                             // At its partition's watermark: a function of the partition's records
                             // before it, so the dead-letter output's order does not depend on how
                             // reading was batched (or resumed).
-                            let time = state.watermark(lateness).max(floor);
-                            if logging {
-                                state.log.push_back((time, LoggedRecord::DeadLetter(dead.clone())));
+                            if !skip(own_watermark) {
+                                let time = own_watermark.max(floor);
+                                max_time = max_time.max(Some(time));
+                                dead_letters.push((time, dead));
                             }
-                            dead_letters.push((time, dead));
                         }
-                        Item::Label(label) => side_session.give(SideRecord::Label(label)),
+                        Item::Label(label) => {
+                            if !skip(label.ts) {
+                                side_session.give(SideRecord::Label(label));
+                            }
+                        }
                     }
+                }
+                if let (Some((Some(position), max_ts, stats)), Some(max_time)) = (start, max_time) {
+                    state.batches.push_back(Batch { position, max_ts, stats, max_time });
                 }
                 if !more {
                     finished.push(index);

@@ -15,7 +15,7 @@ use serde_json::Value;
 use threatflow::generator::{generate_all, GeneratorConfig};
 
 mod common;
-use common::{free_ports, lines, ok, parse_lines, threatflow};
+use common::{free_ports, lines, ok, output_within, parse_lines, threatflow};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -415,9 +415,8 @@ fn broker_down_at_start_and_restarted_mid_run_loses_nothing() {
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{log}");
     assert!(log.contains("retrying in"), "the engine says it waits for the broker at start: {log}");
-    // (librdkafka words it "all brokers are down" or "All broker connections are down".)
-    let lost = ["brokers are down", "broker connections are down"].iter().any(|m| log.contains(m));
-    assert!(lost, "the engine says it lost the broker: {log}");
+    // (librdkafka's own words vary with the moment: transport failure, all brokers down...)
+    assert!(log.contains("(librdkafka retries)"), "the engine says it lost the broker: {log}");
     let decisions = consume(&broker, "decisions");
     // Deduplicated by decision_id, the decisions are the replay's; an output record the broker had
     // stored but not acknowledged before the restart may be there twice.
@@ -580,7 +579,7 @@ fn kill_9_during_a_kafka_run_loses_and_duplicates_nothing() {
                 }
                 kills += 1;
             }
-            ok(command("2", &[]).output().expect("spawn"))
+            ok(output_within(&mut command("2", &[]), Duration::from_secs(120)))
         } else {
             let hosts = dir.path().join("hosts");
             let ports = free_ports(2);
@@ -597,7 +596,7 @@ fn kill_9_during_a_kafka_run_loses_and_duplicates_nothing() {
             drop(p0);
             kills = 1;
             let p1 = Running::spawn(&mut process("1"));
-            let output = ok(process("0").output().expect("spawn"));
+            let output = ok(output_within(&mut process("0"), Duration::from_secs(120)));
             assert!(p1.wait().status.success(), "process 1 of the restarted cluster");
             output
         };

@@ -7,6 +7,9 @@
 //! holding the frontier back; with `until_end`, a partition is exhausted at the end offset it had
 //! when the job started.
 
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,6 +84,7 @@ impl KafkaSource {
         let assignment: Vec<(&str, i32, Offset)> =
             mine.iter().zip(&starts).map(|(p, s)| (topic.as_str(), *p as i32, Offset::Offset(*s))).collect();
         assign(&consumer, &assignment)?;
+        let early: EarlyMessages = Rc::default();
         let mut parts: Vec<Box<dyn Partition>> = Vec::new();
         for (p, next_offset) in mine.into_iter().zip(starts) {
             let queue = consumer
@@ -88,8 +92,10 @@ impl KafkaSource {
                 .with_context(|| format!("no queue for partition {topic}/{p}"))?;
             parts.push(Box::new(KafkaPartition {
                 name: name(p),
+                partition: p as i32,
                 consumer: Arc::clone(&consumer),
                 queue,
+                early: Rc::clone(&early),
                 end: ends.as_ref().map(|e| e[p]),
                 next_offset,
                 at_end: false,
@@ -103,11 +109,18 @@ impl KafkaSource {
     }
 }
 
+/// Messages the consumer fetched for a partition before its queue was split off (they arrive
+/// through the consumer's main queue), by partition: `(offset, payload)`.
+type EarlyMessages = Rc<RefCell<HashMap<i32, VecDeque<(i64, Option<Vec<u8>>)>>>>;
+
 /// One topic partition.
 pub struct KafkaPartition {
     name: String,
     consumer: Arc<BaseConsumer<LogContext>>,
     queue: rdkafka::consumer::base_consumer::PartitionQueue<LogContext>,
+    partition: i32,
+    /// Shared by the partitions of one consumer.
+    early: EarlyMessages,
     end: Option<i64>,
     next_offset: i64,
     at_end: bool,
@@ -146,9 +159,37 @@ impl Partition for KafkaPartition {
         if self.exhausted() {
             return Ok(false);
         }
-        // Serves the consumer's events (errors, logs); every partition has its own queue.
-        if let Some(Err(error)) = self.consumer.poll(Duration::ZERO) {
-            self.warn(&error);
+        // Serves the consumer's events (errors, logs). Every partition has its own queue, but
+        // messages fetched before it was split off come through the main queue: kept for their
+        // partition, never dropped.
+        while let Some(result) = self.consumer.poll(Duration::ZERO) {
+            match result {
+                Ok(message) => {
+                    let mut early = self.early.borrow_mut();
+                    let queue = early.entry(message.partition()).or_default();
+                    queue.push_back((message.offset(), message.payload().map(<[u8]>::to_vec)));
+                }
+                Err(error) => {
+                    self.warn(&error);
+                    break;
+                }
+            }
+        }
+        let partition = self.partition;
+        let early: Vec<(i64, Option<Vec<u8>>)> = self.early.borrow_mut().get_mut(&partition).map(|q| q.drain(..).collect()).unwrap_or_default();
+        if !early.is_empty() {
+            tracing::debug!(partition = %self.name, messages = early.len(), "messages fetched before the partition's queue was split off");
+        }
+        for (offset, payload) in early {
+            if offset >= self.next_offset {
+                out.push(self.item(offset, payload.as_deref()));
+                self.next_offset = offset + 1;
+                self.at_end = false;
+                self.last_record = Instant::now();
+            }
+        }
+        if self.exhausted() {
+            return Ok(false);
         }
         for _ in 0..max {
             let next = match self.queue.poll(Duration::ZERO) {

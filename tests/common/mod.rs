@@ -40,3 +40,37 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
     listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
 }
+
+/// Runs a command to completion like `Command::output`, but kills it and fails the test if it is
+/// still running after `limit` (a hung job must fail the test, not stall CI).
+pub fn output_within(command: &mut std::process::Command, limit: std::time::Duration) -> Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (stdout.join().expect("stdout"), stderr.join().expect("stderr"));
+    match status {
+        Some(status) => Output { status, stdout, stderr },
+        None => panic!("still running after {limit:?}, killed\nstderr: {}", String::from_utf8_lossy(&stderr)),
+    }
+}
