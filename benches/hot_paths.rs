@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the per-event hot paths: parsing and validation, the feature-window
-//! updates an event contributes, reading features back from accumulated values, scoring, and the
-//! whole decision. Run with `cargo bench --bench hot_paths`.
+//! updates an event contributes, reading features back from accumulated values, scoring, the
+//! whole decision, and the as-of lookup (a dataflow that arranges updates and looks events up in
+//! it, beside the same dataflow without the lookup). Run with `cargo bench --bench hot_paths`.
 
 use std::hint::black_box;
 
@@ -62,5 +63,68 @@ fn hot_paths(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, hot_paths);
+/// `(key, value)` updates of 10,000 keys (each value present for a while) and 200,000 events
+/// `(key, time)` to look up, both in time order.
+fn lookup_workload() -> (Vec<((u64, u64), u64, isize)>, Vec<(u64, u64)>) {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut updates = Vec::new();
+    for t in 0..100_000u64 {
+        let (key, value) = (next() % 10_000, next() % 8);
+        updates.push(((key, value), t * 10, 1));
+        updates.push(((key, value), t * 10 + 5_000, -1));
+    }
+    updates.sort_by_key(|u| u.1);
+    let events = (0..200_000u64).map(|i| (next() % 10_000, i * 5)).collect();
+    (updates, events)
+}
+
+/// Runs the lookup dataflow once on one worker; returns the number of answers (or of events, without
+/// the lookup).
+fn run_lookup(updates: &[((u64, u64), u64, isize)], events: &[(u64, u64)], lookup: bool) -> usize {
+    use differential_dataflow::AsCollection;
+    use timely::dataflow::channels::pact::Pipeline;
+    use timely::dataflow::operators::{Inspect, ToStream};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&count);
+    let (updates, events) = (updates.to_vec(), events.to_vec());
+    timely::execute_directly(move |worker| {
+        worker.dataflow::<u64, _, _>(|scope| {
+            let arranged = updates.to_stream(scope).as_collection().arrange_by_key();
+            let events = events.to_stream(scope);
+            if lookup {
+                let answers = threatflow::as_of::as_of_lookup(events, arranged, Pipeline, "Lookup", |(k, _)| *k, |(_, t)| *t, |_, _, vals| {
+                    Some(vals.iter().map(|(_, d)| *d).sum::<isize>())
+                });
+                answers.inspect(move |_| {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                });
+            } else {
+                arranged.stream.inspect(|_| {});
+                events.inspect(move |_| {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                });
+            }
+        });
+    });
+    count.load(Ordering::Relaxed)
+}
+
+fn as_of(c: &mut Criterion) {
+    let (updates, events) = lookup_workload();
+    let mut group = c.benchmark_group("as_of_lookup");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.bench_function("arrange_only", |b| b.iter(|| black_box(run_lookup(&updates, &events, false))));
+    group.bench_function("arrange_and_lookup", |b| b.iter(|| black_box(run_lookup(&updates, &events, true))));
+    group.finish();
+}
+
+criterion_group!(benches, hot_paths, as_of);
 criterion_main!(benches);
