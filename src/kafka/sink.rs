@@ -7,10 +7,10 @@
 //! Every record carries its `decision_id` (dead letters their position).
 //!
 //! Exactly once without broker transactions: the producer tracks the end offset acknowledged per
-//! output partition, and checkpoints record it when a barrier is sent (before any record of a time
-//! at or after the barrier is queued). A restored job reads each output partition from there to
-//! its end, and does not write again the records it finds (by `decision_id`, action, dead-letter
-//! position).
+//! output partition ([`Ledger`]), and checkpoints record it when a barrier is sent (before any
+//! record of a time at or after the barrier is queued), and commit once every record before the
+//! barrier is acknowledged. A restored job reads each output partition from there to its end, and
+//! does not write again the records it finds (by `decision_id`, action, dead-letter position).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -23,15 +23,15 @@ use anyhow::{bail, Context, Result};
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 use super::{KafkaConfig, LogContext, Role};
 use crate::checkpoint::AsyncOutputs;
 use crate::decision::Decision;
 use crate::event::{DeadLetter, Position};
-use crate::rules::ThreatAction;
-use rdkafka::message::Message;
 use crate::output::{ActionCommand, Alert, Output};
+use crate::rules::ThreatAction;
 
 /// Counts deliveries, keeps the first failure, and tracks what is acknowledged.
 #[derive(Default)]
