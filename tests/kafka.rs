@@ -15,7 +15,7 @@ use serde_json::Value;
 use threatflow::generator::{generate_all, GeneratorConfig};
 
 mod common;
-use common::{free_ports, lines, ok, output_within, parse_lines, threatflow};
+use common::{free_ports, lines, ok, output_within, parse_lines, random, threatflow};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -329,23 +329,8 @@ fn model_and_rule_updates_through_topics_switch_exactly_at_effective_from() {
     let before = write_files(dir.path(), "before", &before);
     let after = write_files(dir.path(), "after", &after);
 
-    // Model v2: stricter on deletes and downloads, so it flags more than the default.
-    let artifact = dir.path().join("v2.json");
-    std::fs::write(
-        &artifact,
-        r#"{"version":"v2","features":["deletes_10m","download_bytes_1h"],"weights":[2.0,0.5],"bias":-9.0,"threshold":0.5}"#,
-    )
-    .unwrap();
-    let sha = {
-        use sha2::Digest as _;
-        hex::encode(sha2::Sha256::digest(std::fs::read(&artifact).unwrap()))
-    };
-    let update = dir.path().join("update.jsonl");
-    let update_line = serde_json::json!({"version": "v2", "uri": artifact.display().to_string(), "sha256": sha, "effective_from": model_at});
-    std::fs::write(&update, format!("{update_line}\n")).unwrap();
-    let rule = dir.path().join("rule.json");
-    let rule_line = serde_json::json!({"id": "any-share", "effective_from": rule_at, "when": {"action": ["share_external"]}});
-    std::fs::write(&rule, format!("{rule_line}\n")).unwrap();
+    // Model v2 (stricter on deletes and downloads, so it flags more than the default) and a rule.
+    let (update, rule) = control_updates(dir.path(), model_at, rule_at);
 
     let mut args = control_args();
     args.extend(["--model-updates".into(), update.display().to_string(), "--rules".into(), rule.display().to_string()]);
@@ -441,19 +426,8 @@ fn unreachable_broker_and_missing_topic_are_clear_errors() {
     assert!(error.contains("no.such.setting"), "{error}");
 }
 
-/// A deterministic pseudo-random sequence (splitmix64), so that a failing seed can be rerun.
-fn random(seed: u64) -> impl Iterator<Item = u64> {
-    let mut state = seed;
-    std::iter::repeat_with(move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    })
-}
-
-/// A model update to `v2` at `at` (an artifact beside it) and a rule from `rule_at`, as files.
+/// A model update to `v2` at `at` (an artifact beside it, stricter on deletes and downloads than
+/// the default) and a rule from `rule_at` matching every external share, as files.
 fn control_updates(dir: &Path, at: u64, rule_at: u64) -> (PathBuf, PathBuf) {
     let artifact = dir.join("v2.json");
     std::fs::write(

@@ -9,21 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 mod common;
-use common::{ok, threatflow};
+use common::{ok, random, threatflow};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-/// A deterministic pseudo-random sequence (splitmix64), so that a failing seed can be rerun.
-fn random(seed: u64) -> impl Iterator<Item = u64> {
-    let mut state = seed;
-    std::iter::repeat_with(move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    })
-}
 
 /// Generated events with malformed lines mixed in.
 fn input(dir: &Path) -> std::path::PathBuf {

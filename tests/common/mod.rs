@@ -74,3 +74,15 @@ pub fn output_within(command: &mut std::process::Command, limit: std::time::Dura
         None => panic!("still running after {limit:?}, killed\nstderr: {}", String::from_utf8_lossy(&stderr)),
     }
 }
+
+/// A deterministic pseudo-random sequence (splitmix64), so that a failing seed can be rerun.
+pub fn random(seed: u64) -> impl Iterator<Item = u64> {
+    let mut state = seed;
+    std::iter::repeat_with(move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}
