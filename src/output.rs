@@ -128,7 +128,8 @@ fn open(path: Option<&Path>, append: bool) -> Result<Option<LinesFile>> {
             File::create(p)
         };
         let file = file.with_context(|| format!("creating {}", p.display()))?;
-        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        // Checkpoints record output lengths from here: an unknown length is an error, not 0.
+        let bytes = file.metadata().with_context(|| format!("reading the length of {}", p.display()))?.len();
         Ok(LinesFile { path: p.to_path_buf(), out: BufWriter::with_capacity(1 << 20, file), bytes })
     })
     .transpose()

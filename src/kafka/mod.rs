@@ -215,9 +215,9 @@ pub fn assign(consumer: &BaseConsumer<LogContext>, partitions: &[(&str, i32, rdk
     consumer.assign(&assignment).with_context(|| format!("assigning partitions {names:?}"))
 }
 
-/// Calls `each(partition, offset, payload)` for every record of `topic` from `starts[p]` (the
-/// partition's first record when `None` or deleted) up to the end offsets the partitions have when
-/// the call starts, or, with `follow`, until `stop` is set. Returns the number of records.
+/// Calls `each` with every record of `topic` from `starts[p]` (the partition's first record when
+/// `None` or deleted) up to the end offsets the partitions have when the call starts, or, with
+/// `follow`, until `stop` is set. Returns the number of records.
 pub fn read_topic(
     config: &KafkaConfig,
     topic: &str,

@@ -85,11 +85,13 @@ impl Ledger {
         sequence
     }
 
+    /// The record `sequence` is acknowledged at `(topic, partition, offset)`, or (`None`) failed.
     fn done(&self, sequence: usize, acknowledged: Option<(&str, i32, i64)>) {
         let mut state = self.state();
         state.in_flight.remove(&sequence);
-        if let Some((topic, partition, offset)) = acknowledged {
-            state.advance(topic, partition, offset + 1);
+        match acknowledged {
+            Some((topic, partition, offset)) => state.advance(topic, partition, offset + 1),
+            None => state.failed = true,
         }
         self.0 .1.notify_all();
     }
@@ -154,7 +156,6 @@ impl ProducerContext for DeliveryContext {
                 if let Ok(mut first) = self.first_failure.lock() {
                     first.get_or_insert_with(|| error.to_string());
                 }
-                self.ledger.state().failed = true;
                 self.ledger.done(sequence, None);
             }
         }

@@ -143,6 +143,15 @@ impl KafkaPartition {
         }
     }
 
+    /// Gives the record at `offset`; returns whether the partition is now exhausted.
+    fn accept(&mut self, offset: i64, item: Item, out: &mut Vec<Item>) -> bool {
+        out.push(item);
+        self.next_offset = offset + 1;
+        self.at_end = false;
+        self.last_record = Instant::now();
+        self.exhausted()
+    }
+
     fn item(&self, offset: i64, payload: Option<&[u8]>) -> Item {
         let bytes = payload.unwrap_or_default();
         let position = || Position { source: self.name.clone(), record: offset as u64, offset: offset as u64 };
@@ -182,14 +191,11 @@ impl Partition for KafkaPartition {
         }
         for (offset, payload) in early {
             if offset >= self.next_offset {
-                out.push(self.item(offset, payload.as_deref()));
-                self.next_offset = offset + 1;
-                self.at_end = false;
-                self.last_record = Instant::now();
+                let item = self.item(offset, payload.as_deref());
+                if self.accept(offset, item, out) {
+                    return Ok(false);
+                }
             }
-        }
-        if self.exhausted() {
-            return Ok(false);
         }
         for _ in 0..max {
             let next = match self.queue.poll(Duration::ZERO) {
@@ -205,11 +211,7 @@ impl Partition for KafkaPartition {
                 Some(Ok(message)) => (message.offset(), self.item(message.offset(), message.payload())),
             };
             let (offset, item) = next;
-            self.next_offset = offset + 1;
-            self.at_end = false;
-            self.last_record = Instant::now();
-            out.push(item);
-            if self.exhausted() {
+            if self.accept(offset, item, out) {
                 return Ok(false);
             }
         }
