@@ -15,7 +15,7 @@ use serde_json::Value;
 use threatflow::generator::{generate_all, GeneratorConfig};
 
 mod common;
-use common::{free_ports, lines, ok, output_within, parse_lines, random, threatflow};
+use common::{free_ports, lines, ok, output_within, parse_lines, random, run_and_kill, threatflow, wait_for_checkpoints};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -448,32 +448,6 @@ fn control_updates(dir: &Path, at: u64, rule_at: u64) -> (PathBuf, PathBuf) {
     (update, rule)
 }
 
-/// Waits until `dir` holds a checkpoint beside the one at 0 (30 s at most).
-fn wait_for_checkpoint(dir: &Path) {
-    let count = || std::fs::read_dir(dir).map(|d| d.filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "bin")).count()).unwrap_or(0);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count() < 2 {
-        assert!(Instant::now() < deadline, "no checkpoint in 30 s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Starts the command and kills it with SIGKILL after `delay`, or as soon as `checkpoints` holds
-/// a checkpoint beside the one at 0; returns whether it had finished.
-fn run_and_kill(command: &mut Command, checkpoints: Option<&PathBuf>, delay: Duration) -> bool {
-    let mut child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
-    match checkpoints {
-        Some(dir) => wait_for_checkpoint(dir),
-        None => std::thread::sleep(delay),
-    }
-    let finished = child.try_wait().expect("wait").is_some();
-    if !finished {
-        child.kill().expect("kill -9");
-    }
-    let _ = child.wait();
-    finished
-}
-
 #[test]
 fn kill_9_during_a_kafka_run_loses_and_duplicates_nothing() {
     let broker = Broker::start("memory");
@@ -548,7 +522,9 @@ fn kill_9_during_a_kafka_run_loses_and_duplicates_nothing() {
                 let workers = if (seed + attempt) % 2 == 0 { "1" } else { "2" };
                 let delay = Duration::from_millis(900 + rng.next().unwrap() % 1_200);
                 let after_checkpoint = seed % 2 == 1 && attempt == 0;
-                if run_and_kill(&mut command(workers, &[]), after_checkpoint.then_some(&checkpoints), delay) {
+                // (2 files: the checkpoint at 0 and a first one mid-stream.)
+                let wait = || if after_checkpoint { wait_for_checkpoints(&checkpoints, 2) } else { std::thread::sleep(delay) };
+                if run_and_kill(&mut command(workers, &[]), wait) {
                     break;
                 }
                 kills += 1;
@@ -564,7 +540,7 @@ fn kill_9_during_a_kafka_run_loses_and_duplicates_nothing() {
             // restarts the cluster). Timely's network threads panic at a peer's death: no log.
             let p1 = Running::spawn(process("1").stderr(Stdio::null()));
             let p0 = Running::spawn(process("0").stderr(Stdio::null()));
-            wait_for_checkpoint(&checkpoints);
+            wait_for_checkpoints(&checkpoints, 2);
             drop(p1);
             std::thread::sleep(Duration::from_millis(300));
             drop(p0);

@@ -4,12 +4,12 @@
 //! uninterrupted run's, byte for byte: no loss, no duplicate. A damaged newest checkpoint must make
 //! the engine fall back to the previous one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 mod common;
-use common::{ok, random, threatflow};
+use common::{checkpoint_files, ok, random, run_and_kill, threatflow, wait_for_checkpoints};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -48,16 +48,13 @@ fn replay(events: &Path, out: &Path, extra: &[&str]) -> Command {
     cmd
 }
 
-/// Starts the command and kills it with SIGKILL after `delay` (if it is still running).
-fn run_and_kill(mut command: Command, delay: Duration) -> bool {
-    let mut child = command.spawn().expect("spawn");
-    std::thread::sleep(delay);
-    let finished = child.try_wait().expect("wait").is_some();
-    if !finished {
-        child.kill().expect("kill -9");
-    }
-    let _ = child.wait();
-    finished
+/// The input with malformed lines, and the outputs of its uninterrupted replay in `reference/`.
+fn input_and_reference(dir: &Path) -> (PathBuf, PathBuf) {
+    let events = input(dir);
+    let reference = dir.join("reference");
+    std::fs::create_dir_all(&reference).unwrap();
+    ok(replay(&events, &reference, &[]).output().expect("spawn"));
+    (events, reference)
 }
 
 fn same_outputs(reference: &Path, out: &Path) {
@@ -71,10 +68,7 @@ fn same_outputs(reference: &Path, out: &Path) {
 #[test]
 fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let events = input(dir.path());
-    let reference = dir.path().join("reference");
-    std::fs::create_dir_all(&reference).unwrap();
-    ok(replay(&events, &reference, &[]).output().expect("spawn"));
+    let (events, reference) = input_and_reference(dir.path());
     assert!(std::fs::read_to_string(reference.join("decisions.jsonl")).unwrap().lines().count() > 100);
     assert_eq!(std::fs::read_to_string(reference.join("dead.jsonl")).unwrap().lines().count(), 15);
 
@@ -89,7 +83,7 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
             let workers = if (seed + attempt) % 2 == 0 { "1" } else { "2" };
             let extra = ["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval", "100ms", "-w", workers];
             let delay = Duration::from_millis(100 + rng.next().unwrap() % 800);
-            if run_and_kill(replay(&events, &out, &extra), delay) {
+            if run_and_kill(&mut replay(&events, &out, &extra), || std::thread::sleep(delay)) {
                 break;
             }
             kills += 1;
@@ -104,25 +98,15 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
 #[test]
 fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
     let dir = tempfile::tempdir().unwrap();
-    let events = input(dir.path());
-    let reference = dir.path().join("reference");
-    std::fs::create_dir_all(&reference).unwrap();
-    ok(replay(&events, &reference, &[]).output().expect("spawn"));
+    let (events, reference) = input_and_reference(dir.path());
 
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
     let checkpoints = out.join("checkpoints");
     let extra = ["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval", "50ms"];
     // Kill once at least two checkpoints exist.
-    let mut child = replay(&events, &out, &extra).spawn().expect("spawn");
-    let count = || std::fs::read_dir(&checkpoints).map(|d| d.filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "bin")).count()).unwrap_or(0);
-    while count() < 2 && child.try_wait().expect("wait").is_none() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let mut files: Vec<_> = std::fs::read_dir(&checkpoints).unwrap().filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "bin")).collect();
-    files.sort();
+    run_and_kill(&mut replay(&events, &out, &extra), || wait_for_checkpoints(&checkpoints, 2));
+    let files = checkpoint_files(&checkpoints);
     assert!(files.len() >= 2, "two checkpoints before the run ended");
     let newest = files.last().unwrap();
     let bytes = std::fs::read(newest).unwrap();
@@ -147,7 +131,7 @@ fn the_generator_run_resumes_too() {
     let out = dir.path().join("out.jsonl");
     let checkpoints = dir.path().join("checkpoints");
     let extra = ["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval", "100ms"];
-    run_and_kill(run(&out, &extra), Duration::from_millis(800));
+    run_and_kill(&mut run(&out, &extra), || std::thread::sleep(Duration::from_millis(800)));
     ok(run(&out, &extra).output().expect("spawn"));
     assert!(std::fs::read(&reference).unwrap() == std::fs::read(&out).unwrap(), "the resumed run's decisions differ");
 }
@@ -155,10 +139,7 @@ fn the_generator_run_resumes_too() {
 #[test]
 fn a_two_process_cluster_resumes_after_one_process_is_killed() {
     let dir = tempfile::tempdir().unwrap();
-    let events = input(dir.path());
-    let reference = dir.path().join("reference");
-    std::fs::create_dir_all(&reference).unwrap();
-    ok(replay(&events, &reference, &[]).output().expect("spawn"));
+    let (events, reference) = input_and_reference(dir.path());
 
     for (attempt, delay) in [900u64, 1_300].into_iter().enumerate() {
         let out = dir.path().join(format!("cluster-{attempt}"));

@@ -86,3 +86,35 @@ pub fn random(seed: u64) -> impl Iterator<Item = u64> {
         z ^ (z >> 31)
     })
 }
+
+/// The checkpoint files in `dir`, oldest first (none while it does not exist).
+pub fn checkpoint_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "bin")).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Waits until `dir` holds at least `n` checkpoint files (30 s at most).
+pub fn wait_for_checkpoints(dir: &Path, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while checkpoint_files(dir).len() < n {
+        assert!(std::time::Instant::now() < deadline, "fewer than {n} checkpoints in {} after 30 s", dir.display());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Starts the command (its output discarded), runs `wait`, then kills it with SIGKILL if it is
+/// still running; returns whether it had finished by itself.
+pub fn run_and_kill(command: &mut std::process::Command, wait: impl FnOnce()) -> bool {
+    use std::process::Stdio;
+    let mut child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
+    wait();
+    let finished = child.try_wait().expect("wait").is_some();
+    if !finished {
+        child.kill().expect("kill -9");
+    }
+    let _ = child.wait();
+    finished
+}
