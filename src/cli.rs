@@ -1,5 +1,6 @@
-//! The command line: `run`, `replay`, `generate`, `produce`, `consume`, `dataflows`, with timely's
-//! cluster options (`-w`, `-n`, `-p`, `-h`) merged into the same parser.
+//! The command line: `run`, `replay`, `train`, `evaluate`, `model publish`, `generate`, `produce`,
+//! `consume`, `dataflows`, with timely's cluster options (`-w`, `-n`, `-p`, `-h`) merged into the
+//! same parser.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -37,6 +38,15 @@ pub enum Command {
     /// Run a dataflow over JSON-lines files of canonical events (backfill) and write decisions.
     #[command(disable_help_flag = true)]
     Replay(ReplayArgs),
+    /// Train a model on history: features computed by the serving dataflow, a logistic regression
+    /// fitted on them, a threshold for an alert budget; writes the artifact and its sha256.
+    Train(TrainArgs),
+    /// Measure a model on a labelled set (precision, recall, PR-AUC, alerts per 1,000 events, per
+    /// scenario) and draw its PR curve and score histogram.
+    Evaluate(EvaluateArgs),
+    /// Model updates for a running engine.
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Write the embedded generator's events (and ground truth) as JSON lines.
     Generate(GenerateArgs),
     /// Send the embedded generator's events, or files' lines, to a Kafka topic at a fixed rate.
@@ -45,6 +55,166 @@ pub enum Command {
     Consume(ConsumeArgs),
     /// List the dataflows `--dataflow` can select.
     Dataflows,
+}
+
+/// `threatflow model ...`.
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Verify an artifact and send its update `{version, uri, sha256, effective_from}` to a running
+    /// engine: to the models topic (`--kafka`) or appended to the model-updates file it follows
+    /// (`--to FILE`).
+    Publish(PublishArgs),
+}
+
+/// `threatflow model publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Where the artifact is: a path, `file://...` or `s3://BUCKET/KEY` (the engine fetches it).
+    #[arg(long)]
+    pub uri: String,
+    /// The version; must be the artifact's.
+    #[arg(long)]
+    pub version: String,
+    /// Event time the model applies from: ms since the epoch, or RFC 3339.
+    #[arg(long, value_parser = parse_time)]
+    pub effective_from: crate::event::Time,
+    /// The artifact's expected sha256 (default: the digest of what is at `--uri` now).
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// Append the update to this model-updates file (what `--model-updates FILE` follows).
+    #[arg(long, conflicts_with = "kafka")]
+    pub to: Option<PathBuf>,
+    /// The models topic's name (with `--kafka`).
+    #[arg(long, default_value = "models")]
+    pub topic: String,
+    /// Kafka connection (the models topic).
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+fn parse_time(text: &str) -> Result<crate::event::Time, String> {
+    text.parse::<u64>().or_else(|_| crate::event::parse_rfc3339_ms(text))
+}
+
+/// The events and labels `train` and `evaluate` read.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    /// JSON-lines files of canonical events, one partition each (default: the embedded generator,
+    /// or the activity topic with `--kafka`).
+    #[arg(long)]
+    pub input: Vec<PathBuf>,
+    /// Labels, JSON lines: `{event_id, label}` (1/0, true/false, "malicious"/"benign"; optional
+    /// `scenario`), or the ground truth of `threatflow generate --labels`. Events without a label
+    /// are benign. Default: the generator's ground truth.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// The generated stream (without `--input` or `--kafka`).
+    #[command(flatten)]
+    pub generator: GeneratorArgs,
+    /// Kafka: read the activity topic up to the end offsets it has at start.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// A topic name for a role, `ROLE=NAME` (here: `activity=NAME`).
+    #[arg(long = "topic", value_name = "ROLE=NAME", requires = "kafka")]
+    pub topics: Vec<String>,
+    /// Allowed lateness, as when serving.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub allowed_lateness: Duration,
+    /// Worker threads.
+    #[arg(short = 'w', long = "workers", default_value_t = 1)]
+    pub workers: usize,
+}
+
+impl DataArgs {
+    /// Every event's served features, and the labels.
+    fn extract(&self, keep_ids: bool) -> Result<(crate::training::dataset::Extracted, crate::training::dataset::Labels)> {
+        use crate::training::dataset::{extract, read_labels, ExtractSpec};
+        let lateness = ms(self.allowed_lateness);
+        let (source, expected) = if !self.input.is_empty() {
+            (SourceSpec::Files(self.input.clone()), None)
+        } else if let Some(kafka) = self.kafka.config()? {
+            (SourceSpec::Kafka(KafkaSource::new(kafka.with_topics(&self.topics)?, true)), None)
+        } else {
+            let generator = GeneratorConfig { allowed_lateness: lateness, ..self.generator.config() };
+            (SourceSpec::Generator(generator), Some(self.generator.events))
+        };
+        let generated = matches!(source, SourceSpec::Generator(_));
+        let spec = ExtractSpec { allowed_lateness: lateness, keep_ids, progress: Some(expected), ..ExtractSpec::new(source) };
+        let mut data = extract(timely::Config::process(self.workers.max(1)), spec)?;
+        let labels = match &self.labels {
+            Some(path) => read_labels(path)?,
+            None if generated => std::mem::take(&mut data.ground_truth),
+            None => anyhow::bail!("--labels FILE is needed: only the generator knows its ground truth"),
+        };
+        tracing::info!(
+            events = data.examples.len(),
+            rejected = data.rejected,
+            labelled_malicious = labels.values().filter(|t| t.malicious).count(),
+            seconds = data.elapsed.as_secs_f64(),
+            "features computed"
+        );
+        Ok((data, labels))
+    }
+}
+
+/// `threatflow train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The events and labels to learn from.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Where to write the artifact: a path, `file://...` or `s3://BUCKET/KEY`; its sha256 goes
+    /// beside it (`URI.sha256`).
+    #[arg(long)]
+    pub out: String,
+    /// The model's version name.
+    #[arg(long)]
+    pub version: String,
+    /// L2 penalty on the standardised weights.
+    #[arg(long, default_value_t = crate::training::fit::FitConfig::default().l2)]
+    pub l2: f64,
+    /// Weigh a malicious event as this many benign ones (default: the best of 1, √r and r by
+    /// average precision, r = benign/malicious).
+    #[arg(long, conflicts_with = "balanced")]
+    pub positive_weight: Option<f64>,
+    /// Weigh the classes to contribute equally (r).
+    #[arg(long)]
+    pub balanced: bool,
+    /// The share of events, the latest by time, held out to choose the threshold and validate.
+    #[arg(long, default_value_t = 0.2)]
+    pub validation_fraction: f64,
+    /// Choose the threshold flagging at most this many events per 1,000 on the held-out events.
+    #[arg(long, default_value_t = 1.0)]
+    pub alert_budget: f64,
+    /// Choose the lowest threshold reaching this precision on the held-out events instead.
+    #[arg(long)]
+    pub target_precision: Option<f64>,
+    /// Also write every event's features as JSON lines `{event_id, ts, features}`.
+    #[arg(long)]
+    pub features_out: Option<PathBuf>,
+}
+
+/// `threatflow evaluate`.
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// The labelled events.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The model: a path, `file://...` or `s3://BUCKET/KEY` (default: the shipped model).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The model's expected sha256.
+    #[arg(long)]
+    pub model_sha256: Option<String>,
+    /// Write `pr_curve.svg` and `score_histogram.svg` here.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
+    /// Also report the recall at this many alerts per 1,000 events (to compare models at one load).
+    #[arg(long)]
+    pub alert_budget: Option<f64>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Timely's cluster options.
@@ -101,7 +271,10 @@ pub struct JobArgs {
     /// Expected sha256 of the model artifact (verified when given).
     #[arg(long)]
     pub model_sha256: Option<String>,
-    /// JSON-lines file of model updates `{version, uri, sha256, effective_from}`.
+    /// JSON-lines file of model updates `{version, uri, sha256, effective_from}`. Without `--kafka`
+    /// it is followed while the job runs: updates appended later (`threatflow model publish --to
+    /// FILE`) apply at their `effective_from`. With `--kafka` it is read once at start (updates
+    /// then come through the models topic).
     #[arg(long)]
     pub model_updates: Option<PathBuf>,
     /// Threshold-rule files (JSON array, JSON lines or YAML); repeatable.
@@ -327,7 +500,8 @@ impl JobArgs {
                 Err(e) => tracing::error!("shipped rules: {e:#}"),
             }
         }
-        ControlSpec { model, model_updates: self.model_updates.clone(), verified_models: Vec::new(), rules }
+        // Without Kafka the model-updates file is followed while the job runs (`model publish --to`).
+        ControlSpec { model, model_updates: self.model_updates.clone(), follow_model_updates: true, verified_models: Vec::new(), rules }
     }
 
     fn job(&self, source: SourceSpec, control: ControlSpec) -> JobSpec {
@@ -349,6 +523,9 @@ pub fn execute(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run_generated(args),
         Command::Replay(args) => replay(args),
+        Command::Train(args) => train(args),
+        Command::Evaluate(args) => evaluate(args),
+        Command::Model(ModelCommand::Publish(args)) => publish(args),
         Command::Generate(args) => generate(args),
         Command::Produce(args) => produce(args),
         Command::Consume(args) => consume(args),
@@ -381,6 +558,7 @@ fn run_generated(args: RunArgs) -> Result<()> {
             let kafka = kafka.with_topics(&args.topics)?;
             let mut source = KafkaSource::new(kafka.clone(), args.until_end);
             source.idle_timeout = args.idle_timeout;
+            let control = ControlSpec { follow_model_updates: false, ..control };
             let mut job = args.job.job(SourceSpec::Kafka(source), control);
             job.kafka = Some(kafka);
             job
@@ -562,5 +740,106 @@ fn generate(args: GenerateArgs) -> Result<()> {
         }
         out.flush().with_context(|| format!("writing {}", path.display()))?;
     }
+    Ok(())
+}
+
+fn train(args: TrainArgs) -> Result<()> {
+    use crate::training::{ThresholdGoal, TrainSpec};
+    let (data, labels) = args.data.extract(args.features_out.is_some())?;
+    if let Some(path) = &args.features_out {
+        crate::training::dataset::write_features(path, &data)?;
+    }
+    let mut spec = TrainSpec::new(&args.version);
+    spec.fit.l2 = args.l2;
+    spec.class_weighting = match (args.positive_weight, args.balanced) {
+        (Some(w), _) => crate::training::ClassWeighting::Positive(w),
+        (None, true) => crate::training::ClassWeighting::Balanced,
+        (None, false) => crate::training::ClassWeighting::Tuned,
+    };
+    spec.validation_fraction = args.validation_fraction;
+    spec.threshold = match args.target_precision {
+        Some(p) => ThresholdGoal::Precision(p),
+        None => ThresholdGoal::AlertsPer1000(args.alert_budget),
+    };
+    spec.command = Some(std::env::args().collect::<Vec<_>>().join(" "));
+    let trained = crate::training::train(&data, &labels, &spec)?;
+    crate::location::store(&args.out, &trained.bytes)?;
+    let name = args.out.rsplit('/').next().unwrap_or(&args.out);
+    crate::location::store(&format!("{}.sha256", args.out), format!("{}  {name}\n", trained.sha256).as_bytes())?;
+    let (t, v) = (&trained.train, &trained.validation);
+    println!("model {} written to {} (sha256 {})", args.version, args.out, trained.sha256);
+    println!("threshold {:.6}; validation from ts {}", trained.artifact.threshold, trained.split_ts);
+    println!("{:<11} {:>10} {:>9} {:>8} {:>10} {:>8} {:>10}", "set", "events", "malicious", "PR-AUC", "precision", "recall", "alerts/1k");
+    for (name, m) in [("train", t), ("validation", v)] {
+        println!(
+            "{name:<11} {:>10} {:>9} {:>8.3} {:>10.3} {:>8.3} {:>10.2}",
+            m.events, m.malicious, m.pr_auc, m.precision, m.recall, m.alerts_per_1000
+        );
+    }
+    println!(
+        "publish: threatflow model publish --uri {} --version {} --sha256 {} --effective-from TIME (--to FILE | --kafka BROKERS)",
+        args.out, args.version, trained.sha256
+    );
+    Ok(())
+}
+
+fn evaluate(args: EvaluateArgs) -> Result<()> {
+    let model = match &args.model {
+        Some(uri) => {
+            let bytes = crate::location::fetch(uri, None)?;
+            crate::model::Model::from_bytes(&bytes, args.model_sha256.as_deref()).with_context(|| format!("model {uri}"))?
+        }
+        None => crate::model::Model::from_bytes(crate::model::DEFAULT_MODEL, None).context("the shipped model")?,
+    };
+    let (data, labels) = args.data.extract(false)?;
+    let evaluation = crate::training::evaluate::evaluate(&data, &labels, &model);
+    let at_budget = args.alert_budget.map(|b| evaluation.recall_at_budget(b).map(|r| (b, r))).transpose()?;
+    let plots = args.plots.as_deref().map(|dir| evaluation.write_plots(dir)).transpose()?;
+    if args.json {
+        let mut value = serde_json::to_value(&evaluation)?;
+        if let Some((budget, recall)) = at_budget {
+            value["recall_at_budget"] = serde_json::json!({"alerts_per_1000": budget, "recall": recall});
+        }
+        println!("{value}");
+    } else {
+        print!("{}", evaluation.table());
+        if let Some((budget, recall)) = at_budget {
+            println!("recall at {budget} alerts per 1,000 events: {recall:.3}");
+        }
+        for path in plots.unwrap_or_default() {
+            println!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn publish(args: PublishArgs) -> Result<()> {
+    // The engine verifies again when it fetches; checking here catches a wrong location, digest
+    // or version before anything is sent.
+    let bytes = crate::location::fetch(&args.uri, None)?;
+    let model = crate::model::Model::from_bytes(&bytes, args.sha256.as_deref()).with_context(|| format!("model artifact {}", args.uri))?;
+    anyhow::ensure!(model.version == args.version, "--version {} but the artifact is version {}", args.version, model.version);
+    let update = crate::model::ModelUpdate {
+        version: args.version.clone(),
+        uri: args.uri.clone(),
+        sha256: model.sha256.clone(),
+        effective_from: args.effective_from,
+    };
+    let line = serde_json::to_string(&update)?;
+    match (&args.to, args.kafka.config()?) {
+        (Some(path), _) => {
+            // One write of a whole line with O_APPEND: a follower never reads half an update.
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            file.write_all(format!("{line}\n").as_bytes()).with_context(|| format!("appending to {}", path.display()))?;
+            file.sync_data().with_context(|| format!("syncing {}", path.display()))?;
+        }
+        (None, Some(kafka)) => crate::kafka::tools::send_one(&kafka, &args.topic, line.as_bytes())?,
+        (None, None) => anyhow::bail!("say where to publish: --to FILE or --kafka BROKERS"),
+    }
+    eprintln!("published {line}");
     Ok(())
 }

@@ -34,6 +34,9 @@ pub struct ControlSpec {
     pub model: Option<ModelSource>,
     /// A JSON-lines file of model updates.
     pub model_updates: Option<PathBuf>,
+    /// Follow `model_updates` while the job runs (lines appended later, as by `threatflow model
+    /// publish`, apply at their `effective_from`) instead of reading it once at start.
+    pub follow_model_updates: bool,
     /// Already verified models with their `effective_from` (tests, embedding).
     pub verified_models: Vec<(Time, Model)>,
     /// Rule files.
@@ -77,7 +80,7 @@ impl ControlSpec {
             tracing::info!(version = %model.version, sha256 = %model.sha256, "model loaded, in force from time 0");
             models.push((0, model));
         }
-        if let Some(path) = &self.model_updates {
+        if let Some(path) = self.model_updates.as_ref().filter(|_| !self.follow_model_updates) {
             let base = path.parent().map(Path::to_path_buf);
             for update in model::read_updates(path)? {
                 match model::load_update(&update, base.as_deref()) {

@@ -7,7 +7,8 @@
 //! Both sinks run on worker 0 and hand each time's records to the job's [`Output`]s (files, Kafka
 //! topics) once the frontier has passed it, sorted, so an output is the same bytes whatever the
 //! number of workers or processes. The control input (models, rules) is fed by worker 0: all at
-//! once from files, or while the job runs from Kafka topics ([`crate::kafka::control`]).
+//! once from files, or while the job runs from Kafka topics or a followed model-updates file
+//! ([`crate::control_feed`]).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -29,11 +30,11 @@ use crate::checkpoint::{
     WindowEntry,
 };
 use crate::control::{ControlLog, ControlSpec};
+use crate::control_feed::ControlFeed;
 use crate::decision::Decision;
 use crate::eval::Quality;
 use crate::event::{DeadLetter, Time, DEFAULT_MAX_RECORD_BYTES};
 use crate::generator::Label;
-use crate::kafka::control::KafkaControl;
 use crate::kafka::sink::KafkaOutput;
 use crate::kafka::{KafkaConfig, Role};
 use crate::output::{JsonLinesOutput, Output};
@@ -230,7 +231,7 @@ fn run_worker(
     let errors: ErrorSlot = Rc::new(RefCell::new(None));
     let state = Rc::new(RefCell::new(SinkState::default()));
     let mut outputs: Vec<Box<dyn Output>> = Vec::new();
-    let mut kafka_control = None;
+    let mut control_feed = None;
     let mut async_outputs: Option<AsyncOutputs> = None;
     if index == 0 {
         // Worker 0 alone writes the outputs: it alone cuts them back to a restored checkpoint.
@@ -260,7 +261,11 @@ fn run_worker(
             async_outputs = Some(view);
             outputs.push(Box::new(output));
             let restored_control = restored.as_ref().and_then(|c| c.control.as_ref());
-            kafka_control = Some(KafkaControl::start(kafka, control.clone(), restored_control)?);
+            control_feed = Some(crate::kafka::control::start(kafka, control.clone(), restored_control)?);
+        } else if let (Some(path), true) = (&job.control.model_updates, job.control.follow_model_updates) {
+            let restored_control = restored.as_ref().and_then(|c| c.control.as_ref());
+            let reader = crate::control_feed::follow_file(path.clone());
+            control_feed = Some(ControlFeed::start("model-updates-reader", reader, control.clone(), restored_control)?);
         }
     }
     let outputs = Rc::new(RefCell::new(outputs));
@@ -452,20 +457,20 @@ fn run_worker(
     let mut control_input = Some(control_input);
     if index == 0 {
         if let Some(input) = control_input.as_mut() {
-            let log = kafka_control.as_ref().map_or_else(|| control.clone(), KafkaControl::log);
+            let log = control_feed.as_ref().map_or_else(|| control.clone(), ControlFeed::log);
             for (control, time, diff) in log.updates() {
                 input.update_at(((), control), time, diff);
             }
             // A restored job goes on from the checkpoint's frontier (late updates apply from
             // there). Flushed now: the events may not pass the frontier (and move the input on)
             // until the outputs, which wait on this input, have caught up with them.
-            if let (Some(_), Some(checkpoint)) = (&kafka_control, &restored) {
+            if let (Some(_), Some(checkpoint)) = (&control_feed, &restored) {
                 input.advance_to(checkpoint.frontier);
                 input.flush();
             }
         }
     }
-    if kafka_control.is_none() {
+    if control_feed.is_none() {
         control_input = None;
     }
 
@@ -500,14 +505,14 @@ fn run_worker(
             );
             last_output.1 = Instant::now();
         }
-        let control_part = || kafka_control.as_ref().map(KafkaControl::checkpoint);
+        let control_part = || control_feed.as_ref().map(ControlFeed::checkpoint);
         if let Some(Err(error)) = coordinator.as_mut().map(|c| c.step(events_frontier, control_part)) {
             tracing::error!("checkpoint failed: {error:#}");
             errors.borrow_mut().get_or_insert(error);
             job.stop.store(true, Ordering::Relaxed);
             coordinator = None;
         }
-        if let (Some(feed), Some(input)) = (kafka_control.as_mut(), control_input.as_mut()) {
+        if let (Some(feed), Some(input)) = (control_feed.as_mut(), control_input.as_mut()) {
             match feed.step(input, events_frontier) {
                 Ok(false) => {}
                 Ok(true) => control_input = None,
@@ -561,7 +566,8 @@ fn run_worker(
     Ok(Some(std::mem::take(&mut state.report)))
 }
 
-fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
+/// A progress bar of events read (with a length when the total is known).
+pub(crate) fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
     let bar = match total {
         Some(n) => indicatif::ProgressBar::new(n),
         None => indicatif::ProgressBar::no_length(),

@@ -5,9 +5,9 @@
 //! and only then lets it into the control collection. A bad update is reported and skipped, so the
 //! previous model stays in force.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use ordered_float::OrderedFloat;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::event::Time;
 use crate::features::{FeatureName, Features};
 
-/// The model artifact as stored (DESIGN.md format; other keys are metadata and ignored).
+/// The model artifact as stored (DESIGN.md format, plus how it was made; other keys are ignored).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct ModelArtifact {
     /// Version name.
@@ -28,6 +28,12 @@ pub struct ModelArtifact {
     pub bias: f64,
     /// Decision threshold on the sigmoid score.
     pub threshold: f64,
+    /// A line for people (hand-set models say so here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// How `threatflow train` made it: data, split, fit, metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<serde_json::Value>,
 }
 
 /// A verified model as it travels in the control collection.
@@ -113,7 +119,8 @@ impl Model {
 pub struct ModelUpdate {
     /// Version name.
     pub version: String,
-    /// Location: a path, or a `file://` URI. Relative paths are relative to the updates file.
+    /// Location: a path, a `file://` URI or `s3://BUCKET/KEY` (see [`crate::location`]). Relative
+    /// paths are relative to the updates file.
     pub uri: String,
     /// Hex sha256 of the artifact.
     pub sha256: String,
@@ -121,26 +128,10 @@ pub struct ModelUpdate {
     pub effective_from: Time,
 }
 
-/// Resolves a model location to a local path.
-pub fn resolve_location(uri: &str, base: Option<&Path>) -> Result<PathBuf> {
-    let path = if let Some(rest) = uri.strip_prefix("file://") {
-        PathBuf::from(rest)
-    } else if uri.contains("://") {
-        bail!("unsupported model location {uri:?} (use a path or a file:// URI)");
-    } else {
-        PathBuf::from(uri)
-    };
-    Ok(match base {
-        Some(base) if path.is_relative() => base.join(path),
-        _ => path,
-    })
-}
-
-/// Fetches and verifies the artifact an update names.
+/// Fetches and verifies the artifact an update names (relative paths against `base`).
 pub fn load_update(update: &ModelUpdate, base: Option<&Path>) -> Result<Model> {
-    let path = resolve_location(&update.uri, base)?;
-    let bytes = std::fs::read(&path).with_context(|| format!("reading model artifact {}", path.display()))?;
-    let model = Model::from_bytes(&bytes, Some(&update.sha256)).with_context(|| format!("model artifact {}", path.display()))?;
+    let bytes = crate::location::fetch(&update.uri, base).context("fetching the model artifact")?;
+    let model = Model::from_bytes(&bytes, Some(&update.sha256)).with_context(|| format!("model artifact {}", update.uri))?;
     ensure!(
         model.version == update.version,
         "the update names version {} but the artifact is version {}",
@@ -165,7 +156,7 @@ pub fn read_updates(path: &Path) -> Result<Vec<ModelUpdate>> {
     Ok(updates)
 }
 
-/// The model shipped with threatflow (hand-set weights until `threatflow train` exists).
+/// The model shipped with threatflow (made by `threatflow train`; the command is in `models/README.md`).
 pub const DEFAULT_MODEL: &[u8] = include_bytes!("../models/default.json");
 
 #[cfg(test)]

@@ -189,7 +189,7 @@ fn model_updates_switch_exactly_at_effective_from() {
     let out = dir.path().join("out.jsonl");
     let output = replay(&events, &out, &["-w", "2", "--model-updates", updates.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("model update rejected") && stderr.contains("sha256 mismatch"), "{stderr}");
+    assert!(stderr.contains("model v3 rejected, the previous model stays in force") && stderr.contains("sha256 mismatch"), "{stderr}");
 
     let decisions = lines(&out);
     // The time each event is judged at: its ts, or the watermark (5 s behind the newest) when late.
@@ -208,7 +208,7 @@ fn model_updates_switch_exactly_at_effective_from() {
         let ts = d["ts"].as_u64().unwrap();
         let version = d["model_version"].as_str().unwrap();
         if ts < t_switch {
-            assert_eq!(version, "default-handset-1", "{d}");
+            assert_eq!(version, "default-trained-1", "{d}");
         } else {
             assert_eq!(version, "v2", "{d}");
             after.insert(d["event_id"].as_str().unwrap());

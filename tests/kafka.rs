@@ -349,7 +349,13 @@ fn model_and_rule_updates_through_topics_switch_exactly_at_effective_from() {
     produce(&broker, "activity", &before, &["--topic-partitions", "2"]);
     let running = Running::spawn(&mut engine(&broker, &["--idle-timeout", "1h", "-w", "2"]));
     wait_for_decisions(&broker, "decisions", &reference, model_at - 60_000);
-    produce(&broker, "models", &[update], &["--topic-partitions", "1"]);
+    // The model through `model publish`, which verifies the artifact and sends its update.
+    ok(threatflow()
+        .args(["model", "publish", "--kafka", &broker.address(), "--version", "v2", "--effective-from", &model_at.to_string()])
+        .arg("--uri")
+        .arg(dir.path().join("v2.json"))
+        .output()
+        .expect("spawn"));
     produce(&broker, "rules", &[rule], &["--topic-partitions", "1"]);
     produce(&broker, "activity", &after, &[]);
     wait_for_decisions(&broker, "decisions", &reference, last - 60_000);
@@ -360,7 +366,7 @@ fn model_and_rule_updates_through_topics_switch_exactly_at_effective_from() {
     assert_eq!(sorted(&decisions), sorted(&reference));
     for d in &decisions {
         let ts = d["ts"].as_u64().unwrap();
-        let expected = if ts < model_at { "default-handset-1" } else { "v2" };
+        let expected = if ts < model_at { "default-trained-1" } else { "v2" };
         assert_eq!(d["model_version"], expected, "{d}");
         let rules: Vec<&str> = d["rules"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
         assert!(!rules.contains(&"any-share") || ts >= rule_at, "{d}");

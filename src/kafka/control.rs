@@ -1,28 +1,15 @@
-//! Model and rule updates from their Kafka topics, applied at their `effective_from`.
+//! Model and rule updates from their Kafka topics: the reader behind a [`ControlFeed`] (see
+//! [`crate::control_feed`] for how updates are applied exactly at their `effective_from`).
 //!
-//! A reader thread (on process 0) follows the models and rules topics. In rounds, it notes the
-//! wall-clock instant, asks the broker for the topics' end offsets, reads up to them, and reports
-//! the updates read with that instant: everything published before it has now been read.
-//!
-//! Worker 0 owns the control input. It only advances it to an events frontier it observed *before*
-//! the instant of a report, so an update published (and acknowledged) before the events it must
-//! apply to is always in the collection before those events are decided: decisions switch exactly
-//! at `effective_from`. An update whose `effective_from` is already behind the control input
-//! applies from the input's time instead, and says so in the log.
-//!
-//! Checkpoints hold the [`ControlLog`] (every update with the time it was applied from) and the
-//! offsets of the rounds applied; a restored job starts from both, so an update keeps the time it
-//! was first applied from.
+//! Each round notes the wall-clock instant, asks the broker for the topics' end offsets and reads
+//! up to them: everything published (and acknowledged) before that instant has then been read.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
-use differential_dataflow::input::InputSession;
+use anyhow::{Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -30,166 +17,25 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::{KafkaConfig, LogContext, Role};
 use crate::checkpoint::ControlCheckpoint;
-use crate::control::{Control, ControlLog};
-use crate::event::Time;
-use crate::model::{self, Model, ModelUpdate};
-use crate::rules::RuleSpec;
+use crate::control::ControlLog;
+use crate::control_feed::{verified_model, ControlFeed, ControlMessage, FeedPosition, Reader, Round};
+use crate::model::ModelUpdate;
 
-/// An update read from a control topic (models already fetched and verified).
-#[derive(Debug)]
-pub enum ControlMessage {
-    /// A verified model and the time it applies from.
-    Model(Time, Model),
-    /// Rule updates.
-    Rules(Vec<RuleSpec>),
-}
-
-/// A topic and a partition number.
-type TopicPartition = (String, i32);
-
-/// What the reader reports after each round.
-#[derive(Debug)]
-struct Round {
-    /// Every update published before this instant has been read.
-    started: Instant,
-    /// The updates read in this round.
-    messages: Vec<ControlMessage>,
-    /// The next offset of every partition after this round.
-    next: BTreeMap<TopicPartition, i64>,
-}
-
-/// Feeds the control input from the control topics (worker 0).
-pub struct KafkaControl {
-    log: ControlLog,
-    rounds: Receiver<Round>,
-    stop: Arc<AtomicBool>,
-    reader: Option<JoinHandle<Result<()>>>,
-    /// Events frontiers observed and when (`None`: the events are complete).
-    seen: VecDeque<(Instant, Option<Time>)>,
-    last_seen: Option<Option<Time>>,
-    /// The next offset of every partition after the rounds applied so far.
-    applied: BTreeMap<TopicPartition, i64>,
-}
-
-impl KafkaControl {
-    /// Starts the reader thread; `log` holds the job's static models and rules, unless a restored
-    /// checkpoint's log and offsets are given.
-    pub fn start(config: &KafkaConfig, log: ControlLog, restored: Option<&ControlCheckpoint>) -> Result<Self> {
-        let (log, applied) = match restored {
-            Some(c) => (c.log.clone(), c.offsets.clone()),
-            None => (log, BTreeMap::new()),
-        };
-        let topics = [config.topic(Role::Models).to_string(), config.topic(Role::Rules).to_string()];
-        let counts = config.partition_counts(&[&topics[0], &topics[1]])?;
-        let consumer = config.consumer()?;
-        let partitions: Vec<TopicPartition> =
-            topics.iter().zip(counts).flat_map(|(topic, count)| (0..count as i32).map(move |p| (topic.clone(), p))).collect();
-        let start = |key: &TopicPartition| applied.get(key).map_or(Offset::Beginning, |n| Offset::Offset(*n));
-        let assignment: Vec<(&str, i32, Offset)> = partitions.iter().map(|key| (key.0.as_str(), key.1, start(key))).collect();
-        super::assign(&consumer, &assignment)?;
-        let next = applied.clone();
-        let (sender, rounds) = std::sync::mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let reader_stop = Arc::clone(&stop);
-        let config = config.clone();
-        let reader = std::thread::Builder::new()
-            .name("control-reader".into())
-            .spawn(move || read_rounds(&config, &consumer, &partitions, next, &sender, &reader_stop))
-            .context("starting the control reader")?;
-        Ok(KafkaControl { log, rounds, stop, reader: Some(reader), seen: VecDeque::new(), last_seen: None, applied })
-    }
-
-    /// Every update so far.
-    pub fn log(&self) -> ControlLog {
-        self.log.clone()
-    }
-
-    /// What a checkpoint keeps: every update applied so far and the offsets after them.
-    pub fn checkpoint(&self) -> ControlCheckpoint {
-        ControlCheckpoint { log: self.log.clone(), offsets: self.applied.clone() }
-    }
-
-    /// Applies the updates read so far and advances `input` as far as is safe, given the events
-    /// frontier now; closes it (returns `true`) once the events are complete and the topics read.
-    pub fn step(&mut self, input: &mut InputSession<Time, ((), Control), isize>, events_frontier: Option<Time>) -> Result<bool> {
-        if self.last_seen != Some(events_frontier) {
-            self.seen.push_back((Instant::now(), events_frontier));
-            self.last_seen = Some(events_frontier);
-        }
-        let mut target = None;
-        loop {
-            let round = match self.rounds.try_recv() {
-                Ok(round) => round,
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => return Err(self.reader_error()),
-            };
-            for message in round.messages {
-                self.apply(input, message);
-            }
-            self.applied = round.next;
-            while let Some((seen_at, frontier)) = self.seen.front().copied() {
-                if seen_at >= round.started {
-                    break;
-                }
-                target = Some(frontier);
-                self.seen.pop_front();
-            }
-        }
-        match target {
-            Some(Some(time)) if time > *input.time() => {
-                input.advance_to(time);
-                input.flush();
-            }
-            Some(None) => return Ok(true),
-            _ => {}
-        }
-        Ok(false)
-    }
-
-    fn apply(&mut self, input: &mut InputSession<Time, ((), Control), isize>, message: ControlMessage) {
-        let now = *input.time();
-        let changes = match message {
-            ControlMessage::Model(from, model) => {
-                if from < now {
-                    tracing::warn!(version = %model.version, effective_from = from, applies_from = now,
-                        "model update arrived after its effective_from: it applies from the current frontier");
-                }
-                tracing::info!(version = %model.version, effective_from = from.max(now), "model update received");
-                self.log.add_model(from.max(now), model)
-            }
-            ControlMessage::Rules(mut specs) => {
-                for spec in specs.iter_mut() {
-                    if spec.effective_from < now {
-                        tracing::warn!(rule = %spec.id, effective_from = spec.effective_from, applies_from = now,
-                            "rule update arrived after its effective_from: it applies from the current frontier");
-                        spec.effective_from = now;
-                    }
-                    tracing::info!(rule = %spec.id, effective_from = spec.effective_from, remove = spec.remove, "rule update received");
-                }
-                self.log.add_rules(specs)
-            }
-        };
-        for (control, time, diff) in changes {
-            input.update_at(((), control), time, diff);
-        }
-    }
-
-    fn reader_error(&mut self) -> anyhow::Error {
-        match self.reader.take().map(JoinHandle::join) {
-            Some(Ok(Err(error))) => error.context("reading the control topics"),
-            Some(Err(_)) => anyhow!("the control reader panicked"),
-            _ => anyhow!("the control reader stopped"),
-        }
-    }
-}
-
-impl Drop for KafkaControl {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-    }
+/// Starts following the models and rules topics; `log` holds the job's static models and rules,
+/// unless a restored checkpoint's log and offsets are given.
+pub fn start(config: &KafkaConfig, log: ControlLog, restored: Option<&ControlCheckpoint>) -> Result<ControlFeed> {
+    let topics = [config.topic(Role::Models).to_string(), config.topic(Role::Rules).to_string()];
+    let counts = config.partition_counts(&[&topics[0], &topics[1]])?;
+    let consumer = config.consumer()?;
+    let partitions: Vec<FeedPosition> =
+        topics.iter().zip(counts).flat_map(|(topic, count)| (0..count as i32).map(move |p| (topic.clone(), p))).collect();
+    let applied = restored.map(|c| c.offsets.clone()).unwrap_or_default();
+    let start = |key: &FeedPosition| applied.get(key).map_or(Offset::Beginning, |n| Offset::Offset(*n));
+    let assignment: Vec<(&str, i32, Offset)> = partitions.iter().map(|key| (key.0.as_str(), key.1, start(key))).collect();
+    super::assign(&consumer, &assignment)?;
+    let config = config.clone();
+    let reader: Reader = Box::new(move |next, rounds, stop| read_rounds(&config, &consumer, &partitions, next, &rounds, &stop));
+    ControlFeed::start("control-reader", reader, log, restored)
 }
 
 /// The reader thread: rounds until stopped.
@@ -197,7 +43,7 @@ fn read_rounds(
     config: &KafkaConfig,
     consumer: &BaseConsumer<LogContext>,
     partitions: &[(String, i32)],
-    mut next: BTreeMap<TopicPartition, i64>,
+    mut next: BTreeMap<FeedPosition, i64>,
     rounds: &Sender<Round>,
     stop: &AtomicBool,
 ) -> Result<()> {
@@ -256,8 +102,8 @@ fn read_rounds(
 fn end_offsets(
     consumer: &BaseConsumer<LogContext>,
     partitions: &[(String, i32)],
-    next: &mut BTreeMap<TopicPartition, i64>,
-) -> Result<Vec<(TopicPartition, i64)>, KafkaError> {
+    next: &mut BTreeMap<FeedPosition, i64>,
+) -> Result<Vec<(FeedPosition, i64)>, KafkaError> {
     for (topic, p) in partitions {
         if let std::collections::btree_map::Entry::Vacant(entry) = next.entry((topic.clone(), *p)) {
             entry.insert(consumer.fetch_watermarks(topic, *p, Duration::from_secs(5))?.0);
@@ -285,10 +131,7 @@ fn end_offsets(
 /// A model update: fetched and verified here, so that only verified models reach the dataflow.
 fn parse_model(payload: &[u8]) -> Result<ControlMessage> {
     let update: ModelUpdate = serde_json::from_slice(payload).context("not a model update {version, uri, sha256, effective_from}")?;
-    let model = model::load_update(&update, None)
-        .with_context(|| format!("model {} rejected, the previous model stays in force", update.version))?;
-    tracing::info!(version = %update.version, sha256 = %update.sha256, "model artifact fetched and verified");
-    Ok(ControlMessage::Model(update.effective_from, model))
+    verified_model(&update, None)
 }
 
 fn parse_rules(payload: &[u8]) -> Result<ControlMessage> {

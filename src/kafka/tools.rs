@@ -81,6 +81,15 @@ pub fn produce(config: &KafkaConfig, topic: &str, input: ProduceInput, rate: Opt
     Ok(sent)
 }
 
+/// Sends one record to `topic` (partition chosen by the producer) and waits for its
+/// acknowledgement.
+pub fn send_one(config: &KafkaConfig, topic: &str, payload: &[u8]) -> Result<()> {
+    config.partition_counts(&[topic])?;
+    let mut producer = KafkaProducer::new(config)?;
+    producer.send(topic, None, None, payload)?;
+    producer.flush()
+}
+
 /// One record to send.
 struct Record {
     partition: i32,
