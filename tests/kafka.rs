@@ -589,3 +589,36 @@ fn kill_9_during_a_kafka_run_loses_and_duplicates_nothing() {
     }
     assert!(resumed_mid_stream >= 5, "most runs resumed from a checkpoint mid-stream: {resumed_mid_stream}");
 }
+
+/// `train --kafka` reads the activity topic up to its end and learns what `train --input` learns
+/// from the same records in files (the same partitions, so the same event times).
+#[test]
+fn train_reads_a_topic_as_it_reads_files() {
+    let broker = Broker::start("memory");
+    let dir = tempfile::tempdir().unwrap();
+    let config = GeneratorConfig { seed: 21, users: 300, events: 40_000, partitions: 2, ..GeneratorConfig::default() };
+    let (parts, labels) = generate_all(&config);
+    let parts: Vec<Vec<Vec<u8>>> = parts.iter().map(|p| p.iter().map(|e| e.to_json().into_bytes()).collect()).collect();
+    let files = write_files(dir.path(), "history", &parts);
+    let labels_path = dir.path().join("labels.jsonl");
+    std::fs::write(&labels_path, labels.iter().map(|l| serde_json::to_string(l).unwrap() + "\n").collect::<String>()).unwrap();
+    produce(&broker, "history", &files, &["--topic-partitions", "2"]);
+    let train = |name: &str, source: &[String]| {
+        let out = dir.path().join(format!("{name}.json"));
+        ok(threatflow()
+            .args(["train", "--version", "k1", "--alert-budget", "5", "-w", "2"])
+            .args(source)
+            .arg("--labels")
+            .arg(&labels_path)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .expect("spawn"));
+        let artifact: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        (artifact["weights"].clone(), artifact["bias"].clone(), artifact["threshold"].clone(), artifact["training"]["events"].clone())
+    };
+    let from_files = train("files", &files.iter().flat_map(|f| ["--input".to_string(), f.display().to_string()]).collect::<Vec<_>>());
+    let from_topic = train("topic", &["--kafka".into(), broker.address(), "--topic".into(), "activity=history".into()]);
+    assert_eq!(from_files.3, 40_000);
+    assert_eq!(from_topic, from_files);
+}
