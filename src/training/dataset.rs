@@ -23,8 +23,8 @@ use crate::features::{FeatureName, Features};
 use crate::shared::{build_shared, with_features};
 use crate::source::{partitioned_source, ErrorSlot, SideRecord, SourceConfig, SourceSpec};
 
-/// One event's features, as served.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One event's features, as served (ordered by time, then id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Example {
     /// The time the event is judged at.
     pub ts: Time,
@@ -144,7 +144,7 @@ pub fn extract(config: timely::Config, mut spec: ExtractSpec) -> Result<Extracte
     spec.source.prepare()?;
     let started = Instant::now();
     let read = Arc::new(AtomicU64::new(0));
-    let bar = spec.progress.map(|total| crate::engine::progress_bar(total));
+    let bar = spec.progress.map(crate::engine::progress_bar);
     let spec_keep_ids = spec.keep_ids;
     let spec = Arc::new(spec);
     let worker_read = Arc::clone(&read);
@@ -169,12 +169,12 @@ pub fn extract(config: timely::Config, mut spec: ExtractSpec) -> Result<Extracte
     // One order whatever the workers: by time, then id.
     let (examples, ids) = if spec_keep_ids {
         let mut pairs: Vec<(Example, String)> = all.examples.into_iter().zip(all.ids).collect();
-        pairs.sort_by(|a, b| (a.0.ts, a.0.id, &a.1).cmp(&(b.0.ts, b.0.id, &b.1)));
+        pairs.sort_unstable();
         let (examples, ids) = pairs.into_iter().unzip();
         (examples, Some(ids))
     } else {
         let mut examples = all.examples;
-        examples.sort_by_key(|e| (e.ts, e.id));
+        examples.sort_unstable();
         (examples, None)
     };
     Ok(Extracted { examples, ids, ground_truth: all.ground_truth, rejected: all.rejected, elapsed: started.elapsed() })
