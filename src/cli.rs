@@ -17,7 +17,8 @@ use crate::generator::{GeneratorConfig, DEFAULT_START};
 use crate::kafka::source::KafkaSource;
 use crate::kafka::tools::ProduceInput;
 use crate::kafka::KafkaConfig;
-use crate::source::SourceSpec;
+use crate::mapping::RecordFormat;
+use crate::source::{Decoding, SourceSpec};
 
 /// threatflow: real-time threat detection for cloud-application activity streams.
 #[derive(Debug, Parser)]
@@ -120,6 +121,12 @@ pub struct DataArgs {
     /// Allowed lateness, as when serving.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub allowed_lateness: Duration,
+    /// Record format, as when serving (`canonical`, `auto` or a mapping's name).
+    #[arg(long, default_value = "canonical")]
+    pub format: String,
+    /// More mappings (`*.yaml`).
+    #[arg(long)]
+    pub mappings_dir: Option<PathBuf>,
     /// Worker threads.
     #[arg(short = 'w', long = "workers", default_value_t = 1)]
     pub workers: usize,
@@ -139,7 +146,9 @@ impl DataArgs {
             (SourceSpec::Generator(generator), Some(self.generator.events))
         };
         let generated = matches!(source, SourceSpec::Generator(_));
-        let spec = ExtractSpec { allowed_lateness: lateness, keep_ids, progress: Some(expected), ..ExtractSpec::new(source) };
+        let format = RecordFormat::parse(&self.format, self.mappings_dir.as_deref())?;
+        let decoding = Decoding { format, ..Decoding::default() };
+        let spec = ExtractSpec { allowed_lateness: lateness, keep_ids, progress: Some(expected), decoding, ..ExtractSpec::new(source) };
         let mut data = extract(timely::Config::process(self.workers.max(1)), spec)?;
         let labels = match &self.labels {
             Some(path) => read_labels(path)?,
@@ -286,6 +295,13 @@ pub struct JobArgs {
     /// Records longer than this many bytes are rejected.
     #[arg(long, default_value_t = crate::event::DEFAULT_MAX_RECORD_BYTES)]
     pub max_record_bytes: usize,
+    /// Record format: `canonical` (DESIGN.md events), `auto` (each record's source detected:
+    /// canonical events or any mapping's records), or a mapping's name (`aws.cloudtrail`, ...).
+    #[arg(long, default_value = "canonical")]
+    pub format: String,
+    /// More mappings (`*.yaml`), added to the shipped ones (a known name replaces it).
+    #[arg(long)]
+    pub mappings_dir: Option<PathBuf>,
     /// Dead-letter output (JSON lines).
     #[arg(long)]
     pub dead_letters: Option<PathBuf>,
@@ -504,17 +520,18 @@ impl JobArgs {
         ControlSpec { model, model_updates: self.model_updates.clone(), follow_model_updates: true, verified_models: Vec::new(), rules }
     }
 
-    fn job(&self, source: SourceSpec, control: ControlSpec) -> JobSpec {
+    fn job(&self, source: SourceSpec, control: ControlSpec) -> Result<JobSpec> {
+        let format = RecordFormat::parse(&self.format, self.mappings_dir.as_deref())?;
         let mut job = JobSpec::new(&self.dataflow, source);
         job.control = control;
         job.allowed_lateness = ms(self.allowed_lateness);
         job.read_batch = self.read_batch.max(1);
-        job.max_record_bytes = self.max_record_bytes;
+        job.decoding = Decoding { max_record_bytes: self.max_record_bytes, format };
         job.dead_letters_path = self.dead_letters.clone();
         job.checkpoints = self.checkpoint_dir.as_ref().map(|path| {
             (crate::checkpoint::CheckpointDir { path: path.clone(), keep: self.checkpoint_keep }, self.checkpoint_interval)
         });
-        job
+        Ok(job)
     }
 }
 
@@ -559,13 +576,13 @@ fn run_generated(args: RunArgs) -> Result<()> {
             let mut source = KafkaSource::new(kafka.clone(), args.until_end);
             source.idle_timeout = args.idle_timeout;
             let control = ControlSpec { follow_model_updates: false, ..control };
-            let mut job = args.job.job(SourceSpec::Kafka(source), control);
+            let mut job = args.job.job(SourceSpec::Kafka(source), control)?;
             job.kafka = Some(kafka);
             job
         }
         None => {
             let generator = GeneratorConfig { allowed_lateness: ms(args.job.allowed_lateness), ..args.generator.config() };
-            let mut job = args.job.job(SourceSpec::Generator(generator), control);
+            let mut job = args.job.job(SourceSpec::Generator(generator), control)?;
             job.expected_events = (args.cluster.processes == 1).then_some(args.generator.events);
             job
         }
@@ -582,7 +599,7 @@ fn run_generated(args: RunArgs) -> Result<()> {
 }
 
 fn replay(args: ReplayArgs) -> Result<()> {
-    let mut job = args.job.job(SourceSpec::Files(args.input.clone()), args.job.control(false, false));
+    let mut job = args.job.job(SourceSpec::Files(args.input.clone()), args.job.control(false, false))?;
     job.decisions_path = Some(args.output.clone());
     if job.dead_letters_path.is_none() {
         job.dead_letters_path = Some(args.output.with_extension("dead-letters.jsonl"));

@@ -33,13 +33,13 @@ use crate::control::{ControlLog, ControlSpec};
 use crate::control_feed::ControlFeed;
 use crate::decision::Decision;
 use crate::eval::Quality;
-use crate::event::{DeadLetter, Time, DEFAULT_MAX_RECORD_BYTES};
+use crate::event::{DeadLetter, Time};
 use crate::generator::Label;
 use crate::kafka::sink::KafkaOutput;
 use crate::kafka::{KafkaConfig, Role};
 use crate::output::{JsonLinesOutput, Output};
 use crate::shared::{build_shared_with_checkpoints, WindowCheckpoints};
-use crate::source::{partitioned_source, ErrorSlot, PartitionStats, SideRecord, SourceCheckpoints, SourceConfig, SourceSpec};
+use crate::source::{partitioned_source, Decoding, ErrorSlot, PartitionStats, SideRecord, SourceCheckpoints, SourceConfig, SourceSpec};
 
 /// What a job reads, runs and writes.
 #[derive(Clone, Debug)]
@@ -54,8 +54,8 @@ pub struct JobSpec {
     pub allowed_lateness: Time,
     /// Records a source reads at a time (see [`SourceConfig::batch`]).
     pub read_batch: usize,
-    /// Records longer than this are rejected.
-    pub max_record_bytes: usize,
+    /// How records become events (size limit, canonical or providers' formats).
+    pub decoding: Decoding,
     /// Decisions as JSON lines.
     pub decisions_path: Option<PathBuf>,
     /// Dead letters as JSON lines.
@@ -83,7 +83,7 @@ impl JobSpec {
             control: ControlSpec::default(),
             allowed_lateness: 5_000,
             read_batch: SourceConfig::default().batch,
-            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            decoding: Decoding::default(),
             decisions_path: None,
             dead_letters_path: None,
             kafka: None,
@@ -227,7 +227,7 @@ fn run_worker(
     let index = worker.index();
     let peers = worker.peers();
     let dataflow = crate::dataflows::find(&job.dataflow).ok_or_else(|| anyhow!("unknown dataflow {}", job.dataflow))?;
-    let partitions = job.source.partitions(index, peers, job.max_record_bytes, restored.as_deref())?;
+    let partitions = job.source.partitions(index, peers, &job.decoding, restored.as_deref())?;
     let errors: ErrorSlot = Rc::new(RefCell::new(None));
     let state = Rc::new(RefCell::new(SinkState::default()));
     let mut outputs: Vec<Box<dyn Output>> = Vec::new();

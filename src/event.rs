@@ -38,8 +38,11 @@ pub struct Event {
     pub bytes: Option<u64>,
     /// User agent string.
     pub user_agent: Option<String>,
-    /// Every other field of the record, as `(name, JSON text)`, sorted by name; kept for rules.
+    /// Every other field of the record, as `(name, JSON text)`, sorted by name; kept for rules. For
+    /// a provider's record (see [`crate::mapping`]) these are all of its own top-level fields.
     pub extra: Vec<(String, String)>,
+    /// The provider log the record came from (a mapping's name), `None` for canonical events.
+    pub source: Option<String>,
     /// The user's key ([`crate::features::user_key`] of `user`), computed once when the event is read.
     pub key: crate::features::UserKey,
     /// The time the engine judges the event at: `ts`, or the partition watermark when the event was late.
@@ -181,6 +184,12 @@ pub fn parse_event(bytes: &[u8], max_bytes: usize) -> Result<Event, RejectReason
     raw.validate().map_err(RejectReason::Invalid)
 }
 
+/// A canonical event from a parsed JSON record.
+pub fn event_from_value(value: serde_json::Value) -> Result<Event, RejectReason> {
+    let raw: RawEvent = serde_json::from_value(value).map_err(|e| RejectReason::Invalid(e.to_string()))?;
+    raw.validate().map_err(RejectReason::Invalid)
+}
+
 /// The record as deserialized, before validation.
 #[derive(Default)]
 struct RawEvent {
@@ -234,6 +243,7 @@ impl RawEvent {
             bytes: self.bytes,
             user_agent: self.user_agent,
             extra,
+            source: None,
             key,
             time: ts,
             late: false,

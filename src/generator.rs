@@ -647,6 +647,7 @@ impl GeneratorPartition {
             bytes: draft.bytes,
             user_agent: Some(draft.agent.to_string()),
             extra: Vec::new(),
+            source: None,
             key: crate::features::user_key(user),
             time: draft.ts,
             late: false,

@@ -60,6 +60,7 @@ pub mod features;
 pub mod generator;
 pub mod kafka;
 pub mod location;
+pub mod mapping;
 pub mod model;
 pub mod output;
 pub mod rules;

@@ -29,6 +29,7 @@ use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 use crate::checkpoint::{Checkpoint, PartitionCheckpoint, PartitionPosition};
 use crate::event::{parse_event, DeadLetter, Event, Position, RejectReason, Time};
 use crate::generator::Label;
+use crate::mapping::RecordFormat;
 
 /// What a partition yields.
 #[derive(Clone, Debug)]
@@ -413,31 +414,74 @@ pub fn partitioned_source<'s>(
     (events, side, parts.exchange(|_| 0))
 }
 
-/// A record as an item: its event, or its dead letter with the reason. `bytes` may hold only a
-/// prefix of a record of `size` bytes (an oversized one); `position` is made for rejects only.
-pub fn record_item(bytes: &[u8], size: usize, max_record_bytes: usize, position: impl FnOnce() -> Position) -> Item {
-    let result = if size > max_record_bytes {
-        Err(RejectReason::TooLarge { size, limit: max_record_bytes })
-    } else {
-        parse_event(bytes, max_record_bytes)
-    };
-    match result {
-        Ok(event) => Item::Event(event),
-        Err(reason) => {
-            let kept = &bytes[..bytes.len().min(max_record_bytes)];
-            Item::Rejected(DeadLetter::new(&reason, position(), kept, size))
-        }
+/// How a source turns records into events.
+#[derive(Clone, Debug)]
+pub struct Decoding {
+    /// Records longer than this are rejected.
+    pub max_record_bytes: usize,
+    /// Canonical events, or providers' records through mappings.
+    pub format: RecordFormat,
+}
+
+impl Default for Decoding {
+    fn default() -> Self {
+        Decoding { max_record_bytes: crate::event::DEFAULT_MAX_RECORD_BYTES, format: RecordFormat::Canonical }
     }
 }
 
-/// A partition of newline-delimited JSON events from any reader.
+/// A record's items: its events (several when it holds a list of provider records), or dead
+/// letters with the reason. `bytes` may hold only a prefix of a record of `size` bytes (an
+/// oversized one); `position` is made for rejects only.
+pub fn decode_record(bytes: &[u8], size: usize, decoding: &Decoding, position: impl Fn() -> Position, out: &mut Vec<Item>) {
+    let max_record_bytes = decoding.max_record_bytes;
+    let reject = |reason: RejectReason, original: &[u8], size: usize| {
+        let kept = &original[..original.len().min(max_record_bytes)];
+        Item::Rejected(DeadLetter::new(&reason, position(), kept, size))
+    };
+    if size > max_record_bytes {
+        out.push(reject(RejectReason::TooLarge { size, limit: max_record_bytes }, bytes, size));
+        return;
+    }
+    if decoding.format.is_canonical() {
+        out.push(match parse_event(bytes, max_record_bytes) {
+            Ok(event) => Item::Event(event),
+            Err(reason) => reject(reason, bytes, size),
+        });
+        return;
+    }
+    let parsed = std::str::from_utf8(bytes)
+        .map_err(|e| RejectReason::InvalidUtf8(e.to_string()))
+        .and_then(|text| serde_json::from_str(text).map_err(|e| RejectReason::Invalid(e.to_string())));
+    let record = match parsed {
+        Ok(record) => record,
+        Err(reason) => return out.push(reject(reason, bytes, size)),
+    };
+    let mut decoded = Vec::new();
+    decoding.format.decode(record, &mut decoded);
+    for (result, element) in decoded {
+        out.push(match result {
+            Ok(event) => Item::Event(event),
+            // An element of a list is kept alone, so that it can be fixed and sent again.
+            Err(reason) => match element {
+                Some(text) => reject(reason, text.as_bytes(), text.len()),
+                None => reject(reason, bytes, size),
+            },
+        });
+    }
+}
+
+/// A partition of newline-delimited JSON records from any reader, or of one JSON document (a
+/// provider's pretty-printed array or `{"Records": [...]}` file, read as one record) when the
+/// format is not canonical and the first line is not a JSON value by itself.
 ///
 /// Records longer than the limit are skipped to the next newline without being buffered whole;
 /// their dead letter keeps the first `limit` bytes. Blank lines are not records.
 pub struct JsonLinesPartition {
     name: String,
     reader: Box<dyn SeekBufRead>,
-    max_record_bytes: usize,
+    decoding: Decoding,
+    /// The whole input is one record.
+    document: bool,
     line: u64,
     offset: u64,
     record: Vec<u8>,
@@ -445,27 +489,28 @@ pub struct JsonLinesPartition {
 
 impl JsonLinesPartition {
     /// Reads `reader`, naming the partition `name`.
-    pub fn new(name: impl Into<String>, reader: Box<dyn SeekBufRead>, max_record_bytes: usize) -> Self {
-        JsonLinesPartition { name: name.into(), reader, max_record_bytes, line: 0, offset: 0, record: Vec::new() }
+    pub fn new(name: impl Into<String>, mut reader: Box<dyn SeekBufRead>, decoding: Decoding) -> Self {
+        let document = !decoding.format.is_canonical() && is_document(&mut *reader);
+        JsonLinesPartition { name: name.into(), reader, decoding, document, line: 0, offset: 0, record: Vec::new() }
     }
 
     /// Opens a file.
-    pub fn open(path: &Path, max_record_bytes: usize) -> Result<Self> {
+    pub fn open(path: &Path, decoding: Decoding) -> Result<Self> {
         let file = std::fs::File::open(path).with_context(|| format!("opening input {}", path.display()))?;
         let reader: Box<dyn SeekBufRead> = Box::new(BufReader::with_capacity(1 << 20, file));
-        Ok(Self::new(format!("file:{}", path.display()), reader, max_record_bytes))
+        Ok(Self::new(format!("file:{}", path.display()), reader, decoding))
     }
 
     /// Reads lines from memory (tests, embedding).
-    pub fn from_bytes(name: impl Into<String>, bytes: Vec<u8>, max_record_bytes: usize) -> Self {
-        Self::new(name, Box::new(std::io::Cursor::new(bytes)), max_record_bytes)
+    pub fn from_bytes(name: impl Into<String>, bytes: Vec<u8>, decoding: Decoding) -> Self {
+        Self::new(name, Box::new(std::io::Cursor::new(bytes)), decoding)
     }
 
     /// Reads the next record into `self.record` (at most `limit + 1` bytes kept); returns its full
     /// length, or `None` at the end of the input.
     fn next_record(&mut self) -> std::io::Result<Option<usize>> {
         self.record.clear();
-        let keep = self.max_record_bytes + 1;
+        let keep = self.decoding.max_record_bytes + 1;
         let mut total = 0usize;
         let mut any = false;
         loop {
@@ -474,7 +519,8 @@ impl JsonLinesPartition {
                 return Ok(any.then_some(total));
             }
             any = true;
-            let (chunk, done) = match buf.iter().position(|b| *b == b'\n') {
+            let newline = if self.document { None } else { buf.iter().position(|b| *b == b'\n') };
+            let (chunk, done) = match newline {
                 Some(i) => (&buf[..i], Some(i + 1)),
                 None => (buf, None),
             };
@@ -487,6 +533,21 @@ impl JsonLinesPartition {
                 return Ok(Some(total));
             }
         }
+    }
+}
+
+/// Whether an input is one JSON document rather than JSON lines: it starts with `[`, or its first
+/// line is not a JSON value by itself (a pretty-printed object). Looks at the buffer only.
+fn is_document(reader: &mut dyn SeekBufRead) -> bool {
+    let Ok(buf) = reader.fill_buf() else { return false };
+    let start = buf.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(buf.len());
+    match buf.get(start) {
+        Some(b'[') => true,
+        Some(b'{') => {
+            let end = buf[start..].iter().position(|b| *b == b'\n').map_or(buf.len(), |i| start + i);
+            serde_json::from_slice::<serde::de::IgnoredAny>(&buf[start..end]).is_err()
+        }
+        _ => false,
     }
 }
 
@@ -513,7 +574,7 @@ impl Partition for JsonLinesPartition {
             let Some(mut len) = self.next_record()? else { return Ok(false) };
             self.offset += len as u64 + 1;
             self.line += 1;
-            if self.record.last() == Some(&b'\r') && len <= self.max_record_bytes + 1 {
+            if self.record.last() == Some(&b'\r') && len <= self.decoding.max_record_bytes + 1 {
                 self.record.pop();
                 len -= 1;
             }
@@ -521,7 +582,7 @@ impl Partition for JsonLinesPartition {
                 continue;
             }
             let position = || Position { source: self.name.clone(), record: self.line, offset: start };
-            out.push(record_item(&self.record, len, self.max_record_bytes, position));
+            decode_record(&self.record, len, &self.decoding, position, out);
         }
         Ok(true)
     }
@@ -563,7 +624,7 @@ impl SourceSpec {
         &self,
         index: usize,
         peers: usize,
-        max_record_bytes: usize,
+        decoding: &Decoding,
         restored: Option<&Checkpoint>,
     ) -> Result<Vec<Box<dyn Partition>>> {
         let mine = |i: usize| i % peers == index;
@@ -576,15 +637,15 @@ impl SourceSpec {
             }
             SourceSpec::Files(paths) => {
                 for path in paths.iter().enumerate().filter_map(|(i, path)| mine(i).then_some(path)) {
-                    parts.push(Box::new(JsonLinesPartition::open(path, max_record_bytes)?));
+                    parts.push(Box::new(JsonLinesPartition::open(path, decoding.clone())?));
                 }
             }
             SourceSpec::Memory(inputs) => {
                 for (i, bytes) in inputs.iter().enumerate().filter(|(i, _)| mine(*i)) {
-                    parts.push(Box::new(JsonLinesPartition::from_bytes(format!("memory:{i}"), bytes.clone(), max_record_bytes)));
+                    parts.push(Box::new(JsonLinesPartition::from_bytes(format!("memory:{i}"), bytes.clone(), decoding.clone())));
                 }
             }
-            SourceSpec::Kafka(kafka) => parts = kafka.partitions(index, peers, max_record_bytes, restored)?,
+            SourceSpec::Kafka(kafka) => parts = kafka.partitions(index, peers, decoding, restored)?,
         }
         Ok(parts)
     }
@@ -595,7 +656,7 @@ mod tests {
     use super::*;
 
     fn items(input: &[u8], max: usize) -> Vec<Item> {
-        let mut p = JsonLinesPartition::from_bytes("m", input.to_vec(), max);
+        let mut p = JsonLinesPartition::from_bytes("m", input.to_vec(), Decoding { max_record_bytes: max, ..Decoding::default() });
         let mut out = Vec::new();
         while p.poll(2, &mut out).unwrap() {}
         out

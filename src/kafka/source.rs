@@ -22,7 +22,7 @@ use rdkafka::Offset;
 use super::{assign, KafkaConfig, LogContext, Role};
 use crate::checkpoint::{Checkpoint, PartitionPosition};
 use crate::event::Position;
-use crate::source::{record_item, Item, Partition};
+use crate::source::{decode_record, Decoding, Item, Partition};
 
 /// The activity topic as a source.
 #[derive(Clone, Debug)]
@@ -64,7 +64,7 @@ impl KafkaSource {
         &self,
         index: usize,
         peers: usize,
-        max_record_bytes: usize,
+        decoding: &Decoding,
         restored: Option<&Checkpoint>,
     ) -> Result<Vec<Box<dyn Partition>>> {
         let (count, ends) = self.resolved.clone().context("the Kafka source was not prepared")?;
@@ -102,7 +102,7 @@ impl KafkaSource {
                 last_record: Instant::now(),
                 last_warning: None,
                 idle_timeout: self.idle_timeout,
-                max_record_bytes,
+                decoding: decoding.clone(),
             }));
         }
         Ok(parts)
@@ -127,7 +127,7 @@ pub struct KafkaPartition {
     last_record: Instant,
     last_warning: Option<Instant>,
     idle_timeout: Duration,
-    max_record_bytes: usize,
+    decoding: Decoding,
 }
 
 impl KafkaPartition {
@@ -144,18 +144,21 @@ impl KafkaPartition {
     }
 
     /// Gives the record at `offset`; returns whether the partition is now exhausted.
-    fn accept(&mut self, offset: i64, item: Item, out: &mut Vec<Item>) -> bool {
-        out.push(item);
+    fn accept(&mut self, offset: i64, items: Vec<Item>, out: &mut Vec<Item>) -> bool {
+        out.extend(items);
         self.next_offset = offset + 1;
         self.at_end = false;
         self.last_record = Instant::now();
         self.exhausted()
     }
 
-    fn item(&self, offset: i64, payload: Option<&[u8]>) -> Item {
+    /// The items of the record at `offset` (several when it holds a list of provider records).
+    fn items(&self, offset: i64, payload: Option<&[u8]>) -> Vec<Item> {
         let bytes = payload.unwrap_or_default();
         let position = || Position { source: self.name.clone(), record: offset as u64, offset: offset as u64 };
-        record_item(bytes, bytes.len(), self.max_record_bytes, position)
+        let mut items = Vec::with_capacity(1);
+        decode_record(bytes, bytes.len(), &self.decoding, position, &mut items);
+        items
     }
 }
 
@@ -191,8 +194,8 @@ impl Partition for KafkaPartition {
         }
         for (offset, payload) in early {
             if offset >= self.next_offset {
-                let item = self.item(offset, payload.as_deref());
-                if self.accept(offset, item, out) {
+                let items = self.items(offset, payload.as_deref());
+                if self.accept(offset, items, out) {
                     return Ok(false);
                 }
             }
@@ -208,10 +211,10 @@ impl Partition for KafkaPartition {
                     self.warn(&error);
                     break;
                 }
-                Some(Ok(message)) => (message.offset(), self.item(message.offset(), message.payload())),
+                Some(Ok(message)) => (message.offset(), self.items(message.offset(), message.payload())),
             };
-            let (offset, item) = next;
-            if self.accept(offset, item, out) {
+            let (offset, items) = next;
+            if self.accept(offset, items, out) {
                 return Ok(false);
             }
         }

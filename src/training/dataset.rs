@@ -18,10 +18,10 @@ use timely::dataflow::operators::{Operator, Probe};
 use timely::dataflow::ProbeHandle;
 
 use crate::control::Control;
-use crate::event::{Time, DEFAULT_MAX_RECORD_BYTES};
+use crate::event::Time;
 use crate::features::{FeatureName, Features};
 use crate::shared::{build_shared, with_features};
-use crate::source::{partitioned_source, ErrorSlot, SideRecord, SourceConfig, SourceSpec};
+use crate::source::{partitioned_source, Decoding, ErrorSlot, SideRecord, SourceConfig, SourceSpec};
 
 /// One event's features, as served (ordered by time, then id).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -99,8 +99,8 @@ pub struct ExtractSpec {
     pub source: SourceSpec,
     /// Allowed lateness (ms), as when serving.
     pub allowed_lateness: Time,
-    /// Records longer than this are rejected.
-    pub max_record_bytes: usize,
+    /// How records become events.
+    pub decoding: Decoding,
     /// Keep every example's event id (for `--features-out` and the parity test).
     pub keep_ids: bool,
     /// Show a progress bar, with this many events expected when known.
@@ -110,7 +110,7 @@ pub struct ExtractSpec {
 impl ExtractSpec {
     /// Reads `source` with the serving defaults.
     pub fn new(source: SourceSpec) -> Self {
-        ExtractSpec { source, allowed_lateness: 5_000, max_record_bytes: DEFAULT_MAX_RECORD_BYTES, keep_ids: false, progress: None }
+        ExtractSpec { source, allowed_lateness: 5_000, decoding: Decoding::default(), keep_ids: false, progress: None }
     }
 }
 
@@ -181,7 +181,7 @@ pub fn extract(config: timely::Config, mut spec: ExtractSpec) -> Result<Extracte
 }
 
 fn extract_worker(worker: &mut timely::worker::Worker, spec: &ExtractSpec, read: &Arc<AtomicU64>) -> Result<Gathered> {
-    let partitions = spec.source.partitions(worker.index(), worker.peers(), spec.max_record_bytes, None)?;
+    let partitions = spec.source.partitions(worker.index(), worker.peers(), &spec.decoding, None)?;
     let errors: ErrorSlot = Rc::new(RefCell::new(None));
     let gathered: Rc<RefCell<Gathered>> = Rc::default();
     let probe = ProbeHandle::new();
