@@ -92,6 +92,7 @@ impl Dataflow for CountryDrift {
                 score: None,
                 model_version: None,
                 rules: vec![RULE_ID.to_string()],
+                rule_titles: vec![RULE_ID.to_string()],
                 fingerprint_match: None,
                 features,
                 actions: vec![ThreatAction::Alert],

@@ -28,7 +28,7 @@ use crate::source::PartitionStats;
 
 const MAGIC: &[u8; 8] = b"TFCKPT\0\x01";
 /// The format version; a checkpoint of another version is refused.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 const HEADER: usize = 8 + 4 + 8 + 16;
 
 /// Where a partition resumes.
@@ -299,6 +299,21 @@ mod tests {
         future[8] = 9;
         assert!(matches!(decode(&future), Err(DecodeError::Incompatible { found: 9 })));
         assert!(matches!(decode(b"hello"), Err(DecodeError::Damaged(_))));
+    }
+
+    #[test]
+    fn control_logs_with_every_kind_of_rule_round_trip() {
+        let sigma = crate::sigma::SigmaRule::parse(
+            "title: t\nlogsource: {product: aws}\ndetection:\n  s: {a|expand: '%x%'}\n  condition: s\n",
+            &crate::sigma::Placeholders::from([("x".to_string(), vec!["1".to_string()])]),
+        )
+        .unwrap();
+        let mut log = ControlLog::default();
+        log.add_rules(crate::rules::parse_rules(r#"[{"id": "r", "features": {"deletes_10m": {"gte": 3}}}]"#).unwrap());
+        log.add_rules([crate::rules::RuleSpec::from_sigma(sigma, 7)]);
+        let checkpoint = Checkpoint { control: Some(ControlCheckpoint { log: log.clone(), offsets: BTreeMap::new() }), ..Default::default() };
+        let decoded = decode(&encode(&checkpoint).unwrap()).unwrap();
+        assert_eq!(decoded.control.unwrap().log.updates(), log.updates());
     }
 
     #[test]

@@ -289,6 +289,13 @@ pub struct JobArgs {
     /// Threshold-rule files (JSON array, JSON lines or YAML); repeatable.
     #[arg(long)]
     pub rules: Vec<PathBuf>,
+    /// A directory of Sigma rules (`*.yml`, `*.yaml`, recursively), applied to the records of
+    /// their logsource (see `--format`); a rule that does not parse is reported and skipped.
+    #[arg(long)]
+    pub rules_dir: Option<PathBuf>,
+    /// Placeholder values for Sigma's `|expand`: a YAML map from name to a list of values.
+    #[arg(long)]
+    pub sigma_placeholders: Option<PathBuf>,
     /// Allowed lateness: events further behind their partition's watermark are judged at the watermark.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub allowed_lateness: Duration,
@@ -502,7 +509,7 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl JobArgs {
-    fn control(&self, default_model: bool, default_rules: bool) -> ControlSpec {
+    fn control(&self, default_model: bool, default_rules: bool) -> Result<ControlSpec> {
         let model = match &self.model {
             Some(path) => Some(ModelSource::File(path.clone(), self.model_sha256.clone())),
             None if default_model => Some(ModelSource::Bytes(crate::model::DEFAULT_MODEL.to_vec())),
@@ -516,8 +523,18 @@ impl JobArgs {
                 Err(e) => tracing::error!("shipped rules: {e:#}"),
             }
         }
+        if let Some(dir) = &self.rules_dir {
+            let placeholders = match &self.sigma_placeholders {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                    serde_norway::from_str(&text).with_context(|| format!("{}: not a map of placeholder to values", path.display()))?
+                }
+                None => crate::sigma::Placeholders::new(),
+            };
+            rules.push(RulesSource::SigmaDir(dir.clone(), placeholders));
+        }
         // Without Kafka the model-updates file is followed while the job runs (`model publish --to`).
-        ControlSpec { model, model_updates: self.model_updates.clone(), follow_model_updates: true, verified_models: Vec::new(), rules }
+        Ok(ControlSpec { model, model_updates: self.model_updates.clone(), follow: true, verified_models: Vec::new(), rules })
     }
 
     fn job(&self, source: SourceSpec, control: ControlSpec) -> Result<JobSpec> {
@@ -569,13 +586,13 @@ fn run_generated(args: RunArgs) -> Result<()> {
     if args.workload == "flink-compare" {
         return run_compare(&args);
     }
-    let control = args.job.control(true, !args.no_default_rules);
+    let control = args.job.control(true, !args.no_default_rules)?;
     let mut job = match args.kafka.config()? {
         Some(kafka) => {
             let kafka = kafka.with_topics(&args.topics)?;
             let mut source = KafkaSource::new(kafka.clone(), args.until_end);
             source.idle_timeout = args.idle_timeout;
-            let control = ControlSpec { follow_model_updates: false, ..control };
+            let control = ControlSpec { follow: false, ..control };
             let mut job = args.job.job(SourceSpec::Kafka(source), control)?;
             job.kafka = Some(kafka);
             job
@@ -599,7 +616,7 @@ fn run_generated(args: RunArgs) -> Result<()> {
 }
 
 fn replay(args: ReplayArgs) -> Result<()> {
-    let mut job = args.job.job(SourceSpec::Files(args.input.clone()), args.job.control(false, false))?;
+    let mut job = args.job.job(SourceSpec::Files(args.input.clone()), args.job.control(false, false)?)?;
     job.decisions_path = Some(args.output.clone());
     if job.dead_letters_path.is_none() {
         job.dead_letters_path = Some(args.output.with_extension("dead-letters.jsonl"));

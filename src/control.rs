@@ -34,9 +34,10 @@ pub struct ControlSpec {
     pub model: Option<ModelSource>,
     /// A JSON-lines file of model updates.
     pub model_updates: Option<PathBuf>,
-    /// Follow `model_updates` while the job runs (lines appended later, as by `threatflow model
-    /// publish`, apply at their `effective_from`) instead of reading it once at start.
-    pub follow_model_updates: bool,
+    /// Follow `model_updates` and the Sigma rules directory while the job runs (lines appended
+    /// later, as by `threatflow model publish`, apply at their `effective_from`; rule files added,
+    /// changed or removed apply from then on) instead of reading them once at start.
+    pub follow: bool,
     /// Already verified models with their `effective_from` (tests, embedding).
     pub verified_models: Vec<(Time, Model)>,
     /// Rule files.
@@ -59,9 +60,20 @@ pub enum RulesSource {
     File(PathBuf),
     /// Rule updates (the shipped defaults, tests).
     Specs(Vec<RuleSpec>),
+    /// A directory of Sigma rules, with the placeholder values `|expand` uses; a rule that does
+    /// not parse is reported with its file and line and skipped.
+    SigmaDir(PathBuf, crate::sigma::Placeholders),
 }
 
 impl ControlSpec {
+    /// The Sigma rules directory, if any.
+    pub fn sigma_dir(&self) -> Option<(std::path::PathBuf, crate::sigma::Placeholders)> {
+        self.rules.iter().find_map(|r| match r {
+            RulesSource::SigmaDir(dir, placeholders) => Some((dir.clone(), placeholders.clone())),
+            _ => None,
+        })
+    }
+
     /// Loads every model and rule, and returns them as a [`ControlLog`].
     ///
     /// The initial model must load (a bad start is a clear error); a model update that cannot be
@@ -80,7 +92,7 @@ impl ControlSpec {
             tracing::info!(version = %model.version, sha256 = %model.sha256, "model loaded, in force from time 0");
             models.push((0, model));
         }
-        if let Some(path) = self.model_updates.as_ref().filter(|_| !self.follow_model_updates) {
+        if let Some(path) = self.model_updates.as_ref().filter(|_| !self.follow) {
             let base = path.parent().map(Path::to_path_buf);
             for update in model::read_updates(path)? {
                 match model::load_update(&update, base.as_deref()) {
@@ -101,6 +113,15 @@ impl ControlSpec {
             match source {
                 RulesSource::File(path) => log.add_rules(rules::read_rules(path)?),
                 RulesSource::Specs(specs) => log.add_rules(specs.iter().cloned()),
+                RulesSource::SigmaDir(..) if self.follow => Vec::new(),
+                RulesSource::SigmaDir(dir, placeholders) => {
+                    let (loaded, refused) = crate::sigma::read_dir(dir, placeholders)?;
+                    for why in &refused {
+                        tracing::error!("Sigma rule refused, skipped: {why}");
+                    }
+                    tracing::info!(loaded = loaded.len(), refused = refused.len(), dir = %dir.display(), "Sigma rules");
+                    log.add_rules(loaded.into_iter().map(|rule| RuleSpec::from_sigma(rule, 0)))
+                }
             };
         }
         Ok(log)

@@ -1,8 +1,8 @@
 //! Model and rule updates that arrive while the job runs, applied at their `effective_from`.
 //!
 //! A reader thread follows where updates are published (the models and rules topics, see
-//! [`crate::kafka::control`], or a JSON-lines file of model updates that `threatflow model publish`
-//! appends to, see [`follow_file`]). In rounds, it notes the wall-clock instant, reads everything
+//! [`crate::kafka::control`]; or, without Kafka, a JSON-lines file of model updates that
+//! `threatflow model publish` appends to and a directory of Sigma rules, see [`follow_files`]). In rounds, it notes the wall-clock instant, reads everything
 //! published so far, and reports the updates read with that instant: everything published before
 //! it has now been read. Model artifacts are fetched and verified on the reader thread, so only
 //! verified models reach the dataflow.
@@ -34,14 +34,18 @@ use crate::control::{Control, ControlLog};
 use crate::event::Time;
 use crate::model::{self, Model, ModelUpdate};
 use crate::rules::RuleSpec;
+use crate::sigma::Placeholders;
 
 /// An update read by a reader (models already fetched and verified).
 #[derive(Debug)]
 pub enum ControlMessage {
     /// A verified model and the time it applies from.
     Model(Time, Model),
-    /// Rule updates.
+    /// Rule updates, each from its `effective_from`.
     Rules(Vec<RuleSpec>),
+    /// Rule updates from a followed directory: from the current frontier, or a later
+    /// `effective_from` (changed files carry no time of their own).
+    RulesFromNow(Vec<RuleSpec>),
 }
 
 /// Where a reader is: a topic and partition (or a file and 0), and the next offset (or byte).
@@ -152,6 +156,13 @@ impl ControlFeed {
                 tracing::info!(version = %model.version, effective_from = from.max(now), "model update received");
                 self.log.add_model(from.max(now), model)
             }
+            ControlMessage::RulesFromNow(mut specs) => {
+                for spec in specs.iter_mut() {
+                    spec.effective_from = spec.effective_from.max(now);
+                    tracing::info!(rule = %spec.id, effective_from = spec.effective_from, remove = spec.remove, "rule update read");
+                }
+                self.log.add_rules(specs)
+            }
             ControlMessage::Rules(mut specs) => {
                 for spec in specs.iter_mut() {
                     if spec.effective_from < now {
@@ -195,52 +206,140 @@ pub fn verified_model(update: &ModelUpdate, base: Option<&Path>) -> Result<Contr
     Ok(ControlMessage::Model(update.effective_from, model))
 }
 
-/// A reader following a JSON-lines file of model updates: each round reads the complete lines
-/// appended since the last one (a line still being written waits for its newline). A file that
-/// does not exist yet has no updates yet. A line that does not parse, or whose artifact cannot be
-/// fetched or verified, is logged with its line number and skipped.
-pub fn follow_file(path: PathBuf) -> Reader {
+/// A reader following, without Kafka, a JSON-lines file of model updates and a directory of
+/// Sigma rules (either may be absent), both in each round.
+pub fn follow_files(model_updates: Option<PathBuf>, rules_dir: Option<(PathBuf, Placeholders)>) -> Reader {
     Box::new(move |mut next, rounds, stop| {
-        let key: FeedPosition = (path.display().to_string(), 0);
-        let base = path.parent().map(Path::to_path_buf);
-        let mut offset = next.get(&key).copied().unwrap_or(0).max(0) as u64;
-        // Line numbers for the log: counted from the start of the file on the first read.
-        let mut line_number = 0usize;
-        let mut counted_to = 0u64;
+        let mut models = model_updates.map(|path| ModelUpdatesFile::new(path, &next));
+        let mut rules = rules_dir.map(|(dir, placeholders)| RulesDir { dir, placeholders, files: BTreeMap::new(), first: true });
+        // A directory is scanned each round: a little less often than a file is read.
+        let pause = Duration::from_millis(if rules.is_some() { 20 } else { 5 });
         while !stop.load(Ordering::Relaxed) {
             let started = Instant::now();
             let mut messages = Vec::new();
-            let appended = read_from(&path, counted_to.min(offset))?;
-            let mut at = counted_to.min(offset);
-            for line in appended.split_inclusive(|b| *b == b'\n').take_while(|l| l.ends_with(b"\n")) {
-                line_number += 1;
-                at += line.len() as u64;
-                counted_to = at;
-                if at <= offset {
-                    continue;
-                }
-                offset = at;
-                let text = String::from_utf8_lossy(line);
-                let text = text.trim();
-                if text.is_empty() || text.starts_with('#') {
-                    continue;
-                }
-                let parsed = serde_json::from_str::<ModelUpdate>(text)
-                    .context("not a model update {version, uri, sha256, effective_from}")
-                    .and_then(|update| verified_model(&update, base.as_deref()));
-                match parsed {
-                    Ok(message) => messages.push(message),
-                    Err(error) => tracing::error!(position = %format!("{}:{line_number}", path.display()), "control update rejected, skipped: {error:#}"),
-                }
+            if let Some(models) = models.as_mut() {
+                models.round(&mut messages, &mut next)?;
             }
-            next.insert(key.clone(), offset as i64);
+            if let Some(rules) = rules.as_mut() {
+                rules.round(&mut messages);
+            }
             if rounds.send(Round { started, messages, next: next.clone() }).is_err() {
                 return Ok(());
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(pause);
         }
         Ok(())
     })
+}
+
+/// A JSON-lines file of model updates: each round reads the complete lines appended since the
+/// last one (a line still being written waits for its newline). A file that does not exist yet
+/// has no updates yet. A line that does not parse, or whose artifact cannot be fetched or
+/// verified, is logged with its line number and skipped.
+struct ModelUpdatesFile {
+    path: PathBuf,
+    key: FeedPosition,
+    base: Option<PathBuf>,
+    offset: u64,
+    /// Line numbers for the log: counted from the start of the file on the first read.
+    line_number: usize,
+    counted_to: u64,
+}
+
+impl ModelUpdatesFile {
+    fn new(path: PathBuf, next: &BTreeMap<FeedPosition, i64>) -> Self {
+        let key: FeedPosition = (path.display().to_string(), 0);
+        let offset = next.get(&key).copied().unwrap_or(0).max(0) as u64;
+        let base = path.parent().map(Path::to_path_buf);
+        ModelUpdatesFile { path, key, base, offset, line_number: 0, counted_to: 0 }
+    }
+
+    fn round(&mut self, messages: &mut Vec<ControlMessage>, next: &mut BTreeMap<FeedPosition, i64>) -> Result<()> {
+        let from = self.counted_to.min(self.offset);
+        let appended = read_from(&self.path, from)?;
+        let mut at = from;
+        for line in appended.split_inclusive(|b| *b == b'\n').take_while(|l| l.ends_with(b"\n")) {
+            self.line_number += 1;
+            at += line.len() as u64;
+            self.counted_to = at;
+            if at <= self.offset {
+                continue;
+            }
+            self.offset = at;
+            let text = String::from_utf8_lossy(line);
+            let text = text.trim();
+            if text.is_empty() || text.starts_with('#') {
+                continue;
+            }
+            let parsed = serde_json::from_str::<ModelUpdate>(text)
+                .context("not a model update {version, uri, sha256, effective_from}")
+                .and_then(|update| verified_model(&update, self.base.as_deref()));
+            match parsed {
+                Ok(message) => messages.push(message),
+                Err(error) => tracing::error!(
+                    position = %format!("{}:{}", self.path.display(), self.line_number),
+                    "control update rejected, skipped: {error:#}"
+                ),
+            }
+        }
+        next.insert(self.key.clone(), self.offset as i64);
+        Ok(())
+    }
+}
+
+/// A directory of Sigma rules, scanned each round. The first scan puts every rule in force from
+/// its `effective_from` (a top-level key of the rule, ms or RFC 3339; 0 without it); later, a new
+/// or changed file's rules apply from the current frontier (or their later `effective_from`), and
+/// the rules of a deleted file, or gone from a changed one, are removed from the current frontier.
+/// A rule that does not parse is reported with its file and line and skipped (the rule of that id
+/// in force, if any, stays).
+struct RulesDir {
+    dir: PathBuf,
+    placeholders: Placeholders,
+    /// Each file's modification time and length, and the ids of its rules.
+    files: BTreeMap<PathBuf, (Option<std::time::SystemTime>, u64, Vec<String>)>,
+    first: bool,
+}
+
+impl RulesDir {
+    fn round(&mut self, messages: &mut Vec<ControlMessage>) {
+        let mut seen = Vec::new();
+        let mut specs = Vec::new();
+        for path in crate::sigma::rule_files(&self.dir) {
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            let stamp = (meta.modified().ok(), meta.len());
+            seen.push(path.clone());
+            if self.files.get(&path).is_some_and(|(modified, len, _)| (*modified, *len) == stamp) {
+                continue;
+            }
+            let (rules, refused) = crate::sigma::read_file(&path, &self.placeholders);
+            for why in &refused {
+                tracing::error!("Sigma rule refused, skipped: {why}");
+            }
+            let before = self.files.insert(path.clone(), (stamp.0, stamp.1, rules.iter().map(|(r, _)| r.id.clone()).collect()));
+            for (rule, effective_from) in rules {
+                specs.push(RuleSpec::from_sigma(rule, effective_from.unwrap_or(0)));
+            }
+            let kept: Vec<&String> = specs.iter().map(|s| &s.id).collect();
+            let gone: Vec<String> = before.map(|(_, _, ids)| ids).unwrap_or_default().into_iter().filter(|id| !kept.contains(&id)).collect();
+            specs.extend(gone.into_iter().map(RuleSpec::removal));
+        }
+        let deleted: Vec<PathBuf> = self.files.keys().filter(|p| !seen.contains(p)).cloned().collect();
+        for path in deleted {
+            if let Some((_, _, ids)) = self.files.remove(&path) {
+                specs.extend(ids.into_iter().map(RuleSpec::removal));
+            }
+        }
+        if specs.is_empty() {
+            return;
+        }
+        if std::mem::take(&mut self.first) {
+            tracing::info!(rules = specs.len(), dir = %self.dir.display(), "Sigma rules loaded");
+            messages.push(ControlMessage::Rules(specs));
+        } else {
+            messages.push(ControlMessage::RulesFromNow(specs));
+        }
+    }
 }
 
 /// The bytes of `path` from `offset` on (none when the file does not exist).

@@ -46,6 +46,8 @@ pub struct Decision {
     pub model_version: Option<String>,
     /// Ids of the matching rules, sorted.
     pub rules: Vec<String>,
+    /// Their titles, in the order of `rules` (the id when a rule has no title).
+    pub rule_titles: Vec<String>,
     /// The marked threat whose fingerprint the event repeats, if any.
     pub fingerprint_match: Option<String>,
     /// The event's features.
@@ -83,12 +85,13 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
         .next_back();
     let score = model.map(|m| m.score(features));
     let model_threat = matches!((model, score), (Some(m), Some(s)) if m.is_threat(s));
-    let mut rules = Vec::new();
+    let mut rules: Vec<(String, String)> = Vec::new();
     let mut actions = Vec::new();
+    let record = std::cell::OnceCell::new();
     for (control, diff) in controls {
         if let (Control::Rule(rule), true) = (*control, *diff > 0) {
-            if rule.matches(event, features) {
-                rules.push(rule.id.clone());
+            if rule.matches(event, features, &record) {
+                rules.push((rule.id.clone(), rule.title.clone().unwrap_or_else(|| rule.id.clone())));
                 actions.extend(rule.actions.iter().copied());
             }
         }
@@ -100,7 +103,7 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
         actions.push(ThreatAction::Alert);
     }
     rules.sort();
-    rules.dedup();
+    rules.dedup_by(|a, b| a.0 == b.0);
     actions.sort();
     actions.dedup();
     let verdict = Verdict::Threat;
@@ -112,7 +115,8 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
         verdict,
         score,
         model_version: model.map(|m| m.version.clone()),
-        rules,
+        rule_titles: rules.iter().map(|(_, title)| title.clone()).collect(),
+        rules: rules.into_iter().map(|(id, _)| id).collect(),
         fingerprint_match: None,
         features: *features,
         actions,

@@ -262,10 +262,10 @@ fn run_worker(
             outputs.push(Box::new(output));
             let restored_control = restored.as_ref().and_then(|c| c.control.as_ref());
             control_feed = Some(crate::kafka::control::start(kafka, control.clone(), restored_control)?);
-        } else if let (Some(path), true) = (&job.control.model_updates, job.control.follow_model_updates) {
+        } else if job.control.follow && (job.control.model_updates.is_some() || job.control.sigma_dir().is_some()) {
             let restored_control = restored.as_ref().and_then(|c| c.control.as_ref());
-            let reader = crate::control_feed::follow_file(path.clone());
-            control_feed = Some(ControlFeed::start("model-updates-reader", reader, control.clone(), restored_control)?);
+            let reader = crate::control_feed::follow_files(job.control.model_updates.clone(), job.control.sigma_dir());
+            control_feed = Some(ControlFeed::start("control-files-reader", reader, control.clone(), restored_control)?);
         }
     }
     let outputs = Rc::new(RefCell::new(outputs));

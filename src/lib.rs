@@ -65,5 +65,6 @@ pub mod model;
 pub mod output;
 pub mod rules;
 pub mod shared;
+pub mod sigma;
 pub mod source;
 pub mod training;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, Time};
 use crate::features::{FeatureName, Features};
+use crate::sigma::SigmaRule;
 
 /// What a threat decision asks to be done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -78,6 +79,40 @@ pub struct RuleSpec {
     /// Removes the rule with this id.
     #[serde(default)]
     pub remove: bool,
+    /// A Sigma detection the event must match too (rules from `--rules-dir`). (Always written:
+    /// checkpoints use bincode, which cannot skip fields.)
+    #[serde(default)]
+    pub sigma: Option<SigmaRule>,
+}
+
+impl RuleSpec {
+    /// The update removing rule `id` (from time 0; set `effective_from`).
+    pub fn removal(id: String) -> RuleSpec {
+        RuleSpec {
+            id,
+            effective_from: 0,
+            when: BTreeMap::new(),
+            features: BTreeMap::new(),
+            actions: None,
+            title: None,
+            remove: true,
+            sigma: None,
+        }
+    }
+
+    /// The update that puts a Sigma rule in force from `effective_from`.
+    pub fn from_sigma(rule: SigmaRule, effective_from: Time) -> RuleSpec {
+        RuleSpec {
+            id: rule.id.clone(),
+            effective_from,
+            when: BTreeMap::new(),
+            features: BTreeMap::new(),
+            actions: None,
+            title: Some(rule.title.clone()),
+            remove: false,
+            sigma: Some(rule),
+        }
+    }
 }
 
 /// A validated rule, as it travels in the control collection.
@@ -93,6 +128,8 @@ pub struct Rule {
     pub actions: Vec<ThreatAction>,
     /// Title.
     pub title: Option<String>,
+    /// A Sigma detection the event must match too.
+    pub sigma: Option<SigmaRule>,
 }
 
 impl Rule {
@@ -109,22 +146,25 @@ impl Rule {
             })
             .collect::<Result<Vec<_>>>()?;
         ensure!(
-            !spec.when.is_empty() || !features.is_empty(),
+            !spec.when.is_empty() || !features.is_empty() || spec.sigma.is_some(),
             "rule {} has neither `when` nor `features`: it would flag every event",
             spec.id
         );
         let mut actions = spec.actions.clone().unwrap_or_else(|| vec![ThreatAction::Alert]);
         actions.sort();
         actions.dedup();
-        Ok(Rule { id: spec.id.clone(), when: spec.when.clone(), features, actions, title: spec.title.clone() })
+        let title = spec.title.clone().or_else(|| spec.sigma.as_ref().map(|s| s.title.clone()));
+        Ok(Rule { id: spec.id.clone(), when: spec.when.clone(), features, actions, title, sigma: spec.sigma.clone() })
     }
 
-    /// Whether the rule matches an event with its features.
-    pub fn matches(&self, event: &Event, features: &Features) -> bool {
+    /// Whether the rule matches an event with its features; `record` is the event's own record,
+    /// made once per event for the Sigma rules that need it.
+    pub fn matches(&self, event: &Event, features: &Features, record: &std::cell::OnceCell<serde_json::Value>) -> bool {
         self.features.iter().all(|(name, bounds)| bounds.holds(features.get(*name)))
             && self.when.iter().all(|(field, accepted)| {
                 event.field(field).is_some_and(|value| accepted.iter().any(|a| *a == *value))
             })
+            && self.sigma.as_ref().is_none_or(|sigma| sigma.matches_event(event, record))
     }
 }
 
@@ -178,12 +218,12 @@ mod tests {
         assert_eq!(rule.actions, vec![ThreatAction::Alert, ThreatAction::Block]);
         let e = parse_event(br#"{"event_id":"1","ts":5,"user":"u","action":"login","country":"ru"}"#, 1 << 20).unwrap();
         let f = Features { failed_logins_5m: 3, ..Features::default() };
-        assert!(rule.matches(&e, &f));
-        assert!(!rule.matches(&e, &Features { failed_logins_5m: 2, ..f }));
+        assert!(rule.matches(&e, &f, &Default::default()));
+        assert!(!rule.matches(&e, &Features { failed_logins_5m: 2, ..f }, &Default::default()));
         let other = Event { action: "download".into(), ..e.clone() };
-        assert!(!rule.matches(&other, &f));
+        assert!(!rule.matches(&other, &f, &Default::default()));
         let no_country = Event { country: None, ..e };
-        assert!(!rule.matches(&no_country, &f));
+        assert!(!rule.matches(&no_country, &f, &Default::default()));
     }
 
     #[test]

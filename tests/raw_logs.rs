@@ -42,7 +42,7 @@ fn decode_all(records: &[Value]) -> (BTreeMap<String, (u64, u64)>, Vec<String>) 
 fn panther_rule_test_events_parse_per_source() {
     let expected: [(&str, &[(&str, (u64, u64))]); 9] = [
         ("AWS_CloudTrail.jsonl", &[("aws.cloudtrail", (436, 27))]),
-        ("Okta_SystemLog.jsonl", &[("okta.system_log", (58, 8))]),
+        ("Okta_SystemLog.jsonl", &[("okta.okta", (58, 8))]),
         ("GSuite_ActivityEvent.jsonl", &[("gcp.google_workspace", (94, 58)), ("none", (0, 5))]),
         ("Azure_Audit.jsonl", &[("azure.auditlogs", (21, 0)), ("azure.signinlogs", (26, 0))]),
         ("Microsoft365_Audit_AzureActiveDirectory.jsonl", &[("m365.audit", (4, 0))]),

@@ -156,6 +156,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                     actions: Some(vec![ThreatAction::Alert]),
                     title: None,
                     remove,
+                    sigma: None,
                 }
             })
             .collect();
@@ -338,6 +339,7 @@ fn same_millisecond_events_see_each_other() {
             actions: None,
             title: None,
             remove: false,
+            sigma: None,
         }],
     };
     let actual = dataflow(&case, 2);

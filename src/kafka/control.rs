@@ -134,7 +134,13 @@ fn parse_model(payload: &[u8]) -> Result<ControlMessage> {
     verified_model(&update, None)
 }
 
+/// Threshold-rule updates (JSON or YAML), or Sigma rules (YAML documents with a `detection`,
+/// from their `effective_from` key or 0). A Sigma removal is a threshold removal of its id.
 fn parse_rules(payload: &[u8]) -> Result<ControlMessage> {
     let text = std::str::from_utf8(payload).context("rule update is not UTF-8")?;
+    if crate::sigma::is_sigma(text) {
+        let specs = crate::sigma::parse_updates(text)?;
+        return Ok(ControlMessage::Rules(specs));
+    }
     Ok(ControlMessage::Rules(crate::rules::parse_rules(text)?))
 }
