@@ -48,6 +48,9 @@ pub enum Command {
     /// Model updates for a running engine.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Mark an event as a threat: later events with its fingerprint are decided as threats naming
+    /// the mark (appended to the marks file an engine follows, or sent to the marks topic).
+    Mark(MarkArgs),
     /// Write the embedded generator's events (and ground truth) as JSON lines.
     Generate(GenerateArgs),
     /// Send the embedded generator's events, or files' lines, to a Kafka topic at a fixed rate.
@@ -95,6 +98,37 @@ pub struct PublishArgs {
 
 fn parse_time(text: &str) -> Result<crate::event::Time, String> {
     text.parse::<u64>().or_else(|_| crate::event::parse_rfc3339_ms(text))
+}
+
+/// `threatflow mark`.
+#[derive(Debug, Args)]
+pub struct MarkArgs {
+    /// The event to mark.
+    pub event_id: String,
+    /// Files where the event is (JSON lines; see `--format`).
+    #[arg(long, required_unless_present = "remove")]
+    pub input: Vec<PathBuf>,
+    /// Record format of the inputs: `canonical`, `auto` or a mapping's name.
+    #[arg(long, default_value = "canonical")]
+    pub format: String,
+    /// The fingerprint's fields (canonical names or the record's own fields).
+    #[arg(long, value_delimiter = ',', default_values_t = crate::marks::DEFAULT_FIELDS.map(String::from))]
+    pub fields: Vec<String>,
+    /// Event time from which the mark applies (ms or RFC 3339; default: just after the event).
+    #[arg(long, value_parser = parse_time)]
+    pub effective_from: Option<crate::event::Time>,
+    /// Remove the event's mark from `--effective-from` on instead.
+    #[arg(long, requires = "effective_from")]
+    pub remove: bool,
+    /// Append to this marks file (what `--marks FILE` follows).
+    #[arg(long, conflicts_with = "kafka")]
+    pub to: Option<PathBuf>,
+    /// The marks topic's name (with `--kafka`).
+    #[arg(long, default_value = "marks")]
+    pub topic: String,
+    /// Kafka connection (the marks topic).
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 }
 
 /// The events and labels `train` and `evaluate` read.
@@ -296,6 +330,11 @@ pub struct JobArgs {
     /// Placeholder values for Sigma's `|expand`: a YAML map from name to a list of values.
     #[arg(long)]
     pub sigma_placeholders: Option<PathBuf>,
+    /// Marked threats, JSON lines (`threatflow mark ... --to FILE` appends to it); without
+    /// `--kafka` followed while the job runs, with it read once at start (marks then come through
+    /// the marks topic).
+    #[arg(long)]
+    pub marks: Option<PathBuf>,
     /// Allowed lateness: events further behind their partition's watermark are judged at the watermark.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub allowed_lateness: Duration,
@@ -534,7 +573,14 @@ impl JobArgs {
             rules.push(RulesSource::SigmaDir(dir.clone(), placeholders));
         }
         // Without Kafka the model-updates file is followed while the job runs (`model publish --to`).
-        Ok(ControlSpec { model, model_updates: self.model_updates.clone(), follow: true, verified_models: Vec::new(), rules })
+        Ok(ControlSpec {
+            model,
+            model_updates: self.model_updates.clone(),
+            follow: true,
+            verified_models: Vec::new(),
+            rules,
+            marks: self.marks.clone(),
+        })
     }
 
     fn job(&self, source: SourceSpec, control: ControlSpec) -> Result<JobSpec> {
@@ -560,6 +606,7 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Train(args) => train(args),
         Command::Evaluate(args) => evaluate(args),
         Command::Model(ModelCommand::Publish(args)) => publish(args),
+        Command::Mark(args) => mark(args),
         Command::Generate(args) => generate(args),
         Command::Produce(args) => produce(args),
         Command::Consume(args) => consume(args),
@@ -860,7 +907,14 @@ fn publish(args: PublishArgs) -> Result<()> {
         effective_from: args.effective_from,
     };
     let line = serde_json::to_string(&update)?;
-    match (&args.to, args.kafka.config()?) {
+    send_control(&line, args.to.as_deref(), &args.kafka, &args.topic)?;
+    eprintln!("published {line}");
+    Ok(())
+}
+
+/// Appends a control line to a followed file, or sends it to a control topic.
+fn send_control(line: &str, to: Option<&std::path::Path>, kafka: &KafkaArgs, topic: &str) -> Result<()> {
+    match (to, kafka.config()?) {
         (Some(path), _) => {
             // One write of a whole line with O_APPEND: a follower never reads half an update.
             let mut file = std::fs::OpenOptions::new()
@@ -869,11 +923,30 @@ fn publish(args: PublishArgs) -> Result<()> {
                 .open(path)
                 .with_context(|| format!("opening {}", path.display()))?;
             file.write_all(format!("{line}\n").as_bytes()).with_context(|| format!("appending to {}", path.display()))?;
-            file.sync_data().with_context(|| format!("syncing {}", path.display()))?;
+            file.sync_data().with_context(|| format!("syncing {}", path.display()))
         }
-        (None, Some(kafka)) => crate::kafka::tools::send_one(&kafka, &args.topic, line.as_bytes())?,
-        (None, None) => anyhow::bail!("say where to publish: --to FILE or --kafka BROKERS"),
+        (None, Some(kafka)) => crate::kafka::tools::send_one(&kafka, topic, line.as_bytes()),
+        (None, None) => anyhow::bail!("say where to send it: --to FILE or --kafka BROKERS"),
     }
-    eprintln!("published {line}");
+}
+
+fn mark(args: MarkArgs) -> Result<()> {
+    use crate::marks::{Mark, MarkUpdate};
+    let update = if args.remove {
+        MarkUpdate { effective_from: args.effective_from.unwrap_or_default(), ..MarkUpdate::removal(format!("mark:{}", args.event_id)) }
+    } else {
+        let format = RecordFormat::parse(&args.format, None)?;
+        let inputs: Vec<&std::path::Path> = args.input.iter().map(PathBuf::as_path).collect();
+        let event = crate::marks::find_event(&inputs, &args.event_id, &format)?;
+        let fields: Vec<&str> = args.fields.iter().map(String::as_str).collect();
+        let mut mark = Mark::of(&event, &fields);
+        if let Some(at) = args.effective_from {
+            mark.effective_from = at;
+        }
+        MarkUpdate::of(&mark)
+    };
+    let line = serde_json::to_string(&update)?;
+    send_control(&line, args.to.as_deref(), &args.kafka, &args.topic)?;
+    eprintln!("sent {line}");
     Ok(())
 }

@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Time;
+use crate::marks::{Mark, MarkUpdate};
 use crate::model::{self, Model};
 use crate::rules::{self, Rule, RuleSpec};
 
@@ -22,6 +23,8 @@ pub enum Control {
     Model(Model),
     /// A rule in force.
     Rule(Rule),
+    /// A marked threat in force.
+    Mark(crate::marks::Mark),
 }
 
 /// An update of the control collection.
@@ -42,6 +45,8 @@ pub struct ControlSpec {
     pub verified_models: Vec<(Time, Model)>,
     /// Rule files.
     pub rules: Vec<RulesSource>,
+    /// A JSON-lines file of marks (followed while the job runs with `follow`).
+    pub marks: Option<PathBuf>,
 }
 
 /// An initial model: artifact bytes and, when known, the digest they must have.
@@ -66,12 +71,15 @@ pub enum RulesSource {
 }
 
 impl ControlSpec {
-    /// The Sigma rules directory, if any.
-    pub fn sigma_dir(&self) -> Option<(std::path::PathBuf, crate::sigma::Placeholders)> {
-        self.rules.iter().find_map(|r| match r {
+    /// What the job follows while it runs, when it follows anything.
+    pub fn followed(&self) -> Option<crate::control_feed::Followed> {
+        let rules_dir = self.rules.iter().find_map(|r| match r {
             RulesSource::SigmaDir(dir, placeholders) => Some((dir.clone(), placeholders.clone())),
             _ => None,
-        })
+        });
+        let followed = crate::control_feed::Followed { model_updates: self.model_updates.clone(), marks: self.marks.clone(), rules_dir };
+        let any = followed.model_updates.is_some() || followed.marks.is_some() || followed.rules_dir.is_some();
+        (self.follow && any).then_some(followed)
     }
 
     /// Loads every model and rule, and returns them as a [`ControlLog`].
@@ -108,7 +116,18 @@ impl ControlSpec {
             }
         }
         models.extend(self.verified_models.iter().cloned());
-        let mut log = ControlLog { models, specs: Vec::new() };
+        let mut log = ControlLog { models, specs: Vec::new(), marks: Vec::new() };
+        if let Some(path) = self.marks.as_ref().filter(|_| !self.follow) {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading marks {}", path.display()))?;
+            let mut updates = Vec::new();
+            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty() && !l.trim().starts_with('#')) {
+                match crate::marks::parse_update(line) {
+                    Ok(update) => updates.push(update),
+                    Err(error) => tracing::error!(position = %format!("{}:{}", path.display(), i + 1), "mark rejected, skipped: {error:#}"),
+                }
+            }
+            log.add_marks(updates);
+        }
         for source in &self.rules {
             match source {
                 RulesSource::File(path) => log.add_rules(rules::read_rules(path)?),
@@ -134,18 +153,32 @@ impl ControlSpec {
 pub struct ControlLog {
     models: Vec<(Time, Model)>,
     specs: Vec<RuleSpec>,
+    marks: Vec<MarkUpdate>,
 }
 
 impl ControlLog {
     /// The control collection's updates for everything logged.
     pub fn updates(&self) -> Vec<ControlUpdate> {
-        timeline(self.models.clone(), self.specs.clone())
+        timeline(self.models.clone(), self.specs.clone(), self.marks.clone())
     }
 
     /// Logs a verified model in force from `from`; returns the collection's changes.
     pub fn add_model(&mut self, from: Time, model: Model) -> Vec<ControlUpdate> {
         let before = self.updates();
         self.models.push((from, model));
+        changes(before, self.updates())
+    }
+
+    /// Logs mark updates; a mark that does not validate is reported and skipped. Returns the
+    /// collection's changes.
+    pub fn add_marks(&mut self, updates: impl IntoIterator<Item = MarkUpdate>) -> Vec<ControlUpdate> {
+        let before = self.updates();
+        for update in updates {
+            match update.mark() {
+                Ok(_) => self.marks.push(update),
+                Err(error) => tracing::error!(mark = %update.id, "mark rejected, skipped: {error:#}"),
+            }
+        }
         changes(before, self.updates())
     }
 
@@ -182,8 +215,8 @@ fn changes(before: Vec<ControlUpdate>, after: Vec<ControlUpdate>) -> Vec<Control
     out
 }
 
-/// Turns models and rule updates into updates of the control collection.
-pub fn timeline(mut models: Vec<(Time, Model)>, mut specs: Vec<RuleSpec>) -> Vec<ControlUpdate> {
+/// Turns models, rule updates and mark updates into updates of the control collection.
+pub fn timeline(mut models: Vec<(Time, Model)>, mut specs: Vec<RuleSpec>, mut marks: Vec<MarkUpdate>) -> Vec<ControlUpdate> {
     let mut updates = Vec::new();
     // Models: the one with the greatest `effective_from <= t` applies; for equal times the later wins.
     models.sort_by_key(|(from, _)| *from);
@@ -217,6 +250,20 @@ pub fn timeline(mut models: Vec<(Time, Model)>, mut specs: Vec<RuleSpec>) -> Vec
         if let Some(rule) = replacement {
             in_force.insert(rule.id.clone(), rule.clone());
             updates.push((Control::Rule(rule), from, 1));
+        }
+    }
+    // Marks: likewise by id.
+    marks.sort_by_key(|m| m.effective_from);
+    let mut marked: BTreeMap<String, Mark> = BTreeMap::new();
+    for update in marks {
+        let from = update.effective_from;
+        let Ok(replacement) = update.mark() else { continue };
+        if let Some(old) = marked.remove(&update.id) {
+            updates.push((Control::Mark(old), from, -1));
+        }
+        if let Some(mark) = replacement {
+            marked.insert(mark.id.clone(), mark.clone());
+            updates.push((Control::Mark(mark), from, 1));
         }
     }
     updates

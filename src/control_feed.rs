@@ -33,6 +33,7 @@ use crate::checkpoint::ControlCheckpoint;
 use crate::control::{Control, ControlLog};
 use crate::event::Time;
 use crate::model::{self, Model, ModelUpdate};
+use crate::marks::MarkUpdate;
 use crate::rules::RuleSpec;
 use crate::sigma::Placeholders;
 
@@ -46,6 +47,8 @@ pub enum ControlMessage {
     /// Rule updates from a followed directory: from the current frontier, or a later
     /// `effective_from` (changed files carry no time of their own).
     RulesFromNow(Vec<RuleSpec>),
+    /// Marked threats (and their removals).
+    Marks(Vec<MarkUpdate>),
 }
 
 /// Where a reader is: a topic and partition (or a file and 0), and the next offset (or byte).
@@ -156,6 +159,17 @@ impl ControlFeed {
                 tracing::info!(version = %model.version, effective_from = from.max(now), "model update received");
                 self.log.add_model(from.max(now), model)
             }
+            ControlMessage::Marks(mut updates) => {
+                for update in updates.iter_mut() {
+                    if update.effective_from < now {
+                        tracing::warn!(mark = %update.id, effective_from = update.effective_from, applies_from = now,
+                            "mark arrived after its effective_from: it applies from the current frontier");
+                        update.effective_from = now;
+                    }
+                    tracing::info!(mark = %update.id, effective_from = update.effective_from, remove = update.remove, "mark received");
+                }
+                self.log.add_marks(updates)
+            }
             ControlMessage::RulesFromNow(mut specs) => {
                 for spec in specs.iter_mut() {
                     spec.effective_from = spec.effective_from.max(now);
@@ -206,19 +220,35 @@ pub fn verified_model(update: &ModelUpdate, base: Option<&Path>) -> Result<Contr
     Ok(ControlMessage::Model(update.effective_from, model))
 }
 
-/// A reader following, without Kafka, a JSON-lines file of model updates and a directory of
-/// Sigma rules (either may be absent), both in each round.
-pub fn follow_files(model_updates: Option<PathBuf>, rules_dir: Option<(PathBuf, Placeholders)>) -> Reader {
+/// What a job follows without Kafka (each may be absent): JSON-lines files of model updates and of
+/// marks, and a directory of Sigma rules.
+#[derive(Clone, Debug, Default)]
+pub struct Followed {
+    /// Model updates `{version, uri, sha256, effective_from}`.
+    pub model_updates: Option<PathBuf>,
+    /// Marks (see [`crate::marks`]).
+    pub marks: Option<PathBuf>,
+    /// Sigma rules, and the placeholder values they use.
+    pub rules_dir: Option<(PathBuf, Placeholders)>,
+}
+
+/// A reader following, without Kafka, what `followed` names, all of it in each round.
+pub fn follow_files(followed: Followed) -> Reader {
     Box::new(move |mut next, rounds, stop| {
-        let mut models = model_updates.map(|path| ModelUpdatesFile::new(path, &next));
+        let Followed { model_updates, marks, rules_dir } = followed;
+        let mut files: Vec<JsonLinesFile> = model_updates
+            .map(|path| JsonLinesFile::new(path, &next, parse_model_line))
+            .into_iter()
+            .chain(marks.map(|path| JsonLinesFile::new(path, &next, parse_mark_line)))
+            .collect();
         let mut rules = rules_dir.map(|(dir, placeholders)| RulesDir { dir, placeholders, files: BTreeMap::new(), first: true });
         // A directory is scanned each round: a little less often than a file is read.
         let pause = Duration::from_millis(if rules.is_some() { 20 } else { 5 });
         while !stop.load(Ordering::Relaxed) {
             let started = Instant::now();
             let mut messages = Vec::new();
-            if let Some(models) = models.as_mut() {
-                models.round(&mut messages, &mut next)?;
+            for file in files.iter_mut() {
+                file.round(&mut messages, &mut next)?;
             }
             if let Some(rules) = rules.as_mut() {
                 rules.round(&mut messages);
@@ -232,11 +262,22 @@ pub fn follow_files(model_updates: Option<PathBuf>, rules_dir: Option<(PathBuf, 
     })
 }
 
-/// A JSON-lines file of model updates: each round reads the complete lines appended since the
-/// last one (a line still being written waits for its newline). A file that does not exist yet
-/// has no updates yet. A line that does not parse, or whose artifact cannot be fetched or
-/// verified, is logged with its line number and skipped.
-struct ModelUpdatesFile {
+/// A model update line, its artifact fetched and verified (relative locations against `base`).
+fn parse_model_line(text: &str, base: Option<&Path>) -> Result<ControlMessage> {
+    let update = serde_json::from_str::<ModelUpdate>(text).context("not a model update {version, uri, sha256, effective_from}")?;
+    verified_model(&update, base)
+}
+
+fn parse_mark_line(text: &str, _base: Option<&Path>) -> Result<ControlMessage> {
+    Ok(ControlMessage::Marks(vec![crate::marks::parse_update(text)?]))
+}
+
+/// A JSON-lines file of updates: each round reads the complete lines appended since the last one
+/// (a line still being written waits for its newline). A file that does not exist yet has no
+/// updates yet. A line that does not parse (or, for a model, whose artifact cannot be fetched or
+/// verified) is logged with its line number and skipped.
+struct JsonLinesFile {
+    parse: fn(&str, Option<&Path>) -> Result<ControlMessage>,
     path: PathBuf,
     key: FeedPosition,
     base: Option<PathBuf>,
@@ -246,12 +287,12 @@ struct ModelUpdatesFile {
     counted_to: u64,
 }
 
-impl ModelUpdatesFile {
-    fn new(path: PathBuf, next: &BTreeMap<FeedPosition, i64>) -> Self {
+impl JsonLinesFile {
+    fn new(path: PathBuf, next: &BTreeMap<FeedPosition, i64>, parse: fn(&str, Option<&Path>) -> Result<ControlMessage>) -> Self {
         let key: FeedPosition = (path.display().to_string(), 0);
         let offset = next.get(&key).copied().unwrap_or(0).max(0) as u64;
         let base = path.parent().map(Path::to_path_buf);
-        ModelUpdatesFile { path, key, base, offset, line_number: 0, counted_to: 0 }
+        JsonLinesFile { parse, path, key, base, offset, line_number: 0, counted_to: 0 }
     }
 
     fn round(&mut self, messages: &mut Vec<ControlMessage>, next: &mut BTreeMap<FeedPosition, i64>) -> Result<()> {
@@ -271,10 +312,7 @@ impl ModelUpdatesFile {
             if text.is_empty() || text.starts_with('#') {
                 continue;
             }
-            let parsed = serde_json::from_str::<ModelUpdate>(text)
-                .context("not a model update {version, uri, sha256, effective_from}")
-                .and_then(|update| verified_model(&update, self.base.as_deref()));
-            match parsed {
+            match (self.parse)(text, self.base.as_deref()) {
                 Ok(message) => messages.push(message),
                 Err(error) => tracing::error!(
                     position = %format!("{}:{}", self.path.display(), self.line_number),

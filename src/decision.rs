@@ -71,7 +71,8 @@ pub fn decision_id(event_id: &str, verdict: Verdict) -> String {
 
 /// Decides an event judged at `time` with its features and the control collection in force then.
 ///
-/// `controls` are the accumulated control values (model, rules) with their multiplicities.
+/// `controls` are the accumulated control values (model, rules, marks) with their multiplicities.
+/// The event is a threat when the model says so, a rule matches, or it repeats a marked threat.
 pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Control, isize)]) -> Option<Decision> {
     // One model is in force at a time; should an input ever hold two, the greatest is used, so the
     // choice does not depend on arrival order.
@@ -80,7 +81,7 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
         .filter(|(_, diff)| *diff > 0)
         .filter_map(|(c, _)| match *c {
             Control::Model(m) => Some(m),
-            Control::Rule(_) => None,
+            Control::Rule(_) | Control::Mark(_) => None,
         })
         .next_back();
     let score = model.map(|m| m.score(features));
@@ -88,18 +89,26 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
     let mut rules: Vec<(String, String)> = Vec::new();
     let mut actions = Vec::new();
     let record = std::cell::OnceCell::new();
-    for (control, diff) in controls {
-        if let (Control::Rule(rule), true) = (*control, *diff > 0) {
-            if rule.matches(event, features, &record) {
+    // The first mark (by id) whose fingerprint the event repeats.
+    let mut fingerprint_match: Option<&str> = None;
+    for (control, _) in controls.iter().filter(|(_, diff)| *diff > 0) {
+        match *control {
+            Control::Rule(rule) if rule.matches(event, features, &record) => {
                 rules.push((rule.id.clone(), rule.title.clone().unwrap_or_else(|| rule.id.clone())));
                 actions.extend(rule.actions.iter().copied());
             }
+            Control::Mark(mark) if mark.matches(event) => {
+                if fingerprint_match.is_none_or(|id| mark.id.as_str() < id) {
+                    fingerprint_match = Some(&mark.id);
+                }
+            }
+            _ => {}
         }
     }
-    if !model_threat && rules.is_empty() {
+    if !model_threat && rules.is_empty() && fingerprint_match.is_none() {
         return None;
     }
-    if model_threat {
+    if model_threat || fingerprint_match.is_some() {
         actions.push(ThreatAction::Alert);
     }
     rules.sort();
@@ -117,7 +126,7 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
         model_version: model.map(|m| m.version.clone()),
         rule_titles: rules.iter().map(|(_, title)| title.clone()).collect(),
         rules: rules.into_iter().map(|(id, _)| id).collect(),
-        fingerprint_match: None,
+        fingerprint_match: fingerprint_match.map(str::to_string),
         features: *features,
         actions,
         late: event.late,

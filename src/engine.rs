@@ -262,9 +262,9 @@ fn run_worker(
             outputs.push(Box::new(output));
             let restored_control = restored.as_ref().and_then(|c| c.control.as_ref());
             control_feed = Some(crate::kafka::control::start(kafka, control.clone(), restored_control)?);
-        } else if job.control.follow && (job.control.model_updates.is_some() || job.control.sigma_dir().is_some()) {
+        } else if let Some(followed) = job.control.followed() {
             let restored_control = restored.as_ref().and_then(|c| c.control.as_ref());
-            let reader = crate::control_feed::follow_files(job.control.model_updates.clone(), job.control.sigma_dir());
+            let reader = crate::control_feed::follow_files(followed);
             control_feed = Some(ControlFeed::start("control-files-reader", reader, control.clone(), restored_control)?);
         }
     }

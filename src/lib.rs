@@ -61,6 +61,7 @@ pub mod generator;
 pub mod kafka;
 pub mod location;
 pub mod mapping;
+pub mod marks;
 pub mod model;
 pub mod output;
 pub mod rules;

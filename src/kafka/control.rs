@@ -1,4 +1,4 @@
-//! Model and rule updates from their Kafka topics: the reader behind a [`ControlFeed`] (see
+//! Model, rule and mark updates from their Kafka topics: the reader behind a [`ControlFeed`] (see
 //! [`crate::control_feed`] for how updates are applied exactly at their `effective_from`).
 //!
 //! Each round notes the wall-clock instant, asks the broker for the topics' end offsets and reads
@@ -24,8 +24,8 @@ use crate::model::ModelUpdate;
 /// Starts following the models and rules topics; `log` holds the job's static models and rules,
 /// unless a restored checkpoint's log and offsets are given.
 pub fn start(config: &KafkaConfig, log: ControlLog, restored: Option<&ControlCheckpoint>) -> Result<ControlFeed> {
-    let topics = [config.topic(Role::Models).to_string(), config.topic(Role::Rules).to_string()];
-    let counts = config.partition_counts(&[&topics[0], &topics[1]])?;
+    let topics = [config.topic(Role::Models).to_string(), config.topic(Role::Rules).to_string(), config.topic(Role::Marks).to_string()];
+    let counts = config.partition_counts(&[&topics[0], &topics[1], &topics[2]])?;
     let consumer = config.consumer()?;
     let partitions: Vec<FeedPosition> =
         topics.iter().zip(counts).flat_map(|(topic, count)| (0..count as i32).map(move |p| (topic.clone(), p))).collect();
@@ -48,6 +48,7 @@ fn read_rounds(
     stop: &AtomicBool,
 ) -> Result<()> {
     let models_topic = config.topic(Role::Models).to_string();
+    let marks_topic = config.topic(Role::Marks).to_string();
     // End offsets are asked on a connection of their own: on the reading consumer's, the request
     // would queue behind its waiting fetch.
     let offsets = config.consumer()?;
@@ -79,7 +80,13 @@ fn read_rounds(
                     next.insert(key, message.offset() + 1);
                     let position = format!("{}/{}@{}", message.topic(), message.partition(), message.offset());
                     let payload = message.payload().unwrap_or_default();
-                    let parsed = if message.topic() == models_topic { parse_model(payload) } else { parse_rules(payload) };
+                    let parsed = if message.topic() == models_topic {
+                        parse_model(payload)
+                    } else if message.topic() == marks_topic {
+                        parse_marks(payload)
+                    } else {
+                        parse_rules(payload)
+                    };
                     match parsed {
                         Ok(m) => messages.push(m),
                         Err(error) => tracing::error!(position, "control update rejected, skipped: {error:#}"),
@@ -132,6 +139,12 @@ fn end_offsets(
 fn parse_model(payload: &[u8]) -> Result<ControlMessage> {
     let update: ModelUpdate = serde_json::from_slice(payload).context("not a model update {version, uri, sha256, effective_from}")?;
     verified_model(&update, None)
+}
+
+/// A mark update (one JSON object per message).
+fn parse_marks(payload: &[u8]) -> Result<ControlMessage> {
+    let text = std::str::from_utf8(payload).context("mark is not UTF-8")?;
+    Ok(ControlMessage::Marks(vec![crate::marks::parse_update(text.trim())?]))
 }
 
 /// Threshold-rule updates (JSON or YAML), or Sigma rules (YAML documents with a `detection`,

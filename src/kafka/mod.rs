@@ -37,6 +37,8 @@ pub enum Role {
     Models,
     /// Rule updates (input).
     Rules,
+    /// Marked threats (input).
+    Marks,
     /// Decisions, keyed by user (output).
     Decisions,
     /// Alerts (output).
@@ -49,8 +51,8 @@ pub enum Role {
 
 impl Role {
     /// Every role, inputs first.
-    pub const ALL: [Role; 7] =
-        [Role::Activity, Role::Models, Role::Rules, Role::Decisions, Role::Alerts, Role::Actions, Role::DeadLetters];
+    pub const ALL: [Role; 8] =
+        [Role::Activity, Role::Models, Role::Rules, Role::Marks, Role::Decisions, Role::Alerts, Role::Actions, Role::DeadLetters];
 
     /// The role's name, which is also its topic's default name.
     pub fn name(self) -> &'static str {
@@ -58,6 +60,7 @@ impl Role {
             Role::Activity => "activity",
             Role::Models => "models",
             Role::Rules => "rules",
+            Role::Marks => "marks",
             Role::Decisions => "decisions",
             Role::Alerts => "alerts",
             Role::Actions => "actions",
@@ -177,7 +180,7 @@ impl KafkaConfig {
     pub fn create_topic(&self, topic: &str) -> Result<()> {
         let admin: AdminClient<LogContext> =
             self.client_config(&[]).create_with_context(LogContext).context("creating a Kafka admin client")?;
-        let control = [Role::Models, Role::Rules].iter().any(|r| self.topic(*r) == topic);
+        let control = [Role::Models, Role::Rules, Role::Marks].iter().any(|r| self.topic(*r) == topic);
         let partitions = if control { 1 } else { i32::try_from(self.partitions).context("too many partitions")? };
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
         let results = futures_executor::block_on(admin.create_topics([&new], &AdminOptions::new()))
