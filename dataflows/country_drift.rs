@@ -16,7 +16,7 @@ use crate::as_of::as_of_lookup;
 use crate::decision::{decision_id, Decision, Verdict};
 use crate::event::{ActionKind, Time};
 use crate::features::{country_code, DAY};
-use crate::rules::ThreatAction;
+use crate::rules::{Severity, ThreatAction};
 use crate::shared::{arrange_by_user, with_features, Dataflow, SharedInputs, UserEvent};
 
 /// The country-drift dataflow and its thresholds.
@@ -96,6 +96,8 @@ impl Dataflow for CountryDrift {
                 fingerprint_match: None,
                 features,
                 actions: vec![ThreatAction::Alert],
+                severity: Severity::Medium,
+                contributions: Vec::new(),
                 late: e.late,
                 event_ts: (e.ts != e.time).then_some(e.ts),
             }

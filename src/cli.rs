@@ -451,7 +451,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
     /// A topic name for a role, `ROLE=NAME`; the default name is the role's (activity, models,
-    /// rules, decisions, alerts, actions, dead-letters); repeatable.
+    /// rules, marks, decisions, alerts, actions, dead-letters); repeatable.
     #[arg(long = "topic", value_name = "ROLE=NAME", requires = "kafka")]
     pub topics: Vec<String>,
     /// Stop at the end offsets the activity topic has at start (a bounded run); by default the job

@@ -308,7 +308,7 @@ mod tests {
         }
         let version = |t| match &at(&applied, t)[0] {
             Control::Model(m) => m.version.clone(),
-            Control::Rule(_) => unreachable!(),
+            Control::Rule(_) | Control::Mark(_) => unreachable!(),
         };
         assert_eq!([version(0), version(50), version(100)], ["v1", "v3", "v2"]);
         assert_eq!(at(&applied, 70).len(), 2);

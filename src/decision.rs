@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 use crate::control::Control;
 use crate::event::{Event, Time};
 use crate::features::Features;
-use crate::rules::ThreatAction;
+use crate::features::FeatureName;
+use crate::rules::{Severity, ThreatAction};
 
 /// A decision's verdict. Benign events produce no decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -54,6 +55,12 @@ pub struct Decision {
     pub features: Features,
     /// What the decision asks to be done.
     pub actions: Vec<ThreatAction>,
+    /// How urgent: the highest of the matching rules' severities, high for a marked threat's
+    /// repeat, medium for the model alone.
+    pub severity: Severity,
+    /// When the model flagged the event: each feature's share of the logit, `w · log1p(x)`,
+    /// largest first.
+    pub contributions: Vec<(FeatureName, f64)>,
     /// Whether the event arrived behind its partition's watermark.
     pub late: bool,
     /// The event's own `ts` when it differs from `ts` (late events).
@@ -88,6 +95,7 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
     let model_threat = matches!((model, score), (Some(m), Some(s)) if m.is_threat(s));
     let mut rules: Vec<(String, String)> = Vec::new();
     let mut actions = Vec::new();
+    let mut severity = None;
     let record = std::cell::OnceCell::new();
     // The first mark (by id) whose fingerprint the event repeats.
     let mut fingerprint_match: Option<&str> = None;
@@ -96,6 +104,7 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
             Control::Rule(rule) if rule.matches(event, features, &record) => {
                 rules.push((rule.id.clone(), rule.title.clone().unwrap_or_else(|| rule.id.clone())));
                 actions.extend(rule.actions.iter().copied());
+                severity = severity.max(Some(rule.severity));
             }
             Control::Mark(mark) if mark.matches(event) => {
                 if fingerprint_match.is_none_or(|id| mark.id.as_str() < id) {
@@ -111,6 +120,13 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
     if model_threat || fingerprint_match.is_some() {
         actions.push(ThreatAction::Alert);
     }
+    if fingerprint_match.is_some() {
+        severity = severity.max(Some(Severity::High));
+    }
+    let contributions = match model {
+        Some(m) if model_threat => m.contributions(features),
+        _ => Vec::new(),
+    };
     rules.sort();
     rules.dedup_by(|a, b| a.0 == b.0);
     actions.sort();
@@ -129,6 +145,8 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
         fingerprint_match: fingerprint_match.map(str::to_string),
         features: *features,
         actions,
+        severity: severity.unwrap_or_default(),
+        contributions,
         late: event.late,
         event_ts: (event.ts != time).then_some(event.ts),
     })

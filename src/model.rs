@@ -108,6 +108,20 @@ impl Model {
         1.0 / (1.0 + (-z).exp())
     }
 
+    /// Each feature's share of the score's logit, `w · log1p(x)`, largest first (zeros left out):
+    /// what made the model decide.
+    pub fn contributions(&self, features: &Features) -> Vec<(FeatureName, f64)> {
+        let mut parts: Vec<(FeatureName, f64)> = self
+            .features
+            .iter()
+            .zip(&self.weights)
+            .map(|(name, w)| (*name, w.0 * (features.get(*name) as f64).ln_1p()))
+            .filter(|(_, c)| *c != 0.0)
+            .collect();
+        parts.sort_by(|a, b| b.1.total_cmp(&a.1));
+        parts
+    }
+
     /// Whether a score makes the event a model threat.
     pub fn is_threat(&self, score: f64) -> bool {
         score >= self.threshold.0

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::OutputPositions;
 use crate::decision::{Decision, Verdict};
 use crate::event::{DeadLetter, Time};
-use crate::features::Features;
-use crate::rules::ThreatAction;
+use crate::features::{FeatureName, Features};
+use crate::rules::{Severity, ThreatAction};
 
 /// An alert for the administrator: a decision whose actions include `alert`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -35,10 +35,18 @@ pub struct Alert {
     pub score: Option<f64>,
     /// The model version in force.
     pub model_version: Option<String>,
-    /// The matching rules.
+    /// How urgent.
+    pub severity: Severity,
+    /// The matching rules' ids.
     pub rules: Vec<String>,
+    /// Their titles.
+    pub rule_titles: Vec<String>,
+    /// The marked threat the event repeats.
+    pub fingerprint_match: Option<String>,
     /// The features the decision was made on.
     pub features: Features,
+    /// When the model flagged it: each feature's share of the logit, largest first.
+    pub contributions: Vec<(FeatureName, f64)>,
 }
 
 /// A command for an enforcement system: revert the event or block the user.
@@ -67,8 +75,12 @@ impl Alert {
             verdict: d.verdict,
             score: d.score,
             model_version: d.model_version.clone(),
+            severity: d.severity,
             rules: d.rules.clone(),
+            rule_titles: d.rule_titles.clone(),
+            fingerprint_match: d.fingerprint_match.clone(),
             features: d.features,
+            contributions: d.contributions.clone(),
         })
     }
 }

@@ -30,6 +30,36 @@ pub enum ThreatAction {
     Block,
 }
 
+/// How urgent an alert is (Sigma's levels).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Sigma's `informational`.
+    Informational,
+    /// `low`
+    Low,
+    /// `medium` (threshold rules and the model by default).
+    #[default]
+    Medium,
+    /// `high`
+    High,
+    /// `critical`
+    Critical,
+}
+
+impl Severity {
+    /// A Sigma `level` (unknown levels are medium).
+    pub fn of_level(level: &str) -> Severity {
+        match level.to_ascii_lowercase().as_str() {
+            "informational" => Severity::Informational,
+            "low" => Severity::Low,
+            "high" => Severity::High,
+            "critical" => Severity::Critical,
+            _ => Severity::Medium,
+        }
+    }
+}
+
 /// Bounds on one feature; all given bounds must hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +106,9 @@ pub struct RuleSpec {
     /// Human-readable title.
     #[serde(default)]
     pub title: Option<String>,
+    /// Severity of its alerts (default: a Sigma rule's `level`, else medium).
+    #[serde(default)]
+    pub severity: Option<Severity>,
     /// Removes the rule with this id.
     #[serde(default)]
     pub remove: bool,
@@ -95,6 +128,7 @@ impl RuleSpec {
             features: BTreeMap::new(),
             actions: None,
             title: None,
+            severity: None,
             remove: true,
             sigma: None,
         }
@@ -109,6 +143,7 @@ impl RuleSpec {
             features: BTreeMap::new(),
             actions: None,
             title: Some(rule.title.clone()),
+            severity: rule.level.as_deref().map(Severity::of_level),
             remove: false,
             sigma: Some(rule),
         }
@@ -128,6 +163,8 @@ pub struct Rule {
     pub actions: Vec<ThreatAction>,
     /// Title.
     pub title: Option<String>,
+    /// Severity of its alerts.
+    pub severity: Severity,
     /// A Sigma detection the event must match too.
     pub sigma: Option<SigmaRule>,
 }
@@ -154,7 +191,8 @@ impl Rule {
         actions.sort();
         actions.dedup();
         let title = spec.title.clone().or_else(|| spec.sigma.as_ref().map(|s| s.title.clone()));
-        Ok(Rule { id: spec.id.clone(), when: spec.when.clone(), features, actions, title, sigma: spec.sigma.clone() })
+        let severity = spec.severity.unwrap_or_default();
+        Ok(Rule { id: spec.id.clone(), when: spec.when.clone(), features, actions, title, severity, sigma: spec.sigma.clone() })
     }
 
     /// Whether the rule matches an event with its features; `record` is the event's own record,

@@ -155,6 +155,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                     features,
                     actions: Some(vec![ThreatAction::Alert]),
                     title: None,
+                    severity: None,
                     remove,
                     sigma: None,
                 }
@@ -338,6 +339,7 @@ fn same_millisecond_events_see_each_other() {
             features: [("logins_1h".to_string(), Bounds { gte: Some(OrderedFloat(0.0)), ..Default::default() })].into(),
             actions: None,
             title: None,
+            severity: None,
             remove: false,
             sigma: None,
         }],

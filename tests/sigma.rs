@@ -182,6 +182,7 @@ fn the_shipped_rules_flag_exactly_the_malicious_events_of_the_otrf_exfiltration_
     assert_eq!(flagged, malicious);
     for d in &decisions {
         assert_eq!(d["rule_titles"], serde_json::json!(["AWS STS AssumeRole Misuse"]), "{d}");
+        assert_eq!(d["severity"], "low", "the rule's level: {d}");
     }
 }
 

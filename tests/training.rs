@@ -76,8 +76,14 @@ fn features_computed_by_train_equal_the_features_served_decisions_carry() {
         .expect("spawn"));
     let decisions = lines(&decisions_path);
     assert!(decisions.len() > 50, "the trained model flags events: {}", decisions.len());
+    let bias = serde_json::from_slice::<Value>(&std::fs::read(&model).unwrap()).unwrap()["bias"].as_f64().unwrap();
     for d in &decisions {
         assert_eq!(d["model_version"], "parity-1");
+        // The explanation adds up: bias + the features' contributions is the score's logit.
+        let score = d["score"].as_f64().unwrap();
+        let sum: f64 = d["contributions"].as_array().unwrap().iter().map(|c| c[1].as_f64().unwrap()).sum();
+        // (Scores within 1e-6 of 1 leave too few digits in `1 - score` to check the logit.)
+        assert!(score > 0.999_999 || ((score / (1.0 - score)).ln() - (bias + sum)).abs() < 1e-6, "{d}");
         let row = &trained[d["event_id"].as_str().unwrap()];
         assert_eq!(row["features"], d["features"], "{d}");
         assert_eq!(row["ts"], d["ts"], "{d}");
