@@ -102,6 +102,10 @@ impl WindowEntry {
 pub struct OutputPositions {
     /// Bytes of the decisions file.
     pub decisions: Option<u64>,
+    /// Bytes of the alerts file (written with the decisions).
+    pub alerts: Option<u64>,
+    /// Bytes of the actions file (written with the decisions).
+    pub actions: Option<u64>,
     /// Bytes of the dead-letters file.
     pub dead_letters: Option<u64>,
     /// Per output topic partition `(topic, partition)`, an offset at or before the first record
@@ -341,9 +345,9 @@ struct Gathering {
     windows: Vec<WindowEntry>,
     partitions_done: bool,
     windows_done: bool,
-    /// Set by the sinks once every record before the barrier is written (`Some(None)`: no file).
-    decisions: Option<Option<u64>>,
-    dead_letters: Option<Option<u64>>,
+    /// Set by the sinks once every record before the barrier is written: the files' lengths then.
+    decisions: Option<OutputPositions>,
+    dead_letters: Option<OutputPositions>,
     /// The Kafka outputs' acknowledged end offsets when the barrier was sent.
     kafka_outputs: BTreeMap<(String, i32), i64>,
     requested: Instant,
@@ -365,16 +369,16 @@ pub enum OutputKind {
 }
 
 impl Gathered {
-    /// Records the output's length for every pending barrier `F` with `complete(F)`: everything
-    /// before `F` and nothing at or after it has been written.
-    pub fn record_output(&mut self, kind: OutputKind, complete: impl Fn(Time) -> bool, written: Option<u64>) {
+    /// Records the outputs' lengths (those of `kind`'s files are used) for every pending barrier
+    /// `F` with `complete(F)`: everything before `F` and nothing at or after it has been written.
+    pub fn record_output(&mut self, kind: OutputKind, complete: impl Fn(Time) -> bool, written: &OutputPositions) {
         for (frontier, gathering) in self.pending.iter_mut() {
             let slot = match kind {
                 OutputKind::Decisions => &mut gathering.decisions,
                 OutputKind::DeadLetters => &mut gathering.dead_letters,
             };
             if slot.is_none() && complete(*frontier) {
-                *slot = Some(written);
+                *slot = Some(written.clone());
             }
         }
     }
@@ -558,10 +562,15 @@ impl Coordinator {
             frontier,
             partitions: g.partitions,
             windows: g.windows,
-            outputs: OutputPositions {
-                decisions: g.decisions.flatten(),
-                dead_letters: g.dead_letters.flatten(),
-                kafka: g.kafka_outputs,
+            outputs: {
+                let (decided, dead) = (g.decisions.unwrap_or_default(), g.dead_letters.unwrap_or_default());
+                OutputPositions {
+                    decisions: decided.decisions,
+                    alerts: decided.alerts,
+                    actions: decided.actions,
+                    dead_letters: dead.dead_letters,
+                    kafka: g.kafka_outputs,
+                }
             },
             // Every update applied before the frontier is in (the decisions before it are written).
             control: control(),

@@ -351,6 +351,13 @@ pub struct JobArgs {
     /// Dead-letter output (JSON lines).
     #[arg(long)]
     pub dead_letters: Option<PathBuf>,
+    /// Alerts output (JSON lines): decisions whose actions include `alert`, with severity, rules
+    /// and the model's contributions.
+    #[arg(long)]
+    pub alerts: Option<PathBuf>,
+    /// Actions output (JSON lines): a revert or block command per such action of a decision.
+    #[arg(long)]
+    pub actions: Option<PathBuf>,
     /// Write consistent checkpoints here, and resume from the newest valid one at start.
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
@@ -591,6 +598,8 @@ impl JobArgs {
         job.read_batch = self.read_batch.max(1);
         job.decoding = Decoding { max_record_bytes: self.max_record_bytes, format };
         job.dead_letters_path = self.dead_letters.clone();
+        job.alerts_path = self.alerts.clone();
+        job.actions_path = self.actions.clone();
         job.checkpoints = self.checkpoint_dir.as_ref().map(|path| {
             (crate::checkpoint::CheckpointDir { path: path.clone(), keep: self.checkpoint_keep }, self.checkpoint_interval)
         });

@@ -60,6 +60,10 @@ pub struct JobSpec {
     pub decisions_path: Option<PathBuf>,
     /// Dead letters as JSON lines.
     pub dead_letters_path: Option<PathBuf>,
+    /// Alerts as JSON lines.
+    pub alerts_path: Option<PathBuf>,
+    /// Revert and block commands as JSON lines.
+    pub actions_path: Option<PathBuf>,
     /// Kafka: control topics read while the job runs, and output topics written.
     pub kafka: Option<KafkaConfig>,
     /// Set it to end the job early: sources stop reading and what was read is decided (SIGTERM).
@@ -86,6 +90,8 @@ impl JobSpec {
             decoding: Decoding::default(),
             decisions_path: None,
             dead_letters_path: None,
+            alerts_path: None,
+            actions_path: None,
             kafka: None,
             stop: Arc::default(),
             checkpoints: None,
@@ -142,6 +148,8 @@ fn written(outputs: &[Box<dyn Output>]) -> OutputPositions {
     for output in outputs {
         let w = output.written();
         all.decisions = all.decisions.or(w.decisions);
+        all.alerts = all.alerts.or(w.alerts);
+        all.actions = all.actions.or(w.actions);
         all.dead_letters = all.dead_letters.or(w.dead_letters);
     }
     all
@@ -237,13 +245,25 @@ fn run_worker(
         // Worker 0 alone writes the outputs: it alone cuts them back to a restored checkpoint.
         if let Some(checkpoint) = &restored {
             let outputs = &checkpoint.outputs;
-            for (path, length) in [(&job.decisions_path, outputs.decisions), (&job.dead_letters_path, outputs.dead_letters)] {
+            let files = [
+                (&job.decisions_path, outputs.decisions),
+                (&job.alerts_path, outputs.alerts),
+                (&job.actions_path, outputs.actions),
+                (&job.dead_letters_path, outputs.dead_letters),
+            ];
+            for (path, length) in files {
                 if let (Some(path), Some(length)) = (path, length) {
                     truncate_output(path, length)?;
                 }
             }
         }
-        let files = JsonLinesOutput::open(job.decisions_path.as_deref(), job.dead_letters_path.as_deref(), restored.is_some())?;
+        let paths = crate::output::OutputPaths {
+            decisions: job.decisions_path.clone(),
+            alerts: job.alerts_path.clone(),
+            actions: job.actions_path.clone(),
+            dead_letters: job.dead_letters_path.clone(),
+        };
+        let files = JsonLinesOutput::open(&paths, restored.is_some())?;
         outputs.push(Box::new(files));
         if let Some(kafka) = &job.kafka {
             let output = KafkaOutput::new(kafka, restored.as_ref().map(|c| &c.outputs.kafka))?;
@@ -253,6 +273,8 @@ fn run_worker(
                 // either: a checkpoint at 0 records where the output topics end now.
                 let outputs = OutputPositions {
                     decisions: job.decisions_path.as_ref().map(|_| 0),
+                    alerts: job.alerts_path.as_ref().map(|_| 0),
+                    actions: job.actions_path.as_ref().map(|_| 0),
                     dead_letters: job.dead_letters_path.as_ref().map(|_| 0),
                     kafka: (view.positions)(),
                 };
@@ -355,7 +377,7 @@ fn run_worker(
                         break;
                     }
                     let time = *entry.key();
-                    sink_gathered.borrow_mut().record_output(OutputKind::Decisions, |f| f <= time, written(&outputs).decisions);
+                    sink_gathered.borrow_mut().record_output(OutputKind::Decisions, |f| f <= time, &written(&outputs));
                     let mut ready = entry.remove();
                     ready.sort_by(|a, b| a.decision_id.cmp(&b.decision_id));
                     wrote = true;
@@ -373,7 +395,7 @@ fn run_worker(
                 sink_gathered.borrow_mut().record_output(
                     OutputKind::Decisions,
                     |f| frontier.frontier().iter().all(|t| *t >= f),
-                    written(&outputs).decisions,
+                    &written(&outputs),
                 );
                 if wrote {
                     for output in outputs.iter_mut() {
@@ -401,7 +423,7 @@ fn run_worker(
                     break;
                 }
                 let time = *entry.key();
-                sink_gathered.borrow_mut().record_output(OutputKind::DeadLetters, |f| f <= time, written(&outputs).dead_letters);
+                sink_gathered.borrow_mut().record_output(OutputKind::DeadLetters, |f| f <= time, &written(&outputs));
                 let mut dead: Vec<DeadLetter> = Vec::new();
                 for record in entry.remove() {
                     match record {
@@ -428,7 +450,7 @@ fn run_worker(
             sink_gathered.borrow_mut().record_output(
                 OutputKind::DeadLetters,
                 |f| frontier.frontier().iter().all(|t| *t >= f),
-                written(&outputs).dead_letters,
+                &written(&outputs),
             );
             if frontier.is_empty() && !done.get() {
                 done.set(true);

@@ -124,9 +124,24 @@ struct LinesFile {
     bytes: u64,
 }
 
-/// Decisions and dead letters as JSON-lines files.
+/// The JSON-lines files a job writes (each optional).
+#[derive(Clone, Debug, Default)]
+pub struct OutputPaths {
+    /// Decisions.
+    pub decisions: Option<PathBuf>,
+    /// Alerts (decisions whose actions include `alert`).
+    pub alerts: Option<PathBuf>,
+    /// Revert and block commands.
+    pub actions: Option<PathBuf>,
+    /// Rejected records.
+    pub dead_letters: Option<PathBuf>,
+}
+
+/// Decisions, alerts, actions and dead letters as JSON-lines files.
 pub struct JsonLinesOutput {
     decisions: Option<LinesFile>,
+    alerts: Option<LinesFile>,
+    actions: Option<LinesFile>,
     dead_letters: Option<LinesFile>,
     line: Vec<u8>,
 }
@@ -160,14 +175,27 @@ fn write_line<T: Serialize>(out: &mut Option<LinesFile>, line: &mut Vec<u8>, val
 
 impl JsonLinesOutput {
     /// Creates (truncates) the files that are named, or with `append` writes on at their ends.
-    pub fn open(decisions: Option<&Path>, dead_letters: Option<&Path>, append: bool) -> Result<Self> {
-        Ok(JsonLinesOutput { decisions: open(decisions, append)?, dead_letters: open(dead_letters, append)?, line: Vec::new() })
+    pub fn open(paths: &OutputPaths, append: bool) -> Result<Self> {
+        Ok(JsonLinesOutput {
+            decisions: open(paths.decisions.as_deref(), append)?,
+            alerts: open(paths.alerts.as_deref(), append)?,
+            actions: open(paths.actions.as_deref(), append)?,
+            dead_letters: open(paths.dead_letters.as_deref(), append)?,
+            line: Vec::new(),
+        })
     }
 }
 
 impl Output for JsonLinesOutput {
     fn decision(&mut self, decision: &Decision) -> Result<()> {
-        write_line(&mut self.decisions, &mut self.line, decision)
+        write_line(&mut self.decisions, &mut self.line, decision)?;
+        if let Some(alert) = Alert::of(decision) {
+            write_line(&mut self.alerts, &mut self.line, &alert)?;
+        }
+        for command in ActionCommand::of(decision) {
+            write_line(&mut self.actions, &mut self.line, &command)?;
+        }
+        Ok(())
     }
 
     fn dead_letter(&mut self, dead: &DeadLetter) -> Result<()> {
@@ -175,13 +203,21 @@ impl Output for JsonLinesOutput {
     }
 
     fn flush(&mut self) -> Result<()> {
-        for file in self.decisions.iter_mut().chain(self.dead_letters.iter_mut()) {
+        let files = [&mut self.decisions, &mut self.alerts, &mut self.actions, &mut self.dead_letters];
+        for file in files.into_iter().flatten() {
             file.out.flush().with_context(|| format!("writing {}", file.path.display()))?;
         }
         Ok(())
     }
 
     fn written(&self) -> OutputPositions {
-        OutputPositions { decisions: self.decisions.as_ref().map(|f| f.bytes), dead_letters: self.dead_letters.as_ref().map(|f| f.bytes), ..Default::default() }
+        let bytes = |file: &Option<LinesFile>| file.as_ref().map(|f| f.bytes);
+        OutputPositions {
+            decisions: bytes(&self.decisions),
+            alerts: bytes(&self.alerts),
+            actions: bytes(&self.actions),
+            dead_letters: bytes(&self.dead_letters),
+            ..Default::default()
+        }
     }
 }

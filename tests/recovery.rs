@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 mod common;
-use common::{checkpoint_files, ok, random, run_and_kill, threatflow, wait_for_checkpoints};
+use common::{checkpoint_files, lines, ok, random, run_and_kill, threatflow, wait_for_checkpoints};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -44,6 +44,10 @@ fn replay(events: &Path, out: &Path, extra: &[&str]) -> Command {
         .arg(out.join("decisions.jsonl"))
         .arg("--dead-letters")
         .arg(out.join("dead.jsonl"))
+        .arg("--alerts")
+        .arg(out.join("alerts.jsonl"))
+        .arg("--actions")
+        .arg(out.join("actions.jsonl"))
         .args(extra);
     cmd
 }
@@ -54,11 +58,14 @@ fn input_and_reference(dir: &Path) -> (PathBuf, PathBuf) {
     let reference = dir.join("reference");
     std::fs::create_dir_all(&reference).unwrap();
     ok(replay(&events, &reference, &[]).output().expect("spawn"));
+    for file in ["alerts.jsonl", "actions.jsonl"] {
+        assert!(!lines(&reference.join(file)).is_empty(), "the reference run writes {file}");
+    }
     (events, reference)
 }
 
 fn same_outputs(reference: &Path, out: &Path) {
-    for file in ["decisions.jsonl", "dead.jsonl"] {
+    for file in ["decisions.jsonl", "dead.jsonl", "alerts.jsonl", "actions.jsonl"] {
         let expected = std::fs::read(reference.join(file)).unwrap();
         let got = std::fs::read(out.join(file)).unwrap();
         assert!(expected == got, "{file} differs from the uninterrupted run ({} vs {} bytes)", got.len(), expected.len());
