@@ -106,6 +106,8 @@ pub struct OutputPositions {
     pub alerts: Option<u64>,
     /// Bytes of the actions file (written with the decisions).
     pub actions: Option<u64>,
+    /// The alert gate's `(reason, user, last alert)` still suppressing at the frontier.
+    pub alert_gate: Vec<(String, String, Time)>,
     /// Bytes of the dead-letters file.
     pub dead_letters: Option<u64>,
     /// Per output topic partition `(topic, partition)`, an offset at or before the first record
@@ -568,6 +570,7 @@ impl Coordinator {
                     decisions: decided.decisions,
                     alerts: decided.alerts,
                     actions: decided.actions,
+                    alert_gate: decided.alert_gate,
                     dead_letters: dead.dead_letters,
                     kafka: g.kafka_outputs,
                 }

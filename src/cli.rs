@@ -358,6 +358,10 @@ pub struct JobArgs {
     /// Actions output (JSON lines): a revert or block command per such action of a decision.
     #[arg(long)]
     pub actions: Option<PathBuf>,
+    /// Alert fatigue: a rule's (or the model's) alerts for one user are raised at most once per
+    /// this much event time (`0s`: every one); decisions are not affected.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub alert_suppression: Duration,
     /// Write consistent checkpoints here, and resume from the newest valid one at start.
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
@@ -600,6 +604,7 @@ impl JobArgs {
         job.dead_letters_path = self.dead_letters.clone();
         job.alerts_path = self.alerts.clone();
         job.actions_path = self.actions.clone();
+        job.alert_suppression = ms(self.alert_suppression);
         job.checkpoints = self.checkpoint_dir.as_ref().map(|path| {
             (crate::checkpoint::CheckpointDir { path: path.clone(), keep: self.checkpoint_keep }, self.checkpoint_interval)
         });

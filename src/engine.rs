@@ -64,6 +64,9 @@ pub struct JobSpec {
     pub alerts_path: Option<PathBuf>,
     /// Revert and block commands as JSON lines.
     pub actions_path: Option<PathBuf>,
+    /// Alerts of one rule (or the model) for one user are raised at most once per this many ms
+    /// (0: every one).
+    pub alert_suppression: Time,
     /// Kafka: control topics read while the job runs, and output topics written.
     pub kafka: Option<KafkaConfig>,
     /// Set it to end the job early: sources stop reading and what was read is decided (SIGTERM).
@@ -92,6 +95,7 @@ impl JobSpec {
             dead_letters_path: None,
             alerts_path: None,
             actions_path: None,
+            alert_suppression: 0,
             kafka: None,
             stop: Arc::default(),
             checkpoints: None,
@@ -277,6 +281,7 @@ fn run_worker(
                     actions: job.actions_path.as_ref().map(|_| 0),
                     dead_letters: job.dead_letters_path.as_ref().map(|_| 0),
                     kafka: (view.positions)(),
+                    alert_gate: Vec::new(),
                 };
                 dir.write(&Checkpoint { outputs, ..Default::default() }, || Ok(()))?;
             }
@@ -360,6 +365,13 @@ fn run_worker(
         let sink_gathered = Rc::clone(&gathered);
         let mut pending: BTreeMap<Time, Vec<Decision>> = BTreeMap::new();
         let done = Rc::clone(&decisions_done);
+        let gate_state = restored.as_ref().map(|c| c.outputs.alert_gate.clone()).unwrap_or_default();
+        let mut gate = crate::output::AlertGate::new(job.alert_suppression, &gate_state);
+        // The outputs' lengths and the alert gate's state, for a checkpoint at `frontier`.
+        let positions = |outputs: &[Box<dyn Output>], gate: &crate::output::AlertGate, frontier: Time| OutputPositions {
+            alert_gate: gate.state(frontier),
+            ..written(outputs)
+        };
         decisions
             .probe_with(&probe)
             .sink(Exchange::new(|_: &Decision| 0), "DecisionSink", move |(input, frontier)| {
@@ -377,13 +389,14 @@ fn run_worker(
                         break;
                     }
                     let time = *entry.key();
-                    sink_gathered.borrow_mut().record_output(OutputKind::Decisions, |f| f <= time, &written(&outputs));
+                    sink_gathered.borrow_mut().record_output(OutputKind::Decisions, |f| f <= time, &positions(&outputs, &gate, time));
                     let mut ready = entry.remove();
                     ready.sort_by(|a, b| a.decision_id.cmp(&b.decision_id));
                     wrote = true;
                     for d in ready {
+                        let alert = gate.admit(&d);
                         for output in outputs.iter_mut() {
-                            keep_error(output.decision(&d), &write_errors);
+                            keep_error(output.decision(&d, alert), &write_errors);
                         }
                         state.report.decisions += 1;
                         state.decided.push((d.event_id.clone(), d.user.clone(), d.ts));
@@ -395,7 +408,7 @@ fn run_worker(
                 sink_gathered.borrow_mut().record_output(
                     OutputKind::Decisions,
                     |f| frontier.frontier().iter().all(|t| *t >= f),
-                    &written(&outputs),
+                    &positions(&outputs, &gate, frontier.frontier().first().copied().unwrap_or(Time::MAX)),
                 );
                 if wrote {
                     for output in outputs.iter_mut() {

@@ -85,6 +85,57 @@ impl Alert {
     }
 }
 
+/// Alert fatigue: the alerts of one rule (or of the model) for one user are raised at most once
+/// per period; a marked threat's repeat always alerts. Decisions are not affected, only which of
+/// them raise an alert. Fed decisions in output order (time, then `decision_id`), so the outcome
+/// is the same on any number of workers, and checkpointed (a resumed job suppresses as the
+/// uninterrupted one did).
+#[derive(Clone, Debug, Default)]
+pub struct AlertGate {
+    period: Time,
+    /// `(reason, user)` to the time it last alerted.
+    last: std::collections::BTreeMap<(String, String), Time>,
+}
+
+impl AlertGate {
+    /// A gate with `period` (0: every alert is raised), resuming from a checkpoint's `state`.
+    pub fn new(period: Time, state: &[(String, String, Time)]) -> Self {
+        AlertGate { period, last: state.iter().map(|(r, u, t)| ((r.clone(), u.clone()), *t)).collect() }
+    }
+
+    /// Whether the decision raises its alert: it asks for one, and one of its reasons (a rule, or
+    /// `model`) has not alerted for this user within the period.
+    pub fn admit(&mut self, d: &Decision) -> bool {
+        if !d.actions.contains(&ThreatAction::Alert) {
+            return false;
+        }
+        if self.period == 0 || d.fingerprint_match.is_some() {
+            return true;
+        }
+        let mut reasons: Vec<&str> = d.rules.iter().map(String::as_str).collect();
+        if !d.contributions.is_empty() {
+            reasons.push("model");
+        }
+        if reasons.is_empty() {
+            return true;
+        }
+        let mut raised = false;
+        for reason in reasons {
+            let key = (reason.to_string(), d.user.clone());
+            if self.last.get(&key).is_none_or(|t| d.ts >= t.saturating_add(self.period)) {
+                self.last.insert(key, d.ts);
+                raised = true;
+            }
+        }
+        raised
+    }
+
+    /// What a checkpoint at `frontier` keeps: the reasons still suppressing there.
+    pub fn state(&self, frontier: Time) -> Vec<(String, String, Time)> {
+        self.last.iter().filter(|(_, t)| t.saturating_add(self.period) > frontier).map(|((r, u), t)| (r.clone(), u.clone(), *t)).collect()
+    }
+}
+
 impl ActionCommand {
     /// The revert and block commands a decision asks for.
     pub fn of(d: &Decision) -> impl Iterator<Item = ActionCommand> + '_ {
@@ -100,8 +151,8 @@ impl ActionCommand {
 
 /// A destination for a job's results, driven by worker 0.
 pub trait Output {
-    /// One decision (with the alerts and actions it implies).
-    fn decision(&mut self, decision: &Decision) -> Result<()>;
+    /// One decision, with the actions it implies and its alert when `alert` (see [`AlertGate`]).
+    fn decision(&mut self, decision: &Decision, alert: bool) -> Result<()>;
     /// One rejected record.
     fn dead_letter(&mut self, dead: &DeadLetter) -> Result<()>;
     /// Called once every record of a time has been handed over; makes what was written durable
@@ -187,9 +238,9 @@ impl JsonLinesOutput {
 }
 
 impl Output for JsonLinesOutput {
-    fn decision(&mut self, decision: &Decision) -> Result<()> {
+    fn decision(&mut self, decision: &Decision, alert: bool) -> Result<()> {
         write_line(&mut self.decisions, &mut self.line, decision)?;
-        if let Some(alert) = Alert::of(decision) {
+        if let Some(alert) = Alert::of(decision).filter(|_| alert) {
             write_line(&mut self.alerts, &mut self.line, &alert)?;
         }
         for command in ActionCommand::of(decision) {
@@ -219,5 +270,55 @@ impl Output for JsonLinesOutput {
             dead_letters: bytes(&self.dead_letters),
             ..Default::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(id: &str, user: &str, ts: Time, rules: &[&str], mark: bool) -> Decision {
+        Decision {
+            decision_id: id.into(),
+            event_id: id.into(),
+            user: user.into(),
+            ts,
+            verdict: Verdict::Threat,
+            score: None,
+            model_version: None,
+            rules: rules.iter().map(|r| r.to_string()).collect(),
+            rule_titles: Vec::new(),
+            fingerprint_match: mark.then(|| "mark:x".to_string()),
+            features: Features::default(),
+            actions: vec![ThreatAction::Alert],
+            severity: Severity::Medium,
+            contributions: Vec::new(),
+            late: false,
+            event_ts: None,
+        }
+    }
+
+    #[test]
+    fn the_alert_gate_raises_each_reason_once_per_period_and_user() {
+        let mut gate = AlertGate::new(100, &[]);
+        let raised: Vec<bool> = [
+            decision("a", "ann", 0, &["r1"], false),
+            decision("b", "ann", 50, &["r1"], false),   // r1 for ann: suppressed
+            decision("c", "bob", 60, &["r1"], false),   // another user
+            decision("d", "ann", 70, &["r1", "r2"], false), // r2 is new
+            decision("e", "ann", 99, &["r1", "r2"], false),
+            decision("f", "ann", 100, &["r1"], false),  // a period after `a`
+            decision("g", "ann", 101, &["r1"], true),   // a mark's repeat always alerts
+        ]
+        .iter()
+        .map(|d| gate.admit(d))
+        .collect();
+        assert_eq!(raised, [true, false, true, true, false, true, true]);
+        // Resuming from the state at 150 suppresses as the gate itself does.
+        let mut resumed = AlertGate::new(100, &gate.state(150));
+        for (d, expected) in [(decision("h", "ann", 160, &["r2"], false), false), (decision("i", "ann", 170, &["r2"], false), true)] {
+            assert_eq!((resumed.admit(&d), gate.admit(&d)), (expected, expected), "{}", d.decision_id);
+        }
+        assert!(AlertGate::new(0, &[]).admit(&decision("j", "ann", 0, &["r1"], false)));
     }
 }

@@ -48,6 +48,9 @@ fn replay(events: &Path, out: &Path, extra: &[&str]) -> Command {
         .arg(out.join("alerts.jsonl"))
         .arg("--actions")
         .arg(out.join("actions.jsonl"))
+        // The alert gate's state is checkpointed too: the alerts must come out the same after a
+        // kill (a day-long period, so that suppression spans the checkpoints).
+        .args(["--alert-suppression", "1d"])
         .args(extra);
     cmd
 }
@@ -61,6 +64,8 @@ fn input_and_reference(dir: &Path) -> (PathBuf, PathBuf) {
     for file in ["alerts.jsonl", "actions.jsonl"] {
         assert!(!lines(&reference.join(file)).is_empty(), "the reference run writes {file}");
     }
+    let alerting = lines(&reference.join("decisions.jsonl")).iter().filter(|d| d["actions"].to_string().contains("alert")).count();
+    assert!(lines(&reference.join("alerts.jsonl")).len() < alerting, "some alerts are suppressed");
     (events, reference)
 }
 

@@ -397,12 +397,12 @@ fn send_json<T: serde::Serialize>(
 }
 
 impl Output for KafkaOutput {
-    fn decision(&mut self, decision: &Decision) -> Result<()> {
+    fn decision(&mut self, decision: &Decision, alert: bool) -> Result<()> {
         let key = decision.user.as_bytes();
         if !self.written_before(Role::Decisions, || decision.decision_id.clone()) {
             send_json(&mut self.producer, &mut self.buffer, &self.decisions, key, decision)?;
         }
-        if let Some(alert) = Alert::of(decision) {
+        if let Some(alert) = Alert::of(decision).filter(|_| alert) {
             if !self.written_before(Role::Alerts, || decision.decision_id.clone()) {
                 send_json(&mut self.producer, &mut self.buffer, &self.alerts, key, &alert)?;
             }
