@@ -1,10 +1,10 @@
-//! Model and rule updates that arrive while the job runs, applied at their `effective_from`.
+//! Model, rule and mark updates that arrive while the job runs, applied at their `effective_from`.
 //!
-//! A reader thread follows where updates are published (the models and rules topics, see
-//! [`crate::kafka::control`]; or, without Kafka, a JSON-lines file of model updates that
-//! `threatflow model publish` appends to and a directory of Sigma rules, see [`follow_files`]). In rounds, it notes the wall-clock instant, reads everything
-//! published so far, and reports the updates read with that instant: everything published before
-//! it has now been read. Model artifacts are fetched and verified on the reader thread, so only
+//! A reader thread follows where updates are published (the models, rules and marks topics, see
+//! [`crate::kafka::control`]; or, without Kafka, the files `threatflow model publish` and
+//! `threatflow mark` append to and a directory of Sigma rules, see [`follow_files`]). In rounds,
+//! it notes the wall-clock instant, reads everything published so far, and reports the updates
+//! read with that instant: everything published before it has now been read. Model artifacts are fetched and verified on the reader thread, so only
 //! verified models reach the dataflow.
 //!
 //! Worker 0 owns the control input. It only advances it to an events frontier it observed *before*

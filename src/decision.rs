@@ -106,10 +106,8 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
                 actions.extend(rule.actions.iter().copied());
                 severity = severity.max(Some(rule.severity));
             }
-            Control::Mark(mark) if mark.matches(event) => {
-                if fingerprint_match.is_none_or(|id| mark.id.as_str() < id) {
-                    fingerprint_match = Some(&mark.id);
-                }
+            Control::Mark(mark) if mark.matches(event) && fingerprint_match.is_none_or(|id| mark.id.as_str() < id) => {
+                fingerprint_match = Some(&mark.id);
             }
             _ => {}
         }

@@ -495,7 +495,7 @@ fn compile_search(value: &Value, placeholders: &Placeholders) -> Result<Search> 
             let groups = items.iter().filter_map(Value::as_object).map(|m| compile_map(m, placeholders)).collect::<Result<_>>()?;
             Ok(Search::Maps(groups))
         }
-        Value::Array(items) => Ok(Search::Keywords(items.iter().map(|v| keyword(v)).collect::<Result<_>>()?)),
+        Value::Array(items) => Ok(Search::Keywords(items.iter().map(keyword).collect::<Result<_>>()?)),
         other => Ok(Search::Keywords(vec![keyword(other)?])),
     }
 }
