@@ -1,7 +1,8 @@
 //! Criterion benchmarks of the per-event hot paths: parsing and validation, the feature-window
 //! updates an event contributes, reading features back from accumulated values, scoring, the
 //! whole decision, and the as-of lookup (a dataflow that arranges updates and looks events up in
-//! it, beside the same dataflow without the lookup). Run with `cargo bench --bench hot_paths`.
+//! it, beside the same dataflow without the lookup); and providers' records (mapping, Sigma
+//! matching). Run with `cargo bench --bench hot_paths`.
 
 use std::hint::black_box;
 
@@ -126,5 +127,49 @@ fn as_of(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, hot_paths, as_of);
+/// Providers' records: detecting and mapping a CloudTrail record (`--format auto`), and matching
+/// it against every shipped Sigma rule (logsource routing, then detection), per record.
+fn raw_logs(c: &mut Criterion) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/stratus-red-team/detonation-logs");
+    let mut records: Vec<serde_json::Value> = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir).expect("test data").map(|e| e.expect("entry").path()).collect();
+    files.sort();
+    for file in files {
+        let array: serde_json::Value = serde_json::from_slice(&std::fs::read(file).expect("read")).expect("JSON");
+        records.extend(array.as_array().cloned().unwrap_or_default());
+    }
+    let texts: Vec<String> = records.iter().map(|r| r.to_string()).collect();
+    let format = threatflow::mapping::RecordFormat::parse("auto", None).expect("mappings");
+    let rules_dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules/sigma"));
+    let (rules, _) = threatflow::sigma::read_dir(rules_dir, &Default::default()).expect("rules");
+    let mut group = c.benchmark_group("raw_logs");
+    group.throughput(Throughput::Elements(records.len() as u64));
+    group.bench_function("cloudtrail_parse_and_map", |b| {
+        let mut out = Vec::new();
+        b.iter(|| {
+            for text in &texts {
+                out.clear();
+                let value: serde_json::Value = serde_json::from_str(text).expect("JSON");
+                format.decode(value, &mut out);
+                black_box(&out);
+            }
+        })
+    });
+    let mut decoded = Vec::new();
+    for record in &records {
+        format.decode(record.clone(), &mut decoded);
+    }
+    let events: Vec<_> = decoded.into_iter().filter_map(|(e, _)| e.ok()).collect();
+    group.bench_function("sigma_282_rules", |b| {
+        b.iter(|| {
+            for event in &events {
+                let record = std::cell::OnceCell::new();
+                black_box(rules.iter().filter(|r| r.matches_event(event, &record)).count());
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, hot_paths, as_of, raw_logs);
 criterion_main!(benches);
