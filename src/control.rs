@@ -120,10 +120,10 @@ impl ControlSpec {
         if let Some(path) = self.marks.as_ref().filter(|_| !self.follow) {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading marks {}", path.display()))?;
             let mut updates = Vec::new();
-            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty() && !l.trim().starts_with('#')) {
+            for (number, line) in crate::source::data_lines(&text) {
                 match crate::marks::parse_update(line) {
                     Ok(update) => updates.push(update),
-                    Err(error) => tracing::error!(position = %format!("{}:{}", path.display(), i + 1), "mark rejected, skipped: {error:#}"),
+                    Err(error) => tracing::error!(position = %format!("{}:{number}", path.display()), "mark rejected, skipped: {error:#}"),
                 }
             }
             log.add_marks(updates);

@@ -152,20 +152,13 @@ impl ControlFeed {
         let now = *input.time();
         let changes = match message {
             ControlMessage::Model(from, model) => {
-                if from < now {
-                    tracing::warn!(version = %model.version, effective_from = from, applies_from = now,
-                        "model update arrived after its effective_from: it applies from the current frontier");
-                }
-                tracing::info!(version = %model.version, effective_from = from.max(now), "model update received");
-                self.log.add_model(from.max(now), model)
+                let from = applies_from("model update", &model.version, from, now);
+                tracing::info!(version = %model.version, effective_from = from, "model update received");
+                self.log.add_model(from, model)
             }
             ControlMessage::Marks(mut updates) => {
                 for update in updates.iter_mut() {
-                    if update.effective_from < now {
-                        tracing::warn!(mark = %update.id, effective_from = update.effective_from, applies_from = now,
-                            "mark arrived after its effective_from: it applies from the current frontier");
-                        update.effective_from = now;
-                    }
+                    update.effective_from = applies_from("mark", &update.id, update.effective_from, now);
                     tracing::info!(mark = %update.id, effective_from = update.effective_from, remove = update.remove, "mark received");
                 }
                 self.log.add_marks(updates)
@@ -179,11 +172,7 @@ impl ControlFeed {
             }
             ControlMessage::Rules(mut specs) => {
                 for spec in specs.iter_mut() {
-                    if spec.effective_from < now {
-                        tracing::warn!(rule = %spec.id, effective_from = spec.effective_from, applies_from = now,
-                            "rule update arrived after its effective_from: it applies from the current frontier");
-                        spec.effective_from = now;
-                    }
+                    spec.effective_from = applies_from("rule update", &spec.id, spec.effective_from, now);
                     tracing::info!(rule = %spec.id, effective_from = spec.effective_from, remove = spec.remove, "rule update received");
                 }
                 self.log.add_rules(specs)
@@ -201,6 +190,15 @@ impl ControlFeed {
             _ => anyhow!("the control reader stopped"),
         }
     }
+}
+
+/// The time an update applies from: its `effective_from`, or the control input's time `now` when
+/// it arrived after that (said in the log).
+fn applies_from(what: &str, id: &str, effective_from: Time, now: Time) -> Time {
+    if effective_from < now {
+        tracing::warn!(id, effective_from, applies_from = now, "{what} arrived after its effective_from: it applies from the current frontier");
+    }
+    effective_from.max(now)
 }
 
 impl Drop for ControlFeed {
@@ -354,9 +352,10 @@ impl RulesDir {
             for why in &refused {
                 tracing::error!("Sigma rule refused, skipped: {why}");
             }
-            let before = self.files.insert(path.clone(), (stamp.0, stamp.1, rules.iter().map(|(r, _)| r.id.clone()).collect()));
-            for (rule, effective_from) in rules {
-                specs.push(RuleSpec::from_sigma(rule, effective_from.unwrap_or(0)));
+            let before = self.files.insert(path.clone(), (stamp.0, stamp.1, rules.iter().map(|r| r.id.clone()).collect()));
+            for rule in rules {
+                let from = rule.effective_from.unwrap_or(0);
+                specs.push(RuleSpec::from_sigma(rule, from));
             }
             let kept: Vec<&String> = specs.iter().map(|s| &s.id).collect();
             let gone: Vec<String> = before.map(|(_, _, ids)| ids).unwrap_or_default().into_iter().filter(|id| !kept.contains(&id)).collect();

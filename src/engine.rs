@@ -7,8 +7,8 @@
 //! Both sinks run on worker 0 and hand each time's records to the job's [`Output`]s (files, Kafka
 //! topics) once the frontier has passed it, sorted, so an output is the same bytes whatever the
 //! number of workers or processes. The control input (models, rules) is fed by worker 0: all at
-//! once from files, or while the job runs from Kafka topics or a followed model-updates file
-//! ([`crate::control_feed`]).
+//! once from files, or while the job runs from Kafka topics or followed files and rule
+//! directories ([`crate::control_feed`]).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

@@ -41,7 +41,7 @@
 //!     "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::1:user/ann"},
 //!     "responseElements": {"ConsoleLogin": "Failure"}
 //! });
-//! let event = mappings.auto(&record)?.expect("a CloudTrail record");
+//! let event = mappings.auto(record)?;
 //! assert_eq!((event.source.as_deref(), event.action.as_str()), (Some("aws.cloudtrail"), "login_failed"));
 //! assert_eq!((event.user.as_str(), event.ts), ("arn:aws:iam::1:user/ann", 1_722_375_071_000));
 //! assert_eq!(event.src_ip.as_deref(), Some("08.1.250.216"));
@@ -331,14 +331,7 @@ impl RecordFormat {
         match self {
             RecordFormat::Canonical => event_from_value(record),
             RecordFormat::Source(mappings, index) => mappings.all[*index].map(&record),
-            RecordFormat::Auto(mappings) => match mappings.auto(&record)? {
-                Some(event) => Ok(event),
-                None => Err(RejectReason::Invalid(format!(
-                    "the record fits no mapping (canonical, {}): {}",
-                    mappings.names().join(", "),
-                    describe(&record)
-                ))),
-            },
+            RecordFormat::Auto(mappings) => mappings.auto(record),
         }
     }
 }
@@ -400,15 +393,19 @@ impl Mappings {
     }
 
     /// A record's event: canonical when it has the canonical fields, else by the first mapping
-    /// that detects it; `None` when none does.
-    pub fn auto(&self, record: &Value) -> Result<Option<Event>, RejectReason> {
+    /// that detects it; a record that fits none is refused with its fields.
+    pub fn auto(&self, record: Value) -> Result<Event, RejectReason> {
         let canonical = ["event_id", "ts", "user", "action"].iter().all(|k| record.get(k).is_some());
         if canonical {
-            return event_from_value(record.clone()).map(Some);
+            return event_from_value(record);
         }
-        match self.all.iter().find(|m| m.detects(record)) {
-            Some(mapping) => mapping.map(record).map(Some),
-            None => Ok(None),
+        match self.all.iter().find(|m| m.detects(&record)) {
+            Some(mapping) => mapping.map(&record),
+            None => Err(RejectReason::Invalid(format!(
+                "the record fits no mapping (canonical, {}): {}",
+                self.names().join(", "),
+                describe(&record)
+            ))),
         }
     }
 }

@@ -159,12 +159,8 @@ pub fn load_update(update: &ModelUpdate, base: Option<&Path>) -> Result<Model> {
 pub fn read_updates(path: &Path) -> Result<Vec<ModelUpdate>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading model updates {}", path.display()))?;
     let mut updates = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let update = serde_json::from_str(line).with_context(|| format!("{}:{}: bad model update", path.display(), i + 1))?;
+    for (number, line) in crate::source::data_lines(&text) {
+        let update = serde_json::from_str(line).with_context(|| format!("{}:{number}: bad model update", path.display()))?;
         updates.push(update);
     }
     Ok(updates)

@@ -58,6 +58,9 @@ pub struct SigmaRule {
     pub product: Option<String>,
     /// `logsource.service`.
     pub service: Option<String>,
+    /// The rule's own `effective_from` (a top-level key threatflow reads, ms or RFC 3339; Sigma
+    /// allows custom keys), when it has one.
+    pub effective_from: Option<crate::event::Time>,
     text: Arc<str>,
     /// The placeholders it was compiled with (kept to compile it again when deserialised).
     placeholders: Arc<Placeholders>,
@@ -136,6 +139,7 @@ impl SigmaRule {
         if value.get("correlation").is_some() {
             bail!("correlation rules are not supported yet");
         }
+        let effective_from = effective_from(&value)?;
         let doc: RuleDoc = serde_json::from_value(value).context("not a Sigma rule")?;
         let detection = Detection::compile(&doc.detection, placeholders).with_context(|| format!("rule {:?}", doc.title))?;
         Ok(SigmaRule {
@@ -144,6 +148,7 @@ impl SigmaRule {
             level: doc.level,
             product: doc.logsource.product.map(|p| p.to_lowercase()),
             service: doc.logsource.service.map(|s| s.to_lowercase()),
+            effective_from,
             text: Arc::from(text),
             placeholders: Arc::new(placeholders.clone()),
             detection: Arc::new(detection),
@@ -202,16 +207,15 @@ pub fn rule_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     files
 }
 
-/// The rules of one file (`---` separates them), each with its `effective_from` when it has one;
-/// and for each one refused, `FILE:LINE: reason`.
-pub fn read_file(path: &std::path::Path, placeholders: &Placeholders) -> (Vec<(SigmaRule, Option<crate::event::Time>)>, Vec<String>) {
+/// The rules of one file (`---` separates them), and for each one refused, `FILE:LINE: reason`.
+pub fn read_file(path: &std::path::Path, placeholders: &Placeholders) -> (Vec<SigmaRule>, Vec<String>) {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) => return (Vec::new(), vec![format!("{}: {error}", path.display())]),
     };
     let (mut rules, mut refused) = (Vec::new(), Vec::new());
     for (line, doc) in documents(&text) {
-        match SigmaRule::parse(doc, placeholders).and_then(|rule| Ok((rule, effective_from(doc)?))) {
+        match SigmaRule::parse(doc, placeholders) {
             Ok(rule) => rules.push(rule),
             Err(error) => refused.push(format!("{}:{line}: {error:#}", path.display())),
         }
@@ -219,10 +223,9 @@ pub fn read_file(path: &std::path::Path, placeholders: &Placeholders) -> (Vec<(S
     (rules, refused)
 }
 
-/// A rule's own `effective_from` (a top-level key threatflow reads; Sigma allows custom keys).
-fn effective_from(doc: &str) -> Result<Option<crate::event::Time>> {
-    let value: Value = serde_norway::from_str(doc)?;
-    match value.get("effective_from") {
+/// A rule's own `effective_from`.
+fn effective_from(rule: &Value) -> Result<Option<crate::event::Time>> {
+    match rule.get("effective_from") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n.as_u64().map(Some).context("`effective_from` is not a time in ms"),
         Some(Value::String(s)) => crate::event::parse_rfc3339_ms(s).map(Some).map_err(|e| anyhow!("`effective_from`: {e}")),
@@ -242,7 +245,8 @@ pub fn parse_updates(text: &str) -> Result<Vec<crate::rules::RuleSpec>> {
         .into_iter()
         .map(|(line, doc)| {
             let rule = SigmaRule::parse(doc, &Placeholders::new()).with_context(|| format!("Sigma rule at line {line}"))?;
-            Ok(crate::rules::RuleSpec::from_sigma(rule, effective_from(doc)?.unwrap_or(0)))
+            let from = rule.effective_from.unwrap_or(0);
+            Ok(crate::rules::RuleSpec::from_sigma(rule, from))
         })
         .collect()
 }
@@ -254,7 +258,7 @@ pub fn read_dir(dir: &std::path::Path, placeholders: &Placeholders) -> Result<(V
     let (mut rules, mut refused) = (Vec::new(), Vec::new());
     for path in rule_files(dir) {
         let (loaded, not) = read_file(&path, placeholders);
-        rules.extend(loaded.into_iter().map(|(rule, _)| rule));
+        rules.extend(loaded);
         refused.extend(not);
     }
     Ok((rules, refused))

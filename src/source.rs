@@ -414,6 +414,12 @@ pub fn partitioned_source<'s>(
     (events, side, parts.exchange(|_| 0))
 }
 
+/// The lines of a hand-written JSON-lines file (labels, model updates, marks), trimmed, with
+/// their 1-based numbers; blank lines and `#` comments are left out.
+pub fn data_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines().enumerate().map(|(i, line)| (i + 1, line.trim())).filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+}
+
 /// How a source turns records into events.
 #[derive(Clone, Debug)]
 pub struct Decoding {

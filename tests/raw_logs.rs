@@ -22,9 +22,9 @@ fn decode_all(records: &[Value]) -> (BTreeMap<String, (u64, u64)>, Vec<String>) 
     let mut counts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut reasons = Vec::new();
     for record in records {
-        match mappings.auto(record) {
-            Ok(Some(event)) => counts.entry(event.source.unwrap_or_else(|| "canonical".into())).or_default().0 += 1,
-            Ok(None) => counts.entry("none".into()).or_default().1 += 1,
+        match mappings.auto(record.clone()) {
+            Ok(event) => counts.entry(event.source.unwrap_or_else(|| "canonical".into())).or_default().0 += 1,
+            Err(reason) if reason.to_string().contains("fits no mapping") => counts.entry("none".into()).or_default().1 += 1,
             Err(reason) => {
                 reasons.push(reason.to_string());
                 let source = reason.to_string().split(' ').nth(2).unwrap_or("?").to_string();

@@ -68,12 +68,8 @@ struct LabelLine {
 pub fn read_labels(path: &Path) -> Result<Labels> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading labels {}", path.display()))?;
     let mut labels = Labels::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let at = || format!("{}:{}", path.display(), i + 1);
+    for (number, line) in crate::source::data_lines(&text) {
+        let at = || format!("{}:{number}", path.display());
         let parsed: LabelLine = serde_json::from_str(line).with_context(|| format!("{}: not a label {{event_id, label}}", at()))?;
         let malicious = match &parsed.label {
             None if parsed.scenario.is_some() => true,
