@@ -310,13 +310,13 @@ mod tests {
     #[test]
     fn control_logs_with_every_kind_of_rule_round_trip() {
         let sigma = crate::sigma::SigmaRule::parse(
-            "title: t\nlogsource: {product: aws}\ndetection:\n  s: {a|expand: '%x%'}\n  condition: s\n",
+            "title: t\neffective_from: 7\nlogsource: {product: aws}\ndetection:\n  s: {a|expand: '%x%'}\n  condition: s\n",
             &crate::sigma::Placeholders::from([("x".to_string(), vec!["1".to_string()])]),
         )
         .unwrap();
         let mut log = ControlLog::default();
         log.add_rules(crate::rules::parse_rules(r#"[{"id": "r", "features": {"deletes_10m": {"gte": 3}}}]"#).unwrap());
-        log.add_rules([crate::rules::RuleSpec::from_sigma(sigma, 7)]);
+        log.add_rules([crate::rules::RuleSpec::from_sigma(sigma)]);
         let checkpoint = Checkpoint { control: Some(ControlCheckpoint { log: log.clone(), offsets: BTreeMap::new() }), ..Default::default() };
         let decoded = decode(&encode(&checkpoint).unwrap()).unwrap();
         assert_eq!(decoded.control.unwrap().log.updates(), log.updates());

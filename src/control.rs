@@ -139,7 +139,7 @@ impl ControlSpec {
                         tracing::error!("Sigma rule refused, skipped: {why}");
                     }
                     tracing::info!(loaded = loaded.len(), refused = refused.len(), dir = %dir.display(), "Sigma rules");
-                    log.add_rules(loaded.into_iter().map(|rule| RuleSpec::from_sigma(rule, 0)))
+                    log.add_rules(loaded.into_iter().map(RuleSpec::from_sigma))
                 }
             };
         }
@@ -288,6 +288,28 @@ mod tests {
             assert_eq!(d, 1);
             c
         }).collect()
+    }
+
+    /// A Sigma rule read once at start (jobs with Kafka) applies from its own `effective_from`, as
+    /// a followed directory's does.
+    #[test]
+    fn a_static_rules_dir_keeps_each_rules_effective_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let rule = |id: &str, from: &str| format!("title: {id}\nid: {id}\n{from}logsource: {{product: aws}}\ndetection:\n  s: {{a: 1}}\n  condition: s\n");
+        std::fs::write(dir.path().join("r.yml"), rule("late", "effective_from: 500\n") + "---\n" + &rule("always", "")).unwrap();
+        let spec = ControlSpec { rules: vec![RulesSource::SigmaDir(dir.path().to_path_buf(), Default::default())], ..Default::default() };
+        let mut from: Vec<(String, Time)> = spec
+            .load()
+            .unwrap()
+            .updates()
+            .into_iter()
+            .filter_map(|(c, t, _)| match c {
+                Control::Rule(r) => Some((r.id, t)),
+                _ => None,
+            })
+            .collect();
+        from.sort();
+        assert_eq!(from, [("always".to_string(), 0), ("late".to_string(), 500)]);
     }
 
     #[test]

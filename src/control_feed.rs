@@ -353,10 +353,7 @@ impl RulesDir {
                 tracing::error!("Sigma rule refused, skipped: {why}");
             }
             let before = self.files.insert(path.clone(), (stamp.0, stamp.1, rules.iter().map(|r| r.id.clone()).collect()));
-            for rule in rules {
-                let from = rule.effective_from.unwrap_or(0);
-                specs.push(RuleSpec::from_sigma(rule, from));
-            }
+            specs.extend(rules.into_iter().map(RuleSpec::from_sigma));
             let kept: Vec<&String> = specs.iter().map(|s| &s.id).collect();
             let gone: Vec<String> = before.map(|(_, _, ids)| ids).unwrap_or_default().into_iter().filter(|id| !kept.contains(&id)).collect();
             specs.extend(gone.into_iter().map(RuleSpec::removal));

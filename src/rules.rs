@@ -134,11 +134,11 @@ impl RuleSpec {
         }
     }
 
-    /// The update that puts a Sigma rule in force from `effective_from`.
-    pub fn from_sigma(rule: SigmaRule, effective_from: Time) -> RuleSpec {
+    /// The update that puts a Sigma rule in force from its own `effective_from` (0 without one).
+    pub fn from_sigma(rule: SigmaRule) -> RuleSpec {
         RuleSpec {
             id: rule.id.clone(),
-            effective_from,
+            effective_from: rule.effective_from.unwrap_or(0),
             when: BTreeMap::new(),
             features: BTreeMap::new(),
             actions: None,

@@ -245,8 +245,7 @@ pub fn parse_updates(text: &str) -> Result<Vec<crate::rules::RuleSpec>> {
         .into_iter()
         .map(|(line, doc)| {
             let rule = SigmaRule::parse(doc, &Placeholders::new()).with_context(|| format!("Sigma rule at line {line}"))?;
-            let from = rule.effective_from.unwrap_or(0);
-            Ok(crate::rules::RuleSpec::from_sigma(rule, from))
+            Ok(crate::rules::RuleSpec::from_sigma(rule))
         })
         .collect()
 }
