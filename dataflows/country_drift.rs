@@ -100,6 +100,10 @@ impl Dataflow for CountryDrift {
                 contributions: Vec::new(),
                 late: e.late,
                 event_ts: (e.ts != e.time).then_some(e.ts),
+                correlation_groups: Vec::new(),
+                blocked_by: None,
+                blocked_until: None,
+                position: e.position.clone(),
             }
         })
     }

@@ -10,7 +10,7 @@ use timely::dataflow::StreamVec;
 
 use crate::decision::Decision;
 use crate::event::Time;
-use crate::shared::{decide, with_features, Dataflow, SharedInputs};
+use crate::shared::{decide, Dataflow, SharedInputs};
 
 /// The standard threat dataflow.
 pub struct Threat;
@@ -25,6 +25,6 @@ impl Dataflow for Threat {
     }
 
     fn build<'s>(&self, inputs: SharedInputs<'s>) -> StreamVec<'s, Time, Decision> {
-        decide(with_features(inputs.events, inputs.features), inputs.control)
+        decide(inputs.scored, inputs.control)
     }
 }

@@ -143,7 +143,10 @@ fn measure(args: &Args, rate: f64) -> Result<Option<Report>> {
         let mut control_input = worker.dataflow::<Time, _, _>(|scope| {
             let (input, control_collection) = scope.new_collection();
             let events = scheduled(scope, index, peers, rate, seconds, users, start);
-            dataflow.build(threatflow::shared::build_shared(scope, events, control_collection)).probe_with(&probe);
+            let inputs = threatflow::shared::build_shared(scope, events, control_collection);
+            let checkpoints = threatflow::shared::no_checkpoints(scope);
+            let (decisions, _) = threatflow::shared::decisions_of(&*dataflow, inputs, threatflow::verdicts::DEFAULT_BLOCK_FOR, checkpoints);
+            decisions.probe_with(&probe);
             input
         });
         if index == 0 {

@@ -28,7 +28,7 @@ use crate::source::PartitionStats;
 
 const MAGIC: &[u8; 8] = b"TFCKPT\0\x01";
 /// The format version; a checkpoint of another version is refused.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 const HEADER: usize = 8 + 4 + 8 + 16;
 
 /// Where a partition resumes.
@@ -86,13 +86,40 @@ pub enum WindowEntry {
         /// When it leaves the window.
         until: Time,
     },
+    /// A user's block (see [`crate::verdicts`]).
+    Block {
+        /// The user.
+        key: UserKey,
+        /// The time of the decision that blocked the user.
+        from: Time,
+        /// The last time it applies to.
+        until: Time,
+        /// The event that blocked the user.
+        by: String,
+    },
+    /// An event in a correlation rule's window for one group (see [`crate::correlation`]).
+    Correlation {
+        /// The group's routing key (rule and group values).
+        group: UserKey,
+        /// The correlation rule's id.
+        rule: String,
+        /// The group's values.
+        values: Vec<Option<String>>,
+        /// The event's time.
+        time: Time,
+        /// Which of the rule's referenced rules it matched.
+        member: u32,
+        /// Its value of the counted field (`value_count`).
+        value: Option<String>,
+    },
 }
 
 impl WindowEntry {
-    /// The user the entry belongs to.
+    /// The key the entry is routed by: its user, or a correlation group.
     pub fn key(&self) -> UserKey {
         match self {
-            WindowEntry::Counter { key, .. } | WindowEntry::Present { key, .. } => *key,
+            WindowEntry::Counter { key, .. } | WindowEntry::Present { key, .. } | WindowEntry::Block { key, .. } => *key,
+            WindowEntry::Correlation { group, .. } => *group,
         }
     }
 }

@@ -51,6 +51,10 @@ pub enum Command {
     /// Mark an event as a threat: later events with its fingerprint are decided as threats naming
     /// the mark (appended to the marks file an engine follows, or sent to the marks topic).
     Mark(MarkArgs),
+    /// Unblock a user blocked by a decision: the user's blocks made before `--effective-from` no
+    /// longer apply from then on (appended to the marks file an engine follows, or sent to the
+    /// marks topic).
+    Unblock(UnblockArgs),
     /// Write the embedded generator's events (and ground truth) as JSON lines.
     Generate(GenerateArgs),
     /// Send the embedded generator's events, or files' lines, to a Kafka topic at a fixed rate.
@@ -120,6 +124,25 @@ pub struct MarkArgs {
     /// Remove the event's mark from `--effective-from` on instead.
     #[arg(long, requires = "effective_from")]
     pub remove: bool,
+    /// Append to this marks file (what `--marks FILE` follows).
+    #[arg(long, conflicts_with = "kafka")]
+    pub to: Option<PathBuf>,
+    /// The marks topic's name (with `--kafka`).
+    #[arg(long, default_value = "marks")]
+    pub topic: String,
+    /// Kafka connection (the marks topic).
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+/// `threatflow unblock`.
+#[derive(Debug, Args)]
+pub struct UnblockArgs {
+    /// The user.
+    pub user: String,
+    /// Event time from which the user is unblocked (ms or RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    pub effective_from: crate::event::Time,
     /// Append to this marks file (what `--marks FILE` follows).
     #[arg(long, conflicts_with = "kafka")]
     pub to: Option<PathBuf>,
@@ -362,6 +385,11 @@ pub struct JobArgs {
     /// this much event time (`0s`: every one); decisions are not affected.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub alert_suppression: Duration,
+    /// How long a decision whose actions include `block` blocks its user: that user's events after
+    /// the decision, up to this much event time later, are decided `blocked` (`threatflow unblock`
+    /// lifts it earlier).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub block_for: Duration,
     /// Write consistent checkpoints here, and resume from the newest valid one at start.
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
@@ -605,6 +633,7 @@ impl JobArgs {
         job.alerts_path = self.alerts.clone();
         job.actions_path = self.actions.clone();
         job.alert_suppression = ms(self.alert_suppression);
+        job.block_for = ms(self.block_for);
         job.checkpoints = self.checkpoint_dir.as_ref().map(|path| {
             (crate::checkpoint::CheckpointDir { path: path.clone(), keep: self.checkpoint_keep }, self.checkpoint_interval)
         });
@@ -621,6 +650,12 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Evaluate(args) => evaluate(args),
         Command::Model(ModelCommand::Publish(args)) => publish(args),
         Command::Mark(args) => mark(args),
+        Command::Unblock(args) => {
+            let line = serde_json::to_string(&crate::marks::MarkUpdate::unblock(&args.user, args.effective_from))?;
+            send_control(&line, args.to.as_deref(), &args.kafka, &args.topic)?;
+            eprintln!("sent {line}");
+            Ok(())
+        }
         Command::Generate(args) => generate(args),
         Command::Produce(args) => produce(args),
         Command::Consume(args) => consume(args),

@@ -17,6 +17,9 @@ use crate::model::{self, Model};
 use crate::rules::{self, Rule, RuleSpec};
 
 /// An element of the control collection.
+// A model's weights make it the largest element; the collection is small, and boxing would only
+// add indirection to every lookup.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Control {
     /// The model in force.
@@ -25,6 +28,8 @@ pub enum Control {
     Rule(Rule),
     /// A marked threat in force.
     Mark(crate::marks::Mark),
+    /// An unblock (never retracted: it lifts the blocks made before its `effective_from`).
+    Unblock(crate::marks::Unblock),
 }
 
 /// An update of the control collection.
@@ -257,6 +262,10 @@ pub fn timeline(mut models: Vec<(Time, Model)>, mut specs: Vec<RuleSpec>, mut ma
     let mut marked: BTreeMap<String, Mark> = BTreeMap::new();
     for update in marks {
         let from = update.effective_from;
+        if let Some(unblock) = update.as_unblock() {
+            updates.push((Control::Unblock(unblock), from, 1));
+            continue;
+        }
         let Ok(replacement) = update.mark() else { continue };
         if let Some(old) = marked.remove(&update.id) {
             updates.push((Control::Mark(old), from, -1));
@@ -330,7 +339,7 @@ mod tests {
         }
         let version = |t| match &at(&applied, t)[0] {
             Control::Model(m) => m.version.clone(),
-            Control::Rule(_) | Control::Mark(_) => unreachable!(),
+            Control::Rule(_) | Control::Mark(_) | Control::Unblock(_) => unreachable!(),
         };
         assert_eq!([version(0), version(50), version(100)], ["v1", "v3", "v2"]);
         assert_eq!(at(&applied, 70).len(), 2);

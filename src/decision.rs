@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::control::Control;
-use crate::event::{Event, Time};
+use crate::event::{Event, Position, Time};
 use crate::features::Features;
 use crate::features::FeatureName;
 use crate::rules::{Severity, ThreatAction};
@@ -65,6 +65,15 @@ pub struct Decision {
     pub late: bool,
     /// The event's own `ts` when it differs from `ts` (late events).
     pub event_ts: Option<Time>,
+    /// For each matching correlation rule, `(rule id, its group)`: the `group-by` fields and their
+    /// values (`field=value, ...`; empty for a rule without `group-by`).
+    pub correlation_groups: Vec<(String, String)>,
+    /// A `blocked` decision: the event whose threat decision blocked the user.
+    pub blocked_by: Option<String>,
+    /// A decision that blocks the user, or a `blocked` one: until when (event time, inclusive).
+    pub blocked_until: Option<Time>,
+    /// Where the event was read (file or Kafka partition, and record), for `revert` commands.
+    pub position: Option<Position>,
 }
 
 /// The decision id: 128-bit xxh3 of the event id and the verdict, in hex.
@@ -88,7 +97,7 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
         .filter(|(_, diff)| *diff > 0)
         .filter_map(|(c, _)| match *c {
             Control::Model(m) => Some(m),
-            Control::Rule(_) | Control::Mark(_) => None,
+            Control::Rule(_) | Control::Mark(_) | Control::Unblock(_) => None,
         })
         .next_back();
     let score = model.map(|m| m.score(features));
@@ -99,9 +108,10 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
     let record = std::cell::OnceCell::new();
     // The first mark (by id) whose fingerprint the event repeats.
     let mut fingerprint_match: Option<&str> = None;
+    let hidden = correlated_only(controls);
     for (control, _) in controls.iter().filter(|(_, diff)| *diff > 0) {
         match *control {
-            Control::Rule(rule) if rule.matches(event, features, &record) => {
+            Control::Rule(rule) if !is_hidden(rule, &hidden) && rule.matches(event, features, &record) => {
                 rules.push((rule.id.clone(), rule.title.clone().unwrap_or_else(|| rule.id.clone())));
                 actions.extend(rule.actions.iter().copied());
                 severity = severity.max(Some(rule.severity));
@@ -147,5 +157,120 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
         contributions,
         late: event.late,
         event_ts: (event.ts != time).then_some(event.ts),
+        correlation_groups: Vec::new(),
+        blocked_by: None,
+        blocked_until: None,
+        position: event.position.clone(),
     })
+}
+
+/// The rules that only feed correlations: those the correlation rules in force refer to (by id or
+/// `name`) without `generate: true`. They do not decide on their own.
+pub fn correlated_only<'a>(controls: &[(&'a Control, isize)]) -> Vec<&'a str> {
+    controls
+        .iter()
+        .filter(|(_, diff)| *diff > 0)
+        .filter_map(|(c, _)| match *c {
+            Control::Rule(rule) => rule.sigma.as_ref().and_then(|s| s.correlation()).filter(|c| !c.generate),
+            _ => None,
+        })
+        .flat_map(|c| c.rules.iter().map(String::as_str))
+        .collect()
+}
+
+/// Whether `rule` is one of `hidden` (by id or Sigma `name`).
+fn is_hidden(rule: &crate::rules::Rule, hidden: &[&str]) -> bool {
+    !hidden.is_empty()
+        && hidden.iter().any(|h| *h == rule.id || rule.sigma.as_ref().and_then(|s| s.name.as_deref()) == Some(*h))
+}
+
+/// The decision for an event of a blocked user (judged at `time`): verdict `blocked`, naming the
+/// event whose decision blocked the user.
+pub fn blocked(time: Time, event: &Event, features: &Features, blocked_by: &str, until: Time) -> Decision {
+    let verdict = Verdict::Blocked;
+    Decision {
+        decision_id: decision_id(&event.event_id, verdict),
+        event_id: event.event_id.clone(),
+        user: event.user.clone(),
+        ts: time,
+        verdict,
+        score: None,
+        model_version: None,
+        rules: Vec::new(),
+        rule_titles: Vec::new(),
+        fingerprint_match: None,
+        features: *features,
+        actions: Vec::new(),
+        severity: Severity::default(),
+        contributions: Vec::new(),
+        late: event.late,
+        event_ts: (event.ts != time).then_some(event.ts),
+        correlation_groups: Vec::new(),
+        blocked_by: Some(blocked_by.to_string()),
+        blocked_until: Some(until),
+        position: event.position.clone(),
+    }
+}
+
+/// A correlation rule matched at an event: what the decision gains.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CorrelationMatch {
+    /// The correlation rule's id.
+    pub rule: String,
+    /// Its title.
+    pub title: String,
+    /// Its severity (Sigma `level`).
+    pub severity: Severity,
+    /// Its actions.
+    pub actions: Vec<ThreatAction>,
+    /// The group it matched for (`field=value, ...`).
+    pub group: String,
+}
+
+/// Adds correlation matches to an event's decision, or makes one (no model verdict: the score is
+/// the decision step's, absent here) when the event had none.
+pub fn with_correlations(decision: Option<Decision>, time: Time, event: &Event, features: &Features, matches: &[CorrelationMatch]) -> Option<Decision> {
+    if matches.is_empty() {
+        return decision;
+    }
+    let mut d = decision.unwrap_or_else(|| {
+        let verdict = Verdict::Threat;
+        Decision {
+            decision_id: decision_id(&event.event_id, verdict),
+            event_id: event.event_id.clone(),
+            user: event.user.clone(),
+            ts: time,
+            verdict,
+            score: None,
+            model_version: None,
+            rules: Vec::new(),
+            rule_titles: Vec::new(),
+            fingerprint_match: None,
+            features: *features,
+            actions: Vec::new(),
+            severity: Severity::Informational,
+            contributions: Vec::new(),
+            late: event.late,
+            event_ts: (event.ts != time).then_some(event.ts),
+            correlation_groups: Vec::new(),
+            blocked_by: None,
+            blocked_until: None,
+            position: event.position.clone(),
+        }
+    });
+    let mut rules: Vec<(String, String)> = d.rules.drain(..).zip(d.rule_titles.drain(..)).collect();
+    for m in matches {
+        rules.push((m.rule.clone(), m.title.clone()));
+        d.actions.extend(m.actions.iter().copied());
+        d.severity = d.severity.max(m.severity);
+        d.correlation_groups.push((m.rule.clone(), m.group.clone()));
+    }
+    rules.sort();
+    rules.dedup_by(|a, b| a.0 == b.0);
+    (d.rules, d.rule_titles) = rules.into_iter().unzip();
+    d.actions.sort();
+    d.actions.dedup();
+    d.correlation_groups.sort();
+    d.correlation_groups.dedup();
+    Some(d)
 }

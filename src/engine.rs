@@ -22,7 +22,7 @@ use anyhow::{anyhow, bail, Result};
 use differential_dataflow::input::Input as _;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Input, Operator, Probe};
+use timely::dataflow::operators::{Concat, Input, Operator, Probe};
 use timely::dataflow::ProbeHandle;
 
 use crate::checkpoint::{
@@ -38,7 +38,7 @@ use crate::generator::Label;
 use crate::kafka::sink::KafkaOutput;
 use crate::kafka::{KafkaConfig, Role};
 use crate::output::{JsonLinesOutput, Output};
-use crate::shared::{build_shared_with_checkpoints, WindowCheckpoints};
+use crate::shared::{build_shared_with_checkpoints, decisions_of, WindowCheckpoints};
 use crate::source::{partitioned_source, Decoding, ErrorSlot, PartitionStats, SideRecord, SourceCheckpoints, SourceConfig, SourceSpec};
 
 /// What a job reads, runs and writes.
@@ -67,6 +67,8 @@ pub struct JobSpec {
     /// Alerts of one rule (or the model) for one user are raised at most once per this many ms
     /// (0: every one).
     pub alert_suppression: Time,
+    /// How long a decision whose actions include `block` blocks its user (ms of event time).
+    pub block_for: Time,
     /// Kafka: control topics read while the job runs, and output topics written.
     pub kafka: Option<KafkaConfig>,
     /// Set it to end the job early: sources stop reading and what was read is decided (SIGTERM).
@@ -96,6 +98,7 @@ impl JobSpec {
             alerts_path: None,
             actions_path: None,
             alert_suppression: 0,
+            block_for: crate::verdicts::DEFAULT_BLOCK_FOR,
             kafka: None,
             stop: Arc::default(),
             checkpoints: None,
@@ -332,9 +335,10 @@ fn run_worker(
             source_checkpoints,
         );
         let events = events.probe_with(&events_probe);
-        let (inputs, exported) =
-            build_shared_with_checkpoints(scope, events, control, WindowCheckpoints { barriers, restore: restore_stream });
-        let decisions = dataflow.build(inputs);
+        let checkpoints = WindowCheckpoints { barriers, restore: restore_stream };
+        let (inputs, windows) = build_shared_with_checkpoints(scope, events, control, checkpoints.clone());
+        let (decisions, verdict_state) = decisions_of(&*dataflow, inputs, job.block_for, checkpoints);
+        let exported = windows.concat(verdict_state);
 
         // Checkpoint parts and windows: gathered on worker 0.
         let parts_gathered = Rc::clone(&gathered);

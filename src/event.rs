@@ -49,6 +49,9 @@ pub struct Event {
     pub time: Time,
     /// Whether the event arrived behind its partition's watermark.
     pub late: bool,
+    /// Where the event was read (files and Kafka; `None` for generated events), so that a `revert`
+    /// command can name it.
+    pub position: Option<Position>,
 }
 
 /// The standard action kinds the features look at.
@@ -247,6 +250,7 @@ impl RawEvent {
             key,
             time: ts,
             late: false,
+            position: None,
         })
     }
 }

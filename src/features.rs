@@ -407,8 +407,12 @@ impl WindowState {
     /// Restores exported contents into an empty state, and appends the updates that make the
     /// arrangement hold them at `at` (the checkpoint's frontier).
     pub fn import(&mut self, mut entries: Vec<WindowEntry>, at: Time, out: &mut Vec<FeatureUpdate>) {
+        // Blocks and correlation windows are other operators' state.
+        entries.retain(|e| matches!(e, WindowEntry::Counter { .. } | WindowEntry::Present { .. }));
         let until = |e: &WindowEntry| match e {
             WindowEntry::Counter { until, .. } | WindowEntry::Present { until, .. } => *until,
+            WindowEntry::Block { until, .. } => *until,
+            WindowEntry::Correlation { time, .. } => *time,
         };
         // Queues must be in time order.
         entries.sort_by_key(until);
@@ -425,6 +429,7 @@ impl WindowState {
                     self.queue(until, key, val);
                     out.push(((key, val), at, 1));
                 }
+                WindowEntry::Block { .. } | WindowEntry::Correlation { .. } => {}
             }
         }
     }

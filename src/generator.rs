@@ -651,6 +651,7 @@ impl GeneratorPartition {
             key: crate::features::user_key(user),
             time: draft.ts,
             late: false,
+            position: None,
         }));
     }
 }

@@ -38,7 +38,8 @@
 //! Modules, in the order data flows through them: [`source`] (partitions, watermarks, dead
 //! letters) and [`generator`]; [`event`]; [`shared`] (the inputs every dataflow shares: events by
 //! user, the [`features`] arrangement, the [`control`] arrangement of [`model`]s and [`rules`]);
-//! [`as_of`] (the half join); [`dataflows`] (one file per dataflow); [`decision`]; [`engine`]
+//! [`as_of`] (the half join); [`dataflows`] (one file per dataflow); [`decision`]; [`correlation`]
+//! (Sigma correlation windows) and [`verdicts`] (correlation matches, blocks); [`engine`]
 //! (workers, sinks) and [`output`]; [`kafka`] (topics in and out); [`eval`] (quality against
 //! ground truth); [`cli`].
 
@@ -50,6 +51,7 @@ pub mod cli;
 pub mod compare;
 pub mod control;
 pub mod control_feed;
+pub mod correlation;
 #[path = "../dataflows/mod.rs"]
 pub mod dataflows;
 pub mod decision;
@@ -69,3 +71,4 @@ pub mod shared;
 pub mod sigma;
 pub mod source;
 pub mod training;
+pub mod verdicts;

@@ -264,6 +264,7 @@ impl Mapping {
             key,
             time: ts,
             late: false,
+            position: None,
         })
     }
 }

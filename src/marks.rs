@@ -9,6 +9,10 @@
 //! JSON lines `{"id", "event_id", "fingerprint": {field: value}, "effective_from"}`; `{"id",
 //! "effective_from", "remove": true}` removes one.
 //!
+//! The same file (or topic) carries the analyst's other decision: `{"id", "unblock": USER,
+//! "effective_from"}` lifts the blocks of `USER` made before `effective_from` (see
+//! [`crate::verdicts`]); `threatflow unblock USER` writes it.
+//!
 //! ```
 //! use threatflow::marks::{Mark, DEFAULT_FIELDS};
 //! use threatflow::event::parse_event;
@@ -60,7 +64,17 @@ impl Mark {
     }
 }
 
-/// A mark update as written: a mark, or the removal of one.
+/// An analyst's unblock of a user: the user's blocks made before `effective_from` no longer apply
+/// to events from `effective_from` on.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Unblock {
+    /// The user.
+    pub user: String,
+    /// Event time from which the user is unblocked.
+    pub effective_from: Time,
+}
+
+/// A mark update as written: a mark, the removal of one, or an unblock.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MarkUpdate {
@@ -78,6 +92,9 @@ pub struct MarkUpdate {
     /// Removes the mark with this id.
     #[serde(default)]
     pub remove: bool,
+    /// Not a mark: unblocks this user from `effective_from` on.
+    #[serde(default)]
+    pub unblock: Option<String>,
 }
 
 impl MarkUpdate {
@@ -89,16 +106,38 @@ impl MarkUpdate {
             fingerprint: mark.fingerprint.clone(),
             effective_from: mark.effective_from,
             remove: false,
+            unblock: None,
         }
+    }
+
+    /// The update unblocking `user` from `effective_from`.
+    pub fn unblock(user: &str, effective_from: Time) -> MarkUpdate {
+        MarkUpdate {
+            id: format!("unblock:{user}@{effective_from}"),
+            event_id: None,
+            fingerprint: BTreeMap::new(),
+            effective_from,
+            remove: false,
+            unblock: Some(user.to_string()),
+        }
+    }
+
+    /// The unblock it asks for, if it is one.
+    pub fn as_unblock(&self) -> Option<Unblock> {
+        self.unblock.as_ref().map(|user| Unblock { user: user.clone(), effective_from: self.effective_from })
     }
 
     /// The update removing mark `id` (from 0; set `effective_from`).
     pub fn removal(id: String) -> MarkUpdate {
-        MarkUpdate { id, event_id: None, fingerprint: BTreeMap::new(), effective_from: 0, remove: true }
+        MarkUpdate { id, event_id: None, fingerprint: BTreeMap::new(), effective_from: 0, remove: true, unblock: None }
     }
 
-    /// The mark it puts in force (`None` for a removal).
+    /// The mark it puts in force (`None` for a removal or an unblock).
     pub fn mark(&self) -> Result<Option<Mark>> {
+        if let Some(user) = &self.unblock {
+            ensure!(!user.is_empty() && !self.remove, "unblock {}: needs a user and cannot be removed", self.id);
+            return Ok(None);
+        }
         if self.remove {
             return Ok(None);
         }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::OutputPositions;
 use crate::decision::{Decision, Verdict};
-use crate::event::{DeadLetter, Time};
+use crate::event::{DeadLetter, Position, Time};
 use crate::features::{FeatureName, Features};
 use crate::rules::{Severity, ThreatAction};
 
@@ -47,6 +47,10 @@ pub struct Alert {
     pub features: Features,
     /// When the model flagged it: each feature's share of the logit, largest first.
     pub contributions: Vec<(FeatureName, f64)>,
+    /// The matching correlation rules and the group each matched for.
+    pub correlation_groups: Vec<(String, String)>,
+    /// A `blocked` decision's or a blocking decision's end of the block.
+    pub blocked_until: Option<Time>,
 }
 
 /// A command for an enforcement system: revert the event or block the user.
@@ -62,6 +66,10 @@ pub struct ActionCommand {
     pub event_id: String,
     /// The time it was judged at.
     pub ts: Time,
+    /// `revert`: where the event was read (file or Kafka partition, record and byte offset).
+    pub position: Option<Position>,
+    /// `block`: the user is blocked for events after `ts` up to this time (inclusive).
+    pub until: Option<Time>,
 }
 
 impl Alert {
@@ -81,19 +89,22 @@ impl Alert {
             fingerprint_match: d.fingerprint_match.clone(),
             features: d.features,
             contributions: d.contributions.clone(),
+            correlation_groups: d.correlation_groups.clone(),
+            blocked_until: d.blocked_until,
         })
     }
 }
 
-/// Alert fatigue: the alerts of one rule (or of the model) for one user are raised at most once
-/// per period; a marked threat's repeat always alerts. Decisions are not affected, only which of
+/// Alert fatigue: the alerts of one rule (or of the model) for one user, or of one correlation
+/// rule for one of its groups, are raised at most once per period; a marked threat's repeat
+/// always alerts. Decisions are not affected, only which of
 /// them raise an alert. Fed decisions in output order (time, then `decision_id`), so the outcome
 /// is the same on any number of workers, and checkpointed (a resumed job suppresses as the
 /// uninterrupted one did).
 #[derive(Clone, Debug, Default)]
 pub struct AlertGate {
     period: Time,
-    /// `(reason, user)` to the time it last alerted.
+    /// `(reason, user or correlation group)` to the time it last alerted.
     last: std::collections::BTreeMap<(String, String), Time>,
 }
 
@@ -121,7 +132,8 @@ impl AlertGate {
         }
         let mut raised = false;
         for reason in reasons {
-            let key = (reason.to_string(), d.user.clone());
+            let group = d.correlation_groups.iter().find(|(rule, _)| rule == reason).map_or(&d.user, |(_, group)| group);
+            let key = (reason.to_string(), group.clone());
             if self.last.get(&key).is_none_or(|t| d.ts >= t.saturating_add(self.period)) {
                 self.last.insert(key, d.ts);
                 raised = true;
@@ -145,6 +157,8 @@ impl ActionCommand {
             user: d.user.clone(),
             event_id: d.event_id.clone(),
             ts: d.ts,
+            position: (*action == ThreatAction::Revert).then(|| d.position.clone()).flatten(),
+            until: (*action == ThreatAction::Block).then_some(d.blocked_until).flatten(),
         })
     }
 }
@@ -295,6 +309,10 @@ mod tests {
             contributions: Vec::new(),
             late: false,
             event_ts: None,
+            correlation_groups: Vec::new(),
+            blocked_by: None,
+            blocked_until: None,
+            position: None,
         }
     }
 

@@ -141,7 +141,7 @@ impl RuleSpec {
             effective_from: rule.effective_from.unwrap_or(0),
             when: BTreeMap::new(),
             features: BTreeMap::new(),
-            actions: None,
+            actions: rule.actions.clone(),
             title: Some(rule.title.clone()),
             severity: rule.level.as_deref().map(Severity::of_level),
             remove: false,

@@ -16,7 +16,7 @@ use timely::dataflow::channels::pact::{Exchange as ExchangePact, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::vec::{Broadcast, Map};
-use timely::dataflow::operators::{Capability, Exchange};
+use timely::dataflow::operators::{Capability, Concat, Exchange};
 use timely::dataflow::{Scope, StreamVec};
 
 use crate::as_of::{as_of_lookup, TimeStash};
@@ -45,6 +45,8 @@ pub struct SharedInputs<'s> {
     pub scope: Scope<'s, Time>,
     /// Valid events, on the worker owning their user, each carrying the time it is judged at.
     pub events: StreamVec<'s, Time, UserEvent>,
+    /// The same events with their standard features as of their time ([`with_features`]).
+    pub scored: StreamVec<'s, Time, (UserEvent, Features)>,
     /// The standard feature aggregates, per user.
     pub features: FeatureArrangement<'s>,
     /// Models and rules in force, on every worker.
@@ -67,8 +69,35 @@ pub fn build_shared<'s>(
     events: StreamVec<'s, Time, Event>,
     control: VecCollection<'s, Time, ((), Control)>,
 ) -> SharedInputs<'s> {
-    let checkpoints = WindowCheckpoints { barriers: empty(scope), restore: empty(scope) };
-    build_shared_with_checkpoints(scope, events, control, checkpoints).0
+    build_shared_with_checkpoints(scope, events, control, no_checkpoints(scope)).0
+}
+
+/// Checkpoint plumbing that never checkpoints.
+pub fn no_checkpoints(scope: Scope<'_, Time>) -> WindowCheckpoints<'_> {
+    WindowCheckpoints { barriers: empty(scope), restore: empty(scope) }
+}
+
+/// Builds a dataflow over the shared inputs and takes its decisions through the verdict step
+/// (correlation rules, blocks; see [`crate::verdicts`]): the job's decisions, and the state each
+/// worker exports at checkpoint barriers.
+pub fn decisions_of<'s>(
+    dataflow: &dyn Dataflow,
+    inputs: SharedInputs<'s>,
+    block_for: Time,
+    checkpoints: WindowCheckpoints<'s>,
+) -> (StreamVec<'s, Time, Decision>, ExportedWindows<'s>) {
+    let decided = dataflow.build(inputs.clone());
+    let (hits, correlations) = crate::correlation::correlate(inputs.scored.clone(), inputs.control.clone(), checkpoints.clone());
+    let unblocks = inputs
+        .control
+        .flat_map_ref(|_, control: &Control| match control {
+            Control::Unblock(unblock) => Some(unblock.clone()),
+            _ => None,
+        })
+        .inner;
+    let (decisions, blocks) = crate::verdicts::verdicts(inputs.scored, decided, hits, unblocks, block_for, checkpoints);
+    // Gathered on worker 0, as the feature windows are.
+    (decisions, correlations.concat(blocks).exchange(|_| 0))
 }
 
 /// A stream with no records.
@@ -94,7 +123,8 @@ pub type ExportedWindows<'s> = StreamVec<'s, Time, (Time, Vec<WindowEntry>)>;
 
 /// Checkpoint plumbing of the feature windows: barrier times in (broadcast, from worker 0),
 /// restored window entries in (at the checkpoint's frontier), and each worker's exported windows
-/// out (on worker 0).
+/// out (on worker 0). The correlation windows and the blocks use the same plumbing.
+#[derive(Clone)]
 pub struct WindowCheckpoints<'s> {
     /// Checkpoint barriers: a record `F` at time `F` asks every worker for its windows at `F`.
     pub barriers: StreamVec<'s, Time, Time>,
@@ -114,13 +144,14 @@ pub fn build_shared_with_checkpoints<'s>(
     let events = events.exchange(|e: &Event| route(&e.key)).map(Rc::new);
     let (updates, exported) = feature_windows(events.clone(), checkpoints);
     let features = arrange_by_user(updates, "Features");
+    let scored = with_features(events.clone(), features.clone());
     let control = arrange_core::<_, _, ValBatcher<(), Control, Time, isize>, ValSpine<(), Control, Time, isize>>(
         control.inner.broadcast(),
         Pipeline,
         "Control",
         ValBatcher::new,
     );
-    (SharedInputs { scope, events, features, control }, exported)
+    (SharedInputs { scope, events, scored, features, control }, exported)
 }
 
 /// The feature-arrangement updates of events, produced in time order once the events' frontier

@@ -32,6 +32,8 @@ use crate::generator::Label;
 use crate::mapping::RecordFormat;
 
 /// What a partition yields.
+// Events are nearly every item: boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Item {
     /// A valid event.
@@ -450,7 +452,7 @@ pub fn decode_record(bytes: &[u8], size: usize, decoding: &Decoding, position: i
     }
     if decoding.format.is_canonical() {
         out.push(match parse_event(bytes, max_record_bytes) {
-            Ok(event) => Item::Event(event),
+            Ok(event) => Item::Event(Event { position: Some(position()), ..event }),
             Err(reason) => reject(reason, bytes, size),
         });
         return;
@@ -466,7 +468,7 @@ pub fn decode_record(bytes: &[u8], size: usize, decoding: &Decoding, position: i
     decoding.format.decode(record, &mut decoded);
     for (result, element) in decoded {
         out.push(match result {
-            Ok(event) => Item::Event(event),
+            Ok(event) => Item::Event(Event { position: Some(position()), ..event }),
             // An element of a list is kept alone, so that it can be fixed and sent again.
             Err(reason) => match element {
                 Some(text) => reject(reason, text.as_bytes(), text.len()),

@@ -31,6 +31,22 @@ fn input(dir: &Path) -> std::path::PathBuf {
         mixed.push('\n');
     }
     std::fs::write(&events, mixed).unwrap();
+    // Correlation rules over two threshold rules that only feed them: their windows (grouped by
+    // country, across users, and by user) and the blocks one makes are checkpointed state too.
+    std::fs::write(
+        dir.join("correlated.json"),
+        r#"[{"id": "download", "when": {"action": ["download"]}}, {"id": "delete", "when": {"action": ["delete"]}}]"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("correlations")).unwrap();
+    std::fs::write(
+        dir.join("correlations/rules.yml"),
+        "title: Downloads by many users of one country\nid: country-downloads\nlevel: high\n\
+         correlation: {type: value_count, rules: [download], group-by: [country], timespan: 10m, condition: {field: user, gte: 20}}\n\
+         ---\ntitle: A download, then a delete, by one user\nid: download-then-delete\nactions: [alert, block]\n\
+         correlation: {type: temporal_ordered, rules: [download, delete], group-by: [user], timespan: 1m}\n",
+    )
+    .unwrap();
     events
 }
 
@@ -40,6 +56,10 @@ fn replay(events: &Path, out: &Path, extra: &[&str]) -> Command {
         .arg("--input")
         .arg(events)
         .args(["--model", &format!("{ROOT}/models/default.json"), "--rules", &format!("{ROOT}/rules/default.json")])
+        .arg("--rules")
+        .arg(events.with_file_name("correlated.json"))
+        .arg("--rules-dir")
+        .arg(events.with_file_name("correlations"))
         .arg("--output")
         .arg(out.join("decisions.jsonl"))
         .arg("--dead-letters")
@@ -55,18 +75,30 @@ fn replay(events: &Path, out: &Path, extra: &[&str]) -> Command {
     cmd
 }
 
-/// The input with malformed lines, and the outputs of its uninterrupted replay in `reference/`.
-fn input_and_reference(dir: &Path) -> (PathBuf, PathBuf) {
+/// The input with malformed lines, the outputs of its uninterrupted replay in `reference/`, and how
+/// long that replay took.
+fn input_and_reference(dir: &Path) -> (PathBuf, PathBuf, Duration) {
     let events = input(dir);
     let reference = dir.join("reference");
     std::fs::create_dir_all(&reference).unwrap();
+    let started = std::time::Instant::now();
     ok(replay(&events, &reference, &[]).output().expect("spawn"));
+    let took = started.elapsed();
     for file in ["alerts.jsonl", "actions.jsonl"] {
         assert!(!lines(&reference.join(file)).is_empty(), "the reference run writes {file}");
     }
-    let alerting = lines(&reference.join("decisions.jsonl")).iter().filter(|d| d["actions"].to_string().contains("alert")).count();
+    let decisions = lines(&reference.join("decisions.jsonl"));
+    for (what, count) in [
+        ("country-downloads", decisions.iter().filter(|d| d["rules"].to_string().contains("country-downloads")).count()),
+        ("download-then-delete", decisions.iter().filter(|d| d["rules"].to_string().contains("download-then-delete")).count()),
+        ("blocked", decisions.iter().filter(|d| d["verdict"] == "blocked").count()),
+    ] {
+        eprintln!("reference: {count} decisions {what}");
+        assert!(count > 0, "the reference run has decisions {what}");
+    }
+    let alerting = decisions.iter().filter(|d| d["actions"].to_string().contains("alert")).count();
     assert!(lines(&reference.join("alerts.jsonl")).len() < alerting, "some alerts are suppressed");
-    (events, reference)
+    (events, reference, took)
 }
 
 fn same_outputs(reference: &Path, out: &Path) {
@@ -80,37 +112,44 @@ fn same_outputs(reference: &Path, out: &Path) {
 #[test]
 fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (events, reference) = input_and_reference(dir.path());
+    let (events, reference, took) = input_and_reference(dir.path());
     assert!(std::fs::read_to_string(reference.join("decisions.jsonl")).unwrap().lines().count() > 100);
     assert_eq!(std::fs::read_to_string(reference.join("dead.jsonl")).unwrap().lines().count(), 15);
 
+    let mut resumed_mid_stream = 0;
     for seed in 0..10u64 {
         let out = dir.path().join(format!("seed-{seed}"));
         std::fs::create_dir_all(&out).unwrap();
         let checkpoints = out.join("checkpoints");
         let mut rng = random(seed);
         let mut kills = 0;
-        // Up to three kills, each after 0.1 to 0.9 s, alternating 1 and 2 workers.
+        // Up to three kills, each after 20 % to 90 % of the uninterrupted run's time, alternating
+        // 1 and 2 workers.
         for attempt in 0..3 {
             let workers = if (seed + attempt) % 2 == 0 { "1" } else { "2" };
             let extra = ["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval", "100ms", "-w", workers];
-            let delay = Duration::from_millis(100 + rng.next().unwrap() % 800);
+            let delay = took.mul_f64(0.2 + (rng.next().unwrap() % 700) as f64 / 1_000.0);
             if run_and_kill(&mut replay(&events, &out, &extra), || std::thread::sleep(delay)) {
                 break;
             }
             kills += 1;
         }
         let extra = ["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval", "100ms", "-w", "2"];
-        ok(replay(&events, &out, &extra).output().expect("spawn"));
+        let output = ok(replay(&events, &out, &extra).env("NO_COLOR", "1").env("RUST_LOG", "info").output().expect("spawn"));
+        if String::from_utf8_lossy(&output.stderr).contains("resuming from a checkpoint") {
+            resumed_mid_stream += 1;
+        }
         same_outputs(&reference, &out);
         eprintln!("seed {seed}: {kills} kills, outputs identical");
     }
+    // Most runs must have resumed from a checkpoint (or the test would show nothing).
+    assert!(resumed_mid_stream >= 6, "only {resumed_mid_stream} of 10 runs resumed mid-stream");
 }
 
 #[test]
 fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (events, reference) = input_and_reference(dir.path());
+    let (events, reference, _) = input_and_reference(dir.path());
 
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
@@ -151,7 +190,7 @@ fn the_generator_run_resumes_too() {
 #[test]
 fn a_two_process_cluster_resumes_after_one_process_is_killed() {
     let dir = tempfile::tempdir().unwrap();
-    let (events, reference) = input_and_reference(dir.path());
+    let (events, reference, _) = input_and_reference(dir.path());
 
     for (attempt, delay) in [900u64, 1_300].into_iter().enumerate() {
         let out = dir.path().join(format!("cluster-{attempt}"));

@@ -8,7 +8,10 @@
 //! Generated logs have few users (so windows fill), same-millisecond events, times on scales from
 //! milliseconds to days (so every window boundary is crossed), several partitions with arrival out
 //! of order within the allowed lateness and some events beyond it, and model and rule updates
-//! (including replacements and removals) in the middle of the stream.
+//! (including replacements and removals) in the middle of the stream. Some rules block the user:
+//! the reference then walks each user's events in time order, deciding `blocked` the events a
+//! running block covers (after the blocking decision's time, up to the block's length, unless an
+//! analyst's unblock came in between), which checks the dataflow's feedback of blocks by event time.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +23,7 @@ use threatflow::decision::Decision;
 use threatflow::engine::{run, JobSpec};
 use threatflow::features::FeatureName;
 use threatflow::model::Model;
+use threatflow::marks::MarkUpdate;
 use threatflow::rules::{Bounds, RuleSpec, ThreatAction};
 use threatflow::source::SourceSpec;
 
@@ -91,6 +95,10 @@ struct Case {
     partitions: Vec<Vec<Ev>>,
     models: Vec<(u64, Model)>,
     rules: Vec<RuleSpec>,
+    /// How long a block lasts.
+    block_for: u64,
+    /// Analysts' unblocks: `(user, effective_from)`.
+    unblocks: Vec<(String, u64)>,
 }
 
 fn model(version: String, weights: Vec<f64>, bias: f64, threshold: f64) -> Model {
@@ -107,8 +115,12 @@ fn model(version: String, weights: Vec<f64>, bias: f64, threshold: f64) -> Model
 fn case_strategy() -> impl Strategy<Value = Case> {
     let events = prop::collection::vec(event_strategy(), 1..120);
     let models = prop::collection::vec((0u64..100, prop::collection::vec(-1.0f64..2.0, 9), -6.0f64..0.0, 0.05f64..0.95), 0..4);
-    let rules = prop::collection::vec((0usize..4, 0u64..100, any::<bool>(), 0usize..9, 0u64..4, prop::option::of(0usize..ACTIONS.len())), 0..5);
-    (events, models, rules, 1usize..4).prop_map(|(events, models, rules, parts)| {
+    let rules = prop::collection::vec(
+        (0usize..4, 0u64..100, any::<bool>(), 0usize..9, 0u64..4, prop::option::of(0usize..ACTIONS.len()), prop::bool::weighted(0.4)),
+        0..5,
+    );
+    let blocks = (prop::sample::select(vec![1, 2_000, 5 * MINUTE, HOUR, 3 * DAY]), prop::collection::vec((0u8..3, 0u64..100), 0..3));
+    (events, models, rules, 1usize..4, blocks).prop_map(|(events, models, rules, parts, (block_for, unblocks))| {
         let base = 1_700_000_000_000u64;
         let mut ts = base;
         let mut arrivals: Vec<(u64, usize, Ev)> = Vec::new();
@@ -141,7 +153,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
             .collect();
         let rules = rules
             .into_iter()
-            .map(|(id, at, remove, feature, gte, action)| {
+            .map(|(id, at, remove, feature, gte, action, block)| {
                 let mut features = BTreeMap::new();
                 features.insert(FeatureName::ALL[feature].as_str().to_string(), Bounds { gte: Some(OrderedFloat(gte as f64)), ..Default::default() });
                 let mut when = BTreeMap::new();
@@ -153,7 +165,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                     effective_from: base + span * at / 100,
                     when,
                     features,
-                    actions: Some(vec![ThreatAction::Alert]),
+                    actions: Some(if block { vec![ThreatAction::Alert, ThreatAction::Block] } else { vec![ThreatAction::Alert] }),
                     title: None,
                     severity: None,
                     remove,
@@ -161,7 +173,8 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                 }
             })
             .collect();
-        Case { partitions, models, rules }
+        let unblocks = unblocks.into_iter().map(|(user, at)| (format!("u{user}"), base + span * at / 100)).collect();
+        Case { partitions, models, rules, block_for, unblocks }
     })
 }
 
@@ -174,6 +187,10 @@ struct Expected {
     score: Option<f64>,
     model_version: Option<String>,
     rules: Vec<String>,
+    /// Whether a rule in `rules` blocks.
+    blocks: bool,
+    /// For a `blocked` verdict: the event whose decision blocked the user.
+    blocked_by: Option<String>,
 }
 
 fn reference(case: &Case) -> BTreeMap<String, Expected> {
@@ -245,8 +262,51 @@ fn reference(case: &Case) -> BTreeMap<String, Expected> {
             })
             .map(|r| r.id.clone())
             .collect();
-        if model_threat || !rules.is_empty() {
-            out.insert(ev.id.clone(), Expected { time: t, late, features, score, model_version: model.map(|m| m.version.clone()), rules });
+        let blocks = rules.iter().any(|id| in_force[id.as_str()].actions.as_ref().is_some_and(|a| a.contains(&ThreatAction::Block)));
+        out.insert(
+            ev.id.clone(),
+            (ev.user.clone(), model_threat || !rules.is_empty(), Expected { time: t, late, features, score, model_version: model.map(|m| m.version.clone()), rules, blocks, blocked_by: None }),
+        );
+    }
+    with_blocks(case, out)
+}
+
+/// An event's user, whether it is a threat before blocks, and its expected decision.
+type Judged = (String, bool, Expected);
+
+/// Applies blocks: per user, in time order, an event a running block covers is decided `blocked`
+/// (whatever it would have been); a threat decision that blocks starts a block for the user's
+/// events after its time, up to `block_for` later; events of one time do not block each other (the
+/// least event id names a block); an unblock lifts the blocks made before it from its time on.
+fn with_blocks(case: &Case, all: BTreeMap<String, Judged>) -> BTreeMap<String, Expected> {
+    // User to time to `(event id, threat, expected)`.
+    type ByTime = BTreeMap<u64, Vec<(String, bool, Expected)>>;
+    let mut by_user: BTreeMap<String, ByTime> = BTreeMap::new();
+    for (id, (user, threat, e)) in all {
+        by_user.entry(user).or_default().entry(e.time).or_default().push((id, threat, e));
+    }
+    let mut out = BTreeMap::new();
+    for (user, times) in by_user {
+        // (from, until, by)
+        let mut block: Option<(u64, u64, String)> = None;
+        for (t, events) in times {
+            let lifted = |from: u64| case.unblocks.iter().any(|(u, at)| *u == user && from < *at && *at <= t);
+            let running = block.as_ref().filter(|(from, until, _)| *from < t && t <= *until && !lifted(*from)).cloned();
+            let mut new_block: Option<String> = None;
+            for (id, threat, mut e) in events {
+                if let Some((_, _, by)) = &running {
+                    e.blocked_by = Some(by.clone());
+                    out.insert(id, e);
+                } else if threat {
+                    if e.blocks {
+                        new_block = Some(new_block.map_or(id.clone(), |b: String| b.min(id.clone())));
+                    }
+                    out.insert(id, e);
+                }
+            }
+            if let Some(by) = new_block {
+                block = Some((t, t.saturating_add(case.block_for), by));
+            }
         }
     }
     out
@@ -261,9 +321,16 @@ fn dataflow(case: &Case, workers: usize) -> BTreeMap<String, Decision> {
     let mut job = JobSpec::new("threat", SourceSpec::Memory(inputs));
     job.allowed_lateness = LATENESS;
     job.collect = true;
+    job.block_for = case.block_for;
+    // Unblocks travel in the marks file.
+    let marks = tempfile::NamedTempFile::new().unwrap();
+    let lines: String =
+        case.unblocks.iter().map(|(user, at)| serde_json::to_string(&MarkUpdate::unblock(user, *at)).unwrap() + "\n").collect();
+    std::fs::write(marks.path(), lines).unwrap();
     job.control = ControlSpec {
         verified_models: case.models.clone(),
         rules: vec![RulesSource::Specs(case.rules.clone())],
+        marks: Some(marks.path().to_path_buf()),
         ..Default::default()
     };
     let report = run(timely::Config::process(workers), job).expect("job runs");
@@ -294,6 +361,12 @@ fn check(case: &Case, workers: usize) -> Result<(), TestCaseError> {
         ];
         prop_assert_eq!(features, e.features, "features of {}", id);
         prop_assert_eq!((d.ts, d.late), (e.time, e.late), "time of {}", id);
+        if let Some(by) = &e.blocked_by {
+            prop_assert_eq!(d.verdict, threatflow::decision::Verdict::Blocked, "verdict of {}", id);
+            prop_assert_eq!(d.blocked_by.as_ref(), Some(by), "blocked by, {}", id);
+            continue;
+        }
+        prop_assert_eq!(d.blocked_until, e.blocks.then(|| e.time + case.block_for), "block of {}", id);
         prop_assert_eq!(&d.rules, &e.rules, "rules of {}", id);
         prop_assert_eq!(&d.model_version, &e.model_version, "model of {}", id);
         match (d.score, e.score) {
@@ -343,6 +416,8 @@ fn same_millisecond_events_see_each_other() {
             remove: false,
             sigma: None,
         }],
+        block_for: HOUR,
+        unblocks: Vec::new(),
     };
     let actual = dataflow(&case, 2);
     let f = |id: &str| (actual[id].features.failed_logins_5m, actual[id].features.new_country, actual[id].features.countries_24h);
@@ -352,4 +427,54 @@ fn same_millisecond_events_see_each_other() {
     // At exactly 5 minutes later, the two earlier failures have left the window.
     assert_eq!(f("d"), (1, 0, 2));
     check(&case, 1).unwrap();
+}
+
+/// A block's edges: events of the blocking decision's own millisecond are not blocked, the last
+/// millisecond of the block is, the next is not; an unblock applies from its own millisecond on.
+#[test]
+fn block_edges_are_exact() {
+    let ev = |id: &str, ts, user: &str, action| Ev { id: id.into(), ts, user: user.into(), action, country: None, resource: None, bytes: None };
+    let t = 1_700_000_000_000;
+    let case = Case {
+        partitions: vec![vec![
+            ev("a1", t, "ann", "delete"),
+            ev("a2", t, "ann", "view"),
+            ev("a3", t + 1_000, "ann", "view"),
+            ev("a4", t + 1_001, "ann", "view"),
+            ev("a5", t + 1_001, "ann", "delete"),
+            ev("a6", t + 1_500, "ann", "view"),
+            ev("b1", t + 1_800, "bob", "delete"),
+            ev("b2", t + 1_801, "bob", "view"),
+            ev("b3", t + 1_900, "bob", "view"),
+        ]],
+        models: Vec::new(),
+        rules: vec![RuleSpec {
+            id: "deletes".into(),
+            effective_from: 0,
+            when: [("action".to_string(), vec!["delete".to_string()])].into(),
+            features: BTreeMap::new(),
+            actions: Some(vec![ThreatAction::Alert, ThreatAction::Block]),
+            title: None,
+            severity: None,
+            remove: false,
+            sigma: None,
+        }],
+        block_for: 1_000,
+        unblocks: vec![("bob".into(), t + 1_900)],
+    };
+    let verdicts = |workers| {
+        dataflow(&case, workers).into_values().map(|d| (d.event_id, d.verdict.as_str(), d.blocked_by)).collect::<Vec<_>>()
+    };
+    let by = |id: &str| Some(id.to_string());
+    let expected = vec![
+        ("a1".to_string(), "threat", None),
+        ("a3".to_string(), "blocked", by("a1")),
+        ("a5".to_string(), "threat", None),
+        ("a6".to_string(), "blocked", by("a5")),
+        ("b1".to_string(), "threat", None),
+        ("b2".to_string(), "blocked", by("b1")),
+    ];
+    assert_eq!(verdicts(1), expected);
+    assert_eq!(verdicts(2), expected);
+    check(&case, 2).unwrap();
 }

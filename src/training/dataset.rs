@@ -1,5 +1,5 @@
 //! Training data: every event's standard features, computed by the serving dataflow's own
-//! operators ([`build_shared`] and [`with_features`]), so that what a model is trained on is what
+//! operators ([`build_shared`] and its feature lookup, [`crate::shared::with_features`]), so that what a model is trained on is what
 //! it is served (train/serve parity by construction), and the labels to learn.
 
 use std::cell::RefCell;
@@ -20,7 +20,7 @@ use timely::dataflow::ProbeHandle;
 use crate::control::Control;
 use crate::event::Time;
 use crate::features::{FeatureName, Features};
-use crate::shared::{build_shared, with_features};
+use crate::shared::build_shared;
 use crate::source::{partitioned_source, Decoding, ErrorSlot, SideRecord, SourceConfig, SourceSpec};
 
 /// One event's features, as served (ordered by time, then id).
@@ -189,7 +189,7 @@ fn extract_worker(worker: &mut timely::worker::Worker, spec: &ExtractSpec, read:
         let (_, control) = scope.new_collection::<((), Control), isize>();
         let inputs = build_shared(scope, events, control);
         let rows = Rc::clone(&gathered);
-        with_features(inputs.events, inputs.features).probe_with(&probe).sink(Pipeline, "TrainingExamples", move |(input, _)| {
+        inputs.scored.probe_with(&probe).sink(Pipeline, "TrainingExamples", move |(input, _)| {
             let mut rows = rows.borrow_mut();
             input.for_each(|_, data| {
                 for (event, features) in data.drain(..) {

@@ -1,0 +1,313 @@
+//! The last step of every job: each event's final verdict, with blocking fed back by event time.
+//!
+//! ```text
+//! events + features ─┐
+//! decisions ─────────┼─(by user)─► Verdicts ──► decisions
+//! correlation hits ──┤               ▲ unblocks (control)
+//! ```
+//!
+//! Per user, in event-time order once every input has passed a time: an event whose user is
+//! blocked is decided `blocked` (whatever else it would have been); otherwise its decision, with
+//! the correlation rules it matched added (or a decision made for them), goes out, and when its
+//! actions include `block` the user is blocked for the events after it (DESIGN.md: `ts` greater
+//! than the decision's) up to `block_for` later. Events of one millisecond do not block each
+//! other, so the outcome does not depend on their arrival order. An unblock lifts the blocks made
+//! before its `effective_from` for the events from then on.
+//!
+//! Blocks are checkpointed (the ones still running at the checkpoint's frontier); unblocks are
+//! control updates, which a restored job reads again.
+
+use std::collections::HashMap;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange as ExchangePact, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+
+use crate::as_of::TimeStash;
+use crate::checkpoint::WindowEntry;
+use crate::correlation::Hit;
+use crate::decision::{self, Decision, Verdict};
+use crate::event::Time;
+use crate::features::{route, user_key, Features, UserKey};
+use crate::marks::Unblock;
+use crate::rules::ThreatAction;
+use crate::shared::{ExportedWindows, UserEvent, WindowCheckpoints};
+
+/// Default block duration: one hour of event time.
+pub const DEFAULT_BLOCK_FOR: Time = 3_600_000;
+
+/// A running block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Block {
+    /// The time of the decision that blocked the user: events after it are blocked.
+    from: Time,
+    /// The last time it applies to.
+    until: Time,
+    /// The event whose decision blocked the user.
+    by: String,
+}
+
+/// What arrives for one time.
+enum Item {
+    Event(UserEvent, Features),
+    // Boxed: every event is stashed, few have a decision.
+    Decision(Box<Decision>),
+    Hit(Hit),
+}
+
+/// The final decisions: `decisions` of the dataflow, with the correlation `hits` added, blocked
+/// users' events decided `blocked`, and blocks made by decisions whose actions include `block`
+/// (for `block_for` ms). `unblocks` are the control collection's unblocks (every worker gets
+/// them all). Returns the decisions and each worker's blocks at each checkpoint barrier.
+pub fn verdicts<'s>(
+    scored: StreamVec<'s, Time, (UserEvent, Features)>,
+    decisions: StreamVec<'s, Time, Decision>,
+    hits: StreamVec<'s, Time, Hit>,
+    unblocks: StreamVec<'s, Time, (Unblock, Time, isize)>,
+    block_for: Time,
+    checkpoints: WindowCheckpoints<'s>,
+) -> (StreamVec<'s, Time, Decision>, ExportedWindows<'s>) {
+    let scope = scored.scope();
+    let mut builder = OperatorBuilder::new("Verdicts".to_owned(), scope);
+    let mut scored_in = builder.new_input(scored, Pipeline);
+    let mut decisions_in = builder.new_input(decisions, ExchangePact::new(|d: &Decision| route(&user_key(&d.user))));
+    let mut hits_in = builder.new_input(hits, ExchangePact::new(|h: &Hit| route(&h.key)));
+    let mut unblocks_in = builder.new_input(unblocks, Pipeline);
+    let mut barriers_in = builder.new_input(checkpoints.barriers, Pipeline);
+    let mut restore_in = builder.new_input(checkpoints.restore, ExchangePact::new(|e: &WindowEntry| route(&e.key())));
+    let (decided_out, decided) = builder.new_output::<Vec<Decision>>();
+    let (exported_out, exported) = builder.new_output::<Vec<(Time, Vec<WindowEntry>)>>();
+    let mut decided_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Decision>>>::from(decided_out);
+    let mut exported_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<(Time, Vec<WindowEntry>)>>>::from(exported_out);
+    builder.build(move |_capabilities| {
+        let mut stash: TimeStash<Item> = TimeStash::default();
+        let mut blocks: HashMap<UserKey, Block> = HashMap::new();
+        // Per user, the `effective_from` of every unblock.
+        let mut unblocked: HashMap<UserKey, Vec<Time>> = HashMap::new();
+        let mut barriers: Vec<Capability<Time>> = Vec::new();
+        let mut restored = false;
+        move |frontiers| {
+            scored_in.for_each(|cap, data| {
+                for (event, features) in data.drain(..) {
+                    stash.insert(&cap, event.time, Item::Event(event, features));
+                }
+            });
+            decisions_in.for_each(|cap, data| {
+                for d in data.drain(..) {
+                    stash.insert(&cap, d.ts, Item::Decision(Box::new(d)));
+                }
+            });
+            hits_in.for_each(|cap, data| {
+                for hit in data.drain(..) {
+                    stash.insert(&cap, hit.time, Item::Hit(hit));
+                }
+            });
+            // Unblocks apply by their own `effective_from` (see `is_blocked`), so they can be
+            // taken as they come.
+            unblocks_in.for_each(|_cap, data| {
+                for (unblock, _time, diff) in data.drain(..) {
+                    if diff > 0 {
+                        unblocked.entry(user_key(&unblock.user)).or_default().push(unblock.effective_from);
+                    }
+                }
+            });
+            barriers_in.for_each(|cap, data| {
+                for at in data.drain(..) {
+                    barriers.push(cap.delayed(&at, 1));
+                }
+            });
+            restore_in.for_each(|_cap, data| {
+                for entry in data.drain(..) {
+                    if let WindowEntry::Block { key, from, until, by } = entry {
+                        blocks.insert(key, Block { from, until, by });
+                    }
+                }
+            });
+            // Nothing is decided until every restored block is in.
+            if !restored {
+                if !frontiers[5].frontier().is_empty() {
+                    return;
+                }
+                restored = true;
+                if !blocks.is_empty() {
+                    tracing::info!(blocks = blocks.len(), "blocks restored");
+                }
+            }
+            let bound = frontiers.iter().filter_map(|f| f.frontier().first().copied()).min();
+            barriers.sort_by_key(|c| *c.time());
+            let mut decided_handle = decided_out.activate();
+            let mut exported_handle = exported_out.activate();
+            loop {
+                let barrier = barriers.first().map(|c| *c.time()).filter(|b| bound.is_none_or(|f| *b < f));
+                let ready = stash.take_before(barrier.or(bound));
+                if let Some(cap) = stash.held() {
+                    let mut session = decided_handle.session(cap);
+                    let mut ready = ready.into_iter().peekable();
+                    while let Some(&(time, _)) = ready.peek() {
+                        let mut items = Vec::new();
+                        while let Some((_, item)) = ready.next_if(|(t, _)| *t == time) {
+                            items.push(item);
+                        }
+                        decide_time(time, items, &mut blocks, &unblocked, block_for, |d| session.give(d));
+                    }
+                }
+                stash.release();
+                let Some(at) = barrier else { break };
+                let cap = barriers.remove(0);
+                blocks.retain(|_, b| b.until >= at);
+                let entries = blocks
+                    .iter()
+                    .map(|(key, b)| WindowEntry::Block { key: *key, from: b.from, until: b.until, by: b.by.clone() })
+                    .collect();
+                exported_handle.session(&cap).give((at, entries));
+            }
+        }
+    });
+    (decided, exported)
+}
+
+/// Whether a user is blocked at `time` by `block`: the block covers the time and no unblock
+/// between the blocking decision and `time` lifted it.
+fn is_blocked(block: &Block, time: Time, unblocks: Option<&Vec<Time>>) -> bool {
+    block.from < time && time <= block.until && !unblocks.is_some_and(|u| u.iter().any(|at| block.from < *at && *at <= time))
+}
+
+/// Decides the events of one time (see the module doc), then applies the blocks their decisions make.
+fn decide_time(
+    time: Time,
+    items: Vec<Item>,
+    blocks: &mut HashMap<UserKey, Block>,
+    unblocked: &HashMap<UserKey, Vec<Time>>,
+    block_for: Time,
+    mut emit: impl FnMut(Decision),
+) {
+    let mut events = Vec::new();
+    let mut decisions: HashMap<String, Decision> = HashMap::new();
+    let mut hits: HashMap<String, Vec<decision::CorrelationMatch>> = HashMap::new();
+    for item in items {
+        match item {
+            Item::Event(event, features) => events.push((event, features)),
+            Item::Decision(d) => {
+                decisions.insert(d.event_id.clone(), *d);
+            }
+            Item::Hit(hit) => hits.entry(hit.event_id).or_default().push(hit.matched),
+        }
+    }
+    let mut new_blocks: Vec<(UserKey, Block)> = Vec::new();
+    for (event, features) in events {
+        let decision = decisions.remove(&event.event_id);
+        if let Some(block) = blocks.get(&event.key).filter(|b| is_blocked(b, time, unblocked.get(&event.key))) {
+            emit(decision::blocked(time, &event, &features, &block.by, block.until));
+            continue;
+        }
+        let matches = hits.remove(&event.event_id).unwrap_or_default();
+        let Some(mut d) = decision::with_correlations(decision, time, &event, &features, &matches) else { continue };
+        if d.verdict == Verdict::Threat && d.actions.contains(&ThreatAction::Block) {
+            let until = time.saturating_add(block_for);
+            d.blocked_until = Some(until);
+            new_blocks.push((event.key, Block { from: time, until, by: event.event_id.clone() }));
+        }
+        emit(d);
+    }
+    // Decisions not about an event of this worker's stream (none from the shipped dataflows).
+    for (_, d) in decisions {
+        emit(d);
+    }
+    new_blocks.sort_by(|a, b| (a.0, &a.1.by).cmp(&(b.0, &b.1.by)));
+    for (key, block) in new_blocks {
+        // The first (by event id) of one time's blocks for a user names it; they end together.
+        blocks.entry(key).and_modify(|b| if b.from != block.from { *b = block.clone() }).or_insert(block);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::parse_event;
+
+    fn event(id: &str, user: &str, ts: Time) -> UserEvent {
+        let text = format!(r#"{{"event_id":"{id}","ts":{ts},"user":"{user}","action":"login"}}"#);
+        std::rc::Rc::new(parse_event(text.as_bytes(), 1 << 20).unwrap())
+    }
+
+    fn blocking(id: &str, user: &str, ts: Time) -> Decision {
+        let e = event(id, user, ts);
+        let mut d = decision::with_correlations(
+            None,
+            ts,
+            &e,
+            &Features::default(),
+            &[decision::CorrelationMatch {
+                rule: "r".into(),
+                title: "r".into(),
+                severity: crate::rules::Severity::High,
+                actions: vec![ThreatAction::Block],
+                group: String::new(),
+            }],
+        )
+        .unwrap();
+        d.correlation_groups.clear();
+        d
+    }
+
+    /// Runs the times in order; returns `(event, verdict, blocked_by)` of every decision.
+    fn run(times: Vec<(Time, Vec<Item>)>, unblocked: HashMap<UserKey, Vec<Time>>) -> Vec<(String, Verdict, Option<String>)> {
+        let mut blocks = HashMap::new();
+        let mut out = Vec::new();
+        for (time, items) in times {
+            decide_time(time, items, &mut blocks, &unblocked, 100, |d| out.push((d.event_id, d.verdict, d.blocked_by)));
+        }
+        out.sort();
+        out
+    }
+
+    fn ev(id: &str, ts: Time) -> Item {
+        Item::Event(event(id, "ann", ts), Features::default())
+    }
+
+    #[test]
+    fn a_block_covers_the_later_events_of_its_duration_not_those_of_its_own_time() {
+        let times = vec![
+            (10, vec![ev("a", 10), Item::Decision(Box::new(blocking("a", "ann", 10))), ev("b", 10)]),
+            (11, vec![ev("c", 11), Item::Decision(Box::new(blocking("c", "ann", 11)))]),
+            (110, vec![ev("d", 110)]),
+            (111, vec![ev("e", 111)]),
+        ];
+        let decided = run(times, HashMap::new());
+        assert_eq!(
+            decided,
+            [
+                ("a".into(), Verdict::Threat, None),
+                // A blocked event is `blocked` even when it would be a threat; it does not extend the block.
+                ("c".into(), Verdict::Blocked, Some("a".into())),
+                ("d".into(), Verdict::Blocked, Some("a".into())),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unblock_lifts_earlier_blocks_from_its_time() {
+        let unblocked = HashMap::from([(user_key("ann"), vec![50])]);
+        let times = vec![
+            (10, vec![Item::Decision(Box::new(blocking("a", "ann", 10))), ev("a", 10)]),
+            (49, vec![ev("b", 49)]),
+            (50, vec![ev("c", 50)]),
+            (60, vec![Item::Decision(Box::new(blocking("d", "ann", 60))), ev("d", 60)]),
+            (61, vec![ev("e", 61)]),
+        ];
+        let decided = run(times, unblocked);
+        assert_eq!(
+            decided,
+            [
+                ("a".into(), Verdict::Threat, None),
+                ("b".into(), Verdict::Blocked, Some("a".into())),
+                ("d".into(), Verdict::Threat, None),
+                // A block made after the unblock applies.
+                ("e".into(), Verdict::Blocked, Some("d".into())),
+            ]
+        );
+    }
+}
