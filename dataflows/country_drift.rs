@@ -49,6 +49,7 @@ impl Dataflow for CountryDrift {
 
     fn build<'s>(&self, inputs: SharedInputs<'s>) -> StreamVec<'s, Time, Decision> {
         let window = self.window;
+        let features = inputs.features();
         let logins = inputs
             .events
             .clone()
@@ -81,7 +82,7 @@ impl Dataflow for CountryDrift {
                 drift.then(|| Rc::clone(e))
             },
         );
-        with_features(judged, inputs.features).map(|(e, features)| {
+        with_features(judged, features).map(|(e, features)| {
             let verdict = Verdict::Threat;
             Decision {
                 decision_id: decision_id(&e.event_id, verdict),

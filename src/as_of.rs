@@ -214,33 +214,39 @@ where
     )
 }
 
-/// Records stashed by their own time under a single capability, held at the least stashed time.
+/// Records stashed by their own time under a single capability (per output), held at the least
+/// stashed time.
 ///
 /// One capability instead of one per distinct time keeps progress tracking per activation rather
 /// than per event (event times are milliseconds: nearly every event has a time of its own), and a
 /// flat list instead of a map by time keeps stashing free of per-time allocations.
 pub struct TimeStash<E> {
-    held: Option<Capability<Time>>,
+    outputs: usize,
+    held: Vec<Capability<Time>>,
     records: Vec<(Time, E)>,
     least: Option<Time>,
 }
 
 impl<E> Default for TimeStash<E> {
     fn default() -> Self {
-        TimeStash { held: None, records: Vec::new(), least: None }
+        TimeStash::for_outputs(1)
     }
 }
 
 impl<E> TimeStash<E> {
+    /// A stash that holds a capability for each of the operator's first `outputs` outputs.
+    pub fn for_outputs(outputs: usize) -> Self {
+        TimeStash { outputs, held: Vec::new(), records: Vec::new(), least: None }
+    }
+
     /// Stashes `record` at `time`, which must not be before the time of the message it came in.
     pub fn insert(&mut self, cap: &InputCapability<Time>, time: Time, record: E) {
-        if self.held.as_ref().is_none_or(|held| time < *held.time()) {
-            self.held = Some(cap.delayed(&time, 0));
+        if self.held.first().is_none_or(|held| time < *held.time()) {
+            self.held = (0..self.outputs).map(|output| cap.delayed(&time, output)).collect();
         }
         self.least = Some(self.least.map_or(time, |l| l.min(time)));
         self.records.push((time, record));
     }
-
     /// Removes and returns, sorted by time (stable), the records whose time the frontier has passed.
     /// The capability stays held (at a time `<=` all of them) until [`TimeStash::release`].
     pub fn take_ready(&mut self, frontier: &MutableAntichain<Time>) -> Vec<(Time, E)> {
@@ -268,20 +274,21 @@ impl<E> TimeStash<E> {
         ready
     }
 
-    /// The capability held, at a time `<=` every stashed and every just-taken record.
+    /// The capability held for output 0, at a time `<=` every stashed and every just-taken record.
     pub fn held(&self) -> Option<&Capability<Time>> {
-        self.held.as_ref()
+        self.held.first()
     }
 
-    /// Moves the capability up to the least stashed time, or drops it when nothing is stashed.
+    /// The capability held for `output` (see [`TimeStash::for_outputs`]).
+    pub fn held_for(&self, output: usize) -> Option<&Capability<Time>> {
+        self.held.get(output)
+    }
+
+    /// Moves the capabilities up to the least stashed time, or drops them when nothing is stashed.
     pub fn release(&mut self) {
         match self.least {
-            Some(least) => {
-                if let Some(held) = self.held.as_mut() {
-                    held.downgrade(&least);
-                }
-            }
-            None => self.held = None,
+            Some(least) => self.held.iter_mut().for_each(|held| held.downgrade(&least)),
+            None => self.held.clear(),
         }
     }
 

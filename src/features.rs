@@ -261,6 +261,19 @@ pub struct WindowState {
     /// queue each, sorted for the same reason. An extension queues a new entry and leaves the old
     /// one stale, which is cheap for short windows; the 30-day countries use the heap instead.
     short: [VecDeque<(Time, UserKey, FeatureVal)>; 2],
+    /// Each user's feature values as of the updates made so far (users with none are absent).
+    totals: HashMap<UserKey, Totals, foldhash::fast::FixedState>,
+}
+
+/// One user's accumulated counters and distinct counts: the sums of the diffs of its updates.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct Totals {
+    /// By [`FeatureName`] index; only the counter features are used.
+    counters: [isize; 9],
+    /// Countries of the last 24 hours present.
+    countries: isize,
+    /// Resources of the last hour present.
+    resources: isize,
 }
 
 /// The queue in [`WindowState::short`] of a distinct value, if it has one.
@@ -278,6 +291,69 @@ impl WindowState {
     /// Events must be presented in non-decreasing `time` order (events at the same time in any order),
     /// and [`WindowState::expire`] called with the events' frontier in between.
     pub fn updates(&mut self, key: UserKey, event: &Event, time: Time, out: &mut Vec<FeatureUpdate>) {
+        let start = out.len();
+        self.event_updates(key, event, time, out);
+        self.total(&out[start..]);
+    }
+
+    /// Applies the events of one time `time` (all of them, each `(time, event)`) and appends their
+    /// features as of `time` to `features`: every event of the same millisecond counts, and the
+    /// retractions due at `time` are applied first. The events' updates and the retractions go
+    /// to `out`, as with [`WindowState::updates`] and [`WindowState::expire`].
+    pub fn judge<E: std::ops::Deref<Target = Event>>(
+        &mut self,
+        time: Time,
+        events: &[(Time, E)],
+        out: &mut Vec<FeatureUpdate>,
+        features: &mut Vec<Features>,
+    ) {
+        let first = features.len();
+        // A country is new if no event of the 30 days strictly before had it: read before this
+        // time's events extend the intervals.
+        for (_, event) in events {
+            let country = event.country.as_deref().and_then(country_code);
+            let seen = country.is_some_and(|c| {
+                self.present_until.get(&(event.key, FeatureVal::SeenCountry(c))).is_some_and(|until| *until > time)
+            });
+            features.push(Features { new_country: u64::from(country.is_some() && !seen), ..Features::default() });
+        }
+        for (_, event) in events {
+            self.updates(event.key, event, time, out);
+        }
+        self.expire(Some(time + 1), out);
+        for ((_, event), features) in events.iter().zip(&mut features[first..]) {
+            if let Some(totals) = self.totals.get(&event.key) {
+                // Only counter features have counters; the others stay 0 here.
+                for name in FeatureName::ALL {
+                    let n = totals.counters[name as usize];
+                    if n > 0 {
+                        features.set(name, n as u64);
+                    }
+                }
+                features.countries_24h = totals.countries.max(0) as u64;
+                features.distinct_resources_1h = totals.resources.max(0) as u64;
+            }
+        }
+    }
+
+    /// Adds updates to the users' totals (the 30-day countries only decide `new_country`, which
+    /// reads the intervals themselves: their updates start a millisecond late).
+    fn total(&mut self, updates: &[FeatureUpdate]) {
+        for &((key, val), _, diff) in updates {
+            let totals = self.totals.entry(key).or_default();
+            match val {
+                FeatureVal::Counter(name) => totals.counters[name as usize] += diff,
+                FeatureVal::Country(_) => totals.countries += diff,
+                FeatureVal::Resource(_) => totals.resources += diff,
+                FeatureVal::SeenCountry(_) => continue,
+            }
+            if diff < 0 && *totals == Totals::default() {
+                self.totals.remove(&key);
+            }
+        }
+    }
+
+    fn event_updates(&mut self, key: UserKey, event: &Event, time: Time, out: &mut Vec<FeatureUpdate>) {
         if let Some((name, amount)) = counter_of(event) {
             let val = FeatureVal::Counter(name);
             out.push(((key, val), time, amount));
@@ -329,6 +405,12 @@ impl WindowState {
     ///
     /// No event at or after the frontier can extend an interval ending before it.
     pub fn expire(&mut self, frontier: Option<Time>, out: &mut Vec<FeatureUpdate>) {
+        let start = out.len();
+        self.expire_queues(frontier, out);
+        self.total(&out[start..]);
+    }
+
+    fn expire_queues(&mut self, frontier: Option<Time>, out: &mut Vec<FeatureUpdate>) {
         for (name, queue) in FeatureName::ALL.iter().zip(self.counters.iter_mut()) {
             while let Some(&(time, key, diff)) = queue.front() {
                 if frontier.is_some_and(|f| time >= f) {
@@ -406,7 +488,13 @@ impl WindowState {
 
     /// Restores exported contents into an empty state, and appends the updates that make the
     /// arrangement hold them at `at` (the checkpoint's frontier).
-    pub fn import(&mut self, mut entries: Vec<WindowEntry>, at: Time, out: &mut Vec<FeatureUpdate>) {
+    pub fn import(&mut self, entries: Vec<WindowEntry>, at: Time, out: &mut Vec<FeatureUpdate>) {
+        let start = out.len();
+        self.import_entries(entries, at, out);
+        self.total(&out[start..]);
+    }
+
+    fn import_entries(&mut self, mut entries: Vec<WindowEntry>, at: Time, out: &mut Vec<FeatureUpdate>) {
         // Blocks and correlation windows are other operators' state.
         entries.retain(|e| matches!(e, WindowEntry::Counter { .. } | WindowEntry::Present { .. }));
         let until = |e: &WindowEntry| match e {

@@ -5,6 +5,7 @@
 //! `dataflows/`) receives them as [`SharedInputs`] and returns its decisions; it reads the shared
 //! arrangements instead of re-deriving them, and may build arrangements of its own.
 
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use differential_dataflow::operators::arrange::arrangement::arrange_core;
@@ -45,12 +46,28 @@ pub struct SharedInputs<'s> {
     pub scope: Scope<'s, Time>,
     /// Valid events, on the worker owning their user, each carrying the time it is judged at.
     pub events: StreamVec<'s, Time, UserEvent>,
-    /// The same events with their standard features as of their time ([`with_features`]).
+    /// The same events with their standard features as of their time (see [`feature_windows`]).
     pub scored: StreamVec<'s, Time, (UserEvent, Features)>,
-    /// The standard feature aggregates, per user.
-    pub features: FeatureArrangement<'s>,
     /// Models and rules in force, on every worker.
     pub control: ControlArrangement<'s>,
+    /// The feature windows' updates, arranged by [`SharedInputs::features`] on first use.
+    feature_updates: VecCollection<'s, Time, (UserKey, FeatureVal)>,
+    features: Rc<RefCell<Option<FeatureArrangement<'s>>>>,
+    /// Set once a dataflow asks for the arrangement: until then the window operator sends no updates.
+    features_wanted: Rc<Cell<bool>>,
+}
+
+impl<'s> SharedInputs<'s> {
+    /// The standard feature aggregates per user, as a differential arrangement that any dataflow
+    /// can read as of any time (with [`as_of_lookup`] or [`with_features`]): updates `(user,
+    /// value)` with `+d` at an event's time and `-d` at time + W (see [`crate::features`]).
+    ///
+    /// Built once, on the first call, and shared by every caller; a job whose dataflows never ask
+    /// for it does not maintain it ([`SharedInputs::scored`] already carries each event's features).
+    pub fn features(&self) -> FeatureArrangement<'s> {
+        self.features_wanted.set(true);
+        self.features.borrow_mut().get_or_insert_with(|| arrange_by_user(self.feature_updates.clone(), "Features")).clone()
+    }
 }
 
 /// A dataflow a researcher can select with `--dataflow NAME`.
@@ -142,46 +159,56 @@ pub fn build_shared_with_checkpoints<'s>(
     checkpoints: WindowCheckpoints<'s>,
 ) -> (SharedInputs<'s>, ExportedWindows<'s>) {
     let events = events.exchange(|e: &Event| route(&e.key)).map(Rc::new);
-    let (updates, exported) = feature_windows(events.clone(), checkpoints);
-    let features = arrange_by_user(updates, "Features");
-    let scored = with_features(events.clone(), features.clone());
+    let features_wanted = Rc::new(Cell::new(false));
+    let (scored, feature_updates, exported) = feature_windows(events.clone(), checkpoints, Rc::clone(&features_wanted));
     let control = arrange_core::<_, _, ValBatcher<(), Control, Time, isize>, ValSpine<(), Control, Time, isize>>(
         control.inner.broadcast(),
         Pipeline,
         "Control",
         ValBatcher::new,
     );
-    (SharedInputs { scope, events, scored, features, control }, exported)
+    let features = Rc::new(RefCell::new(None));
+    (SharedInputs { scope, events, scored, control, feature_updates, features, features_wanted }, exported)
 }
 
-/// The feature-arrangement updates of events, produced in time order once the events' frontier
-/// has passed each time (coalescing distinct values needs that order), with the retractions sent
-/// when the frontier passes their time (see [`WindowState`]).
+/// The feature windows: each event with its standard features as of its own time, computed once
+/// the events' frontier has passed that time (every event of the millisecond counts, whatever
+/// the arrival order); and, when `updates_wanted` is set before the dataflow runs, the
+/// feature-arrangement updates, with the retractions sent when the frontier passes their time
+/// (see [`WindowState`]).
 ///
 /// A checkpoint barrier `F` splits the work: everything before `F` is applied, the windows are
 /// exported, then the rest. Restored entries are imported before any event is applied.
 pub fn feature_windows<'s>(
     events: StreamVec<'s, Time, UserEvent>,
     checkpoints: WindowCheckpoints<'s>,
-) -> (VecCollection<'s, Time, (UserKey, FeatureVal)>, ExportedWindows<'s>) {
+    updates_wanted: Rc<Cell<bool>>,
+) -> (StreamVec<'s, Time, (UserEvent, Features)>, VecCollection<'s, Time, (UserKey, FeatureVal)>, ExportedWindows<'s>) {
     let scope = events.scope();
     let mut builder = OperatorBuilder::new("FeatureWindows".to_owned(), scope);
     let mut events_in = builder.new_input(events, Pipeline);
     let mut barriers_in = builder.new_input(checkpoints.barriers, Pipeline);
     let mut restore_in = builder.new_input(checkpoints.restore, ExchangePact::new(|e: &WindowEntry| route(&e.key())));
+    let (scored_out, scored) = builder.new_output::<Vec<(UserEvent, Features)>>();
     let (updates_out, updates) = builder.new_output::<Vec<FeatureUpdate>>();
     let (exported_out, exported) = builder.new_output::<Vec<(Time, Vec<WindowEntry>)>>();
+    let mut scored_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<(UserEvent, Features)>>>::from(scored_out);
     let mut updates_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<FeatureUpdate>>>::from(updates_out);
     let mut exported_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<(Time, Vec<WindowEntry>)>>>::from(exported_out);
+    const SCORED: usize = 0;
+    const UPDATES: usize = 1;
+    const EXPORTED: usize = 2;
     builder.build(move |_capabilities| {
-        let mut stash: TimeStash<UserEvent> = TimeStash::default();
+        let mut stash: TimeStash<UserEvent> = TimeStash::for_outputs(2);
         let mut state = WindowState::default();
-        // Held at the earliest pending retraction.
+        // Held (on the updates output) at the earliest pending retraction, when updates are wanted.
         let mut retractions: Option<Capability<Time>> = None;
         let mut barriers: Vec<Capability<Time>> = Vec::new();
         let mut restoring: Option<(Capability<Time>, Vec<WindowEntry>)> = None;
         let mut updates = Vec::new();
+        let mut features = Vec::new();
         move |frontiers| {
+            let wanted = updates_wanted.get();
             events_in.for_each(|cap, data| {
                 for event in data.drain(..) {
                     stash.insert(&cap, event.time, event);
@@ -189,12 +216,12 @@ pub fn feature_windows<'s>(
             });
             barriers_in.for_each(|cap, data| {
                 for at in data.drain(..) {
-                    barriers.push(cap.delayed(&at, 1));
+                    barriers.push(cap.delayed(&at, EXPORTED));
                 }
             });
             restore_in.for_each(|cap, data| {
                 if restoring.is_none() {
-                    restoring = cap.retain_least(0).map(|cap| (cap, Vec::new()));
+                    restoring = cap.retain_least(UPDATES).map(|cap| (cap, Vec::new()));
                 }
                 if let Some((_, entries)) = restoring.as_mut() {
                     entries.append(data);
@@ -207,10 +234,13 @@ pub fn feature_windows<'s>(
                 let (started, count) = (std::time::Instant::now(), entries.len());
                 state.import(entries, at, &mut updates);
                 tracing::info!(entries = count, import_ms = started.elapsed().as_secs_f64() * 1e3, "feature windows restored");
-                if let Some(next) = state.next_expiry() {
-                    retractions = Some(cap.delayed(&next));
+                if wanted {
+                    if let Some(next) = state.next_expiry() {
+                        retractions = Some(cap.delayed(&next));
+                    }
+                    updates_out.activate().session(&cap).give_iterator(updates.drain(..));
                 }
-                updates_out.activate().session(&cap).give_iterator(updates.drain(..));
+                updates.clear();
             }
             if restoring.is_some() {
                 return;
@@ -218,28 +248,35 @@ pub fn feature_windows<'s>(
             // Work up to the least of the three frontiers, stopping at each barrier to export.
             let bound = frontiers.iter().filter_map(|f| f.frontier().first().copied()).min();
             barriers.sort_by_key(|c| *c.time());
+            let mut scored_handle = scored_out.activate();
             let mut updates_handle = updates_out.activate();
             let mut exported_handle = exported_out.activate();
             loop {
                 let barrier = barriers.first().map(|c| *c.time()).filter(|b| bound.is_none_or(|f| *b < f));
                 let upto = barrier.or(bound);
                 let ready = stash.take_before(upto);
-                if let Some(held) = stash.held() {
-                    for (time, event) in &ready {
-                        state.updates(event.key, event, *time, &mut updates);
+                if let (Some(held_scored), Some(held_updates)) = (stash.held_for(SCORED), stash.held_for(UPDATES)) {
+                    let mut rest = &ready[..];
+                    while let Some(&(time, _)) = rest.first() {
+                        let same = rest.iter().position(|(t, _)| *t != time).unwrap_or(rest.len());
+                        state.judge(time, &rest[..same], &mut updates, &mut features);
+                        rest = &rest[same..];
                     }
+                    scored_handle
+                        .session(held_scored)
+                        .give_iterator(ready.into_iter().zip(features.drain(..)).map(|((_, event), features)| (event, features)));
                     // New retractions may be earlier than the held one: mint from the events' capability.
-                    if let Some(next) = state.next_expiry() {
+                    if let Some(next) = state.next_expiry().filter(|_| wanted) {
                         match retractions.as_mut() {
                             Some(cap) if *cap.time() <= next => {}
-                            _ => retractions = Some(held.delayed(&next)),
+                            _ => retractions = Some(held_updates.delayed(&next)),
                         }
                     }
                 }
                 state.expire(upto, &mut updates);
-                if !updates.is_empty() {
+                if wanted && !updates.is_empty() {
                     // Every update is at or after one of the two capabilities; use the earlier.
-                    let cap = match (stash.held(), retractions.as_ref()) {
+                    let cap = match (stash.held_for(UPDATES), retractions.as_ref()) {
                         (Some(a), Some(b)) => Some(if a.time() <= b.time() { a } else { b }),
                         (a, b) => a.or(b),
                     };
@@ -247,7 +284,8 @@ pub fn feature_windows<'s>(
                         updates_handle.session(cap).give_iterator(updates.drain(..));
                     }
                 }
-                match state.next_expiry() {
+                updates.clear();
+                match state.next_expiry().filter(|_| wanted) {
                     Some(next) => {
                         if let Some(cap) = retractions.as_mut() {
                             cap.downgrade(&next);
@@ -264,10 +302,12 @@ pub fn feature_windows<'s>(
             }
         }
     });
-    (updates.as_collection(), exported.exchange(|_| 0))
+    (scored, updates.as_collection(), exported.exchange(|_| 0))
 }
 
-/// Looks up each event's standard features as of its own time.
+/// Looks up each event's standard features in the shared arrangement as of its own time (for
+/// events of a dataflow's own making; [`SharedInputs::scored`] already has the source's events
+/// with theirs).
 pub fn with_features<'s>(
     events: StreamVec<'s, Time, UserEvent>,
     features: FeatureArrangement<'s>,

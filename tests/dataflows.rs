@@ -50,3 +50,71 @@ fn every_listed_dataflow_runs_by_name() {
         assert!(report.collected_decisions.is_empty(), "{name}: one login is no threat");
     }
 }
+
+/// The features every event carries (`SharedInputs::scored`, computed in the window operator) are
+/// the ones the shared arrangement (`SharedInputs::features`, built only for dataflows that ask
+/// for it) gives as of the event's time: two independent paths, on 1 and 2 workers, over a
+/// generated stream with out-of-order and late events.
+#[test]
+fn the_shared_feature_arrangement_agrees_with_the_features_events_carry() {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+    use std::rc::Rc;
+    use std::sync::{Arc, Mutex};
+
+    use differential_dataflow::input::Input;
+    use threatflow::control::Control;
+    use threatflow::features::Features;
+    use threatflow::generator::GeneratorConfig;
+    use threatflow::shared::{build_shared, with_features};
+    use threatflow::source::{partitioned_source, Decoding, SourceConfig};
+    use timely::dataflow::channels::pact::Pipeline;
+    use timely::dataflow::operators::{Operator, Probe};
+    use timely::dataflow::ProbeHandle;
+
+    type Seen = Arc<Mutex<BTreeMap<String, (Option<Features>, Option<Features>)>>>;
+    let generator = GeneratorConfig { users: 300, events: 40_000, seed: 5, late_one_in: 500, ..GeneratorConfig::default() };
+    let mut outcomes = Vec::new();
+    for workers in [1, 2] {
+        let seen: Seen = Arc::default();
+        let spec = SourceSpec::Generator(generator.clone());
+        let shared_seen = Arc::clone(&seen);
+        timely::execute(timely::Config::process(workers), move |worker| {
+            let partitions = spec.partitions(worker.index(), worker.peers(), &Decoding::default(), None).expect("partitions");
+            let probe = ProbeHandle::new();
+            let errors = Rc::new(RefCell::new(None));
+            let record = |seen: Seen, carried: bool| {
+                move |(event, features): (Rc<threatflow::event::Event>, Features)| {
+                    let mut seen = seen.lock().unwrap();
+                    let slot = seen.entry(event.event_id.clone()).or_default();
+                    let side = if carried { &mut slot.0 } else { &mut slot.1 };
+                    assert!(side.replace(features).is_none(), "one answer per event and path");
+                }
+            };
+            worker.dataflow::<u64, _, _>(|scope| {
+                let (events, _side, _parts) = partitioned_source(scope, "Source", partitions, SourceConfig::default(), probe.clone(), errors, None);
+                let (_, control) = scope.new_collection::<((), Control), isize>();
+                let inputs = build_shared(scope, events, control);
+                let looked_up = with_features(inputs.events.clone(), inputs.features());
+                for (stream, carried) in [(inputs.scored, true), (looked_up, false)] {
+                    let mut keep = record(Arc::clone(&shared_seen), carried);
+                    stream.probe_with(&probe).sink(Pipeline, "Keep", move |(input, _)| {
+                        input.for_each(|_, data| data.drain(..).for_each(&mut keep));
+                    });
+                }
+            });
+            while !probe.done() {
+                worker.step();
+            }
+        })
+        .expect("timely runs");
+        let seen = Arc::try_unwrap(seen).unwrap().into_inner().unwrap();
+        assert!(seen.len() >= 39_000, "{} events", seen.len());
+        for (id, (carried, looked_up)) in &seen {
+            assert!(carried.is_some() && carried == looked_up, "event {id}: carried {carried:?}, arrangement {looked_up:?}");
+        }
+        assert!(seen.values().any(|(f, _)| f.unwrap().new_country == 1 && f.unwrap().countries_24h >= 1));
+        outcomes.push(seen);
+    }
+    assert_eq!(outcomes[0], outcomes[1], "the same on 1 and 2 workers");
+}
