@@ -85,6 +85,11 @@ where
     }
     // Events waiting for the arrangement's frontier, by time, under one capability.
     let mut stash: TimeStash<E> = TimeStash::default();
+    // Buffers reused across activations (fresh multi-megabyte vectors cost page faults).
+    let mut ready: Vec<(Time, E)> = Vec::new();
+    let mut times_of: Vec<Time> = Vec::new();
+    let mut work: Vec<(K, usize, E)> = Vec::new();
+    let mut results: Vec<O> = Vec::new();
     let mut times: Vec<(Time, BatchDiff<Tr>)> = Vec::new();
     let mut key_con = <<C<Tr> as Cursor>::KeyContainer as BatchContainer>::with_capacity(1);
 
@@ -105,7 +110,7 @@ where
                 input2.for_each(|_cap, _data| {});
 
                 // 3. Answer every stashed time that the arrangement's frontier has passed.
-                let mut ready = stash.take_ready(frontier2);
+                stash.take_ready(frontier2, &mut ready);
                 if let (false, Some(held)) = (ready.is_empty(), stash.held()) {
                     let Some(trace) = trace.as_mut() else { return };
                     let since = trace.get_logical_compaction().to_owned();
@@ -116,13 +121,12 @@ where
                         assert!(since.less_equal(time), "as_of_lookup: time {time} below compaction");
                     }
                     // Work list sorted by (key, time): cursors only seek forward.
-                    let times_of: Vec<Time> = ready.iter().map(|(t, _)| *t).collect();
-                    let mut work: Vec<(K, usize, E)> = Vec::with_capacity(ready.len());
+                    times_of.clear();
+                    times_of.extend(ready.iter().map(|(t, _)| *t));
                     work.extend(ready.drain(..).enumerate().map(|(idx, (_, e))| (key_of(&e), idx, e)));
                     // `ready` is in time order, so its index orders times.
                     work.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
                     let (mut cursor, storage) = cursor_list(trace.batches_through(Antichain::new().borrow()).unwrap_or_default());
-                    let mut results: Vec<O> = Vec::with_capacity(work.len());
                     // The current key's values (each cloned once), and per distinct time of the key
                     // the accumulated values as `(index into key_vals, diff)`.
                     let mut key_vals: Vec<BatchValOwn<Tr>> = Vec::new();
@@ -134,9 +138,10 @@ where
                         while hi < work.len() && work[hi].0 == work[lo].0 {
                             hi += 1;
                         }
+                        // One group per distinct time: same-time events of a key share their values.
                         group_times.clear();
                         for w in &work[lo..hi] {
-                            if group_times.last() != Some(&w.1) {
+                            if group_times.last().map(|g| times_of[*g]) != Some(times_of[w.1]) {
                                 group_times.push(w.1);
                             }
                         }
@@ -178,7 +183,7 @@ where
                         let mut vals: Vec<(&BatchValOwn<Tr>, BatchDiff<Tr>)> = Vec::new();
                         let mut built = None;
                         for (_, idx, e) in &work[lo..hi] {
-                            while group_times[g] != *idx {
+                            while g + 1 < group_times.len() && times_of[group_times[g + 1]] <= times_of[*idx] {
                                 g += 1;
                             }
                             if built != Some(g) {
@@ -193,8 +198,9 @@ where
                         lo = hi;
                     }
                     // One message at the least ready time; each output carries its own time.
+                    work.clear();
                     if !results.is_empty() {
-                        output.session(held).give_iterator(results.into_iter());
+                        output.session(held).give_iterator(results.drain(..));
                     }
                 }
                 stash.release();
@@ -247,31 +253,24 @@ impl<E> TimeStash<E> {
         self.least = Some(self.least.map_or(time, |l| l.min(time)));
         self.records.push((time, record));
     }
-    /// Removes and returns, sorted by time (stable), the records whose time the frontier has passed.
-    /// The capability stays held (at a time `<=` all of them) until [`TimeStash::release`].
-    pub fn take_ready(&mut self, frontier: &MutableAntichain<Time>) -> Vec<(Time, E)> {
-        self.take_before(frontier.frontier().first().copied())
+    /// Moves the records whose time the frontier has passed to the end of `ready`, sorted by time
+    /// (stable). The capabilities stay held (at a time `<=` all of them) until
+    /// [`TimeStash::release`].
+    pub fn take_ready(&mut self, frontier: &MutableAntichain<Time>, ready: &mut Vec<(Time, E)>) {
+        self.take_before(frontier.frontier().first().copied(), ready)
     }
 
-    /// Removes and returns, sorted by time (stable), the records before `bound` (all when `None`).
-    pub fn take_before(&mut self, bound: Option<Time>) -> Vec<(Time, E)> {
+    /// Moves the records before `bound` (all when `None`) to the end of `ready`, sorted by time
+    /// (stable). `ready` is the caller's, reused across calls: no allocation per call.
+    pub fn take_before(&mut self, bound: Option<Time>, ready: &mut Vec<(Time, E)>) {
         let passed = |time: Time| bound.is_none_or(|b| time < b);
         if self.least.is_none_or(|least| !passed(least)) {
-            return Vec::new();
+            return;
         }
-        let mut ready = Vec::new();
-        let mut kept = Vec::new();
-        for (time, record) in self.records.drain(..) {
-            if passed(time) {
-                ready.push((time, record));
-            } else {
-                kept.push((time, record));
-            }
-        }
-        self.least = kept.iter().map(|(t, _)| *t).min();
-        self.records = kept;
-        ready.sort_by_key(|(t, _)| *t);
-        ready
+        let start = ready.len();
+        ready.extend(self.records.extract_if(.., |(time, _)| passed(*time)));
+        self.least = self.records.iter().map(|(t, _)| *t).min();
+        ready[start..].sort_by_key(|(t, _)| *t);
     }
 
     /// The capability held for output 0, at a time `<=` every stashed and every just-taken record.

@@ -390,6 +390,7 @@ fn score<'s>(
         let mut states: foldhash::HashMap<u32, UserState> = foldhash::HashMap::default();
         let mut versions: Vec<CompareModel> = Vec::new();
         let mut stash = TimeStash::default();
+        let mut ready = Vec::new();
         move |(events, _), (models, model_frontier), output| {
             models.for_each(|_, data| {
                 versions.append(data);
@@ -401,10 +402,10 @@ fn score<'s>(
                 }
             });
             // Stable by time, so each user's events stay in `idx` order.
-            let ready = stash.take_ready(model_frontier);
+            stash.take_ready(model_frontier, &mut ready);
             if let Some(held) = stash.held() {
                 let mut session = output.session(held);
-                for (_, (event, generated)) in ready {
+                for (_, (event, generated)) in ready.drain(..) {
                     let features = states.entry(event.user).or_default().update(&event);
                     if let Some(model) = versions.iter().rev().find(|m| m.effective_ts <= event.ts) {
                         let p = model.score(&features);

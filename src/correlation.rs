@@ -276,6 +276,7 @@ fn windows<'s>(
     let mut exported_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<(Time, Vec<WindowEntry>)>>>::from(exported_out);
     builder.build(move |_capabilities| {
         let mut stash: TimeStash<Observation> = TimeStash::default();
+        let mut ready = Vec::new();
         let mut groups: HashMap<UserKey, GroupWindow> = HashMap::new();
         let mut barriers: Vec<Capability<Time>> = Vec::new();
         let mut restored: Vec<WindowEntry> = Vec::new();
@@ -313,7 +314,8 @@ fn windows<'s>(
             let mut exported_handle = exported_out.activate();
             loop {
                 let barrier = barriers.first().map(|c| *c.time()).filter(|b| bound.is_none_or(|f| *b < f));
-                let ready = stash.take_before(barrier.or(bound));
+                ready.clear();
+                stash.take_before(barrier.or(bound), &mut ready);
                 if let Some(cap) = stash.held() {
                     let mut session = hits_handle.session(cap);
                     let mut at = 0;

@@ -200,6 +200,7 @@ pub fn feature_windows<'s>(
     const EXPORTED: usize = 2;
     builder.build(move |_capabilities| {
         let mut stash: TimeStash<UserEvent> = TimeStash::for_outputs(2);
+        let mut ready = Vec::new();
         let mut state = WindowState::default();
         // Held (on the updates output) at the earliest pending retraction, when updates are wanted.
         let mut retractions: Option<Capability<Time>> = None;
@@ -254,7 +255,8 @@ pub fn feature_windows<'s>(
             loop {
                 let barrier = barriers.first().map(|c| *c.time()).filter(|b| bound.is_none_or(|f| *b < f));
                 let upto = barrier.or(bound);
-                let ready = stash.take_before(upto);
+                ready.clear();
+                stash.take_before(upto, &mut ready);
                 if let (Some(held_scored), Some(held_updates)) = (stash.held_for(SCORED), stash.held_for(UPDATES)) {
                     let mut rest = &ready[..];
                     while let Some(&(time, _)) = rest.first() {
@@ -264,7 +266,7 @@ pub fn feature_windows<'s>(
                     }
                     scored_handle
                         .session(held_scored)
-                        .give_iterator(ready.into_iter().zip(features.drain(..)).map(|((_, event), features)| (event, features)));
+                        .give_iterator(ready.drain(..).zip(features.drain(..)).map(|((_, event), features)| (event, features)));
                     // New retractions may be earlier than the held one: mint from the events' capability.
                     if let Some(next) = state.next_expiry().filter(|_| wanted) {
                         match retractions.as_mut() {

@@ -84,9 +84,11 @@ pub fn verdicts<'s>(
     let mut exported_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<(Time, Vec<WindowEntry>)>>>::from(exported_out);
     builder.build(move |_capabilities| {
         let mut stash: TimeStash<Item> = TimeStash::default();
-        let mut blocks: HashMap<UserKey, Block> = HashMap::new();
+        let mut ready = Vec::new();
+        let mut items = Vec::new();
+        let mut blocks: Blocks = Blocks::default();
         // Per user, the `effective_from` of every unblock.
-        let mut unblocked: HashMap<UserKey, Vec<Time>> = HashMap::new();
+        let mut unblocked: Unblocked = Unblocked::default();
         let mut barriers: Vec<Capability<Time>> = Vec::new();
         let mut restored = false;
         move |frontiers| {
@@ -142,16 +144,15 @@ pub fn verdicts<'s>(
             let mut exported_handle = exported_out.activate();
             loop {
                 let barrier = barriers.first().map(|c| *c.time()).filter(|b| bound.is_none_or(|f| *b < f));
-                let ready = stash.take_before(barrier.or(bound));
+                ready.clear();
+                stash.take_before(barrier.or(bound), &mut ready);
                 if let Some(cap) = stash.held() {
                     let mut session = decided_handle.session(cap);
-                    let mut ready = ready.into_iter().peekable();
+                    let mut ready = ready.drain(..).peekable();
                     while let Some(&(time, _)) = ready.peek() {
-                        let mut items = Vec::new();
-                        while let Some((_, item)) = ready.next_if(|(t, _)| *t == time) {
-                            items.push(item);
-                        }
-                        decide_time(time, items, &mut blocks, &unblocked, block_for, |d| session.give(d));
+                        items.clear();
+                        items.extend(std::iter::from_fn(|| ready.next_if(|(t, _)| *t == time).map(|(_, item)| item)));
+                        decide_time(time, &mut items, &mut blocks, &unblocked, block_for, |d| session.give(d));
                     }
                 }
                 stash.release();
@@ -175,35 +176,54 @@ fn is_blocked(block: &Block, time: Time, unblocks: Option<&Vec<Time>>) -> bool {
     block.from < time && time <= block.until && !unblocks.is_some_and(|u| u.iter().any(|at| block.from < *at && *at <= time))
 }
 
-/// Decides the events of one time (see the module doc), then applies the blocks their decisions make.
+/// The running blocks, by user.
+type Blocks = HashMap<UserKey, Block, foldhash::fast::FixedState>;
+
+/// Per user, the `effective_from` of every unblock.
+type Unblocked = HashMap<UserKey, Vec<Time>, foldhash::fast::FixedState>;
+
+/// Decides the events of one time (see the module doc), then applies the blocks their decisions
+/// make. `items` are all of the time's; they are drained.
 fn decide_time(
     time: Time,
-    items: Vec<Item>,
-    blocks: &mut HashMap<UserKey, Block>,
-    unblocked: &HashMap<UserKey, Vec<Time>>,
+    items: &mut Vec<Item>,
+    blocks: &mut Blocks,
+    unblocked: &Unblocked,
     block_for: Time,
     mut emit: impl FnMut(Decision),
 ) {
+    // Most times hold only events of users without a block: nothing to say about them.
+    let only_events = items.iter().all(|item| matches!(item, Item::Event(..)));
+    let blocked = |event: &UserEvent| blocks.get(&event.key).filter(|b| is_blocked(b, time, unblocked.get(&event.key)));
+    if only_events && (blocks.is_empty() || items.iter().all(|item| matches!(item, Item::Event(e, _) if blocked(e).is_none()))) {
+        items.clear();
+        return;
+    }
     let mut events = Vec::new();
-    let mut decisions: HashMap<String, Decision> = HashMap::new();
-    let mut hits: HashMap<String, Vec<decision::CorrelationMatch>> = HashMap::new();
-    for item in items {
+    let mut decisions: Vec<Decision> = Vec::new();
+    let mut hits: Vec<Hit> = Vec::new();
+    for item in items.drain(..) {
         match item {
             Item::Event(event, features) => events.push((event, features)),
-            Item::Decision(d) => {
-                decisions.insert(d.event_id.clone(), *d);
-            }
-            Item::Hit(hit) => hits.entry(hit.event_id).or_default().push(hit.matched),
+            Item::Decision(d) => decisions.push(*d),
+            Item::Hit(hit) => hits.push(hit),
         }
     }
     let mut new_blocks: Vec<(UserKey, Block)> = Vec::new();
     for (event, features) in events {
-        let decision = decisions.remove(&event.event_id);
+        let decision = decisions.iter().position(|d| d.event_id == event.event_id).map(|i| decisions.swap_remove(i));
         if let Some(block) = blocks.get(&event.key).filter(|b| is_blocked(b, time, unblocked.get(&event.key))) {
             emit(decision::blocked(time, &event, &features, &block.by, block.until));
             continue;
         }
-        let matches = hits.remove(&event.event_id).unwrap_or_default();
+        let mut matches = Vec::new();
+        hits.retain_mut(|hit| {
+            let mine = hit.event_id == event.event_id;
+            if mine {
+                matches.push(hit.matched.clone());
+            }
+            !mine
+        });
         let Some(mut d) = decision::with_correlations(decision, time, &event, &features, &matches) else { continue };
         if d.verdict == Verdict::Threat && d.actions.contains(&ThreatAction::Block) {
             let until = time.saturating_add(block_for);
@@ -213,7 +233,7 @@ fn decide_time(
         emit(d);
     }
     // Decisions not about an event of this worker's stream (none from the shipped dataflows).
-    for (_, d) in decisions {
+    for d in decisions {
         emit(d);
     }
     new_blocks.sort_by(|a, b| (a.0, &a.1.by).cmp(&(b.0, &b.1.by)));
@@ -254,11 +274,11 @@ mod tests {
     }
 
     /// Runs the times in order; returns `(event, verdict, blocked_by)` of every decision.
-    fn run(times: Vec<(Time, Vec<Item>)>, unblocked: HashMap<UserKey, Vec<Time>>) -> Vec<(String, Verdict, Option<String>)> {
-        let mut blocks = HashMap::new();
+    fn run(times: Vec<(Time, Vec<Item>)>, unblocked: Unblocked) -> Vec<(String, Verdict, Option<String>)> {
+        let mut blocks = Blocks::default();
         let mut out = Vec::new();
-        for (time, items) in times {
-            decide_time(time, items, &mut blocks, &unblocked, 100, |d| out.push((d.event_id, d.verdict, d.blocked_by)));
+        for (time, mut items) in times {
+            decide_time(time, &mut items, &mut blocks, &unblocked, 100, |d| out.push((d.event_id, d.verdict, d.blocked_by)));
         }
         out.sort();
         out
@@ -276,7 +296,7 @@ mod tests {
             (110, vec![ev("d", 110)]),
             (111, vec![ev("e", 111)]),
         ];
-        let decided = run(times, HashMap::new());
+        let decided = run(times, Unblocked::default());
         assert_eq!(
             decided,
             [
@@ -290,7 +310,7 @@ mod tests {
 
     #[test]
     fn an_unblock_lifts_earlier_blocks_from_its_time() {
-        let unblocked = HashMap::from([(user_key("ann"), vec![50])]);
+        let unblocked = Unblocked::from_iter([(user_key("ann"), vec![50])]);
         let times = vec![
             (10, vec![Item::Decision(Box::new(blocking("a", "ann", 10))), ev("a", 10)]),
             (49, vec![ev("b", 49)]),
