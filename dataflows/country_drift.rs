@@ -86,8 +86,8 @@ impl Dataflow for CountryDrift {
             let verdict = Verdict::Threat;
             Decision {
                 decision_id: decision_id(&e.event_id, verdict),
-                event_id: e.event_id.clone(),
-                user: e.user.clone(),
+                event_id: e.event_id.to_string(),
+                user: e.user.to_string(),
                 ts: e.time,
                 verdict,
                 score: None,

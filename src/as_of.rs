@@ -91,6 +91,11 @@ where
     let mut work: Vec<(K, usize, E)> = Vec::new();
     let mut results: Vec<O> = Vec::new();
     let mut times: Vec<(Time, BatchDiff<Tr>)> = Vec::new();
+    // The current key's values (each cloned once), and per distinct time of the key the
+    // accumulated values as `(index into key_vals, diff)`.
+    let mut key_vals: Vec<BatchValOwn<Tr>> = Vec::new();
+    let mut group_vals: Vec<Vec<(usize, BatchDiff<Tr>)>> = Vec::new();
+    let mut group_times: Vec<usize> = Vec::new();
     let mut key_con = <<C<Tr> as Cursor>::KeyContainer as BatchContainer>::with_capacity(1);
 
     events.binary_frontier::<_, CapacityContainerBuilder<Vec<O>>, _, _, _, _>(
@@ -127,11 +132,6 @@ where
                     // `ready` is in time order, so its index orders times.
                     work.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
                     let (mut cursor, storage) = cursor_list(trace.batches_through(Antichain::new().borrow()).unwrap_or_default());
-                    // The current key's values (each cloned once), and per distinct time of the key
-                    // the accumulated values as `(index into key_vals, diff)`.
-                    let mut key_vals: Vec<BatchValOwn<Tr>> = Vec::new();
-                    let mut group_vals: Vec<Vec<(usize, BatchDiff<Tr>)>> = Vec::new();
-                    let mut group_times: Vec<usize> = Vec::new();
                     let mut lo = 0;
                     while lo < work.len() {
                         let mut hi = lo + 1;

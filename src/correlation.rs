@@ -154,7 +154,7 @@ pub fn observe(time: Time, event: &Event, features: &Features, controls: &[(&Con
                 values,
                 member: member as u32,
                 value,
-                event_id: event.event_id.clone(),
+                event_id: event.event_id.to_string(),
                 key: event.key,
                 time,
             });

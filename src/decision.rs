@@ -142,8 +142,8 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
     let verdict = Verdict::Threat;
     Some(Decision {
         decision_id: decision_id(&event.event_id, verdict),
-        event_id: event.event_id.clone(),
-        user: event.user.clone(),
+        event_id: event.event_id.to_string(),
+        user: event.user.to_string(),
         ts: time,
         verdict,
         score,
@@ -190,8 +190,8 @@ pub fn blocked(time: Time, event: &Event, features: &Features, blocked_by: &str,
     let verdict = Verdict::Blocked;
     Decision {
         decision_id: decision_id(&event.event_id, verdict),
-        event_id: event.event_id.clone(),
-        user: event.user.clone(),
+        event_id: event.event_id.to_string(),
+        user: event.user.to_string(),
         ts: time,
         verdict,
         score: None,
@@ -237,8 +237,8 @@ pub fn with_correlations(decision: Option<Decision>, time: Time, event: &Event, 
         let verdict = Verdict::Threat;
         Decision {
             decision_id: decision_id(&event.event_id, verdict),
-            event_id: event.event_id.clone(),
-            user: event.user.clone(),
+            event_id: event.event_id.to_string(),
+            user: event.user.to_string(),
             ts: time,
             verdict,
             score: None,

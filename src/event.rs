@@ -12,6 +12,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// Event time in milliseconds since the Unix epoch; also the timely timestamp.
 pub type Time = u64;
 
+/// The text of an event field: inline up to 24 bytes, a static string by reference, otherwise on
+/// the heap (see [`compact_str::CompactString`]).
+pub type Text = compact_str::CompactString;
+
 /// Records longer than this are rejected without being parsed (the dead letter keeps a prefix).
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
 
@@ -19,25 +23,25 @@ pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Event {
     /// Unique id of the event.
-    pub event_id: String,
+    pub event_id: Text,
     /// Event time (ms since epoch) as the record states it.
     pub ts: Time,
     /// Acting user.
-    pub user: String,
+    pub user: Text,
     /// Action name (`login`, `download`, ... or any other string).
-    pub action: String,
+    pub action: Text,
     /// Application the event happened in.
-    pub app: Option<String>,
+    pub app: Option<Text>,
     /// Resource acted on.
-    pub resource: Option<String>,
+    pub resource: Option<Text>,
     /// Source IP address, as sent (not validated: real logs carry anonymised, invalid addresses).
-    pub src_ip: Option<String>,
+    pub src_ip: Option<Text>,
     /// ISO 3166 alpha-2 country code, upper case.
-    pub country: Option<String>,
+    pub country: Option<Text>,
     /// Bytes transferred.
     pub bytes: Option<u64>,
     /// User agent string.
-    pub user_agent: Option<String>,
+    pub user_agent: Option<Text>,
     /// Every other field of the record, as `(name, JSON text)`, sorted by name; kept for rules. For
     /// a provider's record (see [`crate::mapping`]) these are all of its own top-level fields.
     pub extra: Vec<(String, String)>,
@@ -129,10 +133,10 @@ impl Event {
     /// Serializes the event back to its canonical JSON form (one line, no engine fields).
     pub fn to_json(&self) -> String {
         let mut map = serde_json::Map::new();
-        map.insert("event_id".into(), self.event_id.clone().into());
+        map.insert("event_id".into(), self.event_id.as_str().into());
         map.insert("ts".into(), self.ts.into());
-        map.insert("user".into(), self.user.clone().into());
-        map.insert("action".into(), self.action.clone().into());
+        map.insert("user".into(), self.user.as_str().into());
+        map.insert("action".into(), self.action.as_str().into());
         let optional = [
             ("app", &self.app),
             ("resource", &self.resource),
@@ -142,7 +146,7 @@ impl Event {
         ];
         for (name, value) in optional {
             if let Some(v) = value {
-                map.insert(name.into(), v.clone().into());
+                map.insert(name.into(), v.as_str().into());
             }
         }
         if let Some(b) = self.bytes {
@@ -196,22 +200,22 @@ pub fn event_from_value(value: serde_json::Value) -> Result<Event, RejectReason>
 /// The record as deserialized, before validation.
 #[derive(Default)]
 struct RawEvent {
-    event_id: Option<String>,
+    event_id: Option<Text>,
     ts: Option<Time>,
-    user: Option<String>,
-    action: Option<String>,
-    app: Option<String>,
-    resource: Option<String>,
-    src_ip: Option<String>,
-    country: Option<String>,
+    user: Option<Text>,
+    action: Option<Text>,
+    app: Option<Text>,
+    resource: Option<Text>,
+    src_ip: Option<Text>,
+    country: Option<Text>,
     bytes: Option<u64>,
-    user_agent: Option<String>,
+    user_agent: Option<Text>,
     extra: Vec<(String, String)>,
 }
 
 impl RawEvent {
     fn validate(self) -> Result<Event, String> {
-        fn required(value: Option<String>, name: &str) -> Result<String, String> {
+        fn required(value: Option<Text>, name: &str) -> Result<Text, String> {
             match value {
                 Some(v) if !v.is_empty() => Ok(v),
                 Some(_) => Err(format!("field `{name}` is empty")),
@@ -227,7 +231,7 @@ impl RawEvent {
                 if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_alphabetic()) {
                     return Err(format!("field `country` is not an ISO 3166 alpha-2 code: {c:?}"));
                 }
-                Some(c.to_ascii_uppercase())
+                Some(Text::from(c.to_ascii_uppercase()))
             }
             None => None,
         };
@@ -287,11 +291,11 @@ pub fn parse_rfc3339_ms(text: &str) -> Result<Time, String> {
 }
 
 /// An optional string field: `null` and absent are the same; anything but a string is an error.
-struct OptString(Option<String>);
+struct OptString(Option<Text>);
 
 impl<'de> Deserialize<'de> for OptString {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Option::<String>::deserialize(d).map(OptString)
+        Option::<Text>::deserialize(d).map(OptString)
     }
 }
 

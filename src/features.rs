@@ -235,25 +235,24 @@ fn counter_of(event: &Event) -> Option<(FeatureName, isize)> {
 /// An update of the feature arrangement: `((user, value), time, diff)`.
 pub type FeatureUpdate = ((UserKey, FeatureVal), Time, isize);
 
-/// Per-worker state that turns events, in time order, into feature-arrangement updates.
+/// Per-worker state of the feature windows: turns events, in time order, into each event's
+/// features and into feature-arrangement updates.
 ///
-/// Retractions (`-d` at `t + W`) are held here, queued by time, and sent only once the events'
-/// frontier has passed their time: the arrangement's batcher then never holds far-future updates
-/// (30-day windows would otherwise keep every event's retraction there, re-scanned at every seal).
-/// A distinct value keeps one pending retraction: an event that extends the value's presence
-/// moves its end instead of adding a retraction, so a user logging in from the same country a
-/// hundred times holds one pending update for it, not a hundred.
+/// Each user's state is one entry: the running totals of its counters and distinct counts, and
+/// the distinct values present with the end of their presence, so judging an event costs one
+/// lookup. Retractions (`-d` at `t + W`) are queued by time and applied (and sent) only once the
+/// events' frontier has passed their time: the arrangement's batcher then never holds far-future
+/// updates (30-day windows would otherwise keep every event's retraction there). A distinct value
+/// keeps one pending retraction: an event that extends the value's presence moves its end instead
+/// of adding a retraction, so a user logging in from the same country a hundred times holds one
+/// pending update for it, not a hundred.
 #[derive(Default)]
 pub struct WindowState {
-    /// End (exclusive) of each distinct value's current presence interval.
-    present_until: HashMap<(UserKey, FeatureVal), Time, foldhash::fast::FixedState>,
-    /// Pending retractions of the 30-day countries by time, as `(time, slot)`; one per value,
-    /// checked against `present_until` when due and re-queued if the interval was extended.
-    pending: BinaryHeap<Reverse<(Time, usize)>>,
-    /// The `(key, value)` of each pending heap retraction (always `-1`), by slot; `free` lists
-    /// unused slots.
-    slots: Vec<(UserKey, FeatureVal)>,
-    free: Vec<usize>,
+    /// Per user with anything in a window.
+    users: HashMap<UserKey, UserWindows, foldhash::fast::FixedState>,
+    /// Pending retractions of the 30-day countries by time; one per value, checked against the
+    /// value's presence when due and re-queued if the interval was extended.
+    pending: BinaryHeap<Reverse<(Time, UserKey, FeatureVal)>>,
     /// Counter retractions, one queue per counter: a counter's window is fixed and events come in
     /// time order, so each queue is already sorted by time (no heap needed).
     counters: [VecDeque<(Time, UserKey, isize)>; 9],
@@ -261,19 +260,106 @@ pub struct WindowState {
     /// queue each, sorted for the same reason. An extension queues a new entry and leaves the old
     /// one stale, which is cheap for short windows; the 30-day countries use the heap instead.
     short: [VecDeque<(Time, UserKey, FeatureVal)>; 2],
-    /// Each user's feature values as of the updates made so far (users with none are absent).
-    totals: HashMap<UserKey, Totals, foldhash::fast::FixedState>,
 }
 
-/// One user's accumulated counters and distinct counts: the sums of the diffs of its updates.
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
-struct Totals {
-    /// By [`FeatureName`] index; only the counter features are used.
+/// One user's windows.
+#[derive(Default)]
+struct UserWindows {
+    /// Accumulated counters (by [`FeatureName`] index; only the counter features are used).
     counters: [isize; 9],
     /// Countries of the last 24 hours present.
     countries: isize,
     /// Resources of the last hour present.
     resources: isize,
+    /// Each distinct value present, with the end (exclusive) of its presence interval.
+    present: Present,
+}
+
+impl UserWindows {
+    fn is_empty(&self) -> bool {
+        self.counters == [0; 9] && self.countries == 0 && self.resources == 0 && self.present.is_empty()
+    }
+
+    /// Adds `diff` to the total a value feeds (the 30-day countries feed none: `new_country`
+    /// reads their presence).
+    fn add(&mut self, val: FeatureVal, diff: isize) {
+        match val {
+            FeatureVal::Counter(name) => self.counters[name as usize] += diff,
+            FeatureVal::Country(_) => self.countries += diff,
+            FeatureVal::Resource(_) => self.resources += diff,
+            FeatureVal::SeenCountry(_) => {}
+        }
+    }
+}
+
+/// A user's distinct values and the ends of their presence: a short list scanned in place, which
+/// becomes a hash map for users with many values (a service account touching thousands of
+/// resources an hour).
+enum Present {
+    Few(Vec<(FeatureVal, Time)>),
+    Many(HashMap<FeatureVal, Time, foldhash::fast::FixedState>),
+}
+
+impl Default for Present {
+    fn default() -> Self {
+        Present::Few(Vec::new())
+    }
+}
+
+impl Present {
+    /// Values a list holds before it becomes a map.
+    const FEW: usize = 32;
+
+    fn get_mut(&mut self, val: FeatureVal) -> Option<&mut Time> {
+        match self {
+            Present::Few(list) => list.iter_mut().find(|(v, _)| *v == val).map(|(_, until)| until),
+            Present::Many(map) => map.get_mut(&val),
+        }
+    }
+
+    fn get(&self, val: FeatureVal) -> Option<Time> {
+        match self {
+            Present::Few(list) => list.iter().find(|(v, _)| *v == val).map(|(_, until)| *until),
+            Present::Many(map) => map.get(&val).copied(),
+        }
+    }
+
+    fn insert(&mut self, val: FeatureVal, until: Time) {
+        match self {
+            Present::Few(list) if list.len() < Self::FEW => list.push((val, until)),
+            Present::Few(list) => {
+                let mut map: HashMap<_, _, _> = list.drain(..).collect();
+                map.insert(val, until);
+                *self = Present::Many(map);
+            }
+            Present::Many(map) => {
+                map.insert(val, until);
+            }
+        }
+    }
+
+    fn remove(&mut self, val: FeatureVal) {
+        match self {
+            Present::Few(list) => list.retain(|(v, _)| *v != val),
+            Present::Many(map) => {
+                map.remove(&val);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Present::Few(list) => list.is_empty(),
+            Present::Many(map) => map.is_empty(),
+        }
+    }
+
+    fn iter(&self) -> Box<dyn Iterator<Item = (FeatureVal, Time)> + '_> {
+        match self {
+            Present::Few(list) => Box::new(list.iter().copied()),
+            Present::Many(map) => Box::new(map.iter().map(|(v, t)| (*v, *t))),
+        }
+    }
 }
 
 /// The queue in [`WindowState::short`] of a distinct value, if it has one.
@@ -286,16 +372,6 @@ fn short_queue(val: FeatureVal) -> Option<usize> {
 }
 
 impl WindowState {
-    /// Appends the updates of one event judged at `time` to `out`; queues its retractions.
-    ///
-    /// Events must be presented in non-decreasing `time` order (events at the same time in any order),
-    /// and [`WindowState::expire`] called with the events' frontier in between.
-    pub fn updates(&mut self, key: UserKey, event: &Event, time: Time, out: &mut Vec<FeatureUpdate>) {
-        let start = out.len();
-        self.event_updates(key, event, time, out);
-        self.total(&out[start..]);
-    }
-
     /// Applies the events of one time `time` (all of them, each `(time, event)`) and appends their
     /// features as of `time` to `features`: every event of the same millisecond counts, and the
     /// retractions due at `time` are applied first. The events' updates and the retractions go
@@ -313,7 +389,8 @@ impl WindowState {
         for (_, event) in events {
             let country = event.country.as_deref().and_then(country_code);
             let seen = country.is_some_and(|c| {
-                self.present_until.get(&(event.key, FeatureVal::SeenCountry(c))).is_some_and(|until| *until > time)
+                let user = self.users.get(&event.key);
+                user.and_then(|u| u.present.get(FeatureVal::SeenCountry(c))).is_some_and(|until| until > time)
             });
             features.push(Features { new_country: u64::from(country.is_some() && !seen), ..Features::default() });
         }
@@ -322,82 +399,77 @@ impl WindowState {
         }
         self.expire(Some(time + 1), out);
         for ((_, event), features) in events.iter().zip(&mut features[first..]) {
-            if let Some(totals) = self.totals.get(&event.key) {
+            if let Some(user) = self.users.get(&event.key) {
                 // Only counter features have counters; the others stay 0 here.
                 for name in FeatureName::ALL {
-                    let n = totals.counters[name as usize];
+                    let n = user.counters[name as usize];
                     if n > 0 {
                         features.set(name, n as u64);
                     }
                 }
-                features.countries_24h = totals.countries.max(0) as u64;
-                features.distinct_resources_1h = totals.resources.max(0) as u64;
+                features.countries_24h = user.countries.max(0) as u64;
+                features.distinct_resources_1h = user.resources.max(0) as u64;
             }
         }
     }
 
-    /// Adds updates to the users' totals (the 30-day countries only decide `new_country`, which
-    /// reads the intervals themselves: their updates start a millisecond late).
-    fn total(&mut self, updates: &[FeatureUpdate]) {
-        for &((key, val), _, diff) in updates {
-            let totals = self.totals.entry(key).or_default();
-            match val {
-                FeatureVal::Counter(name) => totals.counters[name as usize] += diff,
-                FeatureVal::Country(_) => totals.countries += diff,
-                FeatureVal::Resource(_) => totals.resources += diff,
-                FeatureVal::SeenCountry(_) => continue,
-            }
-            if diff < 0 && *totals == Totals::default() {
-                self.totals.remove(&key);
-            }
-        }
-    }
-
-    fn event_updates(&mut self, key: UserKey, event: &Event, time: Time, out: &mut Vec<FeatureUpdate>) {
+    /// Appends the updates of one event judged at `time` to `out`; queues its retractions.
+    ///
+    /// Events must be presented in non-decreasing `time` order (events at the same time in any order),
+    /// and [`WindowState::expire`] called with the events' frontier in between.
+    pub fn updates(&mut self, key: UserKey, event: &Event, time: Time, out: &mut Vec<FeatureUpdate>) {
+        let user = self.users.entry(key).or_default();
         if let Some((name, amount)) = counter_of(event) {
             let val = FeatureVal::Counter(name);
             out.push(((key, val), time, amount));
+            user.add(val, amount);
             self.counters[name as usize].push_back((time + name.window(), key, -amount));
         }
+        let mut distinct = |val: FeatureVal, start: Time, len: Time| {
+            let end = start + len;
+            match user.present.get_mut(val) {
+                // Overlapping or adjacent: extend (a heap entry is re-queued when due; a
+                // short-window value queues a new entry and its old one goes stale).
+                Some(until) if *until >= start => {
+                    if end > *until {
+                        *until = end;
+                        if let Some(q) = short_queue(val) {
+                            self.short[q].push_back((end, key, val));
+                        }
+                    }
+                    return;
+                }
+                // Ended, but its retraction is not sent yet: send it, and start a new interval.
+                Some(until) => {
+                    out.push(((key, val), *until, -1));
+                    out.push(((key, val), start, 1));
+                    *until = end;
+                }
+                None => {
+                    out.push(((key, val), start, 1));
+                    user.present.insert(val, end);
+                    user.add(val, 1);
+                }
+            }
+            match short_queue(val) {
+                Some(q) => self.short[q].push_back((end, key, val)),
+                None => self.pending.push(Reverse((end, key, val))),
+            }
+        };
         if let Some(c) = event.country.as_deref().and_then(country_code) {
             if matches!(event.kind(), ActionKind::Login | ActionKind::LoginFailed) {
-                self.present(key, FeatureVal::Country(c), time, FeatureName::Countries24h.window(), out);
+                distinct(FeatureVal::Country(c), time, FeatureName::Countries24h.window());
             }
             // Seen *strictly before* a later event: present during [time + 1, time + W).
-            self.present(key, FeatureVal::SeenCountry(c), time + 1, FeatureName::NewCountry.window() - 1, out);
+            distinct(FeatureVal::SeenCountry(c), time + 1, FeatureName::NewCountry.window() - 1);
         }
         if let Some(resource) = event.resource.as_deref() {
             let val = FeatureVal::Resource(xxhash_rust::xxh3::xxh3_64(resource.as_bytes()));
-            self.present(key, val, time, FeatureName::DistinctResources1h.window(), out);
+            distinct(val, time, FeatureName::DistinctResources1h.window());
         }
-    }
-
-    /// Makes `val` present during `[start, start + len)`, merging with its current interval.
-    fn present(&mut self, key: UserKey, val: FeatureVal, start: Time, len: Time, out: &mut Vec<FeatureUpdate>) {
-        let end = start + len;
-        match self.present_until.get_mut(&(key, val)) {
-            // Overlapping or adjacent: extend (a heap entry is re-queued when due; a short-window
-            // value queues a new entry and its old one goes stale).
-            Some(until) if *until >= start => {
-                if end > *until {
-                    *until = end;
-                    if let Some(q) = short_queue(val) {
-                        self.short[q].push_back((end, key, val));
-                    }
-                }
-            }
-            // Ended, but its retraction is not sent yet: send it, and start a new interval.
-            Some(until) => {
-                out.push(((key, val), *until, -1));
-                out.push(((key, val), start, 1));
-                *until = end;
-                self.queue(end, key, val);
-            }
-            None => {
-                out.push(((key, val), start, 1));
-                self.present_until.insert((key, val), end);
-                self.queue(end, key, val);
-            }
+        // An event that feeds no window (an upload without a resource) leaves no user behind.
+        if user.is_empty() {
+            self.users.remove(&key);
         }
     }
 
@@ -405,72 +477,55 @@ impl WindowState {
     ///
     /// No event at or after the frontier can extend an interval ending before it.
     pub fn expire(&mut self, frontier: Option<Time>, out: &mut Vec<FeatureUpdate>) {
-        let start = out.len();
-        self.expire_queues(frontier, out);
-        self.total(&out[start..]);
-    }
-
-    fn expire_queues(&mut self, frontier: Option<Time>, out: &mut Vec<FeatureUpdate>) {
+        let due = |time: Time| frontier.is_none_or(|f| time < f);
         for (name, queue) in FeatureName::ALL.iter().zip(self.counters.iter_mut()) {
-            while let Some(&(time, key, diff)) = queue.front() {
-                if frontier.is_some_and(|f| time >= f) {
-                    break;
-                }
+            while let Some(&(time, key, diff)) = queue.front().filter(|(time, ..)| due(*time)) {
                 queue.pop_front();
-                out.push(((key, FeatureVal::Counter(*name)), time, diff));
+                let val = FeatureVal::Counter(*name);
+                out.push(((key, val), time, diff));
+                Self::change(&mut self.users, key, |user| user.add(val, diff));
             }
         }
         for queue in self.short.iter_mut() {
-            while let Some(&(time, key, val)) = queue.front() {
-                if frontier.is_some_and(|f| time >= f) {
-                    break;
-                }
+            while let Some(&(time, key, val)) = queue.front().filter(|(time, ..)| due(*time)) {
                 queue.pop_front();
                 // Only the entry at the interval's current end retracts; others are stale.
-                if self.present_until.get(&(key, val)) == Some(&time) {
-                    out.push(((key, val), time, -1));
-                    self.present_until.remove(&(key, val));
-                }
+                Self::change(&mut self.users, key, |user| {
+                    if user.present.get(val) == Some(time) {
+                        out.push(((key, val), time, -1));
+                        user.present.remove(val);
+                        user.add(val, -1);
+                    }
+                });
             }
         }
-        while let Some(Reverse((time, slot))) = self.pending.peek().copied() {
-            if frontier.is_some_and(|f| time >= f) {
-                break;
-            }
+        while let Some(&Reverse((time, key, val))) = self.pending.peek().filter(|Reverse((time, ..))| due(*time)) {
             self.pending.pop();
-            let (key, val) = self.slots[slot];
-            let until = self.present_until.get(&(key, val)).copied().unwrap_or(Time::MAX);
-            if until == time {
-                out.push(((key, val), time, -1));
-                self.present_until.remove(&(key, val));
-                self.free.push(slot);
-            } else if until > time && until != Time::MAX {
+            let mut later = None;
+            Self::change(&mut self.users, key, |user| match user.present.get(val) {
+                Some(until) if until == time => {
+                    out.push(((key, val), time, -1));
+                    user.present.remove(val);
+                }
                 // Extended since: due later.
-                self.pending.push(Reverse((until, slot)));
-            } else {
-                // A stale entry: the interval was closed and replaced (see `present`).
-                self.free.push(slot);
+                Some(until) if until > time => later = Some(until),
+                // A stale entry: the interval was closed and replaced (see `updates`).
+                _ => {}
+            });
+            if let Some(until) = later {
+                self.pending.push(Reverse((until, key, val)));
             }
         }
     }
 
-    /// Queues the retraction of a distinct value at `time`.
-    fn queue(&mut self, time: Time, key: UserKey, val: FeatureVal) {
-        if let Some(q) = short_queue(val) {
-            self.short[q].push_back((time, key, val));
-            return;
+    /// Applies `change` to a user's windows, and forgets the user once they are empty.
+    fn change(users: &mut HashMap<UserKey, UserWindows, foldhash::fast::FixedState>, key: UserKey, change: impl FnOnce(&mut UserWindows)) {
+        if let Some(user) = users.get_mut(&key) {
+            change(user);
+            if user.is_empty() {
+                users.remove(&key);
+            }
         }
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slots[slot] = (key, val);
-                slot
-            }
-            None => {
-                self.slots.push((key, val));
-                self.slots.len() - 1
-            }
-        };
-        self.pending.push(Reverse((time, slot)));
     }
 
     /// The windows' contents at the frontier `F` of the last [`WindowState::expire`]: every pending
@@ -481,20 +536,16 @@ impl WindowState {
                 out.push(WindowEntry::Counter { key, val: FeatureVal::Counter(*name), amount: -diff, until });
             }
         }
-        for (&(key, val), &until) in &self.present_until {
-            out.push(WindowEntry::Present { key, val, until });
+        for (&key, user) in &self.users {
+            for (val, until) in user.present.iter() {
+                out.push(WindowEntry::Present { key, val, until });
+            }
         }
     }
 
     /// Restores exported contents into an empty state, and appends the updates that make the
     /// arrangement hold them at `at` (the checkpoint's frontier).
-    pub fn import(&mut self, entries: Vec<WindowEntry>, at: Time, out: &mut Vec<FeatureUpdate>) {
-        let start = out.len();
-        self.import_entries(entries, at, out);
-        self.total(&out[start..]);
-    }
-
-    fn import_entries(&mut self, mut entries: Vec<WindowEntry>, at: Time, out: &mut Vec<FeatureUpdate>) {
+    pub fn import(&mut self, mut entries: Vec<WindowEntry>, at: Time, out: &mut Vec<FeatureUpdate>) {
         // Blocks and correlation windows are other operators' state.
         entries.retain(|e| matches!(e, WindowEntry::Counter { .. } | WindowEntry::Present { .. }));
         let until = |e: &WindowEntry| match e {
@@ -509,12 +560,18 @@ impl WindowState {
                 WindowEntry::Counter { key, val, amount, until } => {
                     if let FeatureVal::Counter(name) = val {
                         self.counters[name as usize].push_back((until, key, -amount));
+                        self.users.entry(key).or_default().add(val, amount);
                         out.push(((key, val), at, amount));
                     }
                 }
                 WindowEntry::Present { key, val, until } => {
-                    self.present_until.insert((key, val), until);
-                    self.queue(until, key, val);
+                    let user = self.users.entry(key).or_default();
+                    user.present.insert(val, until);
+                    user.add(val, 1);
+                    match short_queue(val) {
+                        Some(q) => self.short[q].push_back((until, key, val)),
+                        None => self.pending.push(Reverse((until, key, val))),
+                    }
                     out.push(((key, val), at, 1));
                 }
                 WindowEntry::Block { .. } | WindowEntry::Correlation { .. } => {}
@@ -526,6 +583,119 @@ impl WindowState {
     pub fn next_expiry(&self) -> Option<Time> {
         let counters = self.counters.iter().filter_map(|q| q.front().map(|(time, ..)| *time));
         let short = self.short.iter().filter_map(|q| q.front().map(|(time, ..)| *time));
-        self.pending.peek().map(|Reverse((time, _))| *time).into_iter().chain(counters).chain(short).min()
+        self.pending.peek().map(|Reverse((time, ..))| *time).into_iter().chain(counters).chain(short).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An event of `user` at `ts` with an action, a country and a resource.
+    fn event(id: usize, user: &str, ts: Time, action: &str, country: &str, resource: u32) -> Event {
+        let text = format!(
+            r#"{{"event_id":"e{id}","ts":{ts},"user":"{user}","action":"{action}","country":"{country}","resource":"r{resource}","bytes":7}}"#
+        );
+        crate::event::parse_event(text.as_bytes(), 1 << 20).expect("a valid event")
+    }
+
+    /// The features of `events[i]` straight from DESIGN.md's definitions.
+    fn oracle(events: &[Event], i: usize) -> Features {
+        let e = &events[i];
+        let within = |w: Time| events.iter().filter(move |o| o.user == e.user && o.ts <= e.ts && o.ts + w > e.ts);
+        let count = |w: Time, actions: &[&str]| within(w).filter(|o| actions.contains(&o.action.as_str())).count() as u64;
+        let distinct = |values: Vec<&str>| values.into_iter().collect::<std::collections::BTreeSet<_>>().len() as u64;
+        let login = ["login", "login_failed"];
+        Features {
+            failed_logins_5m: count(5 * MINUTE, &["login_failed"]),
+            logins_1h: count(HOUR, &["login"]),
+            countries_24h: distinct(within(DAY).filter(|o| login.contains(&o.action.as_str())).filter_map(|o| o.country.as_deref()).collect()),
+            new_country: u64::from(
+                !events.iter().any(|o| o.user == e.user && o.ts < e.ts && o.ts + 30 * DAY > e.ts && o.country == e.country),
+            ),
+            download_bytes_1h: within(HOUR).filter(|o| o.action == "download").map(|o| o.bytes.unwrap_or(0)).sum(),
+            external_shares_1h: count(HOUR, &["share_external"]),
+            deletes_10m: count(10 * MINUTE, &["delete"]),
+            privilege_changes_1h: count(HOUR, &["permission_change", "admin_action"]),
+            distinct_resources_1h: distinct(within(HOUR).filter_map(|o| o.resource.as_deref()).collect()),
+        }
+    }
+
+    /// Mostly short gaps (so that windows fill up), some at the window lengths, some long.
+    fn gap() -> impl Strategy<Value = Time> {
+        prop_oneof![3 => Just(0), 12 => 1u64..2_000, 1 => Just(5 * MINUTE), 1 => Just(HOUR), 1 => 1u64..DAY, 1 => Just(30 * DAY)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// `judge` gives every event the oracle's features, with users that keep few distinct values
+        /// and users that keep many (past the list-to-map switch), times that repeat, and gaps
+        /// around the window lengths; `export` then `import` into a fresh state carries on alike.
+        #[test]
+        fn judged_features_are_the_definitions(
+            steps in proptest::collection::vec((0u8..3, gap(), 0usize..6, 0usize..3, 0u32..80), 1..200),
+            cut in 0usize..200,
+        ) {
+            let actions = ["login", "login_failed", "download", "delete", "share_external", "admin_action"];
+            let countries = ["US", "DE", "JP"];
+            let (mut ts, mut events) = (1_000u64, Vec::new());
+            for (i, (user, gap, action, country, resource)) in steps.iter().enumerate() {
+                ts += gap;
+                // User 2 touches a new resource nearly every time: past `Present::FEW` values.
+                let resource = if *user == 2 { i as u32 } else { *resource % 5 };
+                events.push(event(i, &format!("u{user}"), ts, actions[*action], countries[*country], resource));
+            }
+            let mut state = WindowState::default();
+            let (mut out, mut features) = (Vec::new(), Vec::new());
+            let mut i = 0;
+            while i < events.len() {
+                if i >= cut.min(events.len()) && cut > 0 {
+                    // Restart from a checkpoint taken at this event's time.
+                    state.expire(Some(events[i].ts), &mut out);
+                    let mut entries = Vec::new();
+                    state.export(&mut entries);
+                    state = WindowState::default();
+                    state.import(entries, events[i].ts, &mut out);
+                }
+                let time = events[i].ts;
+                let same: Vec<(Time, &Event)> = events[i..].iter().take_while(|e| e.ts == time).map(|e| (time, e)).collect();
+                state.judge(time, &same, &mut out, &mut features);
+                i += same.len();
+            }
+            for (i, got) in features.iter().enumerate() {
+                prop_assert_eq!(*got, oracle(&events, i), "event {}", i);
+            }
+        }
+    }
+
+    /// A user with more distinct values than a list holds (a map then): every event's features
+    /// are the oracle's as values arrive, are counted once, expire and are exported and imported.
+    #[test]
+    fn many_distinct_values() {
+        let mut events = Vec::new();
+        for i in 0..3 * Present::FEW {
+            // A new resource every 20 s for a while, every fifth one repeated, then quiet, then more.
+            let ts = 1_000 + i as Time * 20_000 + if i >= 2 * Present::FEW { HOUR } else { 0 };
+            let resource = if i % 5 == 4 { i as u32 - 1 } else { i as u32 };
+            events.push(event(i, "svc", ts, "download", "US", resource));
+        }
+        for restart in [false, true] {
+            let mut state = WindowState::default();
+            let (mut out, mut features) = (Vec::new(), Vec::new());
+            for (i, e) in events.iter().enumerate() {
+                if restart && i % 17 == 0 {
+                    state.expire(Some(e.ts), &mut out);
+                    let mut entries = Vec::new();
+                    state.export(&mut entries);
+                    state = WindowState::default();
+                    state.import(entries, e.ts, &mut out);
+                }
+                state.judge(e.ts, &[(e.ts, e)], &mut out, &mut features);
+                assert_eq!(features[i], oracle(&events, i), "event {i}, restart {restart}");
+            }
+            assert!(features.iter().any(|f| f.distinct_resources_1h > Present::FEW as u64));
+        }
     }
 }

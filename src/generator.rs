@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, Time};
+use crate::event::{Event, Text, Time};
 use crate::features::{DAY, HOUR, MINUTE};
 use crate::checkpoint::PartitionPosition;
 use crate::source::{Item, Partition};
@@ -190,7 +190,7 @@ fn pick_index(rng: &mut ChaCha8Rng, weights: &[u32]) -> usize {
 struct Profile {
     name: String,
     home: usize,
-    ips: Vec<String>,
+    ips: Vec<Text>,
     agent: &'static str,
     /// Start of the working day, hours after local midnight, and its length in hours.
     work_start: f64,
@@ -213,7 +213,7 @@ impl Profile {
         let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, user));
         let weights: Vec<u32> = COUNTRIES.iter().map(|c| c.3).collect();
         let home = pick_index(&mut rng, &weights);
-        let ips = (0..rng.random_range(1..=3)).map(|_| ip_in(home, &mut rng)).collect();
+        let ips = (0..rng.random_range(1..=3)).map(|_| Text::from(ip_in(home, &mut rng))).collect();
         let admin = rng.random_bool(0.03);
         let mut habits: Vec<u32> = HABITS.iter().map(|h| h.2 * rng.random_range(50..150) / 100).collect();
         if admin {
@@ -235,11 +235,11 @@ impl Profile {
         }
     }
 
-    fn resource(&self, user: u64, rng: &mut ChaCha8Rng) -> String {
+    fn resource(&self, user: u64, rng: &mut ChaCha8Rng) -> Text {
         if rng.random_bool(0.3) {
-            format!("drive/team{}/doc{}", self.team, rng.random_range(0..40))
+            compact_str::format_compact!("drive/team{}/doc{}", self.team, rng.random_range(0..40))
         } else {
-            format!("drive/{user}/doc{}", rng.random_range(0..self.resources))
+            compact_str::format_compact!("drive/{user}/doc{}", rng.random_range(0..self.resources))
         }
     }
 }
@@ -249,8 +249,8 @@ struct Draft {
     ts: Time,
     action: &'static str,
     app: &'static str,
-    resource: Option<String>,
-    ip: String,
+    resource: Option<Text>,
+    ip: Text,
     country: &'static str,
     bytes: Option<u64>,
     agent: &'static str,
@@ -260,7 +260,7 @@ struct Draft {
 /// A user's working day: where they are, and the sessions still to come.
 struct Day {
     country: usize,
-    ip: String,
+    ip: Text,
     sessions: VecDeque<i64>,
 }
 
@@ -399,7 +399,7 @@ fn plan_day(p: &Profile, day: u64, start: Time, rng: &mut ChaCha8Rng) -> Day {
     let (country, ip) = if travel {
         let near: Vec<usize> = (0..COUNTRIES.len()).filter(|c| *c != p.home && COUNTRIES[*c].2 == COUNTRIES[p.home].2).collect();
         let c = if near.is_empty() { p.home } else { near[rng.random_range(0..near.len())] };
-        (c, ip_in(c, rng))
+        (c, Text::from(ip_in(c, rng)))
     } else {
         (p.home, p.ips[rng.random_range(0..p.ips.len())].clone())
     };
@@ -465,7 +465,7 @@ fn attack_actor(config: &GeneratorConfig, instance: &Instance, profile: std::rc:
     let mut queue = VecDeque::new();
     let label = Some((instance.scenario, instance.id));
     let foreign = ATTACKER_COUNTRIES[rng.random_range(0..ATTACKER_COUNTRIES.len())];
-    let foreign_ip = format!("185.{}.{}.{}", rng.random_range(0..256), rng.random_range(0..256), rng.random_range(1..255));
+    let foreign_ip = compact_str::format_compact!("185.{}.{}.{}", rng.random_range(0..256), rng.random_range(0..256), rng.random_range(1..255));
     let own_ip = profile.ips[0].clone();
     let home = COUNTRIES[profile.home].0;
     let user = instance.user;
@@ -529,7 +529,7 @@ fn attack_actor(config: &GeneratorConfig, instance: &Instance, profile: std::rc:
         Scenario::PrivilegeEscalation => {
             for i in 0..rng.random_range(8..25) {
                 let action = if i % 3 == 0 { "admin_action" } else { "permission_change" };
-                let r = format!("admin/role{}", rng.random_range(0..20));
+                let r = compact_str::format_compact!("admin/role{}", rng.random_range(0..20));
                 push(&mut queue, t, action, "admin", Some(r), None, false);
                 t += rng.random_range(10_000..60_000);
             }
@@ -629,23 +629,25 @@ impl GeneratorPartition {
     }
 
     fn finish(&self, seq: u64, draft: Draft, user: &str, out: &mut Vec<Item>) {
-        let id = xxhash_rust::xxh3::xxh3_128(&[self.config.seed.to_le_bytes(), (self.index as u64).to_le_bytes(), seq.to_le_bytes()].concat());
-        let event_id = format!("{id:032x}");
-        let name = user.to_string();
+        let mut seed = [0u8; 24];
+        for (chunk, n) in seed.chunks_exact_mut(8).zip([self.config.seed, self.index as u64, seq]) {
+            chunk.copy_from_slice(&n.to_le_bytes());
+        }
+        let event_id = Text::from(hex::encode(xxhash_rust::xxh3::xxh3_128(&seed).to_be_bytes()));
         if let Some((scenario, instance)) = draft.label {
-            out.push(Item::Label(Label { event_id: event_id.clone(), scenario, instance, user: name.clone(), ts: draft.ts }));
+            out.push(Item::Label(Label { event_id: event_id.to_string(), scenario, instance, user: user.to_string(), ts: draft.ts }));
         }
         out.push(Item::Event(Event {
             event_id,
             ts: draft.ts,
-            user: name,
-            action: draft.action.to_string(),
-            app: Some(draft.app.to_string()),
+            user: Text::new(user),
+            action: Text::const_new(draft.action),
+            app: Some(Text::const_new(draft.app)),
             resource: draft.resource,
             src_ip: Some(draft.ip),
-            country: Some(draft.country.to_string()),
+            country: Some(Text::const_new(draft.country)),
             bytes: draft.bytes,
-            user_agent: Some(draft.agent.to_string()),
+            user_agent: Some(Text::const_new(draft.agent)),
             extra: Vec::new(),
             source: None,
             key: crate::features::user_key(user),
@@ -764,7 +766,7 @@ mod tests {
         assert_eq!(ids.len(), 20_000, "event ids are unique");
         let scenarios: std::collections::BTreeSet<_> = la.iter().map(|l| l.scenario).collect();
         assert_eq!(scenarios.len(), Scenario::ALL.len(), "{scenarios:?}");
-        assert!(la.iter().all(|l| ids.contains(&l.event_id)), "labels name generated events");
+        assert!(la.iter().all(|l| ids.contains(&Text::from(l.event_id.as_str()))), "labels name generated events");
         // Arrival order is perturbed but bounded, except for the deliberately late events.
         let (mut late, mut disordered) = (0, 0);
         for part in &a {

@@ -249,16 +249,16 @@ impl Mapping {
         extra.sort();
         let key = crate::features::user_key(&user);
         Ok(Event {
-            event_id,
+            event_id: event_id.into(),
             ts,
-            user,
-            action,
-            app: first_text(record, &self.app),
-            resource: first_text(record, &self.resource),
-            src_ip: first_text(record, &self.src_ip),
-            country,
+            user: user.into(),
+            action: action.into(),
+            app: first_text(record, &self.app).map(Into::into),
+            resource: first_text(record, &self.resource).map(Into::into),
+            src_ip: first_text(record, &self.src_ip).map(Into::into),
+            country: country.map(Into::into),
             bytes,
-            user_agent: first_text(record, &self.user_agent),
+            user_agent: first_text(record, &self.user_agent).map(Into::into),
             extra,
             source: Some(self.name.clone()),
             key,
@@ -582,7 +582,7 @@ mod tests {
         let mut out = Vec::new();
         format.decode(serde_json::json!({"Records": [ct("a"), ct("b"), {"x": 1}]}), &mut out);
         format.decode(serde_json::json!([ct("c")]), &mut out);
-        let ids: Vec<String> = out.iter().map(|(e, _)| e.as_ref().map(|e| e.event_id.clone()).unwrap_or_else(|r| r.to_string())).collect();
+        let ids: Vec<String> = out.iter().map(|(e, _)| e.as_ref().map(|e| e.event_id.to_string()).unwrap_or_else(|r| r.to_string())).collect();
         assert_eq!(ids[0], "a");
         assert_eq!(ids[1], "b");
         assert!(ids[2].contains("fits no mapping") && ids[2].contains("fields x"), "{}", ids[2]);

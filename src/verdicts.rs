@@ -228,7 +228,7 @@ fn decide_time(
         if d.verdict == Verdict::Threat && d.actions.contains(&ThreatAction::Block) {
             let until = time.saturating_add(block_for);
             d.blocked_until = Some(until);
-            new_blocks.push((event.key, Block { from: time, until, by: event.event_id.clone() }));
+            new_blocks.push((event.key, Block { from: time, until, by: event.event_id.to_string() }));
         }
         emit(d);
     }

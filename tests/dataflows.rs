@@ -86,7 +86,7 @@ fn the_shared_feature_arrangement_agrees_with_the_features_events_carry() {
             let record = |seen: Seen, carried: bool| {
                 move |(event, features): (Rc<threatflow::event::Event>, Features)| {
                     let mut seen = seen.lock().unwrap();
-                    let slot = seen.entry(event.event_id.clone()).or_default();
+                    let slot = seen.entry(event.event_id.to_string()).or_default();
                     let side = if carried { &mut slot.0 } else { &mut slot.1 };
                     assert!(side.replace(features).is_none(), "one answer per event and path");
                 }

@@ -195,7 +195,7 @@ fn extract_worker(worker: &mut timely::worker::Worker, spec: &ExtractSpec, read:
                 for (event, features) in data.drain(..) {
                     rows.examples.push(Example { ts: event.time, id: id_hash(&event.event_id), features });
                     if keep_ids {
-                        rows.ids.push(event.event_id.clone());
+                        rows.ids.push(event.event_id.to_string());
                     }
                 }
             });

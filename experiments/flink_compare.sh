@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Apache Flink 2.3 side of the threat-detection benchmark (/work/shared/bench/WORKLOAD.md).
+#
+# Usage: experiments/flink_compare.sh [N] [P...]        (defaults: N=10000000, P="1 2")
+#   env: FLINK_CACHE  where Flink jars and compiled classes live
+#                     (default ~/.cache/threatflow-flink; never inside the repository)
+#        RUNS         runs per P (default 1)
+#        STARTUP_RUN  1 (default): first run the job once with N=16 per P, to show the
+#                     JVM + MiniCluster start/stop cost on its own; 0 skips it
+#        USERS        default 100000
+#
+# What it does:
+#   1. Fetches Apache Flink 2.3.0 when missing: the jars come from the `apache-flink-libraries`
+#      package on PyPI (Apache License 2.0; the PyFlink packaging of the official Flink
+#      distribution). Only flink-dist and the log4j jars are extracted into $FLINK_CACHE/lib.
+#   2. Compiles experiments/flink/ThreatBench.java with javac into $FLINK_CACHE/classes.
+#   3. Runs the job on a local MiniCluster (one JVM, P task slots, heap state backend, no
+#      checkpointing) for each P and prints one JSON line per run (process_seconds, added
+#      here, is the wall time of the whole java process).
+#   4. Checks flagged / per_version / checksum_idx / checksum_user against WORKLOAD.md section 7
+#      (table below; for any other N, against the sequential reference `ThreatBench --check-seq`)
+#      and exits non-zero on any mismatch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N=${1:-10000000}
+shift || true
+PS=("$@")
+[ ${#PS[@]} -eq 0 ] && PS=(1 2)
+USERS=${USERS:-100000}
+RUNS=${RUNS:-1}
+STARTUP_RUN=${STARTUP_RUN:-1}
+FLINK_VERSION=2.3.0
+CACHE=${FLINK_CACHE:-$HOME/.cache/threatflow-flink}
+LIB=$CACHE/lib
+CLASSES=$CACHE/classes
+SRC=experiments/flink/ThreatBench.java
+
+# --- 1. Flink jars --------------------------------------------------------------------------
+if [ ! -f "$LIB/flink-dist-$FLINK_VERSION.jar" ]; then
+  echo "fetching apache-flink-libraries==$FLINK_VERSION from PyPI into $CACHE" >&2
+  mkdir -p "$CACHE/download" "$LIB"
+  pip download "apache-flink-libraries==$FLINK_VERSION" --no-deps -d "$CACHE/download" >&2
+  pkg=$(ls "$CACHE"/download/apache[-_]flink[-_]libraries-"$FLINK_VERSION"* | head -n 1)
+  case "$pkg" in
+    *.whl)      # wheel: pyflink/lib/*.jar
+      unzip -j -o -q "$pkg" "pyflink/lib/flink-dist-*.jar" "pyflink/lib/log4j-*.jar" -d "$LIB" ;;
+    *.tar.gz)   # sdist: <dir>/deps/lib/*.jar
+      tmp=$(mktemp -d "$CACHE/extract.XXXXXX")
+      tar -xzf "$pkg" -C "$tmp" --wildcards '*/deps/lib/flink-dist-*.jar' '*/deps/lib/log4j-*.jar'
+      find "$tmp" -name '*.jar' -exec mv {} "$LIB/" \;
+      rm -rf "$tmp" ;;
+    *) echo "unexpected download: $pkg" >&2; exit 1 ;;
+  esac
+  rm -f "$pkg"   # the package is ~330 MB; keep only the jars
+fi
+
+# log4j: warnings and errors to stderr, so stdout carries only the JSON lines
+if [ ! -f "$CACHE/log4j2.properties" ]; then
+  cat > "$CACHE/log4j2.properties" <<'EOF'
+rootLogger.level = WARN
+rootLogger.appenderRef.err.ref = err
+appender.err.type = Console
+appender.err.name = err
+appender.err.target = SYSTEM_ERR
+appender.err.layout.type = PatternLayout
+appender.err.layout.pattern = %d{HH:mm:ss,SSS} %-5p %c{1} - %m%n
+# harmless in a local MiniCluster
+logger.tokens.name = org.apache.flink.runtime.security.token.DefaultDelegationTokenManager
+logger.tokens.level = ERROR
+logger.web.name = org.apache.flink.runtime.webmonitor.WebMonitorUtils
+logger.web.level = ERROR
+EOF
+fi
+
+# --- 2. compile -----------------------------------------------------------------------------
+if [ ! -f "$CLASSES/ThreatBench.class" ] || [ "$SRC" -nt "$CLASSES/ThreatBench.class" ]; then
+  mkdir -p "$CLASSES"
+  javac -cp "$LIB/*" -d "$CLASSES" "$SRC"
+fi
+
+# --- 3. run ---------------------------------------------------------------------------------
+# Flink's defaults for env.java.opts.all (config.yaml in flink-dist), needed on Java 17.
+JVM_OPTS=(
+  -Xmx4g
+  --add-exports=java.base/sun.net.util=ALL-UNNAMED
+  --add-exports=java.rmi/sun.rmi.registry=ALL-UNNAMED
+  --add-exports=java.security.jgss/sun.security.krb5=ALL-UNNAMED
+  --add-opens=java.base/java.lang=ALL-UNNAMED
+  --add-opens=java.base/java.net=ALL-UNNAMED
+  --add-opens=java.base/java.io=ALL-UNNAMED
+  --add-opens=java.base/java.nio=ALL-UNNAMED
+  --add-opens=java.base/sun.nio.ch=ALL-UNNAMED
+  --add-opens=java.base/java.lang.reflect=ALL-UNNAMED
+  --add-opens=java.base/java.text=ALL-UNNAMED
+  --add-opens=java.base/java.time=ALL-UNNAMED
+  --add-opens=java.base/java.util=ALL-UNNAMED
+  --add-opens=java.base/java.util.concurrent=ALL-UNNAMED
+  --add-opens=java.base/java.util.concurrent.atomic=ALL-UNNAMED
+  --add-opens=java.base/java.util.concurrent.locks=ALL-UNNAMED
+  "-Dlog4j2.configurationFile=$CACHE/log4j2.properties"
+  -cp "$CLASSES:$LIB/*"
+)
+
+# Reference decisions, WORKLOAD.md section 7 (USERS = 100000):
+# "flagged","per_version","checksum_idx","checksum_user" exactly as ThreatBench prints them.
+reference() {
+  case "$1" in
+    100000)   echo '"flagged":415,"per_version":[7,45,149,214],"checksum_idx":29585020,"checksum_user":71660456' ;;
+    1000000)  echo '"flagged":5939,"per_version":[528,1559,1318,2534],"checksum_idx":3720996959,"checksum_user":795006468' ;;
+    5000000)  echo '"flagged":36439,"per_version":[4537,9232,9876,12794],"checksum_idx":107786028509,"checksum_user":5163019889' ;;
+    10000000) echo '"flagged":86551,"per_version":[11932,23226,25344,26049],"checksum_idx":492324420241,"checksum_user":13014825624' ;;
+    *)        # not in the table: the plain sequential reference loop in ThreatBench.java
+              java -cp "$CLASSES:$LIB/*" ThreatBench --check-seq "$1" "$USERS" \
+                | grep -o '"flagged":.*"checksum_user":[0-9]*' ;;
+  esac
+}
+
+failures=0
+run() {  # run N P
+  local n=$1 p=$2 t0 t1 line expected
+  if [ "$USERS" = 100000 ]; then expected=$(reference "$n"); else
+    expected=$(java -cp "$CLASSES:$LIB/*" ThreatBench --check-seq "$n" "$USERS" \
+                 | grep -o '"flagged":.*"checksum_user":[0-9]*'); fi
+  t0=$(date +%s.%N)
+  line=$(java "${JVM_OPTS[@]}" ThreatBench "$n" "$p" "$USERS")
+  t1=$(date +%s.%N)
+  echo "${line%\}},\"process_seconds\":$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')}"
+  if [[ "$line" != *"$expected"* ]]; then
+    echo "CHECKSUM MISMATCH for N=$n P=$p: expected $expected" >&2
+    failures=$((failures + 1))
+  fi
+}
+
+for p in "${PS[@]}"; do
+  [ "$STARTUP_RUN" = 1 ] && run 16 "$p"
+  for ((i = 1; i <= RUNS; i++)); do
+    run "$N" "$p"
+  done
+done
+
+if [ "$failures" -ne 0 ]; then
+  echo "$failures run(s) did not match the reference checksums" >&2
+  exit 1
+fi
+echo "all runs match the reference checksums (N=$N)" >&2
