@@ -633,7 +633,7 @@ impl GeneratorPartition {
         for (chunk, n) in seed.chunks_exact_mut(8).zip([self.config.seed, self.index as u64, seq]) {
             chunk.copy_from_slice(&n.to_le_bytes());
         }
-        let event_id = Text::from(hex::encode(xxhash_rust::xxh3::xxh3_128(&seed).to_be_bytes()));
+        let event_id = hex_id(xxhash_rust::xxh3::xxh3_128(&seed));
         if let Some((scenario, instance)) = draft.label {
             out.push(Item::Label(Label { event_id: event_id.to_string(), scenario, instance, user: user.to_string(), ts: draft.ts }));
         }
@@ -656,6 +656,16 @@ impl GeneratorPartition {
             position: None,
         }));
     }
+}
+
+/// `id` as 32 lower-case hex digits (what `format!("{id:032x}")` gives, without the formatter).
+fn hex_id(id: u128) -> Text {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 32];
+    for (i, digit) in text.iter_mut().enumerate() {
+        *digit = DIGITS[((id >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    Text::from_utf8(text).unwrap_or_default()
 }
 
 impl Partition for GeneratorPartition {
@@ -753,6 +763,13 @@ pub fn generate_all(config: &GeneratorConfig) -> (Vec<Vec<Event>>, Vec<Label>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_ids_are_the_formatted_value() {
+        for id in [0u128, 1, 0xdead_beef, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210] {
+            assert_eq!(hex_id(id), format!("{id:032x}"));
+        }
+    }
 
     #[test]
     fn deterministic_exact_count_and_all_scenarios() {

@@ -53,9 +53,9 @@ struct Block {
 /// What arrives for one time.
 enum Item {
     Event(UserEvent, Features),
-    // Boxed: every event is stashed, few have a decision.
+    // Boxed: every event is stashed, few have a decision or a correlation match.
     Decision(Box<Decision>),
-    Hit(Hit),
+    Hit(Box<Hit>),
 }
 
 /// The final decisions: `decisions` of the dataflow, with the correlation `hits` added, blocked
@@ -104,7 +104,7 @@ pub fn verdicts<'s>(
             });
             hits_in.for_each(|cap, data| {
                 for hit in data.drain(..) {
-                    stash.insert(&cap, hit.time, Item::Hit(hit));
+                    stash.insert(&cap, hit.time, Item::Hit(Box::new(hit)));
                 }
             });
             // Unblocks apply by their own `effective_from` (see `is_blocked`), so they can be
@@ -206,7 +206,7 @@ fn decide_time(
         match item {
             Item::Event(event, features) => events.push((event, features)),
             Item::Decision(d) => decisions.push(*d),
-            Item::Hit(hit) => hits.push(hit),
+            Item::Hit(hit) => hits.push(*hit),
         }
     }
     let mut new_blocks: Vec<(UserKey, Block)> = Vec::new();
