@@ -298,6 +298,10 @@ pub struct ClusterArgs {
     /// File with one `host:port` line per process (default: localhost:2101, 2102, ...).
     #[arg(short = 'h', long = "hostfile")]
     pub hostfile: Option<PathBuf>,
+    /// Timely's progress tracking: `demand` (its default: progress updates batched) or `eager`
+    /// (sent at once; lower latency, more messages).
+    #[arg(long, default_value = "demand", value_parser = ["demand", "eager"])]
+    pub progress_mode: String,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
@@ -314,6 +318,8 @@ impl ClusterArgs {
             self.processes.to_string(),
             "-p".into(),
             self.process.to_string(),
+            "--progress-mode".into(),
+            self.progress_mode.clone(),
         ];
         if let Some(hostfile) = &self.hostfile {
             args.push("-h".into());

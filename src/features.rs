@@ -255,11 +255,11 @@ pub struct WindowState {
     pending: BinaryHeap<Reverse<(Time, UserKey, FeatureVal)>>,
     /// Counter retractions, one queue per counter: a counter's window is fixed and events come in
     /// time order, so each queue is already sorted by time (no heap needed).
-    counters: [VecDeque<(Time, UserKey, isize)>; 9],
+    counters: [ChunkedQueue<(Time, UserKey, isize)>; 9],
     /// Retractions of the short-window distinct values (countries in 24 h, resources in 1 h), one
     /// queue each, sorted for the same reason. An extension queues a new entry and leaves the old
     /// one stale, which is cheap for short windows; the 30-day countries use the heap instead.
-    short: [VecDeque<(Time, UserKey, FeatureVal)>; 2],
+    short: [ChunkedQueue<(Time, UserKey, FeatureVal)>; 2],
 }
 
 /// One user's windows.
@@ -359,6 +359,51 @@ impl Present {
             Present::Few(list) => Box::new(list.iter().copied()),
             Present::Many(map) => Box::new(map.iter().map(|(v, t)| (*v, *t))),
         }
+    }
+}
+
+/// A FIFO queue in fixed-size chunks: growing it never copies what it holds (a `VecDeque` doubles
+/// and copies everything: a stall of a hundred milliseconds at a million retractions).
+struct ChunkedQueue<T> {
+    chunks: VecDeque<VecDeque<T>>,
+}
+
+impl<T> Default for ChunkedQueue<T> {
+    fn default() -> Self {
+        ChunkedQueue { chunks: VecDeque::new() }
+    }
+}
+
+impl<T> ChunkedQueue<T> {
+    /// Entries per chunk.
+    const CHUNK: usize = 4096;
+
+    fn push_back(&mut self, item: T) {
+        match self.chunks.back_mut() {
+            Some(chunk) if chunk.len() < Self::CHUNK => chunk.push_back(item),
+            _ => {
+                let mut chunk = VecDeque::with_capacity(Self::CHUNK);
+                chunk.push_back(item);
+                self.chunks.push_back(chunk);
+            }
+        }
+    }
+
+    fn front(&self) -> Option<&T> {
+        self.chunks.front().and_then(VecDeque::front)
+    }
+
+    fn pop_front(&mut self) -> Option<T> {
+        let chunk = self.chunks.front_mut()?;
+        let item = chunk.pop_front();
+        if chunk.is_empty() {
+            self.chunks.pop_front();
+        }
+        item
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.chunks.iter().flatten()
     }
 }
 
@@ -532,7 +577,7 @@ impl WindowState {
     /// counter retraction and every distinct value present.
     pub fn export(&self, out: &mut Vec<WindowEntry>) {
         for (name, queue) in FeatureName::ALL.iter().zip(self.counters.iter()) {
-            for &(until, key, diff) in queue {
+            for &(until, key, diff) in queue.iter() {
                 out.push(WindowEntry::Counter { key, val: FeatureVal::Counter(*name), amount: -diff, until });
             }
         }
