@@ -36,7 +36,7 @@ use threatflow::source::{Item, Partition};
 
 // The same allocator as the `threatflow` binary.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Open-loop latency of the threat dataflow.
 #[derive(Debug, Parser)]
@@ -164,7 +164,9 @@ fn measure(args: &Args, rate: f64) -> Result<Option<Report>> {
         // When the output passed the end of the schedule.
         let mut finished_at = None;
         while !probe.done() {
-            worker.step();
+            // Park when idle (up to 50 µs) instead of spinning: two spinning workers on two cores get
+            // preempted for whole scheduler time slices whenever anything else runs.
+            worker.step_or_park(Some(Duration::from_micros(50)));
             if index != 0 {
                 continue;
             }

@@ -529,6 +529,10 @@ pub struct ProduceArgs {
     /// Send these files' lines as they are (file `i` to partition `i % P`) instead of generated events.
     #[arg(long)]
     pub input: Vec<PathBuf>,
+    /// Stamp each generated event with the wall-clock time it is sent (ms), so that event time
+    /// follows the clock: latency measurements (`experiments/kafka_end_to_end.sh`).
+    #[arg(long, conflicts_with = "input")]
+    pub retime: bool,
     /// The generated stream (without `--input`).
     #[command(flatten)]
     pub generator: GeneratorArgs,
@@ -779,7 +783,7 @@ fn run_compare(args: &RunArgs) -> Result<()> {
 fn produce(args: ProduceArgs) -> Result<()> {
     let kafka = args.kafka.required()?;
     let input = if args.input.is_empty() {
-        ProduceInput::Generator(args.generator.config())
+        ProduceInput::Generator { config: args.generator.config(), retime: args.retime }
     } else {
         ProduceInput::Files(args.input.clone())
     };

@@ -23,8 +23,14 @@ use crate::source::{Item, Partition};
 /// What `produce` sends.
 #[derive(Clone, Debug)]
 pub enum ProduceInput {
-    /// The embedded generator's events (keyed by user).
-    Generator(GeneratorConfig),
+    /// The embedded generator's events (keyed by user); with `retime`, each is stamped with the
+    /// wall-clock time it is sent (ms), so that event time follows the clock (latency runs).
+    Generator {
+        /// The generated stream.
+        config: GeneratorConfig,
+        /// Stamp events with their send time.
+        retime: bool,
+    },
     /// The lines of files, as they are (malformed lines included; blank lines skipped).
     Files(Vec<PathBuf>),
 }
@@ -35,10 +41,12 @@ pub enum ProduceInput {
 pub fn produce(config: &KafkaConfig, topic: &str, input: ProduceInput, rate: Option<f64>, progress: bool) -> Result<u64> {
     let partitions = config.partition_counts(&[topic])?[0];
     let mut producer = KafkaProducer::new(config)?;
+    let mut retime = false;
     let mut records: Box<dyn Iterator<Item = Result<Record>>> = match input {
-        ProduceInput::Generator(generator) => {
-            let total = generator.events;
-            Box::new(generated(generator, partitions).map(Ok).take(total as usize))
+        ProduceInput::Generator { config, retime: stamp } => {
+            retime = stamp;
+            let total = config.events;
+            Box::new(generated(config, partitions).map(Ok).take(total as usize))
         }
         ProduceInput::Files(paths) => {
             if paths.len() > partitions {
@@ -66,7 +74,17 @@ pub fn produce(config: &KafkaConfig, topic: &str, input: ProduceInput, rate: Opt
                 std::thread::sleep(due - now);
             }
         }
-        producer.send(topic, Some(record.partition), record.key.as_deref(), &record.payload)?;
+        let payload = match record.payload {
+            Payload::Bytes(bytes) => bytes,
+            Payload::Event(mut event) => {
+                if retime {
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                    event.ts = now.as_millis() as u64;
+                }
+                event.to_json().into_bytes()
+            }
+        };
+        producer.send(topic, Some(record.partition), record.key.as_deref(), &payload)?;
         sent += 1;
         if let Some(bar) = bar.as_ref().filter(|_| sent.is_multiple_of(1024)) {
             bar.set_position(sent);
@@ -94,7 +112,13 @@ pub fn send_one(config: &KafkaConfig, topic: &str, payload: &[u8]) -> Result<()>
 struct Record {
     partition: i32,
     key: Option<Vec<u8>>,
-    payload: Vec<u8>,
+    payload: Payload,
+}
+
+/// A record's value: bytes as they are, or an event serialized when it is sent.
+enum Payload {
+    Bytes(Vec<u8>),
+    Event(Box<crate::event::Event>),
 }
 
 /// The generator's events, its partitions merged by time, each keeping its own order.
@@ -121,7 +145,7 @@ fn generated(config: GeneratorConfig, topic_partitions: usize) -> impl Iterator<
         Some(Record {
             partition: (index % topic_partitions) as i32,
             key: Some(event.user.as_bytes().to_vec()),
-            payload: event.to_json().into_bytes(),
+            payload: Payload::Event(Box::new(event)),
         })
     })
 }
@@ -160,7 +184,7 @@ fn file_lines(paths: Vec<PathBuf>, topic_partitions: usize) -> Result<impl Itera
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                return Some(Ok(Record { partition: (index % topic_partitions) as i32, key: None, payload: line }));
+                return Some(Ok(Record { partition: (index % topic_partitions) as i32, key: None, payload: Payload::Bytes(line) }));
             }
         }
     }))
