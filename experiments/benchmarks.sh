@@ -1,38 +1,66 @@
 #!/usr/bin/env bash
 # Regenerates BENCHMARKS.md and its plots (docs/benchmarks/*.svg) on this machine:
 #   - throughput vs workers: `threatflow run` (threat dataflow, generator) and the Flink comparison
-#     workload (`--workload flink-compare`, WORKLOAD.md's checksums checked);
-#   - open-loop latency sweeps of the threat dataflow on 1 and 2 workers (experiments/openloop.rs);
+#     workload (`--workload flink-compare`, WORKLOAD.md's checksums checked), three runs each; the
+#     same workload on Apache Flink 2.3 (experiments/flink_compare.sh) when Java is installed;
+#   - open-loop latency sweeps of the threat dataflow on 1 and 2 workers (experiments/openloop.rs),
+#     then a run at half of the saturation rate found;
 #   - memory per active user at 100k and 1M users (peak RSS);
-#   - end to end through the Kafka-compatible broker (experiments/kafka_end_to_end.sh).
+#   - end to end through the Kafka-compatible broker (experiments/kafka_end_to_end.sh);
+#   - where the time goes at saturation: a perf profile of `threatflow run -w 1`, when perf works.
+# Nothing else should run on the machine meanwhile.
 # Usage: experiments/benchmarks.sh [--quick]   (--quick: smaller runs, for checking the script)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=${1:-}
 out=target/benchmarks
 mkdir -p "$out" docs/benchmarks
-rm -f "$out"/*.jsonl "$out"/*.txt
+rm -f "$out"/*.jsonl "$out"/*.txt "$out"/*.json
 export RUST_LOG=${RUST_LOG:-warn}
 cargo build --release --quiet --bins --examples
 tf=./target/release/threatflow
 
 if [ "$quick" = "--quick" ]; then
-  events=1000000 compare=1000000 seconds=4 warmup=1 big_users=200000 big_events=1000000 kafka_events=100000
+  events=1000000 compare=1000000 runs=1 seconds=4 warmup=1 step=2 big_users=200000 big_events=1000000 kafka_events=100000 kafka_seconds=4
 else
-  events=5000000 compare=10000000 seconds=10 warmup=2 big_users=1000000 big_events=10000000 kafka_events=400000
+  events=10000000 compare=10000000 runs=3 seconds=10 warmup=2 step=1.25 big_users=1000000 big_events=10000000 kafka_events=1000000 kafka_seconds=10
 fi
+
+# `seconds` in a report is the dataflow's time; `process_seconds` the whole process's wall time.
+timed() {
+  /usr/bin/time -f "%e" -o "$out/wall.txt" "$@" >"$out/run.json"
+  python3 -c "import json,sys; r=json.load(open('$out/run.json')); r.update(json.loads(sys.argv[1])); r['process_seconds']=float(open('$out/wall.txt').read().split()[-1]); print(json.dumps(r))" "$extra"
+}
 
 echo "== throughput vs workers" >&2
 for w in 1 2; do
-  $tf run --users 100000 --events "$events" -w "$w" --json \
-    | python3 -c "import json,sys; r=json.load(sys.stdin); r.update(workload='threat', workers=$w); print(json.dumps(r))" >>"$out/throughput.jsonl"
-  $tf run --workload flink-compare --events "$compare" -w "$w" --json \
-    | python3 -c "import json,sys; r=json.load(sys.stdin); r.update(workers=$w); print(json.dumps(r))" >>"$out/throughput.jsonl"
+  for _ in $(seq "$runs"); do
+    extra="{\"workload\": \"threat\", \"workers\": $w}" timed $tf run --users 100000 --events "$events" -w "$w" --json >>"$out/throughput.jsonl"
+    extra="{\"workload\": \"flink-compare\", \"workers\": $w}" timed $tf run --workload flink-compare --events "$compare" -w "$w" --json >>"$out/throughput.jsonl"
+  done
 done
+if command -v java >/dev/null 2>&1 && command -v javac >/dev/null 2>&1; then
+  echo "== the same workload on Apache Flink" >&2
+  RUNS=$runs STARTUP_RUN=0 experiments/flink_compare.sh "$compare" 1 2 \
+    | python3 -c "
+import json, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    r.update(workload='flink-compare on Apache Flink ' + r['flink_version'], workers=r['parallelism'])
+    print(json.dumps(r))" >>"$out/throughput.jsonl"
+else
+  echo "Java is not installed: the Flink side is left out" >&2
+fi
 
 echo "== open-loop latency sweeps" >&2
 for w in 1 2; do
-  ./target/release/examples/openloop --sweep --rate 25000 --seconds "$seconds" --warmup "$warmup" -w "$w" --json >"$out/sweep-w$w.jsonl"
+  ./target/release/examples/openloop --sweep --rate $((50000 * w)) --step "$step" --seconds "$seconds" --warmup "$warmup" -w "$w" --json >"$out/sweep-w$w.jsonl"
+  # Half of the highest rate kept up with (achieved >= 95 % of offered, p99 <= 1 s).
+  half=$(python3 -c "
+import json
+kept = [r['offered_per_second'] for r in map(json.loads, open('$out/sweep-w$w.jsonl')) if r['achieved_per_second'] >= 0.95 * r['offered_per_second'] and r['latency_ms']['p99'] <= 1000]
+print(int(max(kept, default=100000) / 2))")
+  ./target/release/examples/openloop --rate "$half" --seconds "$seconds" --warmup "$warmup" -w "$w" --json >"$out/half-w$w.json"
 done
 
 echo "== memory per active user" >&2
@@ -43,6 +71,12 @@ for spec in "100000 $((big_events / 10))" "$big_users $big_events"; do
 done
 
 echo "== through the broker" >&2
-experiments/kafka_end_to_end.sh "$kafka_events" 20000 2 2>&1 | grep -E '^(==|\{|engine:|decisions|latency)' >"$out/kafka.txt" || true
+experiments/kafka_end_to_end.sh "$kafka_events" 2 "$kafka_seconds" 25000 50000 100000 >"$out/kafka.jsonl"
+
+if perf stat -e task-clock true >/dev/null 2>&1; then
+  echo "== where the time goes at saturation" >&2
+  perf record -q -F 499 --call-graph dwarf,16384 -o "$out/perf.data" $tf run --users 100000 --events $((events / 5)) -w 1 --json >/dev/null 2>&1
+  perf report -i "$out/perf.data" --children --sort symbol -g none 2>/dev/null >"$out/profile.txt" || true
+fi
 
 ./target/release/examples/plots "$out"

@@ -7,7 +7,8 @@
 //! from its due time to the moment the output frontier passes its millisecond: a stall delays
 //! every event due during it, and coordinated omission cannot hide it. Latencies go into an
 //! hdrhistogram; the report has p50/p90/p99/p99.9/max, a per-second timeline, and the offered vs
-//! achieved rate. `--sweep` doubles the rate from `--rate` until the dataflow saturates.
+//! achieved rate. `--sweep` raises the rate from `--rate` by `--step` (2) until the dataflow
+//! saturates.
 //!
 //! ```text
 //! cargo run --release --example openloop -- --rate 100000 --seconds 10 -w 2
@@ -57,9 +58,13 @@ struct Args {
     /// Dataflow.
     #[arg(long, default_value = "threat")]
     dataflow: String,
-    /// Double the rate until the dataflow saturates (achieved < 95 % of offered, or p99 > 1 s).
+    /// Raise the rate (by `--step`) until the dataflow saturates (achieved < 95 % of offered, or
+    /// p99 > 1 s).
     #[arg(long)]
     sweep: bool,
+    /// Factor between the rates of a sweep.
+    #[arg(long, default_value_t = 2.0)]
+    step: f64,
     /// One JSON object per rate instead of text.
     #[arg(long)]
     json: bool,
@@ -111,7 +116,7 @@ fn main() -> Result<()> {
         if !args.sweep || saturated {
             return Ok(());
         }
-        rate *= 2.0;
+        rate *= args.step.max(1.01);
     }
 }
 

@@ -39,6 +39,12 @@ pub type ControlArrangement<'s> = Arranged<'s, TraceAgent<ValSpine<(), Control, 
 /// An event routed to the worker that owns its user; cheap to clone within a worker.
 pub type UserEvent = Rc<Event>;
 
+/// Events with their standard features as of their time.
+pub type Scored<'s> = StreamVec<'s, Time, (UserEvent, Features)>;
+
+/// The feature arrangement's updates (see [`crate::features`]).
+pub type FeatureUpdates<'s> = VecCollection<'s, Time, (UserKey, FeatureVal)>;
+
 /// What every dataflow receives.
 #[derive(Clone)]
 pub struct SharedInputs<'s> {
@@ -47,11 +53,11 @@ pub struct SharedInputs<'s> {
     /// Valid events, on the worker owning their user, each carrying the time it is judged at.
     pub events: StreamVec<'s, Time, UserEvent>,
     /// The same events with their standard features as of their time (see [`feature_windows`]).
-    pub scored: StreamVec<'s, Time, (UserEvent, Features)>,
+    pub scored: Scored<'s>,
     /// Models and rules in force, on every worker.
     pub control: ControlArrangement<'s>,
     /// The feature windows' updates, arranged by [`SharedInputs::features`] on first use.
-    feature_updates: VecCollection<'s, Time, (UserKey, FeatureVal)>,
+    feature_updates: FeatureUpdates<'s>,
     features: Rc<RefCell<Option<FeatureArrangement<'s>>>>,
     /// Set once a dataflow asks for the arrangement: until then the window operator sends no updates.
     features_wanted: Rc<Cell<bool>>,
@@ -183,7 +189,7 @@ pub fn feature_windows<'s>(
     events: StreamVec<'s, Time, UserEvent>,
     checkpoints: WindowCheckpoints<'s>,
     updates_wanted: Rc<Cell<bool>>,
-) -> (StreamVec<'s, Time, (UserEvent, Features)>, VecCollection<'s, Time, (UserKey, FeatureVal)>, ExportedWindows<'s>) {
+) -> (Scored<'s>, FeatureUpdates<'s>, ExportedWindows<'s>) {
     let scope = events.scope();
     let mut builder = OperatorBuilder::new("FeatureWindows".to_owned(), scope);
     let mut events_in = builder.new_input(events, Pipeline);

@@ -496,8 +496,8 @@ fn kill_9_during_a_kafka_run_loses_and_duplicates_nothing() {
     // applying exactly from their `effective_from` across restarts.
     let (update, rule) = control_updates(dir.path(), first + (last - first) / 2, first + 3 * (last - first) / 4);
     produce(&broker, "activity", &files, &["--topic-partitions", "4"]);
-    produce(&broker, "models", &[update.clone()], &["--topic-partitions", "1"]);
-    produce(&broker, "rules", &[rule.clone()], &["--topic-partitions", "1"]);
+    produce(&broker, "models", std::slice::from_ref(&update), &["--topic-partitions", "1"]);
+    produce(&broker, "rules", std::slice::from_ref(&rule), &["--topic-partitions", "1"]);
 
     let mut args = control_args();
     args.extend(["--model-updates".into(), update.display().to_string(), "--rules".into(), rule.display().to_string()]);
