@@ -12,7 +12,9 @@
 # `--allowed-lateness 0s` (a producer writes each partition in time order). A decision's latency is
 # the time `threatflow consume --follow` received it minus the produce timestamp of its event's
 # record (both wall clock, this machine). Decisions of events produced in the first 2 s (clients
-# discovering the new topics) and the last second are left out. One JSON line per rate.
+# discovering the new topics) and the last second are left out. One JSON line per rate; before
+# it, the same measurement of the broker alone (records produced to a topic and consumed, no
+# engine), the floor of one hop.
 # KEEP=1 keeps the raw records (printed path).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +41,24 @@ $tf produce $kafka --create-topics --topic-partitions 4 --topic bulk --events "$
 python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({'kind': 'kafka-throughput', 'workers': $workers, 'events': r['events'], 'events_per_second': r['events_per_second'], 'decisions': r['decisions'], 'peak_rss_kb': int(open(sys.argv[2]).read().split()[-1])}))" "$work/bulk.json" "$work/rss"
 
 for rate in "${rates[@]}"; do
+  echo "== the broker alone: $rate records/s for $seconds s, produce -> consume" >&2
+  $tf consume $kafka --create-topics --topic raw-$rate --follow --timestamps --out "$work/raw-$rate.tsv" &
+  consumer=$!
+  sleep 2
+  $tf produce $kafka --create-topics --topic-partitions 4 --topic raw-$rate --retime --events $((rate * seconds)) --rate "$rate" 2>/dev/null
+  sleep 1
+  kill -TERM "$consumer"
+  wait "$consumer" || true
+  python3 - "$work/raw-$rate.tsv" "$rate" <<'PY'
+import json, sys
+rows = [tuple(map(int, line.split("\t", 2)[:2])) for line in open(sys.argv[1])]
+first, last = min(r[0] for r in rows), max(r[0] for r in rows)
+lat = sorted(received - created for created, received in rows if first + 2000 <= created <= last - 1000)
+q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else None
+print(json.dumps({"kind": "broker-latency", "offered_per_second": int(sys.argv[2]), "records_measured": len(lat),
+                  "latency_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": lat[-1] if lat else None}}))
+PY
+
   echo "== latency: $rate events/s for $seconds s, -w $workers" >&2
   topic=live-$rate
   $tf run $kafka --create-topics --topic activity=$topic --topic decisions=$topic-decisions --allowed-lateness 0s -w "$workers" --json >"$work/report-$rate.json" &
