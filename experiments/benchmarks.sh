@@ -71,7 +71,7 @@ for spec in "100000 $((big_events / 10))" "$big_users $big_events"; do
 done
 
 echo "== through the broker" >&2
-experiments/kafka_end_to_end.sh "$kafka_events" 2 "$kafka_seconds" 25000 100000 240000 >"$out/kafka.jsonl"
+experiments/kafka_end_to_end.sh "$kafka_events" 2 "$kafka_seconds" 12500 25000 50000 100000 200000 >"$out/kafka.jsonl"
 
 if perf stat -e task-clock true >/dev/null 2>&1; then
   echo "== where the time goes at saturation" >&2

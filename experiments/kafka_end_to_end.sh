@@ -6,15 +6,16 @@
 #
 # Throughput: EVENTS generated events are loaded into a 4-partition topic, then
 # `threatflow run --kafka --until-end` reads them; the engine reports events/s (JSON line).
-# Latency, for each RATE (default 25000 50000 100000): the engine follows a fresh topic while
+# Latency, for each RATE (default 12500 25000 50000 100000 200000), on a fresh broker (its memory
+# storage keeps every record and slows down as it grows): the engine follows a topic while
 # `threatflow produce --retime --rate RATE` sends RATE x SECONDS generated events, each stamped
 # with the wall-clock time it is sent, so event time follows the clock; the engine runs with
 # `--allowed-lateness 0s` (a producer writes each partition in time order). A decision's latency is
 # the time `threatflow consume --follow` received it minus the produce timestamp of its event's
 # record (both wall clock, this machine). Decisions of events produced in the first 2 s (clients
-# discovering the new topics) and the last second are left out. One JSON line per rate; before
-# it, the same measurement of the broker alone (records produced to a topic and consumed, no
-# engine), the floor of one hop.
+# discovering the new topics) and the last second are left out. One JSON line per rate, with the
+# rate the producer achieved; before it, the same measurement of the broker alone (records
+# produced to a topic and consumed, no engine), the floor of one hop.
 # KEEP=1 keeps the raw records (printed path).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ workers=${2:-2}
 seconds=${3:-10}
 shift $(( $# < 3 ? $# : 3 ))
 rates=("${@:-}")
-[ -n "${rates[0]}" ] || rates=(25000 50000 100000)
+[ -n "${rates[0]}" ] || rates=(12500 25000 50000 100000 200000)
 export BROKER_PORT=${BROKER_PORT:-19093} BROKER_DIR=${BROKER_DIR:-target/broker-e2e}
 export RUST_LOG=${RUST_LOG:-warn}
 tf=./target/release/threatflow
@@ -41,6 +42,8 @@ $tf produce $kafka --create-topics --topic-partitions 4 --topic bulk --events "$
 python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({'kind': 'kafka-throughput', 'workers': $workers, 'events': r['events'], 'events_per_second': r['events_per_second'], 'decisions': r['decisions'], 'peak_rss_kb': int(open(sys.argv[2]).read().split()[-1])}))" "$work/bulk.json" "$work/rss"
 
 for rate in "${rates[@]}"; do
+  scripts/broker stop >/dev/null
+  scripts/broker start memory 2>/dev/null
   echo "== the broker alone: $rate records/s for $seconds s, produce -> consume" >&2
   $tf consume $kafka --create-topics --topic raw-$rate --follow --timestamps --out "$work/raw-$rate.tsv" &
   consumer=$!
@@ -66,12 +69,14 @@ PY
   $tf consume $kafka --create-topics --topic $topic-decisions --follow --timestamps --out "$work/decisions-$rate.tsv" &
   consumer=$!
   sleep 2
+  produce_started=$(date +%s%N)
   $tf produce $kafka --create-topics --topic-partitions 4 --topic $topic --retime --events $((rate * seconds)) --rate "$rate" 2>/dev/null
+  produce_ns=$(( $(date +%s%N) - produce_started ))
   sleep 2
   kill -TERM "$consumer" "$engine"
   wait "$engine" "$consumer" || true
   $tf consume $kafka --topic $topic --timestamps --out "$work/activity-$rate.tsv"
-  python3 - "$work/activity-$rate.tsv" "$work/decisions-$rate.tsv" "$rate" "$workers" <<'PY'
+  python3 - "$work/activity-$rate.tsv" "$work/decisions-$rate.tsv" "$rate" "$workers" "$produce_ns" <<'PY'
 import json, sys
 produced = {}
 for line in open(sys.argv[1]):
@@ -87,7 +92,7 @@ for line in open(sys.argv[2]):
 lat.sort()
 q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else None
 print(json.dumps({"kind": "kafka-latency", "workers": int(sys.argv[4]), "offered_per_second": int(sys.argv[3]),
-                  "events": len(produced), "decisions_measured": len(lat),
+                  "achieved_per_second": round(len(produced) * 1e9 / int(sys.argv[5])), "events": len(produced), "decisions_measured": len(lat),
                   "latency_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": lat[-1] if lat else None}}))
 PY
 done

@@ -4,8 +4,10 @@
 //! [`crate::kafka::control`]; or, without Kafka, the files `threatflow model publish` and
 //! `threatflow mark` append to and a directory of Sigma rules, see [`follow_files`]). In rounds,
 //! it notes the wall-clock instant, reads everything published so far, and reports the updates
-//! read with that instant: everything published before it has now been read. Model artifacts are fetched and verified on the reader thread, so only
-//! verified models reach the dataflow.
+//! read with that instant: everything published before it has now been read. Worker 0 wakes the
+//! reader when it observes a new events frontier, and the reader wakes worker 0 with each round.
+//! Model artifacts are fetched and verified on the reader thread, so only verified models reach
+//! the dataflow.
 //!
 //! Worker 0 owns the control input. It only advances it to an events frontier it observed *before*
 //! the instant of a report, so an update published before the events it must apply to is always
@@ -66,7 +68,30 @@ pub struct Round {
 }
 
 /// A reader thread: given where to start, it sends rounds until the flag is set.
-pub type Reader = Box<dyn FnOnce(BTreeMap<FeedPosition, i64>, Sender<Round>, Arc<AtomicBool>) -> Result<()> + Send>;
+pub type Reader = Box<dyn FnOnce(BTreeMap<FeedPosition, i64>, Rounds, Arc<AtomicBool>) -> Result<()> + Send>;
+
+/// Where a reader sends its rounds: to worker 0, woken to apply each at once (rather than when its
+/// next park times out).
+pub struct Rounds {
+    sender: Sender<Round>,
+    worker: std::thread::Thread,
+}
+
+impl Rounds {
+    /// Sends a round and wakes worker 0; fails once the job has gone.
+    pub fn send(&self, round: Round) -> Result<(), std::sync::mpsc::SendError<Round>> {
+        self.sender.send(round)?;
+        self.worker.unpark();
+        Ok(())
+    }
+}
+
+/// Waits (on a reader thread) until worker 0 observes a new events frontier, or `timeout`: only a
+/// round started after that lets the control input follow it, so a reader that starts its next
+/// round then keeps the decisions' wait short without asking the broker more often than needed.
+pub fn await_new_frontier(timeout: Duration) {
+    std::thread::park_timeout(timeout);
+}
 
 /// Feeds the control input from a reader thread (worker 0).
 pub struct ControlFeed {
@@ -90,6 +115,7 @@ impl ControlFeed {
             None => (log, BTreeMap::new()),
         };
         let (sender, rounds) = std::sync::mpsc::channel();
+        let sender = Rounds { sender, worker: std::thread::current() };
         let stop = Arc::new(AtomicBool::new(false));
         let reader_stop = Arc::clone(&stop);
         let next = applied.clone();
@@ -117,6 +143,9 @@ impl ControlFeed {
         if self.last_seen != Some(events_frontier) {
             self.seen.push_back((Instant::now(), events_frontier));
             self.last_seen = Some(events_frontier);
+            if let Some(reader) = self.reader.as_ref() {
+                reader.thread().unpark();
+            }
         }
         let mut target = None;
         loop {

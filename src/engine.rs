@@ -563,8 +563,8 @@ fn run_worker(
                 }
             }
         }
-        let busy = control_input.is_some() || coordinator.is_some();
-        worker.step_or_park(Some(Duration::from_millis(if busy { 1 } else { 10 })));
+        // The control reader wakes this thread with each round; checkpoints are polled.
+        worker.step_or_park(Some(Duration::from_millis(if coordinator.is_some() { 1 } else { 10 })));
         if let Some(bar) = bar.as_ref() {
             if last_draw.elapsed() > Duration::from_millis(100) {
                 bar.set_position(progress.load(Ordering::Relaxed));

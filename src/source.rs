@@ -55,6 +55,13 @@ pub trait Partition {
     fn idle(&self) -> bool {
         false
     }
+    /// Asks the partition to call `wake` when records arrive after a poll found none, so that the
+    /// source reads them at once; returns whether it will. (Partitions that cannot tell are polled
+    /// again every millisecond while caught up.)
+    fn wake_on_arrival(&mut self, wake: Arc<dyn Fn() + Send + Sync>) -> bool {
+        let _ = wake;
+        false
+    }
     /// Where the partition would read on from, for checkpoints; `None` when it cannot resume.
     fn position(&self) -> Option<PartitionPosition> {
         None
@@ -222,14 +229,21 @@ pub fn partitioned_source<'s>(
     let identity = || timely::progress::Antichain::from_elem(Default::default());
     let not_events = [(1, identity()), (2, identity())];
     let mut barriers_in = builder.new_input_connection(barriers, timely::dataflow::channels::pact::Pipeline, not_events);
-    let activator = scope.activator_for(info.address);
+    let activator = scope.activator_for(Rc::clone(&info.address));
+    let waker = scope.worker().sync_activator_for(info.address.to_vec());
 
     builder.build(move |mut capabilities| {
         // The parts output answers barriers with their own capabilities.
         capabilities.pop();
         let mut open: Vec<PartitionState> = Vec::new();
         let mut done: Vec<PartitionState> = Vec::new();
-        for partition in partitions {
+        let mut all_wake = true;
+        for mut partition in partitions {
+            let waker = waker.clone();
+            // An error only means the worker has gone.
+            all_wake &= partition.wake_on_arrival(Arc::new(move || {
+                let _ = waker.activate();
+            }));
             let stats = PartitionStats { partition: partition.name(), ..Default::default() };
             let mut state = PartitionState { partition, max_ts: None, stats, batches: VecDeque::new(), skip_before: None };
             match restore.as_ref().and_then(|c| c.partitions.get(&state.stats.partition)) {
@@ -408,8 +422,9 @@ pub fn partitioned_source<'s>(
                 activator.activate();
             } else {
                 // Nothing to read right now (a caught-up Kafka partition): look again shortly
-                // instead of spinning.
-                activator.activate_after(Duration::from_millis(1));
+                // instead of spinning, or, when every partition wakes the source on arrival, only
+                // to notice idleness and stops.
+                activator.activate_after(Duration::from_millis(if all_wake { 10 } else { 1 }));
             }
         }
     });

@@ -3,10 +3,10 @@
 //!
 //! Each round notes the wall-clock instant, asks the broker for the topics' end offsets and reads
 //! up to them: everything published (and acknowledged) before that instant has then been read.
+//! The next round starts as soon as worker 0 observes a new events frontier.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -18,7 +18,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::{KafkaConfig, LogContext, Role};
 use crate::checkpoint::ControlCheckpoint;
 use crate::control::ControlLog;
-use crate::control_feed::{verified_model, ControlFeed, ControlMessage, FeedPosition, Reader, Round};
+use crate::control_feed::{await_new_frontier, verified_model, ControlFeed, ControlMessage, FeedPosition, Reader, Round, Rounds};
 use crate::model::ModelUpdate;
 
 /// Starts following the models and rules topics; `log` holds the job's static models and rules,
@@ -44,7 +44,7 @@ fn read_rounds(
     consumer: &BaseConsumer<LogContext>,
     partitions: &[(String, i32)],
     mut next: BTreeMap<FeedPosition, i64>,
-    rounds: &Sender<Round>,
+    rounds: &Rounds,
     stop: &AtomicBool,
 ) -> Result<()> {
     let models_topic = config.topic(Role::Models).to_string();
@@ -68,7 +68,11 @@ fn read_rounds(
             }
         };
         let mut messages = Vec::new();
-        while ends.iter().any(|(key, end)| next.get(key).copied().unwrap_or(0) < *end) {
+        let behind = |next: &BTreeMap<FeedPosition, i64>| ends.iter().any(|(key, end)| next.get(key).copied().unwrap_or(0) < *end);
+        if behind(&next) {
+            fetching(consumer, partitions, true);
+        }
+        while behind(&next) {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
@@ -77,6 +81,9 @@ fn read_rounds(
                 Some(Err(error)) => tracing::warn!("control topics: {error}"),
                 Some(Ok(message)) => {
                     let key = (message.topic().to_string(), message.partition());
+                    if next.get(&key).is_some_and(|n| message.offset() < *n) {
+                        continue; // Read before a pause; librdkafka resumes after what was polled.
+                    }
                     next.insert(key, message.offset() + 1);
                     let position = format!("{}/{}@{}", message.topic(), message.partition(), message.offset());
                     let payload = message.payload().unwrap_or_default();
@@ -94,13 +101,29 @@ fn read_rounds(
                 }
             }
         }
+        fetching(consumer, partitions, false);
         tracing::trace!(elapsed = ?started.elapsed(), updates = messages.len(), "control round");
         if rounds.send(Round { started, messages, next: next.clone() }).is_err() {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(1));
+        // Without new events, a round every 100 ms still picks up what is published.
+        await_new_frontier(Duration::from_millis(100));
     }
     Ok(())
+}
+
+/// Resumes or pauses fetching the control partitions. They are fetched only while a round has
+/// records to read: an idle control topic then costs the broker only the end-offset requests, not
+/// a fetch every `fetch.wait.max.ms`. (A failure only costs those fetches: logged.)
+fn fetching(consumer: &BaseConsumer<LogContext>, partitions: &[(String, i32)], on: bool) {
+    let mut list = TopicPartitionList::new();
+    for (topic, p) in partitions {
+        list.add_partition(topic, *p);
+    }
+    let result = if on { consumer.resume(&list) } else { consumer.pause(&list) };
+    if let Err(error) = result {
+        tracing::warn!(on, "pausing or resuming the control partitions: {error}");
+    }
 }
 
 /// The end offsets of the control partitions. The first call also learns where each partition

@@ -176,7 +176,10 @@ impl KafkaProducer {
             .client_config(&[
                 ("enable.idempotence", "true"),
                 ("acks", "all"),
-                ("linger.ms", "1"),
+                // Batches of up to 5 ms (librdkafka's default): fewer, larger produce requests keep
+                // the broker's queue short. Measured through nisshi at 25k-240k records/s, one hop
+                // p99 8-10 ms instead of 20-300 ms with 1 ms batches.
+                ("linger.ms", "5"),
                 ("queue.buffering.max.messages", "1000000"),
                 // Retry for up to 10 minutes (a broker restart, a network blip) before failing the job.
                 ("message.timeout.ms", "600000"),

@@ -233,6 +233,11 @@ impl Partition for KafkaPartition {
         }
     }
 
+    fn wake_on_arrival(&mut self, wake: std::sync::Arc<dyn Fn() + Send + Sync>) -> bool {
+        self.queue.set_nonempty_callback(move || wake());
+        true
+    }
+
     fn idle(&self) -> bool {
         self.end.is_none() && self.at_end && self.last_record.elapsed() >= self.idle_timeout
     }
