@@ -416,6 +416,22 @@ fn short_queue(val: FeatureVal) -> Option<usize> {
     }
 }
 
+/// Queues the retraction of a distinct value's presence at `time`: in its short window's queue, or
+/// in the heap of the 30-day countries. (Takes the two fields, not the state: callers hold a
+/// user's entry at the same time.)
+fn queue_retraction(
+    short: &mut [ChunkedQueue<(Time, UserKey, FeatureVal)>; 2],
+    pending: &mut BinaryHeap<Reverse<(Time, UserKey, FeatureVal)>>,
+    time: Time,
+    key: UserKey,
+    val: FeatureVal,
+) {
+    match short_queue(val) {
+        Some(q) => short[q].push_back((time, key, val)),
+        None => pending.push(Reverse((time, key, val))),
+    }
+}
+
 impl WindowState {
     /// Applies the events of one time `time` (all of them, each `(time, event)`) and appends their
     /// features as of `time` to `features`: every event of the same millisecond counts, and the
@@ -496,10 +512,7 @@ impl WindowState {
                     user.add(val, 1);
                 }
             }
-            match short_queue(val) {
-                Some(q) => self.short[q].push_back((end, key, val)),
-                None => self.pending.push(Reverse((end, key, val))),
-            }
+            queue_retraction(&mut self.short, &mut self.pending, end, key, val);
         };
         if let Some(c) = event.country.as_deref().and_then(country_code) {
             if matches!(event.kind(), ActionKind::Login | ActionKind::LoginFailed) {
@@ -613,10 +626,7 @@ impl WindowState {
                     let user = self.users.entry(key).or_default();
                     user.present.insert(val, until);
                     user.add(val, 1);
-                    match short_queue(val) {
-                        Some(q) => self.short[q].push_back((until, key, val)),
-                        None => self.pending.push(Reverse((until, key, val))),
-                    }
+                    queue_retraction(&mut self.short, &mut self.pending, until, key, val);
                     out.push(((key, val), at, 1));
                 }
                 WindowEntry::Block { .. } | WindowEntry::Correlation { .. } => {}

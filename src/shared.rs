@@ -264,11 +264,8 @@ pub fn feature_windows<'s>(
                 ready.clear();
                 stash.take_before(upto, &mut ready);
                 if let (Some(held_scored), Some(held_updates)) = (stash.held_for(SCORED), stash.held_for(UPDATES)) {
-                    let mut rest = &ready[..];
-                    while let Some(&(time, _)) = rest.first() {
-                        let same = rest.iter().position(|(t, _)| *t != time).unwrap_or(rest.len());
-                        state.judge(time, &rest[..same], &mut updates, &mut features);
-                        rest = &rest[same..];
+                    for same in ready.chunk_by(|a, b| a.0 == b.0) {
+                        state.judge(same[0].0, same, &mut updates, &mut features);
                     }
                     scored_handle
                         .session(held_scored)

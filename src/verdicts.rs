@@ -212,18 +212,11 @@ fn decide_time(
     let mut new_blocks: Vec<(UserKey, Block)> = Vec::new();
     for (event, features) in events {
         let decision = decisions.iter().position(|d| d.event_id == event.event_id).map(|i| decisions.swap_remove(i));
-        if let Some(block) = blocks.get(&event.key).filter(|b| is_blocked(b, time, unblocked.get(&event.key))) {
+        if let Some(block) = blocked(&event) {
             emit(decision::blocked(time, &event, &features, &block.by, block.until));
             continue;
         }
-        let mut matches = Vec::new();
-        hits.retain_mut(|hit| {
-            let mine = hit.event_id == event.event_id;
-            if mine {
-                matches.push(hit.matched.clone());
-            }
-            !mine
-        });
+        let matches: Vec<_> = hits.extract_if(.., |hit| hit.event_id == event.event_id).map(|hit| hit.matched).collect();
         let Some(mut d) = decision::with_correlations(decision, time, &event, &features, &matches) else { continue };
         if d.verdict == Verdict::Threat && d.actions.contains(&ThreatAction::Block) {
             let until = time.saturating_add(block_for);
