@@ -11,9 +11,10 @@ use std::hint::black_box;
 use abomonation::{decode, encode, Abomonation};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-use threatflow::checkpoint::{self, Checkpoint, WindowEntry};
-use threatflow::features::{FeatureName, FeatureVal, WindowState};
-use threatflow::generator::{generate_all, GeneratorConfig};
+use threatflow::checkpoint::operator::StatePart;
+use threatflow::checkpoint::{self, Checkpoint};
+use threatflow::state::features::{FeatureName, FeatureVal, WindowEntry, WindowState};
+use threatflow::ingest::generator::{generate_all, GeneratorConfig};
 
 /// A window entry as plain data: `kind` 0 counter, 1 present; `val_tag` and `val` the value.
 #[derive(Clone, Copy)]
@@ -32,8 +33,6 @@ fn flat(entry: &WindowEntry) -> FlatEntry {
     let (kind, key, val, amount, until) = match *entry {
         WindowEntry::Counter { key, val, amount, until } => (0, key, val, amount as i64, until),
         WindowEntry::Present { key, val, until } => (1, key, val, 0, until),
-        // The benchmark's state holds feature windows only.
-        WindowEntry::Block { .. } | WindowEntry::Correlation { .. } => unreachable!("not a feature window"),
     };
     let (val_tag, val) = match val {
         FeatureVal::Counter(name) => (0, name as u64),
@@ -78,7 +77,9 @@ fn checkpoint_codecs(c: &mut Criterion) {
     let users: u64 = std::env::var("USERS").ok().and_then(|u| u.parse().ok()).unwrap_or(100_000);
     let (entries, at) = windows(users);
     let active = entries.iter().map(WindowEntry::key).collect::<std::collections::HashSet<_>>().len();
-    let checkpoint = Checkpoint { frontier: at, windows: entries.clone(), ..Default::default() };
+    // The feature windows as the state layer keeps them: one part, its entries bincode-encoded.
+    let part = StatePart { name: "feature-windows".into(), version: 1, bytes: bincode::serialize(&entries).expect("encode part") };
+    let checkpoint = Checkpoint { frontier: at, state: vec![part], ..Default::default() };
     let bytes = checkpoint::encode(&checkpoint).expect("encode");
     let flats: Vec<FlatEntry> = entries.iter().map(flat).collect();
     let mut abomonated = Vec::new();
@@ -94,7 +95,7 @@ fn checkpoint_codecs(c: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Elements(entries.len() as u64));
     group.bench_function("bincode_encode", |b| b.iter(|| black_box(checkpoint::encode(&checkpoint).expect("encode").len())));
-    group.bench_function("bincode_decode", |b| b.iter(|| black_box(checkpoint::decode(&bytes).expect("decode").windows.len())));
+    group.bench_function("bincode_decode", |b| b.iter(|| black_box(checkpoint::decode(&bytes).expect("decode").entries::<WindowEntry>("feature-windows").expect("entries").len())));
     group.bench_function("abomonation_encode", |b| {
         b.iter(|| {
             let flats: Vec<FlatEntry> = entries.iter().map(flat).collect();

@@ -8,13 +8,13 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-use threatflow::control::Control;
-use threatflow::decision::decide;
+use threatflow::detect::control::Control;
+use threatflow::detect::decision::decide;
 use threatflow::event::{parse_event, DEFAULT_MAX_RECORD_BYTES};
-use threatflow::features::{Features, WindowState};
-use threatflow::generator::{generate_all, GeneratorConfig};
-use threatflow::model::{Model, DEFAULT_MODEL};
-use threatflow::rules::{parse_rules, Rule, DEFAULT_RULES};
+use threatflow::state::features::{Features, WindowState};
+use threatflow::ingest::generator::{generate_all, GeneratorConfig};
+use threatflow::detect::model::{Model, DEFAULT_MODEL};
+use threatflow::detect::rules::{parse_rules, Rule, DEFAULT_RULES};
 
 fn sample_events() -> Vec<threatflow::event::Event> {
     let config = GeneratorConfig { users: 1_000, events: 20_000, partitions: 1, ..Default::default() };
@@ -104,7 +104,7 @@ fn run_lookup(updates: &[((u64, u64), u64, isize)], events: &[(u64, u64)], looku
             let arranged = updates.to_stream(scope).as_collection().arrange_by_key();
             let events = events.to_stream(scope);
             if lookup {
-                let answers = threatflow::as_of::as_of_lookup(events, arranged, Pipeline, "Lookup", |(k, _)| *k, |(_, t)| *t, |_, _, vals| {
+                let answers = threatflow::state::as_of::as_of_lookup(events, arranged, Pipeline, "Lookup", |(k, _)| *k, |(_, t)| *t, |_, _, vals| {
                     Some(vals.iter().map(|(_, d)| *d).sum::<isize>())
                 });
                 answers.inspect(move |_| {
@@ -143,9 +143,9 @@ fn raw_logs(c: &mut Criterion) {
         records.extend(array.as_array().cloned().unwrap_or_default());
     }
     let texts: Vec<String> = records.iter().map(|r| r.to_string()).collect();
-    let format = threatflow::mapping::RecordFormat::parse("auto", None).expect("mappings");
+    let format = threatflow::ingest::mapping::RecordFormat::parse("auto", None).expect("mappings");
     let rules_dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules/sigma"));
-    let (rules, _) = threatflow::sigma::read_dir(rules_dir, &Default::default()).expect("rules");
+    let (rules, _) = threatflow::detect::sigma::read_dir(rules_dir, &Default::default()).expect("rules");
     let mut group = c.benchmark_group("raw_logs");
     group.throughput(Throughput::Elements(records.len() as u64));
     group.bench_function("cloudtrail_parse_and_map", |b| {

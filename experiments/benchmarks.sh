@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates BENCHMARKS.md and its plots (docs/benchmarks/*.svg) on this machine:
 #   - throughput vs workers: `threatflow run` (threat dataflow, generator) and the Flink comparison
-#     workload (`--workload flink-compare`, WORKLOAD.md's checksums checked), three runs each; the
+#     workload (`--example flink_compare`, the checksums of docs/flink-workload.md#reference-values checked), three runs each; the
 #     same workload on Apache Flink 2.3 (experiments/flink_compare.sh) when Java is installed;
 #   - open-loop latency sweeps of the threat dataflow on 1 and 2 workers (experiments/openloop.rs),
 #     then three runs at half of the saturation rate found (the one with the median p99 reported);
@@ -36,7 +36,7 @@ echo "== throughput vs workers" >&2
 for w in 1 2; do
   for _ in $(seq "$runs"); do
     extra="{\"workload\": \"threat\", \"workers\": $w}" timed $tf run --users 100000 --events "$events" -w "$w" --json >>"$out/throughput.jsonl"
-    extra="{\"workload\": \"flink-compare\", \"workers\": $w}" timed $tf run --workload flink-compare --events "$compare" -w "$w" --json >>"$out/throughput.jsonl"
+    extra="{\"workload\": \"flink-compare\", \"workers\": $w}" timed ./target/release/examples/flink_compare --events "$compare" -w "$w" --json >>"$out/throughput.jsonl"
   done
 done
 if command -v java >/dev/null 2>&1 && command -v javac >/dev/null 2>&1; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Apache Flink 2.3 side of the threat-detection benchmark (/work/shared/bench/WORKLOAD.md).
+# Apache Flink 2.3 side of the threat-detection benchmark (docs/flink-workload.md).
 #
 # Usage: experiments/flink_compare.sh [N] [P...]        (defaults: N=10000000, P="1 2")
 #   env: FLINK_CACHE  where Flink jars and compiled classes live
@@ -17,7 +17,7 @@
 #   3. Runs the job on a local MiniCluster (one JVM, P task slots, heap state backend, no
 #      checkpointing) for each P and prints one JSON line per run (process_seconds, added
 #      here, is the wall time of the whole java process).
-#   4. Checks flagged / per_version / checksum_idx / checksum_user against WORKLOAD.md section 7
+#   4. Checks flagged / per_version / checksum_idx / checksum_user against docs/flink-workload.md#reference-values
 #      (table below; for any other N, against the sequential reference `ThreatBench --check-seq`)
 #      and exits non-zero on any mismatch.
 set -euo pipefail
@@ -102,7 +102,7 @@ JVM_OPTS=(
   -cp "$CLASSES:$LIB/*"
 )
 
-# Reference decisions, WORKLOAD.md section 7 (USERS = 100000):
+# Reference decisions, docs/flink-workload.md#reference-values (USERS = 100000):
 # "flagged","per_version","checksum_idx","checksum_user" exactly as ThreatBench prints them.
 reference() {
   case "$1" in

@@ -29,11 +29,11 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::Probe;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
-use threatflow::cli::ClusterArgs;
+use threatflow::cli::options::ClusterArgs;
 use threatflow::control::{ControlSpec, ModelSource, RulesSource};
 use threatflow::event::{Event, Time};
-use threatflow::generator::{GeneratorConfig, GeneratorPartition};
-use threatflow::source::{Item, Partition};
+use threatflow::ingest::generator::{GeneratorConfig, GeneratorPartition};
+use threatflow::ingest::partition::{Item, Partition};
 
 // The same allocator as the `threatflow` binary.
 #[global_allocator]
@@ -130,8 +130,8 @@ fn due_in(ms: u64, rate: f64) -> u64 {
 fn measure(args: &Args, rate: f64) -> Result<Option<Report>> {
     let config = args.cluster.timely_config()?;
     let control = ControlSpec {
-        model: Some(ModelSource::Bytes(threatflow::model::DEFAULT_MODEL.to_vec())),
-        rules: vec![RulesSource::Specs(threatflow::rules::parse_rules(threatflow::rules::DEFAULT_RULES)?)],
+        model: Some(ModelSource::Bytes(threatflow::detect::model::DEFAULT_MODEL.to_vec())),
+        rules: vec![RulesSource::Specs(threatflow::detect::rules::parse_rules(threatflow::detect::rules::DEFAULT_RULES)?)],
         ..Default::default()
     }
     .load()?
@@ -148,9 +148,9 @@ fn measure(args: &Args, rate: f64) -> Result<Option<Report>> {
         let mut control_input = worker.dataflow::<Time, _, _>(|scope| {
             let (input, control_collection) = scope.new_collection();
             let events = scheduled(scope, index, peers, rate, seconds, users, start);
-            let inputs = threatflow::shared::build_shared(scope, events, control_collection);
-            let checkpoints = threatflow::shared::no_checkpoints(scope);
-            let (decisions, _) = threatflow::shared::decisions_of(&*dataflow, inputs, threatflow::verdicts::DEFAULT_BLOCK_FOR, checkpoints);
+            let checkpoints = threatflow::checkpoint::operator::StateCheckpoints::none(scope);
+            let inputs = threatflow::dataflows::SharedInputs::build(scope, events, control_collection, &checkpoints);
+            let decisions = threatflow::render::detections(&*dataflow, inputs, threatflow::detect::verdicts::DEFAULT_BLOCK_FOR);
             decisions.probe_with(&probe);
             input
         });

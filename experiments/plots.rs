@@ -174,12 +174,12 @@ fn summarise(runs: &[Value]) -> Vec<Throughput> {
 fn stages(profile: &str) -> Vec<(&'static str, f64)> {
     let stages: [(&str, &[&str]); 7] = [
         ("source: the embedded generator making events", &["partitioned_source"]),
-        ("feature windows: per-user state and each event's features", &["shared::feature_windows"]),
-        ("as-of lookups against models and rules (Decide, CorrelationObserve)", &["binary_frontier", "threatflow::features::Features"]),
+        ("feature windows: per-user state and each event's features", &["windows::feature_windows"]),
+        ("as-of lookups against models and rules (Decide, CorrelationObserve)", &["binary_frontier", "threatflow::state::features::Features"]),
         ("verdicts: blocks and correlation matches", &["verdicts::verdicts"]),
         ("correlation windows", &["correlation::windows"]),
         ("events shared by reference after the exchange (Rc)", &["vec::map::Map::map", "threatflow::event::Event"]),
-        ("decision scoring and rules (inside the lookups)", &["threatflow::decision::decide"]),
+        ("decision scoring and rules (inside the lookups)", &["threatflow::detect::decision::decide"]),
     ];
     stages
         .iter()
@@ -241,7 +241,7 @@ fn main() -> Result<()> {
     for r in &throughput {
         writeln!(md, "| {} | {} | {} | {} | {:.0} | {:.0} | {} |", r.workload, r.workers, r.events, r.runs, r.per_second, r.per_process_second, r.checks)?;
     }
-    writeln!(md, "\n`threat`: `threatflow run --users 100000 --events N -w W` (the embedded generator, all nine features, the default model and rules, Sigma correlation and verdict steps). `flink-compare`: `threatflow run --workload flink-compare --events N -w W`, the workload of `../shared/bench/WORKLOAD.md`; its checksums are the reference values of that file. `flink-compare on Apache Flink`: `experiments/flink_compare.sh N P`, the same workload as a Flink DataStream job (`experiments/flink/ThreatBench.java`: keyed state, a KeyedBroadcastProcessFunction buffering events until the model schedule is in) on a local MiniCluster with parallelism P; its events/s counts from `env.execute` (MiniCluster start included, about 1.4 s here), the last column the whole JVM.")?;
+    writeln!(md, "\n`threat`: `threatflow run --users 100000 --events N -w W` (the embedded generator, all nine features, the default model and rules, Sigma correlation and verdict steps). `flink-compare`: `cargo run --release --example flink_compare -- --events N -w W`, the workload of `docs/flink-workload.md`; its checksums are the reference values there (`docs/flink-workload.md#reference-values`). `flink-compare on Apache Flink`: `experiments/flink_compare.sh N P`, the same workload as a Flink DataStream job (`experiments/flink/ThreatBench.java`: keyed state, a KeyedBroadcastProcessFunction buffering events until the model schedule is in) on a local MiniCluster with parallelism P; its events/s counts from `env.execute` (MiniCluster start included, about 1.4 s here), the last column the whole JVM.")?;
     let engine = |workload: &str, workers: u64| throughput.iter().find(|r| r.workload.starts_with(workload) && r.workers == workers);
     for workers in [1, 2] {
         if let (Some(ours), Some(flink)) = (engine("flink-compare", workers), engine("flink-compare on", workers)) {

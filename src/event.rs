@@ -9,8 +9,29 @@ use base64::Engine as _;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+/// A user's key: a 128-bit fingerprint of the user name (xxh3), so that keys are small and
+/// fixed-size; two of a million users collide with probability about 1e-27.
+pub type UserKey = u128;
+
+/// The user key of a user name.
+pub fn user_key(user: &str) -> UserKey {
+    xxhash_rust::xxh3::xxh3_128(user.as_bytes())
+}
+
+/// The worker-routing hash of a user key, used by every operator keyed by user.
+pub fn route(key: &UserKey) -> u64 {
+    *key as u64
+}
+
 /// Event time in milliseconds since the Unix epoch; also the timely timestamp.
 pub type Time = u64;
+
+/// One minute in milliseconds.
+pub const MINUTE: Time = 60_000;
+/// One hour in milliseconds.
+pub const HOUR: Time = 60 * MINUTE;
+/// One day in milliseconds.
+pub const DAY: Time = 24 * HOUR;
 
 /// The text of an event field: inline up to 24 bytes, a static string by reference, otherwise on
 /// the heap (see [`compact_str::CompactString`]).
@@ -19,7 +40,7 @@ pub type Text = compact_str::CompactString;
 /// Records longer than this are rejected without being parsed (the dead letter keeps a prefix).
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
 
-/// A canonical activity event (DESIGN.md), plus the time the engine judges it at.
+/// A canonical activity event (docs/semantics.md#events), plus the time the engine judges it at.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Event {
     /// Unique id of the event.
@@ -43,12 +64,12 @@ pub struct Event {
     /// User agent string.
     pub user_agent: Option<Text>,
     /// Every other field of the record, as `(name, JSON text)`, sorted by name; kept for rules. For
-    /// a provider's record (see [`crate::mapping`]) these are all of its own top-level fields.
+    /// a provider's record (see [`crate::ingest::mapping`]) these are all of its own top-level fields.
     pub extra: Vec<(String, String)>,
     /// The provider log the record came from (a mapping's name), `None` for canonical events.
     pub source: Option<String>,
-    /// The user's key ([`crate::features::user_key`] of `user`), computed once when the event is read.
-    pub key: crate::features::UserKey,
+    /// The user's key ([`user_key`] of `user`), computed once when the event is read.
+    pub key: UserKey,
     /// The time the engine judges the event at: `ts`, or the partition watermark when the event was late.
     pub time: Time,
     /// Whether the event arrived behind its partition's watermark.
@@ -237,7 +258,7 @@ impl RawEvent {
         };
         let mut extra = self.extra;
         extra.sort();
-        let key = crate::features::user_key(&user);
+        let key = user_key(&user);
         Ok(Event {
             event_id,
             ts,

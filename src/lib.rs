@@ -8,9 +8,9 @@
 //!
 //! ```
 //! use threatflow::control::{ControlSpec, ModelSource, RulesSource};
-//! use threatflow::engine::{run, JobSpec};
-//! use threatflow::rules::parse_rules;
-//! use threatflow::source::SourceSpec;
+//! use threatflow::engine::run;
+//! use threatflow::job::{JobSpec, SourceSpec};
+//! use threatflow::detect::rules::parse_rules;
 //!
 //! // Twelve failed logins in a minute, then a success.
 //! let mut lines = String::new();
@@ -20,7 +20,7 @@
 //! }
 //! let mut job = JobSpec::new("threat", SourceSpec::Memory(vec![lines.into_bytes()]));
 //! job.control = ControlSpec {
-//!     model: Some(ModelSource::Bytes(threatflow::model::DEFAULT_MODEL.to_vec())),
+//!     model: Some(ModelSource::Bytes(threatflow::detect::model::DEFAULT_MODEL.to_vec())),
 //!     rules: vec![RulesSource::Specs(parse_rules(
 //!         r#"[{"id": "brute-force", "features": {"failed_logins_5m": {"gte": 10}}}]"#,
 //!     )?)],
@@ -35,40 +35,42 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 //!
-//! Modules, in the order data flows through them: [`source`] (partitions, watermarks, dead
-//! letters) and [`generator`]; [`event`]; [`shared`] (the inputs every dataflow shares: events by
-//! user, the [`features`] arrangement, the [`control`] arrangement of [`model`]s and [`rules`]);
-//! [`as_of`] (the half join); [`dataflows`] (one file per dataflow); [`decision`]; [`correlation`]
-//! (Sigma correlation windows) and [`verdicts`] (correlation matches, blocks); [`engine`]
-//! (workers, sinks) and [`output`]; [`kafka`] (topics in and out); [`eval`] (quality against
-//! ground truth); [`cli`].
+//! Modules, in layers: each imports only from its own layer or those below it, and no files
+//! import each other in a circle (`tests/layers.rs` checks both).
+//!
+//! | layer | modules | what they do |
+//! |---|---|---|
+//! | 1 | [`event`], [`location`] | the activity event, time and user keys; where artifacts live |
+//! | 2 | [`checkpoint`] | the checkpoint format, the one layer for checkpointed state, the coordinator |
+//! | 3 | [`ingest`] | partitions and watermarks, files, the generator, providers' mappings |
+//! | 4 | [`state`] | feature windows, windowed per-user state, the as-of lookup |
+//! | 5 | [`detect`] | models, rules, Sigma, marks, the control collection, decisions, correlation, verdicts |
+//! | 6 | [`control`] | where the control collection comes from: files, followed files and directories |
+//! | 7 | [`dataflows`] | the `Dataflow` trait, what every dataflow receives, one file per dataflow |
+//! | 8 | [`output`] | files, alerts, the sinks, the report |
+//! | 9 | [`kafka`] | topics in and out |
+//! | 10 | [`job`] | what a job is: its source, control, outputs and checkpoints |
+//! | 11 | [`render`] | the pipeline, top to bottom: source, features, dataflow, correlation, verdicts, sinks |
+//! | 12 | [`engine`] | the worker loop: restore, outputs, checkpoints, the control feed, the report |
+//! | 13 | [`training`] | datasets from the serving dataflow, fitting, evaluation |
+//! | 14 | [`cli`] | the `threatflow` command |
+//!
+//! The semantics (events, time, windows, decisions, checkpoints) are in `docs/semantics.md`.
 
 #![deny(missing_docs)]
 
-pub mod as_of;
 pub mod checkpoint;
 pub mod cli;
-pub mod compare;
 pub mod control;
-pub mod control_feed;
-pub mod correlation;
-#[path = "../dataflows/mod.rs"]
 pub mod dataflows;
-pub mod decision;
+pub mod detect;
 pub mod engine;
-pub mod eval;
 pub mod event;
-pub mod features;
-pub mod generator;
+pub mod ingest;
+pub mod job;
 pub mod kafka;
 pub mod location;
-pub mod mapping;
-pub mod marks;
-pub mod model;
 pub mod output;
-pub mod rules;
-pub mod shared;
-pub mod sigma;
-pub mod source;
+pub mod render;
+pub mod state;
 pub mod training;
-pub mod verdicts;

@@ -23,7 +23,7 @@ fn events() -> Vec<Value> {
         e("a2", 2, "ann", "login_failed"),
         // The third failure in 5 minutes: a threat that blocks ann for 60 s of event time.
         e("a3", 3, "ann", "login_failed"),
-        // Same millisecond as a3: not blocked by it (DESIGN.md: events after the decision's ts).
+        // Same millisecond as a3: not blocked by it (docs/semantics.md#threat-actions-and-blocking: events after the decision's ts).
         e("a3b", 3, "ann", "login"),
         e("a4", 10, "ann", "login"),
         e("b1", 20, "bob", "delete"),

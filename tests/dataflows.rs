@@ -1,7 +1,8 @@
 //! The researcher-facing dataflows other than the default, selected by name.
 
-use threatflow::engine::{run, JobSpec};
-use threatflow::source::SourceSpec;
+use threatflow::engine::run;
+use threatflow::job::JobSpec;
+use threatflow::job::SourceSpec;
 
 const HOUR: u64 = 3_600_000;
 
@@ -63,11 +64,13 @@ fn the_shared_feature_arrangement_agrees_with_the_features_events_carry() {
     use std::sync::{Arc, Mutex};
 
     use differential_dataflow::input::Input;
-    use threatflow::control::Control;
-    use threatflow::features::Features;
-    use threatflow::generator::GeneratorConfig;
-    use threatflow::shared::{build_shared, with_features};
-    use threatflow::source::{partitioned_source, Decoding, SourceConfig};
+    use threatflow::checkpoint::operator::StateCheckpoints;
+    use threatflow::dataflows::SharedInputs;
+    use threatflow::detect::control::Control;
+    use threatflow::state::features::Features;
+    use threatflow::ingest::generator::GeneratorConfig;
+    use threatflow::state::with_features;
+    use threatflow::ingest::partition::{partitioned_source, Decoding, SourceConfig};
     use timely::dataflow::channels::pact::Pipeline;
     use timely::dataflow::operators::{Operator, Probe};
     use timely::dataflow::ProbeHandle;
@@ -94,7 +97,7 @@ fn the_shared_feature_arrangement_agrees_with_the_features_events_carry() {
             worker.dataflow::<u64, _, _>(|scope| {
                 let (events, _side, _parts) = partitioned_source(scope, "Source", partitions, SourceConfig::default(), probe.clone(), errors, None);
                 let (_, control) = scope.new_collection::<((), Control), isize>();
-                let inputs = build_shared(scope, events, control);
+                let inputs = SharedInputs::build(scope, events, control, &StateCheckpoints::none(scope));
                 let looked_up = with_features(inputs.events.clone(), inputs.features());
                 for (stream, carried) in [(inputs.scored, true), (looked_up, false)] {
                     let mut keep = record(Arc::clone(&shared_seen), carried);

@@ -4,7 +4,7 @@
 //! malformed record is in the dead-letter topic; model and rule updates sent through their topics
 //! mid-stream switch decisions exactly at `effective_from`; a broker restart loses nothing.
 //!
-//! `.ci/run` installs nisshi; elsewhere, run `scripts/broker install` once.
+//! `scripts/test` installs nisshi; a test never does: without it, each fails at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -12,10 +12,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use threatflow::generator::{generate_all, GeneratorConfig};
+use threatflow::ingest::generator::{generate_all, GeneratorConfig};
 
 mod common;
-use common::{free_ports, lines, ok, output_within, parse_lines, random, run_and_kill, threatflow, wait_for_checkpoints};
+use common::{free_ports, lines, nisshi, ok, output_within, parse_lines, random, run_and_kill, threatflow, wait_for_checkpoints};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -26,8 +26,9 @@ struct Broker {
 }
 
 impl Broker {
-    /// A broker to be started on a free port.
+    /// A broker to be started on a free port (the test fails here when nisshi is not installed).
     fn new() -> Broker {
+        nisshi();
         Broker { port: free_ports(1)[0], dir: tempfile::tempdir().expect("tempdir") }
     }
 
@@ -46,7 +47,7 @@ impl Broker {
             .expect("running scripts/broker");
         assert!(
             output.status.success(),
-            "scripts/broker {args:?} failed (is nisshi installed? `scripts/broker install`): {}",
+            "scripts/broker {args:?} failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
     }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use threatflow::mapping::Mappings;
+use threatflow::ingest::mapping::Mappings;
 
 mod common;
 use common::{lines, ok, threatflow};
@@ -65,9 +65,11 @@ fn panther_rule_test_events_parse_per_source() {
 
 /// Runs the engine over files with `--format auto`; returns the events read and the dead letters.
 fn replay_auto(files: &[PathBuf]) -> (u64, Vec<threatflow::event::DeadLetter>) {
-    use threatflow::engine::{run, JobSpec};
-    use threatflow::mapping::RecordFormat;
-    use threatflow::source::{Decoding, SourceSpec};
+    use threatflow::engine::run;
+use threatflow::job::JobSpec;
+    use threatflow::ingest::mapping::RecordFormat;
+    use threatflow::ingest::partition::Decoding;
+use threatflow::job::SourceSpec;
     let mut job = JobSpec::new("threat", SourceSpec::Files(files.to_vec()));
     job.decoding = Decoding { format: RecordFormat::parse("auto", None).unwrap(), ..Decoding::default() };
     job.collect = true;

@@ -19,13 +19,15 @@ use ordered_float::OrderedFloat;
 use proptest::prelude::*;
 
 use threatflow::control::{ControlSpec, RulesSource};
-use threatflow::decision::Decision;
-use threatflow::engine::{run, JobSpec};
-use threatflow::features::FeatureName;
-use threatflow::model::Model;
-use threatflow::marks::MarkUpdate;
-use threatflow::rules::{Bounds, RuleSpec, ThreatAction};
-use threatflow::source::SourceSpec;
+use threatflow::detect::decision::Decision;
+use threatflow::engine::run;
+use threatflow::job::JobSpec;
+use threatflow::state::features::FeatureName;
+use threatflow::detect::model::Model;
+use threatflow::detect::marks::MarkUpdate;
+use threatflow::detect::action::ThreatAction;
+use threatflow::detect::rules::{Bounds, RuleSpec};
+use threatflow::job::SourceSpec;
 
 const LATENESS: u64 = 5_000;
 const MINUTE: u64 = 60_000;
@@ -362,7 +364,7 @@ fn check(case: &Case, workers: usize) -> Result<(), TestCaseError> {
         prop_assert_eq!(features, e.features, "features of {}", id);
         prop_assert_eq!((d.ts, d.late), (e.time, e.late), "time of {}", id);
         if let Some(by) = &e.blocked_by {
-            prop_assert_eq!(d.verdict, threatflow::decision::Verdict::Blocked, "verdict of {}", id);
+            prop_assert_eq!(d.verdict, threatflow::detect::decision::Verdict::Blocked, "verdict of {}", id);
             prop_assert_eq!(d.blocked_by.as_ref(), Some(by), "blocked by, {}", id);
             continue;
         }
@@ -373,7 +375,7 @@ fn check(case: &Case, workers: usize) -> Result<(), TestCaseError> {
             (Some(a), Some(b)) => prop_assert!((a - b).abs() <= 1e-9, "score of {}: {} vs {}", id, a, b),
             (a, b) => prop_assert_eq!(a, b, "score of {}", id),
         }
-        prop_assert_eq!(d.verdict, threatflow::decision::Verdict::Threat);
+        prop_assert_eq!(d.verdict, threatflow::detect::decision::Verdict::Threat);
     }
     Ok(())
 }

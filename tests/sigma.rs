@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use threatflow::sigma::{self, Placeholders, SigmaRule};
+use threatflow::detect::sigma::{self, Placeholders, SigmaRule};
 
 mod common;
 use common::{lines, ok, threatflow};
@@ -293,12 +293,14 @@ fn retimed_trail() -> Vec<Value> {
 /// rule ids.
 fn decide_trail(records: &[Value], rules: &str, workers: usize) -> BTreeMap<String, Vec<String>> {
     use threatflow::control::{ControlSpec, RulesSource};
-    use threatflow::engine::{run, JobSpec};
-    use threatflow::source::{Decoding, SourceSpec};
+    use threatflow::engine::run;
+use threatflow::job::JobSpec;
+    use threatflow::ingest::partition::Decoding;
+use threatflow::job::SourceSpec;
     let input: String = records.iter().map(|r| r.to_string() + "\n").collect();
     let mut job = JobSpec::new("threat", SourceSpec::Memory(vec![input.into_bytes()]));
-    job.decoding = Decoding { format: threatflow::mapping::RecordFormat::parse("aws.cloudtrail", None).unwrap(), ..Decoding::default() };
-    job.control = ControlSpec { rules: vec![RulesSource::Specs(sigma::parse_updates(rules).unwrap())], ..Default::default() };
+    job.decoding = Decoding { format: threatflow::ingest::mapping::RecordFormat::parse("aws.cloudtrail", None).unwrap(), ..Decoding::default() };
+    job.control = ControlSpec { rules: vec![RulesSource::Specs(threatflow::detect::rules::parse_sigma_updates(rules).unwrap())], ..Default::default() };
     job.collect = true;
     let report = run(timely::Config::process(workers), job).unwrap();
     assert_eq!(report.rejected, 0);

@@ -8,14 +8,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use threatflow::generator::GeneratorConfig;
-use threatflow::model::Model;
-use threatflow::source::SourceSpec;
+use threatflow::ingest::generator::GeneratorConfig;
+use threatflow::detect::model::Model;
+use threatflow::job::SourceSpec;
 use threatflow::training::dataset::{extract, ExtractSpec};
 use threatflow::training::{evaluate::evaluate, train, TrainSpec};
 
 mod common;
-use common::{free_ports, lines, ok, output_within, threatflow};
+use common::{free_ports, lines, moto_server, ok, output_within, threatflow};
 
 /// Events and their ground truth from the generator, as files.
 fn generated(dir: &Path, seed: u64, users: u64, events: u64) -> (PathBuf, PathBuf) {
@@ -299,12 +299,12 @@ struct S3Server {
 impl S3Server {
     fn start() -> S3Server {
         let port = free_ports(1)[0];
-        let child = Command::new("moto_server")
+        let child = Command::new(moto_server())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("moto_server (pip install 'moto[server]'; .ci/run installs it)");
+            .expect("spawning moto_server");
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "the S3 server did not start");

@@ -1,5 +1,5 @@
-// Apache Flink 2.3 baseline for the threat-detection benchmark in WORKLOAD.md
-// (/work/shared/bench/WORKLOAD.md). One file, no package, no build tool:
+// Apache Flink 2.3 baseline for the threat-detection benchmark in docs/flink-workload.md
+// (remove it: line 1 now names docs/flink-workload.md). One file, no package, no build tool:
 //
 //   javac -cp 'LIB/*' -d OUT ThreatBench.java
 //   java -Xmx4g <--add-opens flags> -cp "OUT:LIB/*" ThreatBench [N] [P] [USERS]
@@ -48,7 +48,7 @@ import org.apache.flink.util.Collector;
 
 public class ThreatBench {
 
-    // ---------------------------------------------------------------- constants (WORKLOAD.md section 1)
+    // ---------------------------------------------------------------- constants (docs/flink-workload.md#constants)
     static final long SEED = 0x7EA7_D37E_C710_2026L;
     static final long GAMMA = 0x9E37_79B9_7F4A_7C15L;
     static final int LANES = 16;
@@ -108,7 +108,7 @@ public class ThreatBench {
         }
     }
 
-    /** Keyed per-user state (WORKLOAD.md section 4). */
+    /** Keyed per-user state (docs/flink-workload.md#per-user-features). */
     public static class UserState {
         public long[] counts = new long[8];
         public long total;
@@ -131,7 +131,7 @@ public class ThreatBench {
         public Out() {}
     }
 
-    // ---------------------------------------------------------------- generator (WORKLOAD.md sections 2, 3)
+    // ---------------------------------------------------------------- generator (docs/flink-workload.md#event-stream)
     static long mix64(long z) {
         z = (z ^ (z >>> 30)) * 0xBF58476D1CE4E5B9L;
         z = (z ^ (z >>> 27)) * 0x94D049BB133111EBL;
@@ -218,7 +218,7 @@ public class ThreatBench {
         }
     }
 
-    // ---------------------------------------------------------------- model schedule (section 5)
+    // ---------------------------------------------------------------- model schedule (docs/flink-workload.md#models-and-scoring)
     static Model[] schedule(long n) {
         final long span = n / 10;
         final double[] wA = {4.0, 3.0, 1.0, 1.5, 2.0, 3.0, 6.0, 0.5};
@@ -536,7 +536,7 @@ public class ThreatBench {
     }
 
     // ---------------------------------------------------------------- sequential checks (no Flink)
-    /** Stream sums of WORKLOAD.md section 7, from the generator alone, in idx order. */
+    /** Stream sums of docs/flink-workload.md#reference-values, from the generator alone, in idx order. */
     static void checkStream(long n, int users) {
         validate(n, 1, users);
         final Event e = new Event();

@@ -1,5 +1,5 @@
 //! Model, rule and mark updates from their Kafka topics: the reader behind a [`ControlFeed`] (see
-//! [`crate::control_feed`] for how updates are applied exactly at their `effective_from`).
+//! [`crate::control::feed`] for how updates are applied exactly at their `effective_from`).
 //!
 //! Each round notes the wall-clock instant, asks the broker for the topics' end offsets and reads
 //! up to them: everything published (and acknowledged) before that instant has then been read.
@@ -16,20 +16,20 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{KafkaConfig, LogContext, Role};
-use crate::checkpoint::ControlCheckpoint;
-use crate::control::ControlLog;
-use crate::control_feed::{await_new_frontier, verified_model, ControlFeed, ControlMessage, FeedPosition, Reader, Round, Rounds};
-use crate::model::ModelUpdate;
+use crate::checkpoint::operator::StatePart;
+use crate::control::feed::{await_new_frontier, verified_model, ControlCheckpoint, ControlFeed, ControlMessage, FeedPosition, Reader, Round, Rounds};
+use crate::detect::control::ControlLog;
+use crate::detect::model::ModelUpdate;
 
 /// Starts following the models and rules topics; `log` holds the job's static models and rules,
 /// unless a restored checkpoint's log and offsets are given.
-pub fn start(config: &KafkaConfig, log: ControlLog, restored: Option<&ControlCheckpoint>) -> Result<ControlFeed> {
+pub fn start(config: &KafkaConfig, log: ControlLog, restored: Option<&StatePart>) -> Result<ControlFeed> {
     let topics = [config.topic(Role::Models).to_string(), config.topic(Role::Rules).to_string(), config.topic(Role::Marks).to_string()];
     let counts = config.partition_counts(&[&topics[0], &topics[1], &topics[2]])?;
     let consumer = config.consumer()?;
     let partitions: Vec<FeedPosition> =
         topics.iter().zip(counts).flat_map(|(topic, count)| (0..count as i32).map(move |p| (topic.clone(), p))).collect();
-    let applied = restored.map(|c| c.offsets.clone()).unwrap_or_default();
+    let applied = restored.map(ControlCheckpoint::decode).transpose()?.map(|c| c.offsets).unwrap_or_default();
     let start = |key: &FeedPosition| applied.get(key).map_or(Offset::Beginning, |n| Offset::Offset(*n));
     let assignment: Vec<(&str, i32, Offset)> = partitions.iter().map(|key| (key.0.as_str(), key.1, start(key))).collect();
     super::assign(&consumer, &assignment)?;
@@ -167,16 +167,16 @@ fn parse_model(payload: &[u8]) -> Result<ControlMessage> {
 /// A mark update (one JSON object per message).
 fn parse_marks(payload: &[u8]) -> Result<ControlMessage> {
     let text = std::str::from_utf8(payload).context("mark is not UTF-8")?;
-    Ok(ControlMessage::Marks(vec![crate::marks::parse_update(text.trim())?]))
+    Ok(ControlMessage::Marks(vec![crate::detect::marks::parse_update(text.trim())?]))
 }
 
 /// Threshold-rule updates (JSON or YAML), or Sigma rules (YAML documents with a `detection`,
 /// from their `effective_from` key or 0). A Sigma removal is a threshold removal of its id.
 fn parse_rules(payload: &[u8]) -> Result<ControlMessage> {
     let text = std::str::from_utf8(payload).context("rule update is not UTF-8")?;
-    if crate::sigma::is_sigma(text) {
-        let specs = crate::sigma::parse_updates(text)?;
+    if crate::detect::sigma::is_sigma(text) {
+        let specs = crate::detect::rules::parse_sigma_updates(text)?;
         return Ok(ControlMessage::Rules(specs));
     }
-    Ok(ControlMessage::Rules(crate::rules::parse_rules(text)?))
+    Ok(ControlMessage::Rules(crate::detect::rules::parse_rules(text)?))
 }

@@ -5,7 +5,7 @@
 //! cluster, never through a consumer group, and no offset is ever committed to the broker (read
 //! positions belong to the engine). Outputs are written by one idempotent producer on worker 0.
 //!
-//! - [`source`]: a topic partition as a [`crate::source::Partition`] of the event source;
+//! - [`source`]: a topic partition as a [`crate::ingest::partition::Partition`] of the event source;
 //! - [`control`]: model and rule updates from their topics, applied at their `effective_from`;
 //! - [`sink`]: decisions, alerts, actions and dead letters to their topics;
 //! - [`tools`]: the `produce` and `consume` commands.

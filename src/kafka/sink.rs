@@ -27,11 +27,11 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 use super::{KafkaConfig, LogContext, Role};
-use crate::checkpoint::AsyncOutputs;
-use crate::decision::Decision;
+use crate::checkpoint::coordinator::AsyncOutputs;
+use crate::detect::decision::Decision;
 use crate::event::{DeadLetter, Position};
 use crate::output::{ActionCommand, Alert, Output};
-use crate::rules::ThreatAction;
+use crate::detect::action::ThreatAction;
 
 /// Counts deliveries, keeps the first failure, and tracks what is acknowledged.
 #[derive(Default)]

@@ -22,7 +22,7 @@ use rdkafka::Offset;
 use super::{assign, KafkaConfig, LogContext, Role};
 use crate::checkpoint::{Checkpoint, PartitionPosition};
 use crate::event::Position;
-use crate::source::{decode_record, Decoding, Item, Partition};
+use crate::ingest::partition::{decode_record, Decoding, Item, Partition};
 
 /// The activity topic as a source.
 #[derive(Clone, Debug)]

@@ -17,8 +17,8 @@ use rdkafka::message::Message;
 
 use super::sink::KafkaProducer;
 use super::KafkaConfig;
-use crate::generator::{GeneratorConfig, GeneratorPartition};
-use crate::source::{Item, Partition};
+use crate::ingest::generator::{GeneratorConfig, GeneratorPartition};
+use crate::ingest::partition::{Item, Partition};
 
 /// What `produce` sends.
 #[derive(Clone, Debug)]

@@ -1,5 +1,5 @@
 //! Training data: every event's standard features, computed by the serving dataflow's own
-//! operators ([`build_shared`] and its feature lookup, [`crate::shared::with_features`]), so that what a model is trained on is what
+//! operators ([`SharedInputs::build`] and its feature lookup, [`crate::state::with_features`]), so that what a model is trained on is what
 //! it is served (train/serve parity by construction), and the labels to learn.
 
 use std::cell::RefCell;
@@ -17,11 +17,13 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::{Operator, Probe};
 use timely::dataflow::ProbeHandle;
 
-use crate::control::Control;
+use crate::checkpoint::operator::StateCheckpoints;
+use crate::dataflows::SharedInputs;
+use crate::detect::control::Control;
 use crate::event::Time;
-use crate::features::{FeatureName, Features};
-use crate::shared::build_shared;
-use crate::source::{partitioned_source, Decoding, ErrorSlot, SideRecord, SourceConfig, SourceSpec};
+use crate::state::features::{FeatureName, Features};
+use crate::ingest::partition::{partitioned_source, Decoding, ErrorSlot, SideRecord, SourceConfig};
+use crate::job::SourceSpec;
 
 /// One event's features, as served (ordered by time, then id).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -68,7 +70,7 @@ struct LabelLine {
 pub fn read_labels(path: &Path) -> Result<Labels> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading labels {}", path.display()))?;
     let mut labels = Labels::new();
-    for (number, line) in crate::source::data_lines(&text) {
+    for (number, line) in crate::ingest::lines::data_lines(&text) {
         let at = || format!("{}:{number}", path.display());
         let parsed: LabelLine = serde_json::from_str(line).with_context(|| format!("{}: not a label {{event_id, label}}", at()))?;
         let malicious = match &parsed.label {
@@ -187,7 +189,7 @@ fn extract_worker(worker: &mut timely::worker::Worker, spec: &ExtractSpec, read:
         let (events, side, _parts) = partitioned_source(scope, "Source", partitions, config, probe.clone(), Rc::clone(&errors), None);
         // No models or rules: features do not depend on them. The input closes at once.
         let (_, control) = scope.new_collection::<((), Control), isize>();
-        let inputs = build_shared(scope, events, control);
+        let inputs = SharedInputs::build(scope, events, control, &StateCheckpoints::none(scope));
         let rows = Rc::clone(&gathered);
         inputs.scored.probe_with(&probe).sink(Pipeline, "TrainingExamples", move |(input, _)| {
             let mut rows = rows.borrow_mut();

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::dataset::{Extracted, Labels};
 use super::metrics::{average_precision, pr_curve, threshold_for_budget, Confusion};
 use super::SetMetrics;
-use crate::model::Model;
+use crate::detect::model::Model;
 
 /// One scenario's malicious events against every benign event.
 #[derive(Clone, Debug, Serialize)]

@@ -10,8 +10,8 @@
 //!
 //! ```
 //! # fn main() -> anyhow::Result<()> {
-//! use threatflow::generator::GeneratorConfig;
-//! use threatflow::source::SourceSpec;
+//! use threatflow::ingest::generator::GeneratorConfig;
+//! use threatflow::job::SourceSpec;
 //! use threatflow::training::{dataset, train, TrainSpec};
 //!
 //! let generator = GeneratorConfig { users: 300, events: 60_000, seed: 7, ..GeneratorConfig::default() };
@@ -20,7 +20,7 @@
 //! let trained = train(&data, &labels, &TrainSpec::new("doc-1"))?;
 //! assert_eq!(trained.artifact.features.len(), 9);
 //! // The artifact loads as the engine loads it.
-//! let model = threatflow::model::Model::from_bytes(&trained.bytes, Some(&trained.sha256))?;
+//! let model = threatflow::detect::model::Model::from_bytes(&trained.bytes, Some(&trained.sha256))?;
 //! assert_eq!(model.version, "doc-1");
 //! # Ok(()) }
 //! ```
@@ -36,8 +36,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::event::Time;
-use crate::features::FeatureName;
-use crate::model::{Model, ModelArtifact};
+use crate::state::features::FeatureName;
+use crate::detect::model::{Model, ModelArtifact};
 use dataset::{design_matrix, Extracted, Labels};
 use fit::{FitConfig, Fitted};
 use metrics::{average_precision, threshold_for_budget, threshold_for_precision, Confusion};

@@ -118,3 +118,33 @@ pub fn run_and_kill(command: &mut std::process::Command, wait: impl FnOnce()) ->
     let _ = child.wait();
     finished
 }
+
+/// The Kafka-compatible broker the Kafka tests start through `scripts/broker`: on PATH, or where
+/// `cargo install` put it (`$CARGO_HOME/bin`, `~/.cargo/bin`; `scripts/broker` looks there too).
+/// `scripts/test` installs it; a test never does, and fails at once without it.
+pub fn nisshi() -> std::path::PathBuf {
+    let cargo_bins = [std::env::var_os("CARGO_HOME").map(|c| std::path::PathBuf::from(c).join("bin")), home().map(|h| h.join(".cargo/bin"))];
+    installed("nisshi", cargo_bins.into_iter().flatten()).expect("nisshi not found on PATH or in ~/.cargo/bin: run scripts/test (it installs it)")
+}
+
+/// The S3-compatible server the model-location tests start (moto's `moto_server`): on PATH, or where
+/// `pip install --user` put it (`~/.local/bin`). `scripts/test` installs it; a test never does, and
+/// fails at once without it.
+pub fn moto_server() -> std::path::PathBuf {
+    installed("moto_server", home().map(|h| h.join(".local/bin")))
+        .expect("moto_server not found on PATH or in ~/.local/bin: run scripts/test (it installs it)")
+}
+
+fn home() -> Option<std::path::PathBuf> {
+    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(std::path::PathBuf::from)
+}
+
+/// The executable `name` in a directory of PATH, else in one of `also`.
+fn installed(name: &str, also: impl IntoIterator<Item = std::path::PathBuf>) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(also)
+        .map(|dir| dir.join(name))
+        .find(|file| std::fs::metadata(file).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}

@@ -1,0 +1,348 @@
+//! Option groups several commands share: the cluster (`-w`, `-n`, `-p`, `-h`), a job's inputs,
+//! outputs and checkpoints, Kafka, the generator, and the data `train` and `evaluate` read.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::control::{ControlSpec, ModelSource, RulesSource};
+use crate::job::JobSpec;
+use crate::ingest::generator::GeneratorConfig;
+use crate::kafka::source::KafkaSource;
+use crate::kafka::KafkaConfig;
+use crate::ingest::mapping::RecordFormat;
+use crate::ingest::partition::Decoding;
+use crate::job::SourceSpec;
+
+/// The events and labels `train` and `evaluate` read.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    /// JSON-lines files of canonical events, one partition each (default: the embedded generator,
+    /// or the activity topic with `--kafka`).
+    #[arg(long)]
+    pub input: Vec<PathBuf>,
+    /// Labels, JSON lines: `{event_id, label}` (1/0, true/false, "malicious"/"benign"; optional
+    /// `scenario`), or the ground truth of `threatflow generate --labels`. Events without a label
+    /// are benign. Default: the generator's ground truth.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// The generated stream (without `--input` or `--kafka`).
+    #[command(flatten)]
+    pub generator: GeneratorArgs,
+    /// Kafka: read the activity topic up to the end offsets it has at start.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// A topic name for a role, `ROLE=NAME` (here: `activity=NAME`).
+    #[arg(long = "topic", value_name = "ROLE=NAME", requires = "kafka")]
+    pub topics: Vec<String>,
+    /// Allowed lateness, as when serving.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub allowed_lateness: Duration,
+    /// Record format, as when serving (`canonical`, `auto` or a mapping's name).
+    #[arg(long, default_value = "canonical")]
+    pub format: String,
+    /// More mappings (`*.yaml`).
+    #[arg(long)]
+    pub mappings_dir: Option<PathBuf>,
+    /// Worker threads.
+    #[arg(short = 'w', long = "workers", default_value_t = 1)]
+    pub workers: usize,
+}
+
+impl DataArgs {
+    /// Every event's served features, and the labels.
+    pub(super) fn extract(&self, keep_ids: bool) -> Result<(crate::training::dataset::Extracted, crate::training::dataset::Labels)> {
+        use crate::training::dataset::{extract, read_labels, ExtractSpec};
+        let lateness = ms(self.allowed_lateness);
+        let (source, expected) = if !self.input.is_empty() {
+            (SourceSpec::Files(self.input.clone()), None)
+        } else if let Some(kafka) = self.kafka.config()? {
+            (SourceSpec::Kafka(KafkaSource::new(kafka.with_topics(&self.topics)?, true)), None)
+        } else {
+            let generator = GeneratorConfig { allowed_lateness: lateness, ..self.generator.config() };
+            (SourceSpec::Generator(generator), Some(self.generator.events))
+        };
+        let generated = matches!(source, SourceSpec::Generator(_));
+        let format = RecordFormat::parse(&self.format, self.mappings_dir.as_deref())?;
+        let decoding = Decoding { format, ..Decoding::default() };
+        let spec = ExtractSpec { allowed_lateness: lateness, keep_ids, progress: Some(expected), decoding, ..ExtractSpec::new(source) };
+        let mut data = extract(timely::Config::process(self.workers.max(1)), spec)?;
+        let labels = match &self.labels {
+            Some(path) => read_labels(path)?,
+            None if generated => std::mem::take(&mut data.ground_truth),
+            None => anyhow::bail!("--labels FILE is needed: only the generator knows its ground truth"),
+        };
+        tracing::info!(
+            events = data.examples.len(),
+            rejected = data.rejected,
+            labelled_malicious = labels.values().filter(|t| t.malicious).count(),
+            seconds = data.elapsed.as_secs_f64(),
+            "features computed"
+        );
+        Ok((data, labels))
+    }
+}
+
+/// Timely's cluster options.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Worker threads per process.
+    #[arg(short = 'w', long = "workers", alias = "threads", default_value_t = 1)]
+    pub workers: usize,
+    /// Number of processes in the cluster.
+    #[arg(short = 'n', long = "processes", default_value_t = 1)]
+    pub processes: usize,
+    /// This process's index in the cluster.
+    #[arg(short = 'p', long = "process", default_value_t = 0)]
+    pub process: usize,
+    /// File with one `host:port` line per process (default: localhost:2101, 2102, ...).
+    #[arg(short = 'h', long = "hostfile")]
+    pub hostfile: Option<PathBuf>,
+    /// Timely's progress tracking: `demand` (its default: progress updates batched) or `eager`
+    /// (sent at once; lower latency, more messages).
+    #[arg(long, default_value = "demand", value_parser = ["demand", "eager"])]
+    pub progress_mode: String,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+impl ClusterArgs {
+    /// The timely configuration these options describe.
+    pub fn timely_config(&self) -> Result<timely::Config> {
+        let mut args = vec![
+            "threatflow".to_string(),
+            "-w".into(),
+            self.workers.to_string(),
+            "-n".into(),
+            self.processes.to_string(),
+            "-p".into(),
+            self.process.to_string(),
+            "--progress-mode".into(),
+            self.progress_mode.clone(),
+        ];
+        if let Some(hostfile) = &self.hostfile {
+            args.push("-h".into());
+            args.push(hostfile.display().to_string());
+        }
+        let mut config = timely::Config::from_args(args.into_iter().skip(1)).map_err(|e| anyhow::anyhow!("cluster options: {e}"))?;
+        differential_dataflow::configure(&mut config.worker, &differential_dataflow::Config::default().idle_merge_effort(Some(1000)));
+        Ok(config)
+    }
+}
+
+/// Options shared by jobs.
+#[derive(Debug, Clone, Args)]
+pub struct JobArgs {
+    /// Dataflow to run (see `threatflow dataflows`).
+    #[arg(long, default_value = "threat")]
+    pub dataflow: String,
+    /// Model artifact (JSON), in force from time 0.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Expected sha256 of the model artifact (verified when given).
+    #[arg(long)]
+    pub model_sha256: Option<String>,
+    /// JSON-lines file of model updates `{version, uri, sha256, effective_from}`. Without `--kafka`
+    /// it is followed while the job runs: updates appended later (`threatflow model publish --to
+    /// FILE`) apply at their `effective_from`. With `--kafka` it is read once at start (updates
+    /// then come through the models topic).
+    #[arg(long)]
+    pub model_updates: Option<PathBuf>,
+    /// Threshold-rule files (JSON array, JSON lines or YAML); repeatable.
+    #[arg(long)]
+    pub rules: Vec<PathBuf>,
+    /// A directory of Sigma rules (`*.yml`, `*.yaml`, recursively), applied to the records of
+    /// their logsource (see `--format`); a rule that does not parse is reported and skipped.
+    #[arg(long)]
+    pub rules_dir: Option<PathBuf>,
+    /// Placeholder values for Sigma's `|expand`: a YAML map from name to a list of values.
+    #[arg(long)]
+    pub sigma_placeholders: Option<PathBuf>,
+    /// Marked threats, JSON lines (`threatflow mark ... --to FILE` appends to it); without
+    /// `--kafka` followed while the job runs, with it read once at start (marks then come through
+    /// the marks topic).
+    #[arg(long)]
+    pub marks: Option<PathBuf>,
+    /// Allowed lateness: events further behind their partition's watermark are judged at the watermark.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub allowed_lateness: Duration,
+    /// Records longer than this many bytes are rejected.
+    #[arg(long, default_value_t = crate::event::DEFAULT_MAX_RECORD_BYTES)]
+    pub max_record_bytes: usize,
+    /// Record format: `canonical` (docs/semantics.md#events), `auto` (each record's source detected:
+    /// canonical events or any mapping's records), or a mapping's name (`aws.cloudtrail`, ...).
+    #[arg(long, default_value = "canonical")]
+    pub format: String,
+    /// More mappings (`*.yaml`), added to the shipped ones (a known name replaces it).
+    #[arg(long)]
+    pub mappings_dir: Option<PathBuf>,
+    /// Dead-letter output (JSON lines).
+    #[arg(long)]
+    pub dead_letters: Option<PathBuf>,
+    /// Alerts output (JSON lines): decisions whose actions include `alert`, with severity, rules
+    /// and the model's contributions.
+    #[arg(long)]
+    pub alerts: Option<PathBuf>,
+    /// Actions output (JSON lines): a revert or block command per such action of a decision.
+    #[arg(long)]
+    pub actions: Option<PathBuf>,
+    /// Alert fatigue: a rule's (or the model's) alerts for one user are raised at most once per
+    /// this much event time (`0s`: every one); decisions are not affected.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub alert_suppression: Duration,
+    /// How long a decision whose actions include `block` blocks its user: that user's events after
+    /// the decision, up to this much event time later, are decided `blocked` (`threatflow unblock`
+    /// lifts it earlier).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub block_for: Duration,
+    /// Write consistent checkpoints here, and resume from the newest valid one at start.
+    #[arg(long)]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Time between checkpoints.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub checkpoint_interval: Duration,
+    /// Checkpoints kept.
+    #[arg(long, default_value_t = 3)]
+    pub checkpoint_keep: usize,
+    /// Records each worker's source reads at a time; at most four such batches are in flight
+    /// before the outputs catch up (smaller: lower latency and finer checkpoints, less throughput).
+    #[arg(long, default_value_t = crate::ingest::partition::SourceConfig::default().batch)]
+    pub read_batch: usize,
+}
+
+/// How to reach Kafka.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers (`host:port,...`).
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
+    /// A librdkafka setting, `key=value` (`security.protocol`, `sasl.mechanism`, `sasl.username`,
+    /// `ssl.ca.location`, ...); repeatable.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+    pub kafka_options: Vec<String>,
+    /// Create missing topics instead of failing.
+    #[arg(long)]
+    pub create_topics: bool,
+    /// Partitions of the topics `--create-topics` creates.
+    #[arg(long, default_value_t = 4)]
+    pub topic_partitions: usize,
+    /// How long to keep retrying while the broker cannot be reached at start.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub kafka_connect_timeout: Duration,
+}
+
+impl KafkaArgs {
+    /// The Kafka configuration, when `--kafka` is given.
+    pub fn config(&self) -> Result<Option<KafkaConfig>> {
+        let Some(brokers) = &self.kafka else { return Ok(None) };
+        let mut config = KafkaConfig::new(brokers.clone());
+        config.options = crate::kafka::parse_options(&self.kafka_options)?;
+        config.create_topics = self.create_topics;
+        config.partitions = self.topic_partitions;
+        config.connect_timeout = self.kafka_connect_timeout;
+        Ok(Some(config))
+    }
+
+    pub(super) fn required(&self) -> Result<KafkaConfig> {
+        self.config()?.context("--kafka BROKERS is required")
+    }
+}
+
+/// The embedded generator's stream.
+#[derive(Debug, Clone, Args)]
+pub struct GeneratorArgs {
+    /// Number of users.
+    #[arg(long, default_value_t = 10_000)]
+    pub users: u64,
+    /// Number of events.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Generator seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl GeneratorArgs {
+    /// The generator configuration (other settings at their defaults).
+    pub fn config(&self) -> GeneratorConfig {
+        GeneratorConfig { seed: self.seed, users: self.users, events: self.events, ..GeneratorConfig::default() }
+    }
+}
+
+impl JobArgs {
+    pub(super) fn control(&self, default_model: bool, default_rules: bool) -> Result<ControlSpec> {
+        let model = match &self.model {
+            Some(path) => Some(ModelSource::File(path.clone(), self.model_sha256.clone())),
+            None if default_model => Some(ModelSource::Bytes(crate::detect::model::DEFAULT_MODEL.to_vec())),
+            None => None,
+        };
+        let mut rules: Vec<RulesSource> = self.rules.iter().cloned().map(RulesSource::File).collect();
+        if default_rules {
+            // The shipped rules parse (a unit test checks it); should they not, run without them.
+            match crate::detect::rules::parse_rules(crate::detect::rules::DEFAULT_RULES) {
+                Ok(specs) => rules.insert(0, RulesSource::Specs(specs)),
+                Err(e) => tracing::error!("shipped rules: {e:#}"),
+            }
+        }
+        if let Some(dir) = &self.rules_dir {
+            let placeholders = match &self.sigma_placeholders {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                    serde_norway::from_str(&text).with_context(|| format!("{}: not a map of placeholder to values", path.display()))?
+                }
+                None => crate::detect::sigma::Placeholders::new(),
+            };
+            rules.push(RulesSource::SigmaDir(dir.clone(), placeholders));
+        }
+        // Without Kafka the model-updates file is followed while the job runs (`model publish --to`).
+        Ok(ControlSpec {
+            model,
+            model_updates: self.model_updates.clone(),
+            follow: true,
+            verified_models: Vec::new(),
+            rules,
+            marks: self.marks.clone(),
+        })
+    }
+
+    pub(super) fn job(&self, source: SourceSpec, control: ControlSpec) -> Result<JobSpec> {
+        let format = RecordFormat::parse(&self.format, self.mappings_dir.as_deref())?;
+        let mut job = JobSpec::new(&self.dataflow, source);
+        job.control = control;
+        job.allowed_lateness = ms(self.allowed_lateness);
+        job.read_batch = self.read_batch.max(1);
+        job.decoding = Decoding { max_record_bytes: self.max_record_bytes, format };
+        job.dead_letters_path = self.dead_letters.clone();
+        job.alerts_path = self.alerts.clone();
+        job.actions_path = self.actions.clone();
+        job.alert_suppression = ms(self.alert_suppression);
+        job.block_for = ms(self.block_for);
+        job.checkpoints = self.checkpoint_dir.as_ref().map(|path| {
+            (crate::checkpoint::CheckpointDir { path: path.clone(), keep: self.checkpoint_keep }, self.checkpoint_interval)
+        });
+        Ok(job)
+    }
+}
+
+pub(super) fn parse_time(text: &str) -> Result<crate::event::Time, String> {
+    text.parse::<u64>().or_else(|_| crate::event::parse_rfc3339_ms(text))
+}
+
+pub(super) fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+/// A flag set by the first SIGTERM or Ctrl-C (a second one exits at once).
+pub(super) fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop)).context("installing a signal handler")?;
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing a signal handler")?;
+    }
+    Ok(stop)
+}

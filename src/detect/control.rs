@@ -1,0 +1,219 @@
+//! The control collection: models, rules, marks and unblocks as one small collection over event
+//! time.
+//!
+//! At every time the collection holds exactly the model in force (the one with the greatest
+//! `effective_from <= t`) and the rules and marks in force. It is broadcast to every worker and
+//! arranged there, so each event reads it as of its own time (no race between an update and the
+//! events, on any worker: the point where Flink's broadcast state is weak). See
+//! `docs/semantics.md#models-and-rules`.
+
+use std::collections::BTreeMap;
+
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use differential_dataflow::trace::implementations::ValSpine;
+use serde::{Deserialize, Serialize};
+
+use crate::detect::marks::{Mark, MarkUpdate, Unblock};
+use crate::detect::model::Model;
+use crate::detect::rules::{Rule, RuleSpec};
+use crate::event::Time;
+
+/// The control arrangement, replicated on every worker.
+pub type ControlArrangement<'s> = Arranged<'s, TraceAgent<ValSpine<(), Control, Time, isize>>>;
+
+/// An element of the control collection.
+// A model's weights make it the largest element; the collection is small, and boxing would only
+// add indirection to every lookup.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Control {
+    /// The model in force.
+    Model(Model),
+    /// A rule in force.
+    Rule(Rule),
+    /// A marked threat in force.
+    Mark(Mark),
+    /// An unblock (never retracted: it lifts the blocks made before its `effective_from`).
+    Unblock(Unblock),
+}
+
+/// An update of the control collection.
+pub type ControlUpdate = (Control, Time, isize);
+
+/// Every model and rule update of a job so far; turns a new update into the control collection's
+/// changes (updates read from Kafka while the job runs).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ControlLog {
+    models: Vec<(Time, Model)>,
+    specs: Vec<RuleSpec>,
+    marks: Vec<MarkUpdate>,
+}
+
+impl ControlLog {
+    /// A log of these models and nothing else.
+    pub fn with_models(models: Vec<(Time, Model)>) -> Self {
+        ControlLog { models, specs: Vec::new(), marks: Vec::new() }
+    }
+
+    /// The control collection's updates for everything logged.
+    pub fn updates(&self) -> Vec<ControlUpdate> {
+        timeline(self.models.clone(), self.specs.clone(), self.marks.clone())
+    }
+
+    /// Logs a verified model in force from `from`; returns the collection's changes.
+    pub fn add_model(&mut self, from: Time, model: Model) -> Vec<ControlUpdate> {
+        let before = self.updates();
+        self.models.push((from, model));
+        changes(before, self.updates())
+    }
+
+    /// Logs mark updates; a mark that does not validate is reported and skipped. Returns the
+    /// collection's changes.
+    pub fn add_marks(&mut self, updates: impl IntoIterator<Item = MarkUpdate>) -> Vec<ControlUpdate> {
+        let before = self.updates();
+        for update in updates {
+            match update.mark() {
+                Ok(_) => self.marks.push(update),
+                Err(error) => tracing::error!(mark = %update.id, "mark rejected, skipped: {error:#}"),
+            }
+        }
+        changes(before, self.updates())
+    }
+
+    /// Logs rule updates; a rule that does not validate is reported and skipped. Returns the
+    /// collection's changes.
+    pub fn add_rules(&mut self, specs: impl IntoIterator<Item = RuleSpec>) -> Vec<ControlUpdate> {
+        let before = self.updates();
+        for spec in specs {
+            if let (false, Err(error)) = (spec.remove, Rule::from_spec(&spec)) {
+                tracing::error!(rule = %spec.id, "rule rejected, skipped: {error:#}");
+                continue;
+            }
+            self.specs.push(spec);
+        }
+        changes(before, self.updates())
+    }
+}
+
+/// What turns the collection described by `before` into the one described by `after`.
+///
+/// A change that takes effect at `t` leaves the collection before `t` as it was, so every change
+/// returned is at `t` or later.
+fn changes(before: Vec<ControlUpdate>, after: Vec<ControlUpdate>) -> Vec<ControlUpdate> {
+    let mut all: Vec<ControlUpdate> = before.into_iter().map(|(c, t, d)| (c, t, -d)).chain(after).collect();
+    all.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    let mut out: Vec<ControlUpdate> = Vec::new();
+    for (control, time, diff) in all {
+        match out.last_mut() {
+            Some(last) if last.0 == control && last.1 == time => last.2 += diff,
+            _ => out.push((control, time, diff)),
+        }
+    }
+    out.retain(|(_, _, diff)| *diff != 0);
+    out
+}
+
+/// Turns models, rule updates and mark updates into updates of the control collection.
+pub fn timeline(mut models: Vec<(Time, Model)>, mut specs: Vec<RuleSpec>, mut marks: Vec<MarkUpdate>) -> Vec<ControlUpdate> {
+    let mut updates = Vec::new();
+    // Models: the one with the greatest `effective_from <= t` applies; for equal times the later wins.
+    models.sort_by_key(|(from, _)| *from);
+    let mut current: Option<Model> = None;
+    for (from, model) in models {
+        if let Some(old) = current.take() {
+            updates.push((Control::Model(old), from, -1));
+        }
+        updates.push((Control::Model(model.clone()), from, 1));
+        current = Some(model);
+    }
+    // Rules: a later update with the same id replaces or removes the rule.
+    specs.sort_by_key(|s| s.effective_from);
+    let mut in_force: BTreeMap<String, Rule> = BTreeMap::new();
+    for spec in specs {
+        let from = spec.effective_from;
+        let replacement = if spec.remove {
+            None
+        } else {
+            match Rule::from_spec(&spec) {
+                Ok(rule) => Some(rule),
+                Err(error) => {
+                    tracing::error!(rule = %spec.id, "rule rejected, skipped: {error:#}");
+                    continue;
+                }
+            }
+        };
+        if let Some(old) = in_force.remove(&spec.id) {
+            updates.push((Control::Rule(old), from, -1));
+        }
+        if let Some(rule) = replacement {
+            in_force.insert(rule.id.clone(), rule.clone());
+            updates.push((Control::Rule(rule), from, 1));
+        }
+    }
+    // Marks: likewise by id.
+    marks.sort_by_key(|m| m.effective_from);
+    let mut marked: BTreeMap<String, Mark> = BTreeMap::new();
+    for update in marks {
+        let from = update.effective_from;
+        if let Some(unblock) = update.as_unblock() {
+            updates.push((Control::Unblock(unblock), from, 1));
+            continue;
+        }
+        let Ok(replacement) = update.mark() else { continue };
+        if let Some(old) = marked.remove(&update.id) {
+            updates.push((Control::Mark(old), from, -1));
+        }
+        if let Some(mark) = replacement {
+            marked.insert(mark.id.clone(), mark.clone());
+            updates.push((Control::Mark(mark), from, 1));
+        }
+    }
+    updates
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    fn model(version: &str) -> Model {
+        let artifact = format!(r#"{{"version":"{version}","features":["deletes_10m"],"weights":[1.0],"bias":-1.0,"threshold":0.5}}"#);
+        Model::from_bytes(artifact.as_bytes(), None).unwrap()
+    }
+
+    /// The collection at time `t`, from updates.
+    #[allow(clippy::mutable_key_type)] // Sigma rules cache compiled patterns; their order does not use the cache.
+    fn at(updates: &[ControlUpdate], t: Time) -> Vec<Control> {
+        let mut counts: BTreeMap<Control, isize> = BTreeMap::new();
+        for (c, _, d) in updates.iter().filter(|u| u.1 <= t) {
+            *counts.entry(c.clone()).or_default() += d;
+        }
+        counts.into_iter().filter(|(_, d)| *d != 0).map(|(c, d)| {
+            assert_eq!(d, 1);
+            c
+        }).collect()
+    }
+
+    #[test]
+    fn log_changes_add_up_to_the_timeline() {
+        let mut log = ControlLog::default();
+        let mut applied = log.add_model(0, model("v1"));
+        applied.extend(log.add_model(100, model("v2")));
+        // An update between two others, then a rule and its removal.
+        let changes = log.add_model(50, model("v3"));
+        assert!(changes.iter().all(|(_, t, _)| *t >= 50), "{changes:?}");
+        applied.extend(changes);
+        let rules = r#"[{"id":"r","effective_from":70,"when":{"action":["delete"]}},{"id":"r","effective_from":90,"remove":true}]"#;
+        applied.extend(log.add_rules(crate::detect::rules::parse_rules(rules).unwrap()));
+        // A rule that does not validate is skipped.
+        assert!(log.add_rules(crate::detect::rules::parse_rules(r#"[{"id":"bad"}]"#).unwrap()).is_empty());
+        for t in [0, 49, 50, 69, 70, 89, 90, 99, 100, 1000] {
+            assert_eq!(at(&applied, t), at(&log.updates(), t), "at {t}");
+        }
+        let version = |t| match &at(&applied, t)[0] {
+            Control::Model(m) => m.version.clone(),
+            Control::Rule(_) | Control::Mark(_) | Control::Unblock(_) => unreachable!(),
+        };
+        assert_eq!([version(0), version(50), version(100)], ["v1", "v3", "v2"]);
+        assert_eq!(at(&applied, 70).len(), 2);
+        assert_eq!(at(&applied, 90).len(), 1);
+    }
+}

@@ -1,0 +1,273 @@
+//! Threat decisions: how an event, its features and the control collection at its time decide.
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::StreamVec;
+
+use crate::detect::control::{Control, ControlArrangement};
+use crate::detect::action::{Severity, ThreatAction};
+use crate::event::{Event, Position, Time};
+use crate::state::as_of::as_of_lookup;
+use crate::state::features::{FeatureName, Features};
+use crate::state::UserEvent;
+
+/// A decision's verdict. Benign events produce no decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The model or a rule flagged the event.
+    Threat,
+    /// The user was blocked at the event's time.
+    Blocked,
+}
+
+impl Verdict {
+    /// The verdict's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Threat => "threat",
+            Verdict::Blocked => "blocked",
+        }
+    }
+}
+
+/// A threat decision (format: docs/semantics.md#decision-record).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// A pure function of the event and the verdict ([`decision_id`]), for deduplication.
+    pub decision_id: String,
+    /// The decided event.
+    pub event_id: String,
+    /// The event's user.
+    pub user: String,
+    /// The time the event was judged at: its `ts`, or the watermark when it was late.
+    pub ts: Time,
+    /// `threat` or `blocked`.
+    pub verdict: Verdict,
+    /// The model score, present whenever a model was in force.
+    pub score: Option<f64>,
+    /// The version of the model in force, if any.
+    pub model_version: Option<String>,
+    /// Ids of the matching rules, sorted.
+    pub rules: Vec<String>,
+    /// Their titles, in the order of `rules` (the id when a rule has no title).
+    pub rule_titles: Vec<String>,
+    /// The marked threat whose fingerprint the event repeats, if any.
+    pub fingerprint_match: Option<String>,
+    /// The event's features.
+    pub features: Features,
+    /// What the decision asks to be done.
+    pub actions: Vec<ThreatAction>,
+    /// How urgent: the highest of the matching rules' severities, high for a marked threat's
+    /// repeat, medium for the model alone.
+    pub severity: Severity,
+    /// When the model flagged the event: each feature's share of the logit, `w · log1p(x)`,
+    /// largest first.
+    pub contributions: Vec<(FeatureName, f64)>,
+    /// Whether the event arrived behind its partition's watermark.
+    pub late: bool,
+    /// The event's own `ts` when it differs from `ts` (late events).
+    pub event_ts: Option<Time>,
+    /// For each matching correlation rule, `(rule id, its group)`: the `group-by` fields and their
+    /// values (`field=value, ...`; empty for a rule without `group-by`).
+    pub correlation_groups: Vec<(String, String)>,
+    /// A `blocked` decision: the event whose threat decision blocked the user.
+    pub blocked_by: Option<String>,
+    /// A decision that blocks the user, or a `blocked` one: until when (event time, inclusive).
+    pub blocked_until: Option<Time>,
+    /// Where the event was read (file or Kafka partition, and record), for `revert` commands.
+    pub position: Option<Position>,
+}
+
+impl Decision {
+    /// The decision `verdict` on `event` judged at `time` with its `features`, naming nothing yet
+    /// (no score, rules, actions or mark; default severity): a dataflow fills in what decided it.
+    pub fn for_event(time: Time, event: &Event, features: &Features, verdict: Verdict) -> Decision {
+        Decision {
+            decision_id: decision_id(&event.event_id, verdict),
+            event_id: event.event_id.to_string(),
+            user: event.user.to_string(),
+            ts: time,
+            verdict,
+            score: None,
+            model_version: None,
+            rules: Vec::new(),
+            rule_titles: Vec::new(),
+            fingerprint_match: None,
+            features: *features,
+            actions: Vec::new(),
+            severity: Severity::default(),
+            contributions: Vec::new(),
+            late: event.late,
+            event_ts: (event.ts != time).then_some(event.ts),
+            correlation_groups: Vec::new(),
+            blocked_by: None,
+            blocked_until: None,
+            position: event.position.clone(),
+        }
+    }
+}
+
+/// The decision id: 128-bit xxh3 of the event id and the verdict, in hex.
+pub fn decision_id(event_id: &str, verdict: Verdict) -> String {
+    let mut bytes = Vec::with_capacity(event_id.len() + 9);
+    bytes.extend_from_slice(event_id.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(verdict.as_str().as_bytes());
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes))
+}
+
+/// Decides events with their features against the models, rules and marks in force at their time.
+pub fn decide_as_of<'s>(
+    scored: StreamVec<'s, Time, (UserEvent, Features)>,
+    control: ControlArrangement<'s>,
+) -> StreamVec<'s, Time, Decision> {
+    as_of_lookup(
+        scored,
+        control,
+        Pipeline,
+        "Decide",
+        |_| (),
+        |(e, _): &(UserEvent, Features)| e.time,
+        |time, (e, f), controls| decide(time, e, f, controls),
+    )
+}
+
+/// Decides an event judged at `time` with its features and the control collection in force then.
+///
+/// `controls` are the accumulated control values (model, rules, marks) with their multiplicities.
+/// The event is a threat when the model says so, a rule matches, or it repeats a marked threat.
+pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Control, isize)]) -> Option<Decision> {
+    // One model is in force at a time; should an input ever hold two, the greatest is used, so the
+    // choice does not depend on arrival order.
+    let model = controls
+        .iter()
+        .filter(|(_, diff)| *diff > 0)
+        .filter_map(|(c, _)| match *c {
+            Control::Model(m) => Some(m),
+            Control::Rule(_) | Control::Mark(_) | Control::Unblock(_) => None,
+        })
+        .next_back();
+    let score = model.map(|m| m.score(features));
+    let model_threat = matches!((model, score), (Some(m), Some(s)) if m.is_threat(s));
+    let mut rules: Vec<(String, String)> = Vec::new();
+    let mut actions = Vec::new();
+    let mut severity = None;
+    let record = std::cell::OnceCell::new();
+    // The first mark (by id) whose fingerprint the event repeats.
+    let mut fingerprint_match: Option<&str> = None;
+    let hidden = correlated_only(controls);
+    for (control, _) in controls.iter().filter(|(_, diff)| *diff > 0) {
+        match *control {
+            Control::Rule(rule) if !is_hidden(rule, &hidden) && rule.matches(event, features, &record) => {
+                rules.push((rule.id.clone(), rule.title.clone().unwrap_or_else(|| rule.id.clone())));
+                actions.extend(rule.actions.iter().copied());
+                severity = severity.max(Some(rule.severity));
+            }
+            Control::Mark(mark) if mark.matches(event) && fingerprint_match.is_none_or(|id| mark.id.as_str() < id) => {
+                fingerprint_match = Some(&mark.id);
+            }
+            _ => {}
+        }
+    }
+    if !model_threat && rules.is_empty() && fingerprint_match.is_none() {
+        return None;
+    }
+    if model_threat || fingerprint_match.is_some() {
+        actions.push(ThreatAction::Alert);
+    }
+    if fingerprint_match.is_some() {
+        severity = severity.max(Some(Severity::High));
+    }
+    let contributions = match model {
+        Some(m) if model_threat => m.contributions(features),
+        _ => Vec::new(),
+    };
+    rules.sort();
+    rules.dedup_by(|a, b| a.0 == b.0);
+    actions.sort();
+    actions.dedup();
+    Some(Decision {
+        score,
+        model_version: model.map(|m| m.version.clone()),
+        rule_titles: rules.iter().map(|(_, title)| title.clone()).collect(),
+        rules: rules.into_iter().map(|(id, _)| id).collect(),
+        fingerprint_match: fingerprint_match.map(str::to_string),
+        actions,
+        severity: severity.unwrap_or_default(),
+        contributions,
+        ..Decision::for_event(time, event, features, Verdict::Threat)
+    })
+}
+
+/// The rules that only feed correlations: those the correlation rules in force refer to (by id or
+/// `name`) without `generate: true`. They do not decide on their own.
+pub fn correlated_only<'a>(controls: &[(&'a Control, isize)]) -> Vec<&'a str> {
+    controls
+        .iter()
+        .filter(|(_, diff)| *diff > 0)
+        .filter_map(|(c, _)| match *c {
+            Control::Rule(rule) => rule.sigma.as_ref().and_then(|s| s.correlation()).filter(|c| !c.generate),
+            _ => None,
+        })
+        .flat_map(|c| c.rules.iter().map(String::as_str))
+        .collect()
+}
+
+/// Whether `rule` is one of `hidden` (by id or Sigma `name`).
+fn is_hidden(rule: &crate::detect::rules::Rule, hidden: &[&str]) -> bool {
+    !hidden.is_empty()
+        && hidden.iter().any(|h| *h == rule.id || rule.sigma.as_ref().and_then(|s| s.name.as_deref()) == Some(*h))
+}
+
+/// The decision for an event of a blocked user (judged at `time`): verdict `blocked`, naming the
+/// event whose decision blocked the user.
+pub fn blocked(time: Time, event: &Event, features: &Features, blocked_by: &str, until: Time) -> Decision {
+    Decision {
+        blocked_by: Some(blocked_by.to_string()),
+        blocked_until: Some(until),
+        ..Decision::for_event(time, event, features, Verdict::Blocked)
+    }
+}
+
+/// A correlation rule matched at an event: what the decision gains.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CorrelationMatch {
+    /// The correlation rule's id.
+    pub rule: String,
+    /// Its title.
+    pub title: String,
+    /// Its severity (Sigma `level`).
+    pub severity: Severity,
+    /// Its actions.
+    pub actions: Vec<ThreatAction>,
+    /// The group it matched for (`field=value, ...`).
+    pub group: String,
+}
+
+/// Adds correlation matches to an event's decision, or makes one (no model verdict: the score is
+/// the decision step's, absent here) when the event had none.
+pub fn with_correlations(decision: Option<Decision>, time: Time, event: &Event, features: &Features, matches: &[CorrelationMatch]) -> Option<Decision> {
+    if matches.is_empty() {
+        return decision;
+    }
+    let mut d = decision.unwrap_or_else(|| Decision {
+        severity: Severity::Informational,
+        ..Decision::for_event(time, event, features, Verdict::Threat)
+    });
+    let mut rules: Vec<(String, String)> = d.rules.drain(..).zip(d.rule_titles.drain(..)).collect();
+    for m in matches {
+        rules.push((m.rule.clone(), m.title.clone()));
+        d.actions.extend(m.actions.iter().copied());
+        d.severity = d.severity.max(m.severity);
+        d.correlation_groups.push((m.rule.clone(), m.group.clone()));
+    }
+    rules.sort();
+    rules.dedup_by(|a, b| a.0 == b.0);
+    (d.rules, d.rule_titles) = rules.into_iter().unzip();
+    d.actions.sort();
+    d.actions.dedup();
+    d.correlation_groups.sort();
+    d.correlation_groups.dedup();
+    Some(d)
+}

@@ -1,0 +1,427 @@
+//! A rule's `detection` compiled: searches (field maps, lists, keywords), value matchers with
+//! their modifiers, wildcard patterns, and how a record's fields are found by Sigma name.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use serde_json::Value;
+
+use super::condition::{parse_condition, Condition};
+
+/// Placeholder values for `|expand` (`%name%` to its values).
+pub type Placeholders = BTreeMap<String, Vec<String>>;
+
+/// A compiled `detection`.
+#[derive(Debug)]
+pub(super) struct Detection {
+    searches: BTreeMap<String, Search>,
+    /// Any of these (a condition list is an `or`).
+    conditions: Vec<Condition>,
+}
+
+#[derive(Debug)]
+pub(super) enum Search {
+    /// Any of these groups; in a group, every field matcher.
+    Maps(Vec<Vec<FieldMatcher>>),
+    /// Any of these values anywhere in the record.
+    Keywords(Vec<Pattern>),
+}
+
+#[derive(Debug)]
+pub(super) struct FieldMatcher {
+    field: String,
+    /// Every value must match (`|all`), or any.
+    all: bool,
+    values: Vec<ValueMatcher>,
+}
+
+#[derive(Debug)]
+pub(super) enum ValueMatcher {
+    /// The field is absent or null.
+    Null,
+    /// The field is present (`true`) or absent (`false`).
+    Exists(bool),
+    Pattern(Pattern),
+    Regex(regex::Regex),
+    Cidr(IpAddr, u8),
+    /// Numeric comparison: `(ordering wanted, or-equal)`.
+    Compare(std::cmp::Ordering, bool, f64),
+    /// Equal to another field's value.
+    FieldRef(String),
+}
+
+/// A wildcard pattern over text (lower-cased unless cased).
+#[derive(Debug)]
+pub(super) struct Pattern {
+    tokens: Vec<Token>,
+    cased: bool,
+}
+
+#[derive(Debug, PartialEq)]
+pub(super) enum Token {
+    Text(String),
+    /// `*`: any run.
+    Any,
+    /// `?`: one character.
+    One,
+}
+
+impl Pattern {
+    /// A Sigma string value (`*`, `?` wildcards; `\*`, `\?`, `\\` escapes), with `*` added before
+    /// and after as `contains`/`startswith`/`endswith` ask.
+    pub(super) fn new(value: &str, lead: bool, trail: bool, cased: bool) -> Pattern {
+        let mut tokens = Vec::new();
+        let mut text = String::new();
+        let flush = |text: &mut String, tokens: &mut Vec<Token>| {
+            if !text.is_empty() {
+                tokens.push(Token::Text(std::mem::take(text)));
+            }
+        };
+        if lead {
+            tokens.push(Token::Any);
+        }
+        let mut chars = value.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' if matches!(chars.peek(), Some('*' | '?' | '\\')) => text.push(chars.next().unwrap_or('\\')),
+                '*' => {
+                    flush(&mut text, &mut tokens);
+                    tokens.push(Token::Any);
+                }
+                '?' => {
+                    flush(&mut text, &mut tokens);
+                    tokens.push(Token::One);
+                }
+                c => text.push(c),
+            }
+        }
+        flush(&mut text, &mut tokens);
+        if trail {
+            tokens.push(Token::Any);
+        }
+        if !cased {
+            for t in &mut tokens {
+                if let Token::Text(s) = t {
+                    *s = s.to_lowercase();
+                }
+            }
+        }
+        Pattern { tokens, cased }
+    }
+
+    pub(super) fn matches(&self, text: &str) -> bool {
+        let lowered;
+        let text = if self.cased {
+            text
+        } else {
+            lowered = text.to_lowercase();
+            &lowered
+        };
+        matches_tokens(&self.tokens, text)
+    }
+}
+
+/// Wildcard matching with backtracking on the last `*`.
+pub(super) fn matches_tokens(tokens: &[Token], text: &str) -> bool {
+    match tokens.split_first() {
+        None => text.is_empty(),
+        Some((Token::Text(t), rest)) => text.strip_prefix(t.as_str()).is_some_and(|r| matches_tokens(rest, r)),
+        Some((Token::One, rest)) => {
+            let mut chars = text.chars();
+            chars.next().is_some() && matches_tokens(rest, chars.as_str())
+        }
+        Some((Token::Any, rest)) => {
+            if rest.is_empty() {
+                return true;
+            }
+            text.char_indices().map(|(i, _)| i).chain(std::iter::once(text.len())).any(|i| matches_tokens(rest, &text[i..]))
+        }
+    }
+}
+
+impl Detection {
+    pub(super) fn compile(detection: &serde_json::Map<String, Value>, placeholders: &Placeholders) -> Result<Detection> {
+        let mut searches = BTreeMap::new();
+        let mut conditions = Vec::new();
+        for (name, value) in detection {
+            if name == "condition" {
+                let texts: Vec<&str> = match value {
+                    Value::String(s) => vec![s.as_str()],
+                    Value::Array(list) => list.iter().map(|v| v.as_str().ok_or_else(|| anyhow!("a condition is not text"))).collect::<Result<_>>()?,
+                    _ => bail!("`condition` is not text"),
+                };
+                for text in texts {
+                    conditions.push(parse_condition(text).with_context(|| format!("condition {text:?}"))?);
+                }
+            } else if name == "timeframe" {
+                bail!("`timeframe` is not supported (write a correlation rule)");
+            } else {
+                searches.insert(name.clone(), compile_search(value, placeholders).with_context(|| format!("search `{name}`"))?);
+            }
+        }
+        ensure!(!conditions.is_empty(), "no `condition`");
+        let detection = Detection { searches, conditions };
+        for c in &detection.conditions {
+            detection.check(c)?;
+        }
+        Ok(detection)
+    }
+
+    /// Every search a condition names exists.
+    pub(super) fn check(&self, condition: &Condition) -> Result<()> {
+        match condition {
+            Condition::Search(name) => ensure!(self.searches.contains_key(name), "the condition names `{name}`, which is not defined"),
+            Condition::Not(c) => self.check(c)?,
+            Condition::And(cs) | Condition::Or(cs) => cs.iter().try_for_each(|c| self.check(c))?,
+            Condition::Of(_, pattern) => ensure!(self.named(pattern).next().is_some(), "no search matches `{}`", pattern.concat()),
+        }
+        Ok(())
+    }
+
+    pub(super) fn named<'a>(&'a self, pattern: &'a [String]) -> impl Iterator<Item = &'a Search> + 'a {
+        self.searches.iter().filter(move |(name, _)| of_matches(pattern, name)).map(|(_, s)| s)
+    }
+
+    pub(super) fn matches(&self, record: &Value) -> bool {
+        self.conditions.iter().any(|c| self.eval(c, record))
+    }
+
+    pub(super) fn eval(&self, condition: &Condition, record: &Value) -> bool {
+        match condition {
+            Condition::Search(name) => self.searches.get(name).is_some_and(|s| s.matches(record)),
+            Condition::Not(c) => !self.eval(c, record),
+            Condition::And(cs) => cs.iter().all(|c| self.eval(c, record)),
+            Condition::Or(cs) => cs.iter().any(|c| self.eval(c, record)),
+            Condition::Of(n, pattern) => match n {
+                None => self.named(pattern).all(|s| s.matches(record)),
+                Some(n) => self.named(pattern).filter(|s| s.matches(record)).count() >= *n,
+            },
+        }
+    }
+}
+
+/// `them` (every search not starting with `_`) or a name pattern with `*`.
+pub(super) fn of_matches(pattern: &[String], name: &str) -> bool {
+    if pattern == ["them"] {
+        return !name.starts_with('_');
+    }
+    let tokens: Vec<Token> = pattern.iter().map(|p| if p == "*" { Token::Any } else { Token::Text(p.clone()) }).collect();
+    matches_tokens(&tokens, name)
+}
+
+pub(super) fn compile_search(value: &Value, placeholders: &Placeholders) -> Result<Search> {
+    match value {
+        Value::Object(map) => Ok(Search::Maps(vec![compile_map(map, placeholders)?])),
+        Value::Array(items) if items.iter().all(Value::is_object) && !items.is_empty() => {
+            let groups = items.iter().filter_map(Value::as_object).map(|m| compile_map(m, placeholders)).collect::<Result<_>>()?;
+            Ok(Search::Maps(groups))
+        }
+        Value::Array(items) => Ok(Search::Keywords(items.iter().map(keyword).collect::<Result<_>>()?)),
+        other => Ok(Search::Keywords(vec![keyword(other)?])),
+    }
+}
+
+pub(super) fn keyword(value: &Value) -> Result<Pattern> {
+    match value {
+        Value::String(s) => Ok(Pattern::new(s, true, true, false)),
+        Value::Number(n) => Ok(Pattern::new(&n.to_string(), true, true, false)),
+        other => bail!("keyword {other} is not text"),
+    }
+}
+
+pub(super) fn compile_map(map: &serde_json::Map<String, Value>, placeholders: &Placeholders) -> Result<Vec<FieldMatcher>> {
+    map.iter().map(|(key, value)| compile_field(key, value, placeholders)).collect()
+}
+
+pub(super) fn compile_field(key: &str, value: &Value, placeholders: &Placeholders) -> Result<FieldMatcher> {
+    let mut parts = key.split('|');
+    let field = parts.next().unwrap_or_default().to_string();
+    let modifiers: Vec<&str> = parts.collect();
+    let has = |m: &str| modifiers.contains(&m);
+    for m in &modifiers {
+        let known = ["contains", "startswith", "endswith", "all", "re", "i", "m", "s", "cidr", "exists", "fieldref", "cased", "expand", "gt", "gte", "lt", "lte"];
+        ensure!(known.contains(m), "field `{field}`: the modifier `{m}` is not supported");
+    }
+    let raw: Vec<&Value> = match value {
+        Value::Array(items) => items.iter().collect(),
+        single => vec![single],
+    };
+    let mut texts: Vec<Option<String>> = Vec::new();
+    for v in raw {
+        match v {
+            Value::Null => texts.push(None),
+            Value::String(s) if has("expand") => texts.extend(expand(s, placeholders)?.into_iter().map(Some)),
+            Value::String(s) => texts.push(Some(s.clone())),
+            Value::Number(n) => texts.push(Some(n.to_string())),
+            Value::Bool(b) => texts.push(Some(b.to_string())),
+            other => bail!("field `{field}`: value {other} is not text"),
+        }
+    }
+    let cased = has("cased");
+    let values = texts
+        .into_iter()
+        .map(|text| {
+            let Some(text) = text else { return Ok(ValueMatcher::Null) };
+            Ok(if has("exists") {
+                ValueMatcher::Exists(text.eq_ignore_ascii_case("true"))
+            } else if has("re") {
+                let regex = regex::RegexBuilder::new(&text)
+                    .case_insensitive(has("i"))
+                    .multi_line(has("m"))
+                    .dot_matches_new_line(has("s"))
+                    .build()
+                    .with_context(|| format!("field `{field}`: bad regular expression"))?;
+                ValueMatcher::Regex(regex)
+            } else if has("cidr") {
+                let (ip, bits) = parse_cidr(&text).with_context(|| format!("field `{field}`: bad CIDR {text:?}"))?;
+                ValueMatcher::Cidr(ip, bits)
+            } else if has("fieldref") {
+                ValueMatcher::FieldRef(text)
+            } else if let Some((ordering, equal)) = comparison(&has) {
+                let number = text.parse::<f64>().with_context(|| format!("field `{field}`: {text:?} is not a number"))?;
+                ValueMatcher::Compare(ordering, equal, number)
+            } else {
+                ValueMatcher::Pattern(Pattern::new(&text, has("contains") || has("endswith"), has("contains") || has("startswith"), cased))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(FieldMatcher { field, all: has("all"), values })
+}
+
+pub(super) fn comparison(has: &dyn Fn(&str) -> bool) -> Option<(std::cmp::Ordering, bool)> {
+    use std::cmp::Ordering::{Greater, Less};
+    [("gt", Greater, false), ("gte", Greater, true), ("lt", Less, false), ("lte", Less, true)]
+        .into_iter()
+        .find(|(m, ..)| has(m))
+        .map(|(_, o, e)| (o, e))
+}
+
+/// Replaces `%name%` placeholders by their configured values (one value each combination).
+pub(super) fn expand(text: &str, placeholders: &Placeholders) -> Result<Vec<String>> {
+    let Some(start) = text.find('%') else { return Ok(vec![text.to_string()]) };
+    let Some(len) = text[start + 1..].find('%') else { return Ok(vec![text.to_string()]) };
+    let name = &text[start + 1..start + 1 + len];
+    let values = placeholders.get(name).with_context(|| format!("the placeholder %{name}% is not configured"))?;
+    let mut out = Vec::new();
+    for value in values {
+        let replaced = format!("{}{}{}", &text[..start], value, &text[start + 2 + len..]);
+        out.extend(expand(&replaced, placeholders)?);
+    }
+    Ok(out)
+}
+
+pub(super) fn parse_cidr(text: &str) -> Result<(IpAddr, u8)> {
+    let (ip, bits) = text.split_once('/').unwrap_or((text, ""));
+    let ip: IpAddr = ip.trim().parse()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let bits = if bits.is_empty() { max } else { bits.trim().parse()? };
+    ensure!(bits <= max, "prefix /{bits} is too long");
+    Ok((ip, bits))
+}
+
+pub(super) fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - u32::from(bits)) };
+            u32::from(a) & mask == u32::from(b) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            let mask = if bits == 0 { 0 } else { u128::MAX << (128 - u32::from(bits)) };
+            u128::from(a) & mask == u128::from(b) & mask
+        }
+        _ => false,
+    }
+}
+
+impl Search {
+    pub(super) fn matches(&self, record: &Value) -> bool {
+        match self {
+            Search::Maps(groups) => groups.iter().any(|group| group.iter().all(|m| m.matches(record))),
+            Search::Keywords(patterns) => patterns.iter().any(|p| any_string(record, &|s| p.matches(s))),
+        }
+    }
+}
+
+/// Whether any string (or number) in the record satisfies `test`.
+pub(super) fn any_string(value: &Value, test: &dyn Fn(&str) -> bool) -> bool {
+    match value {
+        Value::String(s) => test(s),
+        Value::Number(n) => test(&n.to_string()),
+        Value::Array(items) => items.iter().any(|v| any_string(v, test)),
+        Value::Object(map) => map.values().any(|v| any_string(v, test)),
+        _ => false,
+    }
+}
+
+impl FieldMatcher {
+    pub(super) fn matches(&self, record: &Value) -> bool {
+        let found = field(record, &self.field);
+        let test = |m: &ValueMatcher| value_matches(m, &found, record);
+        if self.all {
+            self.values.iter().all(test)
+        } else {
+            self.values.iter().any(test)
+        }
+    }
+}
+
+pub(super) fn value_matches(matcher: &ValueMatcher, found: &[&Value], record: &Value) -> bool {
+    let present = found.iter().any(|v| !v.is_null());
+    match matcher {
+        ValueMatcher::Null => !present,
+        ValueMatcher::Exists(wanted) => present == *wanted,
+        ValueMatcher::FieldRef(other) => {
+            let theirs: Vec<String> = field(record, other).into_iter().flat_map(scalars).collect();
+            found.iter().flat_map(|v| scalars(v)).any(|x| theirs.iter().any(|y| x.eq_ignore_ascii_case(y)))
+        }
+        _ => found.iter().flat_map(|v| scalars(v)).any(|text| match matcher {
+            ValueMatcher::Pattern(p) => p.matches(&text),
+            ValueMatcher::Regex(r) => r.is_match(&text),
+            ValueMatcher::Cidr(net, bits) => text.parse::<IpAddr>().is_ok_and(|ip| in_cidr(ip, *net, *bits)),
+            ValueMatcher::Compare(ordering, equal, n) => text
+                .parse::<f64>()
+                .is_ok_and(|x| x.partial_cmp(n).is_some_and(|o| o == *ordering || (*equal && o == std::cmp::Ordering::Equal))),
+            _ => false,
+        }),
+    }
+}
+
+/// A value's texts: itself, or each element of an array.
+pub(super) fn scalars(value: &Value) -> Vec<String> {
+    match value {
+        Value::String(s) => vec![s.clone()],
+        Value::Number(n) => vec![n.to_string()],
+        Value::Bool(b) => vec![b.to_string()],
+        Value::Array(items) => items.iter().flat_map(scalars).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A field's values by its Sigma name: a top-level key with that exact name, or the dotted path,
+/// where a segment that meets an array follows every element (a number indexes it).
+pub(super) fn field<'v>(record: &'v Value, name: &str) -> Vec<&'v Value> {
+    if let Some(v) = record.get(name) {
+        return vec![v];
+    }
+    let mut values = vec![record];
+    for segment in name.split('.') {
+        let mut next = Vec::new();
+        for value in values {
+            step(value, segment, &mut next);
+        }
+        values = next;
+    }
+    values
+}
+
+pub(super) fn step<'v>(value: &'v Value, segment: &str, out: &mut Vec<&'v Value>) {
+    match value {
+        Value::Object(map) => out.extend(map.get(segment)),
+        Value::Array(items) => match segment.parse::<usize>() {
+            Ok(i) => out.extend(items.get(i)),
+            Err(_) => items.iter().for_each(|item| step(item, segment, out)),
+        },
+        _ => {}
+    }
+}

@@ -1,0 +1,169 @@
+//! Partitions of newline-delimited JSON records (files and in-memory inputs), or of one JSON
+//! document (a provider's array or `{"Records": [...]}` file).
+
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::checkpoint::PartitionPosition;
+use crate::event::Position;
+use crate::ingest::partition::{decode_record, Decoding, Item, Partition};
+
+/// A buffered reader that can also seek (files, memory).
+pub trait SeekBufRead: BufRead + Seek {}
+impl<T: BufRead + Seek> SeekBufRead for T {}
+
+/// A partition of newline-delimited JSON records from any reader, or of one JSON document (a
+/// provider's pretty-printed array or `{"Records": [...]}` file, read as one record) when the
+/// format is not canonical and the first line is not a JSON value by itself.
+///
+/// Records longer than the limit are skipped to the next newline without being buffered whole;
+/// their dead letter keeps the first `limit` bytes. Blank lines are not records.
+pub struct JsonLinesPartition {
+    name: String,
+    reader: Box<dyn SeekBufRead>,
+    decoding: Decoding,
+    /// The whole input is one record.
+    document: bool,
+    line: u64,
+    offset: u64,
+    record: Vec<u8>,
+}
+
+impl JsonLinesPartition {
+    /// Reads `reader`, naming the partition `name`.
+    pub fn new(name: impl Into<String>, mut reader: Box<dyn SeekBufRead>, decoding: Decoding) -> Self {
+        let document = !decoding.format.is_canonical() && is_document(&mut *reader);
+        JsonLinesPartition { name: name.into(), reader, decoding, document, line: 0, offset: 0, record: Vec::new() }
+    }
+
+    /// Opens a file.
+    pub fn open(path: &Path, decoding: Decoding) -> Result<Self> {
+        let file = std::fs::File::open(path).with_context(|| format!("opening input {}", path.display()))?;
+        let reader: Box<dyn SeekBufRead> = Box::new(BufReader::with_capacity(1 << 20, file));
+        Ok(Self::new(format!("file:{}", path.display()), reader, decoding))
+    }
+
+    /// Reads lines from memory (tests, embedding).
+    pub fn from_bytes(name: impl Into<String>, bytes: Vec<u8>, decoding: Decoding) -> Self {
+        Self::new(name, Box::new(std::io::Cursor::new(bytes)), decoding)
+    }
+
+    /// Reads the next record into `self.record` (at most `limit + 1` bytes kept); returns its full
+    /// length, or `None` at the end of the input.
+    fn next_record(&mut self) -> std::io::Result<Option<usize>> {
+        self.record.clear();
+        let keep = self.decoding.max_record_bytes + 1;
+        let mut total = 0usize;
+        let mut any = false;
+        loop {
+            let buf = self.reader.fill_buf()?;
+            if buf.is_empty() {
+                return Ok(any.then_some(total));
+            }
+            any = true;
+            let newline = if self.document { None } else { buf.iter().position(|b| *b == b'\n') };
+            let (chunk, done) = match newline {
+                Some(i) => (&buf[..i], Some(i + 1)),
+                None => (buf, None),
+            };
+            let room = keep.saturating_sub(self.record.len());
+            self.record.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            total += chunk.len();
+            let consumed = done.unwrap_or(buf.len());
+            self.reader.consume(consumed);
+            if done.is_some() {
+                return Ok(Some(total));
+            }
+        }
+    }
+}
+
+/// Whether an input is one JSON document rather than JSON lines: it starts with `[`, or its first
+/// line is not a JSON value by itself (a pretty-printed object). Looks at the buffer only.
+fn is_document(reader: &mut dyn SeekBufRead) -> bool {
+    let Ok(buf) = reader.fill_buf() else { return false };
+    let start = buf.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(buf.len());
+    match buf.get(start) {
+        Some(b'[') => true,
+        Some(b'{') => {
+            let end = buf[start..].iter().position(|b| *b == b'\n').map_or(buf.len(), |i| start + i);
+            serde_json::from_slice::<serde::de::IgnoredAny>(&buf[start..end]).is_err()
+        }
+        _ => false,
+    }
+}
+
+impl Partition for JsonLinesPartition {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn position(&self) -> Option<PartitionPosition> {
+        Some(PartitionPosition::Bytes { offset: self.offset, line: self.line })
+    }
+
+    fn seek(&mut self, position: &PartitionPosition) -> Result<()> {
+        let PartitionPosition::Bytes { offset, line } = *position else { anyhow::bail!("{} resumes from a byte offset", self.name) };
+        self.reader.seek(SeekFrom::Start(offset)).with_context(|| format!("seeking {} to byte {offset}", self.name))?;
+        self.offset = offset;
+        self.line = line;
+        Ok(())
+    }
+
+    fn poll(&mut self, max: usize, out: &mut Vec<Item>) -> Result<bool> {
+        for _ in 0..max {
+            let start = self.offset;
+            let Some(mut len) = self.next_record()? else { return Ok(false) };
+            self.offset += len as u64 + 1;
+            self.line += 1;
+            if self.record.last() == Some(&b'\r') && len <= self.decoding.max_record_bytes + 1 {
+                self.record.pop();
+                len -= 1;
+            }
+            if self.record.iter().all(u8::is_ascii_whitespace) && len == self.record.len() {
+                continue;
+            }
+            let position = || Position { source: self.name.clone(), record: self.line, offset: start };
+            decode_record(&self.record, len, &self.decoding, position, out);
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::partition::Item;
+
+    fn items(input: &[u8], max: usize) -> Vec<Item> {
+        let mut p = JsonLinesPartition::from_bytes("m", input.to_vec(), Decoding { max_record_bytes: max, ..Decoding::default() });
+        let mut out = Vec::new();
+        while p.poll(2, &mut out).unwrap() {}
+        out
+    }
+
+    #[test]
+    fn lines_positions_and_oversized_records() {
+        let long = format!("{{\"x\":\"{}\"}}", "a".repeat(100));
+        let input = format!("{{\"event_id\":\"1\",\"ts\":1,\"user\":\"u\",\"action\":\"a\"}}\r\n\n{long}\nnot json\n");
+        let mut bytes = input.into_bytes();
+        bytes.push(0xff);
+        let out = items(&bytes, 64);
+        assert_eq!(out.len(), 4);
+        assert!(matches!(&out[0], Item::Event(e) if e.event_id == "1"));
+        match &out[1] {
+            Item::Rejected(d) => {
+                assert!(d.reason.contains("exceeds the limit of 64 bytes"), "{}", d.reason);
+                assert_eq!(d.position.record, 3);
+                assert!(d.truncated);
+                assert_eq!(d.size, long.len() as u64);
+                assert_eq!(d.original.as_deref().map(str::len), Some(64));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&out[2], Item::Rejected(d) if d.position.record == 4 && d.original.as_deref() == Some("not json")));
+        assert!(matches!(&out[3], Item::Rejected(d) if d.original_base64.is_some() && d.original_bytes() == vec![0xff]));
+    }
+}

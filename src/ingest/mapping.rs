@@ -1,0 +1,592 @@
+//! Raw provider logs to canonical events, by declarative per-source mappings.
+//!
+//! Security engineers send their providers' own records (CloudTrail, Okta System Log, Google
+//! Workspace, Azure/Entra, Microsoft 365, GitHub audit). A mapping, one YAML file per source
+//! (`mappings/*.yaml`, shipped in the binary; more with `--mappings-dir`), says how to recognise a
+//! record of that source and where each canonical field comes from:
+//!
+//! ```yaml
+//! name: aws.cloudtrail            # the source name (events' `source`, dead letters)
+//! detect:                         # a record is of this source when all of these hold
+//!   all: [eventSource, eventName] # these fields are present
+//!   any: [eventTime, "@timestamp"]  # at least one of these is
+//!   equals: {kind: "admin#reports#*"}  # these fields match (case-insensitive, `*` wildcards)
+//! event_id: [eventID]             # each canonical field: the first of these paths present
+//! ts: [eventTime, "@timestamp"]   # RFC 3339, "YYYY-MM-DD hh:mm:ss[.f]" (UTC), epoch s or ms
+//! user: [userIdentity.arn, userIdentity.userName]
+//! action_name: [eventName]        # the provider's action: the action when no category fits
+//! actions:                        # the canonical action category: the first rule that matches
+//!   - {category: login_failed, when: {eventName: ConsoleLogin, responseElements.ConsoleLogin: Failure}}
+//!   - {category: delete, when: {eventName: ["Delete*", "Terminate*"]}}
+//! app: [eventSource]
+//! resource: [requestParameters.bucketName, "resources.0.ARN"]
+//! src_ip: [sourceIPAddress]       # kept as sent (anonymised logs carry invalid addresses)
+//! country: []
+//! bytes: [additionalEventData.bytesTransferredOut]
+//! user_agent: [userAgent]
+//! ```
+//!
+//! Paths are dotted (`userIdentity.sessionContext.sessionIssuer.type`; a number indexes an array);
+//! a segment that is not found exactly is looked up ignoring case (normalised exports lower-case
+//! their keys). A record keeps every one of its own top-level fields for rules. A record without an
+//! id gets one derived from its content (`SOURCE:xxh3-128`), so it is the same on every run. A
+//! record holding `Records: [...]` (a CloudTrail file) or a JSON array is its elements.
+//!
+//! ```
+//! use threatflow::ingest::mapping::Mappings;
+//! let mappings = Mappings::shipped()?;
+//! let record = serde_json::json!({
+//!     "eventVersion": "1.08", "eventSource": "signin.amazonaws.com", "eventName": "ConsoleLogin",
+//!     "eventTime": "2024-07-30T21:31:11Z", "eventID": "e-1", "sourceIPAddress": "08.1.250.216",
+//!     "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::1:user/ann"},
+//!     "responseElements": {"ConsoleLogin": "Failure"}
+//! });
+//! let event = mappings.auto(record)?;
+//! assert_eq!((event.source.as_deref(), event.action.as_str()), (Some("aws.cloudtrail"), "login_failed"));
+//! assert_eq!((event.user.as_str(), event.ts), ("arn:aws:iam::1:user/ann", 1_722_375_071_000));
+//! assert_eq!(event.src_ip.as_deref(), Some("08.1.250.216"));
+//! assert_eq!(event.field("eventName").as_deref(), Some("ConsoleLogin"));
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::event::{event_from_value, Event, RejectReason, Time};
+
+/// The mappings shipped with threatflow.
+const SHIPPED: [(&str, &str); 7] = [
+    ("aws_cloudtrail.yaml", include_str!("../../mappings/aws_cloudtrail.yaml")),
+    ("okta_system_log.yaml", include_str!("../../mappings/okta_system_log.yaml")),
+    ("google_workspace.yaml", include_str!("../../mappings/google_workspace.yaml")),
+    ("azure_audit.yaml", include_str!("../../mappings/azure_audit.yaml")),
+    ("azure_signin.yaml", include_str!("../../mappings/azure_signin.yaml")),
+    ("m365_audit.yaml", include_str!("../../mappings/m365_audit.yaml")),
+    ("github_audit.yaml", include_str!("../../mappings/github_audit.yaml")),
+];
+
+/// One mapping file, as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MappingSpec {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    detect: DetectSpec,
+    #[serde(default)]
+    event_id: Vec<String>,
+    ts: Vec<String>,
+    user: Vec<String>,
+    action_name: Vec<String>,
+    #[serde(default)]
+    actions: Vec<ActionRule>,
+    #[serde(default)]
+    app: Vec<String>,
+    #[serde(default)]
+    resource: Vec<String>,
+    #[serde(default)]
+    src_ip: Vec<String>,
+    #[serde(default)]
+    country: Vec<String>,
+    #[serde(default)]
+    bytes: Vec<String>,
+    #[serde(default)]
+    user_agent: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetectSpec {
+    #[serde(default)]
+    all: Vec<String>,
+    #[serde(default)]
+    any: Vec<String>,
+    #[serde(default)]
+    equals: BTreeMap<String, OneOrMany>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionRule {
+    category: String,
+    when: BTreeMap<String, OneOrMany>,
+}
+
+/// A value or a list of values (`*` wildcards, case-insensitive).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn patterns(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(p) => vec![p.to_lowercase()],
+            OneOrMany::Many(ps) => ps.iter().map(|p| p.to_lowercase()).collect(),
+        }
+    }
+}
+
+/// A dotted path, split.
+type FieldPath = Vec<String>;
+
+/// Field conditions: every path's text must match one of its patterns.
+type Conditions = Vec<(FieldPath, Vec<String>)>;
+
+/// A compiled mapping.
+#[derive(Clone, Debug)]
+pub struct Mapping {
+    /// The source name.
+    pub name: String,
+    /// What it maps, for people.
+    pub description: Option<String>,
+    all: Vec<FieldPath>,
+    any: Vec<FieldPath>,
+    equals: Conditions,
+    event_id: Vec<FieldPath>,
+    ts: Vec<FieldPath>,
+    user: Vec<FieldPath>,
+    action_name: Vec<FieldPath>,
+    actions: Vec<(String, Conditions)>,
+    app: Vec<FieldPath>,
+    resource: Vec<FieldPath>,
+    src_ip: Vec<FieldPath>,
+    country: Vec<FieldPath>,
+    bytes: Vec<FieldPath>,
+    user_agent: Vec<FieldPath>,
+}
+
+fn paths(list: &[String]) -> Vec<FieldPath> {
+    list.iter().map(|p| p.split('.').map(str::to_string).collect()).collect()
+}
+
+fn conditions(map: &BTreeMap<String, OneOrMany>) -> Conditions {
+    map.iter().map(|(path, values)| (path.split('.').map(str::to_string).collect(), values.patterns())).collect()
+}
+
+impl Mapping {
+    /// Parses a mapping file's text.
+    pub fn parse(text: &str) -> Result<Mapping> {
+        let spec: MappingSpec = serde_norway::from_str(text).context("not a mapping")?;
+        if spec.detect.all.is_empty() && spec.detect.any.is_empty() && spec.detect.equals.is_empty() {
+            bail!("mapping {}: `detect` needs at least one condition", spec.name);
+        }
+        for (field, list) in [("ts", &spec.ts), ("user", &spec.user), ("action_name", &spec.action_name)] {
+            if list.is_empty() {
+                bail!("mapping {}: `{field}` needs at least one path", spec.name);
+            }
+        }
+        Ok(Mapping {
+            all: paths(&spec.detect.all),
+            any: paths(&spec.detect.any),
+            equals: conditions(&spec.detect.equals),
+            event_id: paths(&spec.event_id),
+            ts: paths(&spec.ts),
+            user: paths(&spec.user),
+            action_name: paths(&spec.action_name),
+            actions: spec.actions.iter().map(|rule| (rule.category.clone(), conditions(&rule.when))).collect(),
+            app: paths(&spec.app),
+            resource: paths(&spec.resource),
+            src_ip: paths(&spec.src_ip),
+            country: paths(&spec.country),
+            bytes: paths(&spec.bytes),
+            user_agent: paths(&spec.user_agent),
+            name: spec.name,
+            description: spec.description,
+        })
+    }
+
+    /// Whether `record` is of this source.
+    pub fn detects(&self, record: &Value) -> bool {
+        self.all.iter().all(|p| present(record, p))
+            && (self.any.is_empty() || self.any.iter().any(|p| present(record, p)))
+            && holds(record, &self.equals)
+    }
+
+    /// The canonical event of a record of this source.
+    pub fn map(&self, record: &Value) -> Result<Event, RejectReason> {
+        let invalid = |what: String| RejectReason::Invalid(format!("{} record: {what}", self.name));
+        let missing = |field: &str, tried: &[FieldPath]| {
+            let tried: Vec<String> = tried.iter().map(|p| p.join(".")).collect();
+            invalid(format!("no `{field}` (looked at {})", tried.join(", ")))
+        };
+        let user = first_text(record, &self.user).ok_or_else(|| missing("user", &self.user))?;
+        let ts_value = first(record, &self.ts).ok_or_else(|| missing("ts", &self.ts))?;
+        let ts = parse_time(&ts_value).map_err(|e| invalid(format!("ts: {e}")))?;
+        let action_name = first_text(record, &self.action_name).ok_or_else(|| missing("action", &self.action_name))?;
+        let action = self
+            .actions
+            .iter()
+            .find(|(_, when)| holds(record, when))
+            .map_or_else(|| action_name.clone(), |(category, _)| category.clone());
+        let event_id = match first_text(record, &self.event_id) {
+            Some(id) => id,
+            None => {
+                let bytes = serde_json::to_vec(record).unwrap_or_default();
+                format!("{}:{:032x}", self.name, xxhash_rust::xxh3::xxh3_128(&bytes))
+            }
+        };
+        let country = first_text(record, &self.country)
+            .filter(|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()))
+            .map(|c| c.to_ascii_uppercase());
+        let bytes = first(record, &self.bytes).and_then(|v| match v.as_ref() {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        });
+        let mut extra: Vec<(String, String)> = match record {
+            Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+            _ => Vec::new(),
+        };
+        extra.sort();
+        let key = crate::event::user_key(&user);
+        Ok(Event {
+            event_id: event_id.into(),
+            ts,
+            user: user.into(),
+            action: action.into(),
+            app: first_text(record, &self.app).map(Into::into),
+            resource: first_text(record, &self.resource).map(Into::into),
+            src_ip: first_text(record, &self.src_ip).map(Into::into),
+            country: country.map(Into::into),
+            bytes,
+            user_agent: first_text(record, &self.user_agent).map(Into::into),
+            extra,
+            source: Some(self.name.clone()),
+            key,
+            time: ts,
+            late: false,
+            position: None,
+        })
+    }
+}
+
+/// How records are read.
+#[derive(Clone, Debug, Default)]
+pub enum RecordFormat {
+    /// Canonical events (docs/semantics.md#events), the fast path.
+    #[default]
+    Canonical,
+    /// Each record's source is detected: canonical events, or any mapping's records.
+    Auto(Arc<Mappings>),
+    /// Every record is of the named mapping's source.
+    Source(Arc<Mappings>, usize),
+}
+
+impl RecordFormat {
+    /// `canonical`, `auto`, or a mapping's name, with the shipped mappings and those in `dir`.
+    pub fn parse(name: &str, dir: Option<&Path>) -> Result<RecordFormat> {
+        if name == "canonical" {
+            return Ok(RecordFormat::Canonical);
+        }
+        let mut mappings = Mappings::shipped()?;
+        if let Some(dir) = dir {
+            mappings.add_dir(dir)?;
+        }
+        let mappings = Arc::new(mappings);
+        if name == "auto" {
+            return Ok(RecordFormat::Auto(mappings));
+        }
+        match mappings.all.iter().position(|m| m.name == name) {
+            Some(index) => Ok(RecordFormat::Source(mappings, index)),
+            None => bail!("unknown format {name:?}: canonical, auto, or one of {}", mappings.names().join(", ")),
+        }
+    }
+
+    /// Whether records are canonical events only.
+    pub fn is_canonical(&self) -> bool {
+        matches!(self, RecordFormat::Canonical)
+    }
+
+    /// The events of one parsed record (several for a `Records` list or an array), each an event
+    /// or the reason it is not, with the element's JSON text when it is part of a list.
+    pub fn decode(&self, record: Value, out: &mut Vec<(Result<Event, RejectReason>, Option<String>)>) {
+        match record {
+            Value::Array(items) => {
+                for item in items {
+                    let text = item.to_string();
+                    out.push((self.decode_one(item), Some(text)));
+                }
+            }
+            Value::Object(mut map) if matches!(map.get("Records"), Some(Value::Array(_))) && map.len() == 1 => {
+                if let Some(Value::Array(items)) = map.remove("Records") {
+                    for item in items {
+                        let text = item.to_string();
+                        out.push((self.decode_one(item), Some(text)));
+                    }
+                }
+            }
+            other => out.push((self.decode_one(other), None)),
+        }
+    }
+
+    fn decode_one(&self, record: Value) -> Result<Event, RejectReason> {
+        match self {
+            RecordFormat::Canonical => event_from_value(record),
+            RecordFormat::Source(mappings, index) => mappings.all[*index].map(&record),
+            RecordFormat::Auto(mappings) => mappings.auto(record),
+        }
+    }
+}
+
+/// The top-level keys of a record, for a reason that says what it looked like.
+fn describe(record: &Value) -> String {
+    match record {
+        Value::Object(map) => {
+            let keys: Vec<&str> = map.keys().map(String::as_str).take(12).collect();
+            format!("fields {}{}", keys.join(", "), if map.len() > 12 { ", ..." } else { "" })
+        }
+        Value::Null => "null".into(),
+        Value::Bool(_) | Value::Number(_) | Value::String(_) => "not a JSON object".into(),
+        Value::Array(_) => "a nested array".into(),
+    }
+}
+
+/// Every mapping a job knows.
+#[derive(Clone, Debug, Default)]
+pub struct Mappings {
+    all: Vec<Mapping>,
+}
+
+impl Mappings {
+    /// The mappings shipped in `mappings/`.
+    pub fn shipped() -> Result<Mappings> {
+        let mut mappings = Mappings::default();
+        for (file, text) in SHIPPED {
+            mappings.add(Mapping::parse(text).with_context(|| format!("shipped mapping {file}"))?);
+        }
+        Ok(mappings)
+    }
+
+    /// Adds every `*.yaml`/`*.yml` file of `dir`; a mapping with a known name replaces it.
+    pub fn add_dir(&mut self, dir: &Path) -> Result<()> {
+        let entries = std::fs::read_dir(dir).with_context(|| format!("reading mappings in {}", dir.display()))?;
+        let mut files: Vec<_> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        files.sort();
+        for path in files {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            self.add(Mapping::parse(&text).with_context(|| format!("mapping {}", path.display()))?);
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, mapping: Mapping) {
+        match self.all.iter_mut().find(|m| m.name == mapping.name) {
+            Some(known) => *known = mapping,
+            None => self.all.push(mapping),
+        }
+    }
+
+    /// The mappings' names, in detection order.
+    pub fn names(&self) -> Vec<&str> {
+        self.all.iter().map(|m| m.name.as_str()).collect()
+    }
+
+    /// A record's event: canonical when it has the canonical fields, else by the first mapping
+    /// that detects it; a record that fits none is refused with its fields.
+    pub fn auto(&self, record: Value) -> Result<Event, RejectReason> {
+        let canonical = ["event_id", "ts", "user", "action"].iter().all(|k| record.get(k).is_some());
+        if canonical {
+            return event_from_value(record);
+        }
+        match self.all.iter().find(|m| m.detects(&record)) {
+            Some(mapping) => mapping.map(&record),
+            None => Err(RejectReason::Invalid(format!(
+                "the record fits no mapping (canonical, {}): {}",
+                self.names().join(", "),
+                describe(&record)
+            ))),
+        }
+    }
+}
+
+/// The value at a path: exact keys first, then ignoring case; numbers index arrays; a string
+/// holding JSON (as log-analytics exports nest objects) is looked into when the path goes on.
+fn lookup<'v>(record: &'v Value, path: &[String]) -> Option<Cow<'v, Value>> {
+    let mut value = Cow::Borrowed(record);
+    for segment in path {
+        if let Value::String(s) = value.as_ref() {
+            if s.starts_with('{') || s.starts_with('[') {
+                value = Cow::Owned(serde_json::from_str(s).ok()?);
+            }
+        }
+        value = match value {
+            Cow::Borrowed(v) => Cow::Borrowed(child(v, segment)?),
+            Cow::Owned(v) => Cow::Owned(child(&v, segment)?.clone()),
+        };
+    }
+    Some(value)
+}
+
+/// One step of a path.
+fn child<'v>(value: &'v Value, segment: &str) -> Option<&'v Value> {
+    match value {
+        Value::Object(map) => map.get(segment).or_else(|| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(segment)).map(|(_, v)| v)),
+        Value::Array(items) => items.get(segment.parse::<usize>().ok()?),
+        _ => None,
+    }
+}
+
+/// The value at a path when it is present: not null, not an empty string.
+fn present_value<'v>(record: &'v Value, path: &[String]) -> Option<Cow<'v, Value>> {
+    lookup(record, path).filter(|v| !matches!(v.as_ref(), Value::Null) && v.as_ref() != &Value::String(String::new()))
+}
+
+fn present(record: &Value, path: &[String]) -> bool {
+    present_value(record, path).is_some()
+}
+
+/// The first present value among `paths`.
+fn first<'v>(record: &'v Value, paths: &[FieldPath]) -> Option<Cow<'v, Value>> {
+    paths.iter().find_map(|p| present_value(record, p))
+}
+
+/// A value as text: strings as they are, numbers and booleans as JSON; objects and arrays are not text.
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The first present value among `paths` that is text.
+fn first_text(record: &Value, paths: &[FieldPath]) -> Option<String> {
+    paths.iter().filter_map(|p| present_value(record, p)).find_map(|v| text(&v))
+}
+
+/// Whether every condition holds.
+fn holds(record: &Value, conditions: &Conditions) -> bool {
+    conditions.iter().all(|(path, patterns)| {
+        lookup(record, path).and_then(|v| text(&v)).is_some_and(|t| {
+            let t = t.to_lowercase();
+            patterns.iter().any(|p| glob(p, &t))
+        })
+    })
+}
+
+/// `*`-wildcard match of lower-cased text.
+fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (head, tail) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(head) || !text[head.len()..].ends_with(tail) || text.len() < head.len() + tail.len() {
+        return false;
+    }
+    let mut rest = &text[head.len()..text.len() - tail.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(i) => rest = &rest[i + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// A timestamp: RFC 3339; `YYYY-MM-DD[T ]hh:mm:ss[.fraction]` without a zone, as UTC; or a number
+/// of seconds (below 10^11) or milliseconds since the epoch.
+pub fn parse_time(value: &Value) -> Result<Time, String> {
+    match value {
+        Value::Number(n) => {
+            let x = n.as_f64().ok_or_else(|| format!("bad number {n}"))?;
+            if !(0.0..1e15).contains(&x) {
+                return Err(format!("timestamp {n} out of range"));
+            }
+            Ok(if x < 1e11 { (x * 1000.0).round() as Time } else { x.round() as Time })
+        }
+        Value::String(s) => {
+            let s = s.trim();
+            if let Ok(ms) = crate::event::parse_rfc3339_ms(s) {
+                return Ok(ms);
+            }
+            if let Ok(n) = s.parse::<f64>() {
+                return parse_time(&Value::from(n));
+            }
+            let normal = s.replacen(' ', "T", 1);
+            for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S"] {
+                if let Ok(t) = chrono::NaiveDateTime::parse_from_str(&normal, format) {
+                    return u64::try_from(t.and_utc().timestamp_millis()).map_err(|_| format!("timestamp {s:?} before 1970"));
+                }
+            }
+            Err(format!("unrecognised timestamp {s:?}"))
+        }
+        other => Err(format!("timestamp is not a string or number: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_in_every_shape() {
+        let ms = 1_671_835_364_467;
+        for v in [
+            Value::from("2022-12-23T22:42:44.467Z"),
+            Value::from("2022-12-23 22:42:44.467000000"),
+            Value::from("2022-12-23T22:42:44.467"),
+            Value::from(ms),
+            Value::from(1_671_835_364.467),
+            Value::from("1671835364467"),
+        ] {
+            assert_eq!(parse_time(&v), Ok(ms), "{v}");
+        }
+        assert_eq!(parse_time(&Value::from("2022-12-23 22:42:44")), Ok(1_671_835_364_000));
+        assert!(parse_time(&Value::from("yesterday")).is_err());
+        assert!(parse_time(&Value::Null).is_err());
+    }
+
+    #[test]
+    fn globs_and_paths() {
+        assert!(glob("delete*", "deletebucket") && glob("*policy", "putuserpolicy") && glob("a*b*c", "axxbyyc"));
+        assert!(!glob("delete*", "undelete") && !glob("a*b*c", "acb") && !glob("ab*ba", "aba"));
+        let record = serde_json::json!({"A": {"b": [{"C": 1}]}, "e": null});
+        let path = |p: &str| p.split('.').map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(lookup(&record, &path("a.B.0.c")).as_deref(), Some(&Value::from(1)));
+        assert!(!present(&record, &path("e")) && !present(&record, &path("a.b.1")));
+        let nested = serde_json::json!({"InitiatedBy": "{\"user\":{\"userPrincipalName\":\"ann@x\"}}"});
+        assert_eq!(lookup(&nested, &path("InitiatedBy.user.userPrincipalName")).as_deref(), Some(&Value::from("ann@x")));
+    }
+
+    #[test]
+    fn shipped_mappings_parse_and_bad_ones_are_clear_errors() {
+        let mappings = Mappings::shipped().unwrap();
+        assert_eq!(mappings.names().len(), SHIPPED.len());
+        let err = format!("{:#}", Mapping::parse("name: x\ndetect: {}\nts: [t]\nuser: [u]\naction_name: [a]\n").unwrap_err());
+        assert!(err.contains("`detect` needs at least one condition"), "{err}");
+        let err = format!("{:#}", Mapping::parse("name: x\ndetect: {all: [a]}\nts: [t]\nuser: [u]\naction_name: [a]\nusr: [b]\n").unwrap_err());
+        assert!(err.contains("unknown field `usr`"), "{err}");
+    }
+
+    #[test]
+    fn records_lists_and_arrays_expand() {
+        let format = RecordFormat::parse("auto", None).unwrap();
+        let ct = |id: &str| {
+            serde_json::json!({"eventVersion": "1", "eventSource": "s3.amazonaws.com", "eventName": "GetObject", "eventID": id,
+                "eventTime": "2024-01-01T00:00:00Z", "userIdentity": {"arn": "arn:u"}})
+        };
+        let mut out = Vec::new();
+        format.decode(serde_json::json!({"Records": [ct("a"), ct("b"), {"x": 1}]}), &mut out);
+        format.decode(serde_json::json!([ct("c")]), &mut out);
+        let ids: Vec<String> = out.iter().map(|(e, _)| e.as_ref().map(|e| e.event_id.to_string()).unwrap_or_else(|r| r.to_string())).collect();
+        assert_eq!(ids[0], "a");
+        assert_eq!(ids[1], "b");
+        assert!(ids[2].contains("fits no mapping") && ids[2].contains("fields x"), "{}", ids[2]);
+        assert_eq!(ids[3], "c");
+        assert_eq!(out[0].0.as_ref().unwrap().action, "download");
+    }
+}

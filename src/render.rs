@@ -1,0 +1,159 @@
+//! The whole pipeline of a job, top to bottom, as each worker builds it.
+//!
+//! ```text
+//! source ─events─► feature windows ─► the chosen dataflow ─┐
+//!    │                  │  scored ───► correlation ────────┼─► verdicts ─► decision sink
+//!    │                  └─ scored ─────────────────────────┘        ▲
+//!    │                                  control (models, rules, marks; broadcast) ──┘
+//!    └─side records (dead letters, labels, counts)──────────────────────► side sink
+//! ```
+//!
+//! Every operator that keeps state does so through the checkpoint layer
+//! ([`crate::checkpoint::operator`]): the barriers from worker 0 and a restored checkpoint's
+//! parts reach each of them, and their exported parts, with the source partitions' positions,
+//! are gathered on worker 0 for [`crate::checkpoint::coordinator`]. The worker loop that drives
+//! the built dataflow is [`crate::engine`].
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use differential_dataflow::input::{Input as _, InputSession};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Input, Operator, Probe};
+use timely::dataflow::InputHandle;
+use timely::dataflow::{ProbeHandle, Scope, StreamVec};
+
+use crate::checkpoint::coordinator::Gathered;
+use crate::checkpoint::operator::{StateCheckpoints, StatePart};
+use crate::checkpoint::Checkpoint;
+use crate::dataflows::{Dataflow, SharedInputs};
+use crate::detect::control::Control;
+use crate::detect::correlation::correlate;
+use crate::detect::decision::Decision;
+use crate::detect::verdicts::verdicts;
+use crate::event::Time;
+use crate::ingest::partition::{partitioned_source, ErrorSlot, Partition, PartitionPart, SourceCheckpoints, SourceConfig};
+use crate::job::JobSpec;
+use crate::output::sinks::{decision_sink, side_sink, Sinks};
+
+/// The handles of a rendered pipeline the worker loop drives.
+pub struct Rendered {
+    /// The control collection (fed by worker 0).
+    pub control: InputSession<Time, ((), Control), isize>,
+    /// Checkpoint barriers (sent by worker 0's coordinator).
+    pub barriers: InputHandle<Time, CapacityContainerBuilder<Vec<Time>>>,
+    /// The state parts the pipeline's operators declared, `(name, version)`.
+    pub declared: Vec<(&'static str, u32)>,
+    /// Arrangements the dataflow made that the checkpoints do not keep.
+    pub unkept: Vec<String>,
+}
+
+/// What a worker renders the pipeline with.
+pub struct Parts<'a> {
+    /// The job.
+    pub job: &'a JobSpec,
+    /// Its dataflow.
+    pub dataflow: &'a dyn Dataflow,
+    /// This worker's share of the source's partitions.
+    pub partitions: Vec<Box<dyn Partition>>,
+    /// How the source paces itself.
+    pub source: SourceConfig,
+    /// The checkpoint the job resumes from, if any.
+    pub restored: Option<Arc<Checkpoint>>,
+    /// The sinks (worker 0's outputs).
+    pub sinks: &'a Sinks,
+    /// Passed by the outputs: bounds the source's batches in flight.
+    pub output_probe: ProbeHandle<Time>,
+    /// Passed by the source's events.
+    pub events_probe: ProbeHandle<Time>,
+    /// Where worker 0 gathers checkpoint parts.
+    pub gathered: Rc<RefCell<Gathered>>,
+    /// Where the source and the sinks leave the first error.
+    pub errors: ErrorSlot,
+}
+
+/// Builds the job's pipeline in `scope` (see the module doc).
+pub fn render<'s>(scope: Scope<'s, Time>, parts: Parts<'_>) -> Rendered {
+    let Parts { job, dataflow, partitions, source, restored, sinks, output_probe, events_probe, gathered, errors } = parts;
+    let (control_input, control) = scope.new_collection();
+    let (barrier_input, barriers) = scope.new_input::<Vec<Time>>();
+    let barriers = barriers.broadcast();
+    let checkpoints = StateCheckpoints::new(barriers.clone(), restored_state(scope, restored.as_deref()));
+
+    // 1. The source: this worker's partitions, with per-partition watermarks.
+    let source_checkpoints = job.checkpoints.is_some().then(|| SourceCheckpoints { barriers, restore: restored.clone() });
+    let (events, side, positions) = partitioned_source(scope, "Source", partitions, source, output_probe.clone(), errors, source_checkpoints);
+    let events = events.probe_with(&events_probe);
+
+    // 2. Feature windows and the control arrangement: what every dataflow reads.
+    let inputs = SharedInputs::build(scope, events, control, &checkpoints);
+    let unkept = inputs.clone();
+
+    // 3-5. The chosen dataflow, the correlation rules, the verdicts.
+    let decisions = detections(dataflow, inputs, job.block_for);
+
+    // 6. The sinks, on worker 0.
+    decision_sink(decisions.probe_with(&output_probe), sinks, job.alert_suppression, &checkpoints);
+    side_sink(side.probe_with(&output_probe), sinks, &checkpoints);
+
+    // The checkpoint parts, gathered on worker 0.
+    gather(positions, checkpoints.exported(scope), gathered);
+    Rendered { control: control_input, barriers: barrier_input, declared: checkpoints.declared(), unkept: unkept.unkept_state() }
+}
+
+/// A dataflow's decisions taken through the correlation rules and the verdict step (matches
+/// added, blocks applied): the job's decisions.
+pub fn detections<'s>(dataflow: &dyn Dataflow, inputs: SharedInputs<'s>, block_for: Time) -> StreamVec<'s, Time, Decision> {
+    let decided = dataflow.build(inputs.clone());
+    let hits = correlate(inputs.scored.clone(), inputs.control.clone(), &inputs.checkpoints);
+    let unblocks = inputs
+        .control
+        .flat_map_ref(|_, control: &Control| match control {
+            Control::Unblock(unblock) => Some(unblock.clone()),
+            _ => None,
+        })
+        .inner;
+    verdicts(inputs.scored, decided, hits, unblocks, block_for, &inputs.checkpoints)
+}
+
+/// The state parts of a restored checkpoint, given at its frontier by worker 0 (nothing elsewhere).
+fn restored_state<'s>(scope: Scope<'s, Time>, restored: Option<&Checkpoint>) -> StreamVec<'s, Time, StatePart> {
+    let mut parts = restored.filter(|_| scope.index() == 0).map(|c| (c.frontier, c.state.clone()));
+    timely::dataflow::operators::generic::operator::source(scope, "RestoredState", move |capability, _info| {
+        let mut capability = Some(capability);
+        move |output| {
+            if let Some(cap) = capability.take() {
+                if let Some((frontier, parts)) = parts.take() {
+                    let cap = cap.delayed(&frontier);
+                    output.session(&cap).give_iterator(parts.into_iter());
+                }
+            }
+        }
+    })
+}
+
+/// Hands the partitions' positions and the operators' state parts to worker 0's coordinator.
+fn gather<'s>(positions: StreamVec<'s, Time, PartitionPart>, state: StreamVec<'s, Time, (Time, StatePart)>, gathered: Rc<RefCell<Gathered>>) {
+    let positions_gathered = Rc::clone(&gathered);
+    positions.sink(Pipeline, "CheckpointPositions", move |(input, frontier)| {
+        let mut gathered = positions_gathered.borrow_mut();
+        input.for_each(|_, data| {
+            for (at, name, part) in data.drain(..) {
+                gathered.add_partition(at, name, part);
+            }
+        });
+        gathered.complete_before(frontier.frontier().first().copied(), false);
+    });
+    state.sink(Pipeline, "CheckpointState", move |(input, frontier)| {
+        let mut gathered = gathered.borrow_mut();
+        input.for_each(|_, data| {
+            for (at, part) in data.drain(..) {
+                gathered.add_state(at, part);
+            }
+        });
+        gathered.complete_before(frontier.frontier().first().copied(), true);
+    });
+}

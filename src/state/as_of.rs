@@ -1,0 +1,298 @@
+//! The as-of lookup (half join): each event reads an arrangement exactly as of its own time.
+//!
+//! timely 0.32 / differential 0.26 have no usable `half_join` (`differential-dogs3` targets older
+//! versions), so this is our own `binary_frontier` operator, after `docs/as-of-lookup.md`:
+//! events are stashed by their time; once the arrangement's frontier has passed that time, every
+//! update at a time `<= t` is in the trace, so the answer is exact and final, and the event is
+//! answered once, never retracted.
+//!
+//! Departures from the note: the pact is a parameter (arrangements built with `Pipeline`, such as
+//! the broadcast control collection, are read with `Pipeline`); each key's values are cloned once
+//! per activation and handed to a closure by reference, so a large value (a model) is not cloned
+//! per event; and events carry their own time, stashed under one capability per operator
+//! ([`TimeStash`]) rather than one per distinct time, since with millisecond times nearly every
+//! event has a time of its own and per-time capabilities made progress tracking the bottleneck.
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{ParallelizationContract, Pipeline};
+use timely::dataflow::operators::{generic::Operator, Capability, InputCapability};
+use timely::dataflow::StreamVec;
+use timely::progress::frontier::MutableAntichain;
+use timely::progress::Antichain;
+
+use differential_dataflow::difference::{IsZero, Semigroup};
+use differential_dataflow::operators::arrange::Arranged;
+use differential_dataflow::trace::cursor::cursor_list;
+use differential_dataflow::trace::implementations::BatchContainer;
+use differential_dataflow::trace::{BatchCursor, BatchDiff, BatchValOwn, Cursor, Navigable, TraceReader};
+
+use crate::event::Time;
+
+/// For each event `e` at time `t = time_of(&e)` (at or after its message's time), calls
+/// `logic(t, &e, vals)` once the arrangement's frontier has passed `t`, where `vals` are the
+/// non-zero accumulations of `key_of(&e)`'s values over all updates with time `<= t`, in value
+/// order; emits what `logic` returns in a message at a time `<= t` (outputs carry their own time,
+/// as differential updates do: one message per activation, not one per distinct time).
+///
+/// `pact` must route events to the worker that holds their key in `arranged` (`Pipeline` when the
+/// events are already partitioned like the arrangement, or when it is replicated on every worker).
+///
+/// ```
+/// use timely::dataflow::channels::pact::Pipeline;
+/// use timely::dataflow::operators::{ToStream, Capture, capture::Extract};
+/// use differential_dataflow::AsCollection;
+/// use threatflow::state::as_of::as_of_lookup;
+///
+/// let captured = timely::example(|scope| {
+///     // `(key, val)` updates: key 1 holds "a" from time 5 on, and "b" during [7, 9).
+///     let updates = vec![((1u64, 'a'), 5u64, 1isize), ((1, 'b'), 7, 1), ((1, 'b'), 9, -1)];
+///     let arranged = updates.to_stream(scope).as_collection().arrange_by_key();
+///     // Events are `(key, time)`, sent at time 0 and read at their own time.
+///     let events = vec![(1u64, 4u64), (1, 5), (1, 8), (1, 9)].to_stream(scope);
+///     as_of_lookup(events, arranged, Pipeline, "Lookup", |(k, _)| *k, |(_, t)| *t, |t, _event, vals| {
+///         Some((t, vals.iter().map(|(v, _)| **v).collect::<String>()))
+///     })
+///     .capture()
+/// });
+/// let mut seen: Vec<_> = captured.extract().into_iter().flat_map(|(_, d)| d).collect();
+/// seen.sort();
+/// assert_eq!(seen, vec![(4, "".into()), (5, "a".into()), (8, "ab".into()), (9, "a".into())]);
+/// ```
+pub fn as_of_lookup<'s, Tr, K, E, O, P, L>(
+    events: StreamVec<'s, Time, E>,
+    arranged: Arranged<'s, Tr>,
+    pact: P,
+    name: &str,
+    key_of: impl Fn(&E) -> K + 'static,
+    time_of: impl Fn(&E) -> Time + 'static,
+    mut logic: L,
+) -> StreamVec<'s, Time, O>
+where
+    Tr: TraceReader<Batch: Navigable, Time = Time> + 'static,
+    BatchCursor<Tr>: Cursor<Time = Time>,
+    <BatchCursor<Tr> as Cursor>::KeyContainer: BatchContainer<Owned = K>,
+    K: Ord + Clone + 'static,
+    E: Clone + 'static,
+    O: Clone + 'static,
+    P: ParallelizationContract<Time, Vec<E>>,
+    L: FnMut(Time, &E, &[(&BatchValOwn<Tr>, BatchDiff<Tr>)]) -> Option<O> + 'static,
+{
+    type C<Tr> = BatchCursor<Tr>;
+    let mut trace = Some(arranged.trace);
+    // We only ever read through the empty frontier, so physical merging need not be held back.
+    if let Some(trace) = trace.as_mut() {
+        trace.set_physical_compaction(Antichain::new().borrow());
+    }
+    // Events waiting for the arrangement's frontier, by time, under one capability.
+    let mut stash: TimeStash<E> = TimeStash::default();
+    // Buffers reused across activations (fresh multi-megabyte vectors cost page faults).
+    let mut ready: Vec<(Time, E)> = Vec::new();
+    let mut times_of: Vec<Time> = Vec::new();
+    let mut work: Vec<(K, usize, E)> = Vec::new();
+    let mut results: Vec<O> = Vec::new();
+    let mut times: Vec<(Time, BatchDiff<Tr>)> = Vec::new();
+    // The current key's values (each cloned once), and per distinct time of the key the
+    // accumulated values as `(index into key_vals, diff)`.
+    let mut key_vals: Vec<BatchValOwn<Tr>> = Vec::new();
+    let mut group_vals: Vec<Vec<(usize, BatchDiff<Tr>)>> = Vec::new();
+    let mut group_times: Vec<usize> = Vec::new();
+    let mut key_con = <<C<Tr> as Cursor>::KeyContainer as BatchContainer>::with_capacity(1);
+
+    events.binary_frontier::<_, CapacityContainerBuilder<Vec<O>>, _, _, _, _>(
+        arranged.stream,
+        pact,
+        Pipeline,
+        name,
+        move |_cap, _info| {
+            move |(input1, frontier1), (input2, frontier2), output| {
+                // 1. Stash events by their own time.
+                input1.for_each(|cap, data| {
+                    for event in data.drain(..) {
+                        stash.insert(&cap, time_of(&event), event);
+                    }
+                });
+                // 2. The trace holds the batches; the stream is read for its frontier only.
+                input2.for_each(|_cap, _data| {});
+
+                // 3. Answer every stashed time that the arrangement's frontier has passed.
+                stash.take_ready(frontier2, &mut ready);
+                if let (false, Some(held)) = (ready.is_empty(), stash.held()) {
+                    let Some(trace) = trace.as_mut() else { return };
+                    let since = trace.get_logical_compaction().to_owned();
+                    if let Some((time, _)) = ready.first() {
+                        // `ready` is sorted: the first time is the least. Holding compaction at the event
+                        // frontier makes a violation impossible; one would mean wrong answers, so it is
+                        // a bug worth stopping for.
+                        assert!(since.less_equal(time), "as_of_lookup: time {time} below compaction");
+                    }
+                    // Work list sorted by (key, time): cursors only seek forward.
+                    times_of.clear();
+                    times_of.extend(ready.iter().map(|(t, _)| *t));
+                    work.extend(ready.drain(..).enumerate().map(|(idx, (_, e))| (key_of(&e), idx, e)));
+                    // `ready` is in time order, so its index orders times.
+                    work.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+                    let (mut cursor, storage) = cursor_list(trace.batches_through(Antichain::new().borrow()).unwrap_or_default());
+                    let mut lo = 0;
+                    while lo < work.len() {
+                        let mut hi = lo + 1;
+                        while hi < work.len() && work[hi].0 == work[lo].0 {
+                            hi += 1;
+                        }
+                        // One group per distinct time: same-time events of a key share their values.
+                        group_times.clear();
+                        for w in &work[lo..hi] {
+                            if group_times.last().map(|g| times_of[*g]) != Some(times_of[w.1]) {
+                                group_times.push(w.1);
+                            }
+                        }
+                        key_vals.clear();
+                        group_vals.iter_mut().for_each(Vec::clear);
+                        group_vals.resize_with(group_times.len().max(group_vals.len()), Vec::new);
+                        key_con.clear();
+                        key_con.push_own(&work[lo].0);
+                        cursor.seek_key(&storage, key_con.index(0));
+                        if cursor.get_key(&storage) == Some(key_con.index(0)) {
+                            while let Some(val) = cursor.get_val(&storage) {
+                                times.clear();
+                                cursor.map_times(&storage, |t, d| times.push((C::<Tr>::owned_time(t), C::<Tr>::owned_diff(d))));
+                                times.sort_by_key(|(t, _)| *t);
+                                // Sweep this key's times (ascending) and the value's updates together.
+                                let (mut acc, mut j): (Option<BatchDiff<Tr>>, usize) = (None, 0);
+                                let mut val_index = None;
+                                for (g, idx) in group_times.iter().enumerate() {
+                                    let t_ev = times_of[*idx];
+                                    while j < times.len() && times[j].0 <= t_ev {
+                                        match acc.as_mut() {
+                                            Some(a) => a.plus_equals(&times[j].1),
+                                            None => acc = Some(times[j].1.clone()),
+                                        }
+                                        j += 1;
+                                    }
+                                    if let Some(a) = acc.as_ref().filter(|a| !a.is_zero()) {
+                                        let i = *val_index.get_or_insert_with(|| {
+                                            key_vals.push(C::<Tr>::owned_val(val));
+                                            key_vals.len() - 1
+                                        });
+                                        group_vals[g].push((i, a.clone()));
+                                    }
+                                }
+                                cursor.step_val(&storage);
+                            }
+                        }
+                        let mut g = 0;
+                        let mut vals: Vec<(&BatchValOwn<Tr>, BatchDiff<Tr>)> = Vec::new();
+                        let mut built = None;
+                        for (_, idx, e) in &work[lo..hi] {
+                            while g + 1 < group_times.len() && times_of[group_times[g + 1]] <= times_of[*idx] {
+                                g += 1;
+                            }
+                            if built != Some(g) {
+                                vals.clear();
+                                vals.extend(group_vals[g].iter().map(|(i, d)| (&key_vals[*i], d.clone())));
+                                built = Some(g);
+                            }
+                            if let Some(out) = logic(times_of[*idx], e, &vals) {
+                                results.push(out);
+                            }
+                        }
+                        lo = hi;
+                    }
+                    // One message at the least ready time; each output carries its own time.
+                    work.clear();
+                    if !results.is_empty() {
+                        output.session(held).give_iterator(results.drain(..));
+                    }
+                }
+                stash.release();
+
+                // 4. Allow compaction up to the least time we can still be asked about.
+                let mut hold: Antichain<Time> = frontier1.frontier().to_owned();
+                if let Some(t) = stash.least() {
+                    hold.insert(t);
+                }
+                if hold.is_empty() {
+                    trace = None; // no more events: release the trace
+                } else if let Some(tr) = trace.as_mut() {
+                    tr.set_logical_compaction(hold.borrow());
+                }
+            }
+        },
+    )
+}
+
+/// Records stashed by their own time under a single capability (per output), held at the least
+/// stashed time.
+///
+/// One capability instead of one per distinct time keeps progress tracking per activation rather
+/// than per event (event times are milliseconds: nearly every event has a time of its own), and a
+/// flat list instead of a map by time keeps stashing free of per-time allocations.
+pub struct TimeStash<E> {
+    outputs: usize,
+    held: Vec<Capability<Time>>,
+    records: Vec<(Time, E)>,
+    least: Option<Time>,
+}
+
+impl<E> Default for TimeStash<E> {
+    fn default() -> Self {
+        TimeStash::for_outputs(1)
+    }
+}
+
+impl<E> TimeStash<E> {
+    /// A stash that holds a capability for each of the operator's first `outputs` outputs.
+    pub fn for_outputs(outputs: usize) -> Self {
+        TimeStash { outputs, held: Vec::new(), records: Vec::new(), least: None }
+    }
+
+    /// Stashes `record` at `time`, which must not be before the time of the message it came in.
+    pub fn insert(&mut self, cap: &InputCapability<Time>, time: Time, record: E) {
+        if self.held.first().is_none_or(|held| time < *held.time()) {
+            self.held = (0..self.outputs).map(|output| cap.delayed(&time, output)).collect();
+        }
+        self.least = Some(self.least.map_or(time, |l| l.min(time)));
+        self.records.push((time, record));
+    }
+    /// Moves the records whose time the frontier has passed to the end of `ready`, sorted by time
+    /// (stable). The capabilities stay held (at a time `<=` all of them) until
+    /// [`TimeStash::release`].
+    pub fn take_ready(&mut self, frontier: &MutableAntichain<Time>, ready: &mut Vec<(Time, E)>) {
+        self.take_before(frontier.frontier().first().copied(), ready)
+    }
+
+    /// Moves the records before `bound` (all when `None`) to the end of `ready`, sorted by time
+    /// (stable). `ready` is the caller's, reused across calls: no allocation per call.
+    pub fn take_before(&mut self, bound: Option<Time>, ready: &mut Vec<(Time, E)>) {
+        let passed = |time: Time| bound.is_none_or(|b| time < b);
+        if self.least.is_none_or(|least| !passed(least)) {
+            return;
+        }
+        let start = ready.len();
+        ready.extend(self.records.extract_if(.., |(time, _)| passed(*time)));
+        self.least = self.records.iter().map(|(t, _)| *t).min();
+        ready[start..].sort_by_key(|(t, _)| *t);
+    }
+
+    /// The capability held for output 0, at a time `<=` every stashed and every just-taken record.
+    pub fn held(&self) -> Option<&Capability<Time>> {
+        self.held.first()
+    }
+
+    /// The capability held for `output` (see [`TimeStash::for_outputs`]).
+    pub fn held_for(&self, output: usize) -> Option<&Capability<Time>> {
+        self.held.get(output)
+    }
+
+    /// Moves the capabilities up to the least stashed time, or drops them when nothing is stashed.
+    pub fn release(&mut self) {
+        match self.least {
+            Some(least) => self.held.iter_mut().for_each(|held| held.downgrade(&least)),
+            None => self.held.clear(),
+        }
+    }
+
+    /// The least stashed time.
+    pub fn least(&self) -> Option<Time> {
+        self.least
+    }
+}
