@@ -32,6 +32,9 @@ pub const MINUTE: Time = 60_000;
 pub const HOUR: Time = 60 * MINUTE;
 /// One day in milliseconds.
 pub const DAY: Time = 24 * HOUR;
+/// The latest event time accepted (9999-12-31T23:59:59.999Z): far from `u64::MAX`, so that window
+/// arithmetic on any accepted time stays exact.
+pub const MAX_TIME: Time = 253_402_300_799_999;
 
 /// The text of an event field: inline up to 24 bytes, a static string by reference, otherwise on
 /// the heap (see [`compact_str::CompactString`]).
@@ -198,6 +201,17 @@ pub enum RejectReason {
     /// The record is not a JSON object, lacks a field or has a wrong type.
     #[error("invalid event: {0}")]
     Invalid(String),
+    /// The event's time is further ahead of the time its record was written than a clock can be
+    /// wrong (see [`crate::ingest::partition::Decoding::max_future_skew`]).
+    #[error("event time {ts} is more than {skew} ms after its record was written ({written}): implausibly far in the future")]
+    AheadOfWriting {
+        /// The event's time.
+        ts: Time,
+        /// When its record was written (a Kafka message's timestamp, an input file's modification time).
+        written: Time,
+        /// The allowed skew.
+        skew: Time,
+    },
 }
 
 /// Parses one record (a line or a message payload) into an event.
@@ -247,6 +261,9 @@ impl RawEvent {
         let user = required(self.user, "user")?;
         let action = required(self.action, "action")?;
         let ts = self.ts.ok_or_else(|| "missing field `ts`".to_string())?;
+        if ts > MAX_TIME {
+            return Err(format!("field `ts` {ts} is after the year 9999"));
+        }
         let country = match self.country {
             Some(c) => {
                 if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_alphabetic()) {
@@ -413,6 +430,11 @@ pub struct Position {
     pub offset: u64,
 }
 
+/// The most a dead letter keeps of its record's original bytes, counted as written (JSON-escaped
+/// or base64): 256 KiB, so that every dead letter fits a Kafka message (1 MB by default) however
+/// hostile the record (control characters grow six-fold when escaped, binary by a third in base64).
+pub const DEAD_LETTER_ORIGINAL_BYTES: usize = 256 * 1024;
+
 /// A rejected record: the reason, its position and its original bytes.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -424,27 +446,34 @@ pub struct DeadLetter {
     pub original: Option<String>,
     /// The original bytes, base64, when they are not valid UTF-8.
     pub original_base64: Option<String>,
-    /// Whether `original` holds only a prefix of the record (records over the size limit).
+    /// Whether the original holds only a prefix of the record (records over the size limit, or
+    /// whose written form would exceed [`DEAD_LETTER_ORIGINAL_BYTES`]).
     pub truncated: bool,
     /// The record's full size in bytes.
     pub size: u64,
+    /// The SHA-256 of the whole record, hex, when it was read whole (not for records over the
+    /// size limit, which are skipped unread): with `size` and the position, it identifies a
+    /// truncated record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 impl DeadLetter {
     /// Builds a dead letter; `bytes` may be a prefix of a record of `size` bytes.
     pub fn new(reason: &RejectReason, position: Position, bytes: &[u8], size: usize) -> Self {
-        let (original, original_base64) = match std::str::from_utf8(bytes) {
-            Ok(text) => (Some(text.to_string()), None),
-            Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(bytes))),
+        use sha2::Digest;
+        let sha256 = (bytes.len() == size).then(|| hex::encode(sha2::Sha256::digest(bytes)));
+        let (original, original_base64, kept) = match std::str::from_utf8(bytes) {
+            Ok(text) => {
+                let kept = escaped_prefix(text, DEAD_LETTER_ORIGINAL_BYTES);
+                (Some(kept.to_string()), None, kept.len())
+            }
+            Err(_) => {
+                let kept = &bytes[..bytes.len().min(DEAD_LETTER_ORIGINAL_BYTES / 4 * 3)];
+                (None, Some(base64::engine::general_purpose::STANDARD.encode(kept)), kept.len())
+            }
         };
-        DeadLetter {
-            reason: reason.to_string(),
-            position,
-            original,
-            original_base64,
-            truncated: bytes.len() < size,
-            size: size as u64,
-        }
+        DeadLetter { reason: reason.to_string(), position, original, original_base64, truncated: kept < size, size: size as u64, sha256 }
     }
 
     /// The original bytes (or the kept prefix).
@@ -455,6 +484,22 @@ impl DeadLetter {
             (None, None) => Vec::new(),
         }
     }
+}
+
+/// The longest prefix of `text` (whole characters) whose JSON-escaped form has at most `limit` bytes.
+fn escaped_prefix(text: &str, limit: usize) -> &str {
+    let mut written = 0;
+    for (i, c) in text.char_indices() {
+        written += match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        };
+        if written > limit {
+            return &text[..i];
+        }
+    }
+    text
 }
 
 #[cfg(test)]
@@ -473,6 +518,28 @@ mod tests {
         assert_eq!(e.field("risk").as_deref(), Some("{\"a\":1}"));
         let again = parse_event(e.to_json().as_bytes(), DEFAULT_MAX_RECORD_BYTES).unwrap();
         assert_eq!(again, e);
+    }
+
+    #[test]
+    fn dead_letters_of_hostile_records_stay_small() {
+        use sha2::Digest;
+        let position = Position { source: "kafka:t/0".into(), record: 0, offset: 7 };
+        let reason = RejectReason::Invalid("x".into());
+        let control = vec![1u8; 170_000];
+        let mut binary = vec![0xffu8; 900_000];
+        binary[0] = b'{';
+        for record in [&control, &binary] {
+            let dead = DeadLetter::new(&reason, position.clone(), record, record.len());
+            let written = serde_json::to_vec(&dead).unwrap();
+            assert!(written.len() <= DEAD_LETTER_ORIGINAL_BYTES + 400, "{} bytes", written.len());
+            assert!(dead.truncated && dead.size == record.len() as u64);
+            assert_eq!(dead.sha256, Some(hex::encode(sha2::Sha256::digest(record))));
+            let kept = dead.original_bytes();
+            assert!(!kept.is_empty() && record.starts_with(&kept));
+        }
+        let text = b"a \"quoted\" record";
+        let whole = DeadLetter::new(&reason, position, text, text.len());
+        assert!(!whole.truncated && whole.original.as_deref() == Some("a \"quoted\" record"));
     }
 
     #[test]

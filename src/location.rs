@@ -65,13 +65,35 @@ impl std::fmt::Display for Location {
     }
 }
 
-/// Reads the bytes at `uri` (relative paths against `base`).
+/// The largest artifact [`fetch`] reads: 64 MiB (a model is a few KiB; a location sent on a
+/// control topic must not make the engine read a device or a huge object into memory).
+pub const MAX_ARTIFACT_BYTES: u64 = 64 << 20;
+
+/// Reads the bytes at `uri` (relative paths against `base`): a regular file or an object of at
+/// most [`MAX_ARTIFACT_BYTES`].
 pub fn fetch(uri: &str, base: Option<&Path>) -> Result<Vec<u8>> {
     let location = Location::parse(uri, base)?;
+    let too_large = |size: u64| anyhow::anyhow!("{location} has {size} bytes, more than the {MAX_ARTIFACT_BYTES} an artifact may have");
     match &location {
-        Location::File(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display())),
+        Location::File(path) => {
+            // Checked before opening: opening a FIFO would wait for a writer.
+            let metadata = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+            anyhow::ensure!(metadata.is_file(), "{} is not a regular file", path.display());
+            let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_ARTIFACT_BYTES + 1), &mut bytes)
+                .with_context(|| format!("reading {}", path.display()))?;
+            match bytes.len() as u64 {
+                size if size > MAX_ARTIFACT_BYTES => Err(too_large(size)),
+                _ => Ok(bytes),
+            }
+        }
         Location::S3 { bucket, key } => {
             let (store, path) = s3(bucket, key)?;
+            let size = block_on(async { Ok(store.head(&path).await?.size) }).with_context(|| format!("reading {location}"))?;
+            if size > MAX_ARTIFACT_BYTES {
+                return Err(too_large(size));
+            }
             block_on(async move { Ok(store.get(&path).await?.bytes().await?.to_vec()) }).with_context(|| format!("reading {location}"))
         }
     }
@@ -120,6 +142,17 @@ fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read() {
+        let err = format!("{:#}", fetch("/dev/zero", None).unwrap_err());
+        assert!(err.contains("not a regular file"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.json");
+        std::fs::File::create(&big).unwrap().set_len(MAX_ARTIFACT_BYTES + 1).unwrap();
+        let err = format!("{:#}", fetch(big.to_str().unwrap(), None).unwrap_err());
+        assert!(err.contains("more than the"), "{err}");
+    }
 
     #[test]
     fn parses_locations() {

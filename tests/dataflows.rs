@@ -1,8 +1,7 @@
 //! The researcher-facing dataflows other than the default, selected by name.
 
 use threatflow::engine::run;
-use threatflow::job::JobSpec;
-use threatflow::job::SourceSpec;
+use threatflow::job::{JobSpec, SourceSpec};
 
 const HOUR: u64 = 3_600_000;
 

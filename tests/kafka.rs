@@ -445,6 +445,60 @@ fn unreachable_broker_and_missing_topic_are_clear_errors() {
     assert!(error.contains("Kafka topic \"nowhere\" does not exist"), "{error}");
     let error = run(&["--kafka-option", "no.such.setting=1"]);
     assert!(error.contains("no.such.setting"), "{error}");
+    // Settings exactly-once rests on cannot be changed; secrets come from a file, never echoed.
+    let error = run(&["--kafka-option", "enable.idempotence=false"]);
+    assert!(error.contains("\"enable.idempotence\" cannot be changed"), "{error}");
+    let options = broker.dir.path().join("client.properties");
+    std::fs::write(&options, "# secrets\nsasl.password=hunter2\nno.such.setting=2\n").unwrap();
+    let error = run(&["--kafka-options-file", options.to_str().unwrap()]);
+    assert!(error.contains("no.such.setting") && !error.contains("hunter2"), "{error}");
+}
+
+/// Hostile records through the real broker: 170 KB of control characters (six times larger once
+/// JSON-escaped), 900 KB of invalid UTF-8 (a third larger in base64) and an event dated 2100.
+/// Each is a dead letter that fits the dead-letter topic (the two large ones truncated, with their
+/// size and digest), and the job ends normally. (Before, the first one's dead letter exceeded the
+/// producer's 1 MB limit: the job failed, and after a restart failed again on the same record.)
+#[test]
+fn hostile_records_become_dead_letters_that_fit_the_topic() {
+    use sha2::Digest;
+    let broker = Broker::start("memory");
+    let dir = tempfile::tempdir().unwrap();
+    let control = vec![1u8; 170_000];
+    let mut binary = vec![0xffu8; 900_000];
+    binary[0] = b'{';
+    let future = br#"{"event_id":"evil-2100","ts":4102444800000,"user":"u1","action":"login"}"#.to_vec();
+    let hostile = [control, binary, future];
+    let mut records: Vec<Vec<u8>> = generated(1, 600, 3).remove(0).into_iter().map(String::into_bytes).collect();
+    for (i, record) in hostile.iter().enumerate() {
+        records.insert(100 + 200 * i, record.clone());
+    }
+    let files = write_files(dir.path(), "hostile", &[records]);
+    produce(&broker, "activity", &files, &[]);
+
+    let output = ok(output_within(&mut engine(&broker, &["--until-end", "--json"]), Duration::from_secs(120)));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_eq!(report["rejected"], 3);
+    assert_eq!(report["events"], 600);
+    let dead = consume(&broker, "dead-letters");
+    assert_eq!(dead.len(), 3, "{dead:#?}");
+    for (letter, record) in dead.iter().zip(&hostile) {
+        let kept = match (&letter["original"], &letter["original_base64"]) {
+            (Value::String(text), _) => text.as_bytes().to_vec(),
+            (_, Value::String(b64)) => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.decode(b64).unwrap()
+            }
+            _ => panic!("no original: {letter}"),
+        };
+        assert!(!kept.is_empty() && record.starts_with(&kept), "the original's prefix");
+        assert_eq!(letter["truncated"], kept.len() < record.len());
+        assert_eq!(letter["size"], record.len());
+        assert_eq!(letter["sha256"].as_str(), Some(hex::encode(sha2::Sha256::digest(record)).as_str()));
+        assert!(letter.to_string().len() < 300_000, "a dead letter fits a Kafka message");
+    }
+    assert_eq!(dead.iter().map(|d| d["truncated"] == true).collect::<Vec<_>>(), [true, true, false]);
+    assert!(dead[2]["reason"].as_str().unwrap().contains("implausibly far in the future"), "{}", dead[2]);
 }
 
 /// A model update to `v2` at `at` (an artifact beside it, stricter on deletes and downloads than

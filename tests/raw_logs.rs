@@ -66,10 +66,9 @@ fn panther_rule_test_events_parse_per_source() {
 /// Runs the engine over files with `--format auto`; returns the events read and the dead letters.
 fn replay_auto(files: &[PathBuf]) -> (u64, Vec<threatflow::event::DeadLetter>) {
     use threatflow::engine::run;
-use threatflow::job::JobSpec;
+    use threatflow::job::{JobSpec, SourceSpec};
     use threatflow::ingest::mapping::RecordFormat;
     use threatflow::ingest::partition::Decoding;
-use threatflow::job::SourceSpec;
     let mut job = JobSpec::new("threat", SourceSpec::Files(files.to_vec()));
     job.decoding = Decoding { format: RecordFormat::parse("auto", None).unwrap(), ..Decoding::default() };
     job.collect = true;

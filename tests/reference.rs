@@ -21,13 +21,12 @@ use proptest::prelude::*;
 use threatflow::control::{ControlSpec, RulesSource};
 use threatflow::detect::decision::Decision;
 use threatflow::engine::run;
-use threatflow::job::JobSpec;
+use threatflow::job::{JobSpec, SourceSpec};
 use threatflow::state::features::FeatureName;
 use threatflow::detect::model::Model;
 use threatflow::detect::marks::MarkUpdate;
 use threatflow::detect::action::ThreatAction;
 use threatflow::detect::rules::{Bounds, RuleSpec};
-use threatflow::job::SourceSpec;
 
 const LATENESS: u64 = 5_000;
 const MINUTE: u64 = 60_000;

@@ -294,9 +294,8 @@ fn retimed_trail() -> Vec<Value> {
 fn decide_trail(records: &[Value], rules: &str, workers: usize) -> BTreeMap<String, Vec<String>> {
     use threatflow::control::{ControlSpec, RulesSource};
     use threatflow::engine::run;
-use threatflow::job::JobSpec;
+    use threatflow::job::{JobSpec, SourceSpec};
     use threatflow::ingest::partition::Decoding;
-use threatflow::job::SourceSpec;
     let input: String = records.iter().map(|r| r.to_string() + "\n").collect();
     let mut job = JobSpec::new("threat", SourceSpec::Memory(vec![input.into_bytes()]));
     job.decoding = Decoding { format: threatflow::ingest::mapping::RecordFormat::parse("aws.cloudtrail", None).unwrap(), ..Decoding::default() };

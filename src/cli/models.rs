@@ -123,7 +123,7 @@ pub(super) fn train(args: TrainArgs) -> Result<()> {
         Some(p) => ThresholdGoal::Precision(p),
         None => ThresholdGoal::AlertsPer1000(args.alert_budget),
     };
-    spec.command = Some(std::env::args().collect::<Vec<_>>().join(" "));
+    spec.command = Some(redact_secrets(std::env::args()).join(" "));
     let trained = crate::training::train(&data, &labels, &spec)?;
     crate::location::store(&args.out, &trained.bytes)?;
     let name = args.out.rsplit('/').next().unwrap_or(&args.out);
@@ -191,4 +191,28 @@ pub(super) fn publish(args: PublishArgs) -> Result<()> {
     send_control(&line, args.to.as_deref(), &args.kafka, &args.topic)?;
     eprintln!("published {line}");
     Ok(())
+}
+
+/// The arguments with the values of secret settings (`sasl.password=...`) replaced by `***`, for
+/// an artifact's record of the command that made it.
+fn redact_secrets(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    args.into_iter()
+        .map(|arg| {
+            let (flag, setting) = arg.strip_prefix("--kafka-option=").map_or(("", arg.as_str()), |s| ("--kafka-option=", s));
+            match setting.split_once('=') {
+                Some((key, _)) if crate::kafka::is_secret_option(key) => format!("{flag}{key}=***"),
+                _ => arg,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_are_redacted_from_the_recorded_command() {
+        let args = ["threatflow", "train", "--kafka-option", "sasl.password=hunter2", "--kafka-option=ssl.key.password=x", "--kafka-option", "sasl.username=ann"];
+        let redacted = super::redact_secrets(args.map(String::from)).join(" ");
+        assert_eq!(redacted, "threatflow train --kafka-option sasl.password=*** --kafka-option=ssl.key.password=*** --kafka-option sasl.username=ann");
+    }
 }

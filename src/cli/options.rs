@@ -174,6 +174,11 @@ pub struct JobArgs {
     /// Records longer than this many bytes are rejected.
     #[arg(long, default_value_t = crate::event::DEFAULT_MAX_RECORD_BYTES)]
     pub max_record_bytes: usize,
+    /// An event whose time is further than this ahead of when its record was written (a Kafka
+    /// message's timestamp, an input file's modification time) is rejected to the dead letters:
+    /// it would move its partition's watermark into the future.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub max_future_skew: Duration,
     /// Record format: `canonical` (docs/semantics.md#events), `auto` (each record's source detected:
     /// canonical events or any mapping's records), or a mapping's name (`aws.cloudtrail`, ...).
     #[arg(long, default_value = "canonical")]
@@ -222,9 +227,14 @@ pub struct KafkaArgs {
     #[arg(long, value_name = "BROKERS")]
     pub kafka: Option<String>,
     /// A librdkafka setting, `key=value` (`security.protocol`, `sasl.mechanism`, `sasl.username`,
-    /// `ssl.ca.location`, ...); repeatable.
+    /// `ssl.ca.location`, ...); repeatable. Secrets belong in `--kafka-options-file` or the
+    /// `THREATFLOW_KAFKA_OPTIONS` environment variable (`key=value` lines), not here.
     #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
     pub kafka_options: Vec<String>,
+    /// A client properties file of librdkafka settings, `key=value` lines (`#` comments), read
+    /// before `--kafka-option`s; for secrets such as `sasl.password`.
+    #[arg(long, value_name = "PATH")]
+    pub kafka_options_file: Option<std::path::PathBuf>,
     /// Create missing topics instead of failing.
     #[arg(long)]
     pub create_topics: bool,
@@ -236,12 +246,22 @@ pub struct KafkaArgs {
     pub kafka_connect_timeout: Duration,
 }
 
+/// The environment variable that may hold librdkafka settings, `key=value` lines.
+pub const KAFKA_OPTIONS_ENV: &str = "THREATFLOW_KAFKA_OPTIONS";
+
 impl KafkaArgs {
     /// The Kafka configuration, when `--kafka` is given.
     pub fn config(&self) -> Result<Option<KafkaConfig>> {
         let Some(brokers) = &self.kafka else { return Ok(None) };
         let mut config = KafkaConfig::new(brokers.clone());
-        config.options = crate::kafka::parse_options(&self.kafka_options)?;
+        // The environment first, then the file, then the command line: later settings win.
+        let mut lines = std::env::var(KAFKA_OPTIONS_ENV).map(|text| crate::kafka::option_lines(&text)).unwrap_or_default();
+        if let Some(path) = &self.kafka_options_file {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading Kafka settings from {}", path.display()))?;
+            lines.extend(crate::kafka::option_lines(&text));
+        }
+        lines.extend(self.kafka_options.iter().cloned());
+        config.options = crate::kafka::parse_options(&lines)?;
         config.create_topics = self.create_topics;
         config.partitions = self.topic_partitions;
         config.connect_timeout = self.kafka_connect_timeout;
@@ -316,7 +336,7 @@ impl JobArgs {
         job.control = control;
         job.allowed_lateness = ms(self.allowed_lateness);
         job.read_batch = self.read_batch.max(1);
-        job.decoding = Decoding { max_record_bytes: self.max_record_bytes, format };
+        job.decoding = Decoding { max_record_bytes: self.max_record_bytes, format, max_future_skew: ms(self.max_future_skew) };
         job.dead_letters_path = self.dead_letters.clone();
         job.alerts_path = self.alerts.clone();
         job.actions_path = self.actions.clone();

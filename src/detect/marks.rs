@@ -55,7 +55,7 @@ impl Mark {
     /// `mark:EVENT_ID`.
     pub fn of(event: &Event, fields: &[&str]) -> Mark {
         let fingerprint = fields.iter().map(|f| (f.to_string(), event.field(f).map(|v| v.into_owned()))).collect();
-        Mark { id: format!("mark:{}", event.event_id), event_id: event.event_id.to_string(), fingerprint, effective_from: event.ts + 1 }
+        Mark { id: format!("mark:{}", event.event_id), event_id: event.event_id.to_string(), fingerprint, effective_from: event.ts.saturating_add(1) }
     }
 
     /// Whether an event has the marked fingerprint.

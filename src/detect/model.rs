@@ -92,7 +92,7 @@ impl Model {
         if let Some(expected) = expected_sha256 {
             ensure!(
                 digest.eq_ignore_ascii_case(expected),
-                "sha256 mismatch: the artifact has {digest}, the update says {expected}"
+                "sha256 mismatch: the artifact's digest is not the {expected} the update names"
             );
         }
         let artifact: ModelArtifact = serde_json::from_slice(bytes).context("model artifact is not valid JSON")?;

@@ -7,12 +7,28 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::checkpoint::PartitionPosition;
-use crate::event::Position;
+use crate::event::{Position, Time};
 use crate::ingest::partition::{decode_record, Decoding, Item, Partition};
 
 /// A buffered reader that can also seek (files, memory).
 pub trait SeekBufRead: BufRead + Seek {}
 impl<T: BufRead + Seek> SeekBufRead for T {}
+
+/// When an input's records were written.
+#[derive(Clone, Copy, Debug)]
+enum Written {
+    /// Not known (an input in memory): no bound on its events' times.
+    Unknown,
+    /// At the latest at this time (a regular file's modification time).
+    At(Time),
+    /// As they are read (a pipe, a device).
+    AsRead,
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+fn unix_millis(time: std::time::SystemTime) -> Time {
+    time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis().min(u128::from(Time::MAX)) as Time)
+}
 
 /// A partition of newline-delimited JSON records from any reader, or of one JSON document (a
 /// provider's pretty-printed array or `{"Records": [...]}` file, read as one record) when the
@@ -26,6 +42,9 @@ pub struct JsonLinesPartition {
     decoding: Decoding,
     /// The whole input is one record.
     document: bool,
+    /// When the input's records were written, for their plausible times
+    /// ([`Decoding::max_future_skew`]).
+    written: Written,
     line: u64,
     offset: u64,
     record: Vec<u8>,
@@ -35,14 +54,20 @@ impl JsonLinesPartition {
     /// Reads `reader`, naming the partition `name`.
     pub fn new(name: impl Into<String>, mut reader: Box<dyn SeekBufRead>, decoding: Decoding) -> Self {
         let document = !decoding.format.is_canonical() && is_document(&mut *reader);
-        JsonLinesPartition { name: name.into(), reader, decoding, document, line: 0, offset: 0, record: Vec::new() }
+        JsonLinesPartition { name: name.into(), reader, decoding, document, written: Written::Unknown, line: 0, offset: 0, record: Vec::new() }
     }
 
-    /// Opens a file.
+    /// Opens a file. Its records were written at the latest at its modification time; a pipe's
+    /// or a device's as they are read.
     pub fn open(path: &Path, decoding: Decoding) -> Result<Self> {
         let file = std::fs::File::open(path).with_context(|| format!("opening input {}", path.display()))?;
+        let metadata = file.metadata().with_context(|| format!("reading the metadata of {}", path.display()))?;
+        let written = match metadata.modified() {
+            Ok(modified) if metadata.is_file() => Written::At(unix_millis(modified)),
+            _ => Written::AsRead,
+        };
         let reader: Box<dyn SeekBufRead> = Box::new(BufReader::with_capacity(1 << 20, file));
-        Ok(Self::new(format!("file:{}", path.display()), reader, decoding))
+        Ok(JsonLinesPartition { written, ..Self::new(format!("file:{}", path.display()), reader, decoding) })
     }
 
     /// Reads lines from memory (tests, embedding).
@@ -126,7 +151,12 @@ impl Partition for JsonLinesPartition {
                 continue;
             }
             let position = || Position { source: self.name.clone(), record: self.line, offset: start };
-            decode_record(&self.record, len, &self.decoding, position, out);
+            let written = match self.written {
+                Written::Unknown => None,
+                Written::At(time) => Some(time),
+                Written::AsRead => Some(unix_millis(std::time::SystemTime::now())),
+            };
+            decode_record(&self.record, len, &self.decoding, written, position, out);
         }
         Ok(true)
     }

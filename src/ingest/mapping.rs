@@ -58,7 +58,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::event::{event_from_value, Event, RejectReason, Time};
+use crate::event::{event_from_value, Event, RejectReason, Time, MAX_TIME};
 
 /// The mappings shipped with threatflow.
 const SHIPPED: [(&str, &str); 7] = [
@@ -498,8 +498,17 @@ fn glob(pattern: &str, text: &str) -> bool {
 }
 
 /// A timestamp: RFC 3339; `YYYY-MM-DD[T ]hh:mm:ss[.fraction]` without a zone, as UTC; or a number
-/// of seconds (below 10^11) or milliseconds since the epoch.
+/// of seconds (below 10^11) or milliseconds since the epoch. Times after the year 9999
+/// ([`MAX_TIME`]) are errors.
 pub fn parse_time(value: &Value) -> Result<Time, String> {
+    let time = parse_any_time(value)?;
+    if time > MAX_TIME {
+        return Err(format!("timestamp {value} is after the year 9999"));
+    }
+    Ok(time)
+}
+
+fn parse_any_time(value: &Value) -> Result<Time, String> {
     match value {
         Value::Number(n) => {
             let x = n.as_f64().ok_or_else(|| format!("bad number {n}"))?;

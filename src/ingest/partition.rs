@@ -420,30 +420,73 @@ pub struct Decoding {
     pub max_record_bytes: usize,
     /// Canonical events, or providers' records through mappings.
     pub format: RecordFormat,
+    /// How far an event's time may be ahead of the time its record was written (a Kafka
+    /// message's timestamp, an input file's modification time): an event further ahead is
+    /// rejected, so that one broken clock or hostile record cannot move its partition's
+    /// watermark into the future and make every later event late. Both times are read from the
+    /// record's source, so a re-read after a restore decides the same.
+    pub max_future_skew: Time,
 }
+
+/// The default of [`Decoding::max_future_skew`]: 15 minutes.
+pub const DEFAULT_MAX_FUTURE_SKEW: Time = 15 * crate::event::MINUTE;
 
 impl Default for Decoding {
     fn default() -> Self {
-        Decoding { max_record_bytes: crate::event::DEFAULT_MAX_RECORD_BYTES, format: RecordFormat::Canonical }
+        Decoding {
+            max_record_bytes: crate::event::DEFAULT_MAX_RECORD_BYTES,
+            format: RecordFormat::Canonical,
+            max_future_skew: DEFAULT_MAX_FUTURE_SKEW,
+        }
     }
 }
 
 /// A record's items: its events (several when it holds a list of provider records), or dead
 /// letters with the reason. `bytes` may hold only a prefix of a record of `size` bytes (an
-/// oversized one); `position` is made for rejects only.
-pub fn decode_record(bytes: &[u8], size: usize, decoding: &Decoding, position: impl Fn() -> Position, out: &mut Vec<Item>) {
+/// oversized one); `written` is when the record was written, when the source knows (events more
+/// than [`Decoding::max_future_skew`] after it are rejected); `position` is made for rejects only.
+///
+/// ```
+/// use threatflow::event::Position;
+/// use threatflow::ingest::partition::{decode_record, Decoding, Item};
+///
+/// let written = Some(1_767_571_200_000); // 2026-01-05
+/// let position = || Position { source: "file:x".into(), record: 1, offset: 0 };
+/// let mut out = Vec::new();
+/// for ts in [1_767_571_200_000u64, 1_767_572_000_000, 4_102_444_800_000] {
+///     let record = format!(r#"{{"event_id":"e{ts}","ts":{ts},"user":"u","action":"login"}}"#);
+///     decode_record(record.as_bytes(), record.len(), &Decoding::default(), written, position, &mut out);
+/// }
+/// assert!(matches!(out[0], Item::Event(_)));
+/// assert!(matches!(out[1], Item::Event(_)), "13 minutes ahead: within the 15 minutes allowed");
+/// let Item::Rejected(dead) = &out[2] else { panic!("2100-01-01 is rejected") };
+/// assert!(dead.reason.contains("implausibly far in the future"), "{}", dead.reason);
+/// ```
+pub fn decode_record(
+    bytes: &[u8],
+    size: usize,
+    decoding: &Decoding,
+    written: Option<Time>,
+    position: impl Fn() -> Position,
+    out: &mut Vec<Item>,
+) {
     let max_record_bytes = decoding.max_record_bytes;
     let reject = |reason: RejectReason, original: &[u8], size: usize| {
         let kept = &original[..original.len().min(max_record_bytes)];
         Item::Rejected(DeadLetter::new(&reason, position(), kept, size))
+    };
+    let skew = decoding.max_future_skew;
+    let plausible = |event: Event| match written {
+        Some(written) if event.ts > written.saturating_add(skew) => Err(RejectReason::AheadOfWriting { ts: event.ts, written, skew }),
+        _ => Ok(Event { position: Some(position()), ..event }),
     };
     if size > max_record_bytes {
         out.push(reject(RejectReason::TooLarge { size, limit: max_record_bytes }, bytes, size));
         return;
     }
     if decoding.format.is_canonical() {
-        out.push(match parse_event(bytes, max_record_bytes) {
-            Ok(event) => Item::Event(Event { position: Some(position()), ..event }),
+        out.push(match parse_event(bytes, max_record_bytes).and_then(plausible) {
+            Ok(event) => Item::Event(event),
             Err(reason) => reject(reason, bytes, size),
         });
         return;
@@ -458,8 +501,8 @@ pub fn decode_record(bytes: &[u8], size: usize, decoding: &Decoding, position: i
     let mut decoded = Vec::new();
     decoding.format.decode(record, &mut decoded);
     for (result, element) in decoded {
-        out.push(match result {
-            Ok(event) => Item::Event(Event { position: Some(position()), ..event }),
+        out.push(match result.and_then(plausible) {
+            Ok(event) => Item::Event(event),
             // An element of a list is kept alone, so that it can be fixed and sent again.
             Err(reason) => match element {
                 Some(text) => reject(reason, text.as_bytes(), text.len()),

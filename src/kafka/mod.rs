@@ -73,8 +73,8 @@ impl Role {
     }
 }
 
-/// How threatflow reaches Kafka.
-#[derive(Clone, Debug)]
+/// How threatflow reaches Kafka. Its `Debug` form hides secret settings.
+#[derive(Clone)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`.
     pub brokers: String,
@@ -338,20 +338,85 @@ impl ClientContext for LogContext {
 
 impl ConsumerContext for LogContext {}
 
-/// Parses `key=value` settings.
+/// Settings exactly-once and the sources rest on: `--kafka-option` may not change them.
+const PROTECTED_OPTIONS: [(&str, &str); 9] = [
+    ("bootstrap.servers", "set the brokers with --kafka"),
+    ("enable.idempotence", "the outputs are written exactly once only by an idempotent producer"),
+    ("acks", "a record counts as written only once every in-sync replica has it"),
+    ("request.required.acks", "a record counts as written only once every in-sync replica has it"),
+    ("transactional.id", "threatflow writes exactly once by idempotence and read-back, not transactions"),
+    ("enable.auto.commit", "input positions are kept in threatflow's checkpoints, never committed"),
+    ("enable.auto.offset.store", "input positions are kept in threatflow's checkpoints, never committed"),
+    ("enable.partition.eof", "the sources need to know when a partition is read to its end"),
+    ("isolation.level", "the read-back of outputs after a restore must see every record written"),
+];
+
+/// Whether a setting holds a secret (its value is never logged, shown or stored in artifacts).
+pub fn is_secret_option(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "sasl.jaas.config", "private.key", "key.pem", "token"].iter().any(|s| key.contains(s))
+}
+
+/// Parses `key=value` settings (from `--kafka-option`, an options file or the environment),
+/// refusing the [protected ones](PROTECTED_OPTIONS).
 pub fn parse_options(pairs: &[String]) -> Result<Vec<(String, String)>> {
     pairs
         .iter()
         .map(|pair| match pair.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-            _ => bail!("--kafka-option {pair:?}: expected key=value"),
+            Some((k, v)) if !k.trim().is_empty() => {
+                let key = k.trim();
+                if let Some((_, why)) = PROTECTED_OPTIONS.iter().find(|(protected, _)| *protected == key) {
+                    bail!("Kafka setting {key:?} cannot be changed: {why}");
+                }
+                Ok((key.to_string(), v.to_string()))
+            }
+            _ => {
+                let shown = pair.split_once('=').map_or("", |(k, _)| k);
+                bail!("Kafka setting {shown:?}: expected key=value")
+            }
         })
         .collect()
+}
+
+/// `key=value` lines of a client properties file or of an environment variable (blank lines and
+/// `#` comments skipped), so that secrets need not be on the command line.
+pub fn option_lines(text: &str) -> Vec<String> {
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect()
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let options: Vec<(&str, &str)> =
+            self.options.iter().map(|(k, v)| (k.as_str(), if is_secret_option(k) { "***" } else { v.as_str() })).collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("options", &options)
+            .field("topics", &self.topics)
+            .field("create_topics", &self.create_topics)
+            .field("partitions", &self.partitions)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protected_and_secret_options() {
+        let err = parse_options(&["acks=0".into()]).unwrap_err().to_string();
+        assert!(err.contains("\"acks\" cannot be changed"), "{err}");
+        assert!(parse_options(&["enable.idempotence=false".into()]).is_err());
+        let err = parse_options(&["sasl.password".into()]).unwrap_err().to_string();
+        assert!(err.contains("expected key=value"), "{err}");
+        let lines = option_lines("# client.properties\n\nsecurity.protocol=SASL_SSL\n sasl.password=hunter2 \n");
+        let mut config = KafkaConfig::new("b:9092");
+        config.options = parse_options(&lines).unwrap();
+        assert_eq!(config.options[1], ("sasl.password".to_string(), "hunter2".to_string()));
+        let shown = format!("{config:?}");
+        assert!(shown.contains("SASL_SSL") && !shown.contains("hunter2"), "{shown}");
+    }
 
     #[test]
     fn topics_and_options() {

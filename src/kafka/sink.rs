@@ -38,6 +38,8 @@ use crate::detect::action::ThreatAction;
 pub struct DeliveryContext {
     delivered: AtomicU64,
     failed: AtomicU64,
+    /// Records the broker refused for good (too large, invalid): logged and counted, not retried.
+    unwritable: AtomicU64,
     first_failure: Mutex<Option<String>>,
     ledger: Ledger,
 }
@@ -96,6 +98,12 @@ impl Ledger {
         self.0 .1.notify_all();
     }
 
+    /// The record `sequence` will never be written (see [`refused_for_good`]).
+    fn skipped(&self, sequence: usize) {
+        self.state().in_flight.remove(&sequence);
+        self.0 .1.notify_all();
+    }
+
     /// Notes that everything before `end` of a partition is acknowledged (a partition's end offset
     /// when the producer starts).
     fn start_at(&self, topic: &str, partition: i32, end: i64) {
@@ -141,6 +149,23 @@ impl ClientContext for DeliveryContext {
     }
 }
 
+/// Whether the broker (or the client) refuses a record whatever is tried again: it is too large or
+/// invalid. Such a record is logged and counted instead of failing the job: it would fail the
+/// same way after every restart, a crash loop.
+fn refused_for_good(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize | RDKafkaErrorCode::InvalidRecord)
+    )
+}
+
+impl DeliveryContext {
+    fn unwritable_record(&self, error: &KafkaError, topic: &str, bytes: usize) {
+        self.unwritable.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(topic, bytes, %error, "Kafka refused an output record for good; it is counted as unwritable and not retried");
+    }
+}
+
 impl ProducerContext for DeliveryContext {
     /// The record's sequence number in the [`Ledger`].
     type DeliveryOpaque = usize;
@@ -150,6 +175,10 @@ impl ProducerContext for DeliveryContext {
             Ok(message) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
                 self.ledger.done(sequence, Some((message.topic(), message.partition(), message.offset())));
+            }
+            Err((error, message)) if refused_for_good(error) => {
+                self.unwritable_record(error, message.topic(), message.payload_len());
+                self.ledger.skipped(sequence);
             }
             Err((error, _)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
@@ -209,6 +238,12 @@ impl KafkaProducer {
                     record = back;
                     std::thread::sleep(Duration::from_millis(1));
                 }
+                Err((error, _)) if refused_for_good(&error) => {
+                    let context = self.producer.context();
+                    context.unwritable_record(&error, topic, payload.len());
+                    context.ledger.skipped(sequence);
+                    return Ok(());
+                }
                 Err((error, _)) => {
                     self.producer.context().ledger.done(sequence, None);
                     return Err(error).with_context(|| format!("producing to Kafka topic {topic}"));
@@ -225,6 +260,11 @@ impl KafkaProducer {
     /// What is queued and acknowledged (kept up to date by the delivery callbacks).
     pub fn ledger(&self) -> Ledger {
         self.producer.context().ledger.clone()
+    }
+
+    /// Records refused for good (too large, invalid), logged and not retried.
+    pub fn unwritable(&self) -> u64 {
+        self.producer.context().unwritable.load(Ordering::Relaxed)
     }
 
     /// Records the broker has acknowledged so far.
@@ -432,7 +472,12 @@ impl Output for KafkaOutput {
 
     fn finish(&mut self) -> Result<()> {
         self.producer.flush()?;
-        tracing::info!(records = self.producer.sent(), not_written_again = self.suppressed, "Kafka outputs delivered");
+        tracing::info!(
+            records = self.producer.sent(),
+            not_written_again = self.suppressed,
+            unwritable = self.producer.unwritable(),
+            "Kafka outputs delivered"
+        );
         Ok(())
     }
 }

@@ -21,7 +21,7 @@ use rdkafka::Offset;
 
 use super::{assign, KafkaConfig, LogContext, Role};
 use crate::checkpoint::{Checkpoint, PartitionPosition};
-use crate::event::Position;
+use crate::event::{Position, Time};
 use crate::ingest::partition::{decode_record, Decoding, Item, Partition};
 
 /// The activity topic as a source.
@@ -111,7 +111,10 @@ impl KafkaSource {
 
 /// Messages the consumer fetched for a partition before its queue was split off (they arrive
 /// through the consumer's main queue), by partition: `(offset, payload)`.
-type EarlyMessages = Rc<RefCell<HashMap<i32, VecDeque<(i64, Option<Vec<u8>>)>>>>;
+type EarlyMessages = Rc<RefCell<HashMap<i32, VecDeque<EarlyMessage>>>>;
+
+/// A message read before its partition's queue was split off: offset, timestamp, payload.
+type EarlyMessage = (i64, Option<Time>, Option<Vec<u8>>);
 
 /// One topic partition.
 pub struct KafkaPartition {
@@ -152,12 +155,13 @@ impl KafkaPartition {
         self.exhausted()
     }
 
-    /// The items of the record at `offset` (several when it holds a list of provider records).
-    fn items(&self, offset: i64, payload: Option<&[u8]>) -> Vec<Item> {
+    /// The items of the record at `offset` (several when it holds a list of provider records),
+    /// written at `written`.
+    fn items(&self, offset: i64, written: Option<Time>, payload: Option<&[u8]>) -> Vec<Item> {
         let bytes = payload.unwrap_or_default();
         let position = || Position { source: self.name.clone(), record: offset as u64, offset: offset as u64 };
         let mut items = Vec::with_capacity(1);
-        decode_record(bytes, bytes.len(), &self.decoding, position, &mut items);
+        decode_record(bytes, bytes.len(), &self.decoding, written, position, &mut items);
         items
     }
 }
@@ -179,7 +183,7 @@ impl Partition for KafkaPartition {
                 Ok(message) => {
                     let mut early = self.early.borrow_mut();
                     let queue = early.entry(message.partition()).or_default();
-                    queue.push_back((message.offset(), message.payload().map(<[u8]>::to_vec)));
+                    queue.push_back((message.offset(), written(&message), message.payload().map(<[u8]>::to_vec)));
                 }
                 Err(error) => {
                     self.warn(&error);
@@ -188,13 +192,13 @@ impl Partition for KafkaPartition {
             }
         }
         let partition = self.partition;
-        let early: Vec<(i64, Option<Vec<u8>>)> = self.early.borrow_mut().get_mut(&partition).map(|q| q.drain(..).collect()).unwrap_or_default();
+        let early: Vec<EarlyMessage> = self.early.borrow_mut().get_mut(&partition).map(|q| q.drain(..).collect()).unwrap_or_default();
         if !early.is_empty() {
             tracing::debug!(partition = %self.name, messages = early.len(), "messages fetched before the partition's queue was split off");
         }
-        for (offset, payload) in early {
+        for (offset, written, payload) in early {
             if offset >= self.next_offset {
-                let items = self.items(offset, payload.as_deref());
+                let items = self.items(offset, written, payload.as_deref());
                 if self.accept(offset, items, out) {
                     return Ok(false);
                 }
@@ -211,7 +215,7 @@ impl Partition for KafkaPartition {
                     self.warn(&error);
                     break;
                 }
-                Some(Ok(message)) => (message.offset(), self.items(message.offset(), message.payload())),
+                Some(Ok(message)) => (message.offset(), self.items(message.offset(), written(&message), message.payload())),
             };
             let (offset, items) = next;
             if self.accept(offset, items, out) {
@@ -241,4 +245,10 @@ impl Partition for KafkaPartition {
     fn idle(&self) -> bool {
         self.end.is_none() && self.at_end && self.last_record.elapsed() >= self.idle_timeout
     }
+}
+
+/// When a message was written: its timestamp (the producer's clock, or the broker's with
+/// `LogAppendTime`), the reference for its events' plausible times.
+fn written(message: &impl Message) -> Option<Time> {
+    message.timestamp().to_millis().and_then(|ms| Time::try_from(ms).ok())
 }

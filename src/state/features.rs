@@ -473,7 +473,7 @@ impl WindowState {
         for (_, event) in events {
             self.updates(event.key, event, time, out);
         }
-        self.expire(Some(time + 1), out);
+        self.expire(Some(time.saturating_add(1)), out);
         for ((_, event), features) in events.iter().zip(&mut features[first..]) {
             if let Some(user) = self.users.get(&event.key) {
                 // Only counter features have counters; the others stay 0 here.
@@ -499,10 +499,10 @@ impl WindowState {
             let val = FeatureVal::Counter(name);
             out.push(((key, val), time, amount));
             user.add(val, amount);
-            self.counters[name as usize].push_back((time + name.window(), key, -amount));
+            self.counters[name as usize].push_back((time.saturating_add(name.window()), key, -amount));
         }
         let mut distinct = |val: FeatureVal, start: Time, len: Time| {
-            let end = start + len;
+            let end = start.saturating_add(len);
             match user.present.get_mut(val) {
                 // Overlapping or adjacent: extend (a heap entry is re-queued when due; a
                 // short-window value queues a new entry and its old one goes stale).
@@ -534,7 +534,7 @@ impl WindowState {
                 distinct(FeatureVal::Country(c), time, FeatureName::Countries24h.window());
             }
             // Seen *strictly before* a later event: present during [time + 1, time + W).
-            distinct(FeatureVal::SeenCountry(c), time + 1, FeatureName::NewCountry.window() - 1);
+            distinct(FeatureVal::SeenCountry(c), time.saturating_add(1), FeatureName::NewCountry.window() - 1);
         }
         if let Some(resource) = event.resource.as_deref() {
             let val = FeatureVal::Resource(xxhash_rust::xxh3::xxh3_64(resource.as_bytes()));

@@ -58,7 +58,7 @@ pub(super) struct Pattern {
     cased: bool,
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) enum Token {
     Text(String),
     /// `*`: any run.
@@ -122,21 +122,51 @@ impl Pattern {
     }
 }
 
-/// Wildcard matching with backtracking on the last `*`.
+/// Wildcard matching without backtracking. The pieces between stars must appear in order, the
+/// first at the start and the last at the end; taking each middle piece's leftmost occurrence is
+/// always right (a later one only leaves less text for the rest). Pieces of plain text are found
+/// with [`str::find`], in linear time; a piece with `?` is tried at each position, so its cost is
+/// its length times the text's, never exponential in the number of stars.
 pub(super) fn matches_tokens(tokens: &[Token], text: &str) -> bool {
-    match tokens.split_first() {
-        None => text.is_empty(),
-        Some((Token::Text(t), rest)) => text.strip_prefix(t.as_str()).is_some_and(|r| matches_tokens(rest, r)),
-        Some((Token::One, rest)) => {
-            let mut chars = text.chars();
-            chars.next().is_some() && matches_tokens(rest, chars.as_str())
+    let mut pieces = tokens.split(|token| *token == Token::Any);
+    let first = pieces.next().unwrap_or_default();
+    let Some(mut rest) = strip_piece(first, text) else { return false };
+    let middle: Vec<&[Token]> = pieces.collect();
+    let Some((last, middle)) = middle.split_last() else { return rest.is_empty() };
+    for piece in middle {
+        match find_piece(piece, rest) {
+            Some(after) => rest = after,
+            None => return false,
         }
-        Some((Token::Any, rest)) => {
-            if rest.is_empty() {
-                return true;
+    }
+    // The last piece ends the text: it starts as many characters before the end as it is long.
+    let length: usize = last.iter().map(|token| if let Token::Text(t) = token { t.chars().count() } else { 1 }).sum();
+    let Some((start, _)) = rest.char_indices().rev().nth(length.wrapping_sub(1)) else { return length == 0 };
+    strip_piece(last, &rest[start..]) == Some("")
+}
+
+/// The text after `piece` (text and `?`, no `*`) when it starts `text`.
+fn strip_piece<'a>(piece: &[Token], mut text: &'a str) -> Option<&'a str> {
+    for token in piece {
+        text = match token {
+            Token::Text(t) => text.strip_prefix(t.as_str())?,
+            Token::One => {
+                let mut chars = text.chars();
+                chars.next()?;
+                chars.as_str()
             }
-            text.char_indices().map(|(i, _)| i).chain(std::iter::once(text.len())).any(|i| matches_tokens(rest, &text[i..]))
-        }
+            Token::Any => unreachable!("pieces are split at stars"),
+        };
+    }
+    Some(text)
+}
+
+/// The text after the leftmost occurrence of `piece` in `text`.
+fn find_piece<'a>(piece: &[Token], text: &'a str) -> Option<&'a str> {
+    match piece {
+        [] => Some(text),
+        [Token::Text(t)] => text.find(t.as_str()).map(|i| &text[i + t.len()..]),
+        _ => text.char_indices().map(|(i, _)| i).find_map(|i| strip_piece(piece, &text[i..])),
     }
 }
 
@@ -423,5 +453,52 @@ pub(super) fn step<'v>(value: &'v Value, segment: &str, out: &mut Vec<&'v Value>
             Err(_) => items.iter().for_each(|item| step(item, segment, out)),
         },
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The same wildcards as a regular expression: an independent oracle.
+    fn oracle(tokens: &[Token], text: &str) -> bool {
+        let body: String = tokens
+            .iter()
+            .map(|token| match token {
+                Token::Text(t) => regex::escape(t),
+                Token::Any => "(?s:.*)".to_string(),
+                Token::One => "(?s:.)".to_string(),
+            })
+            .collect();
+        regex::Regex::new(&format!("^{body}$")).is_ok_and(|re| re.is_match(text))
+    }
+
+    fn token() -> impl Strategy<Value = Token> {
+        prop_oneof![
+            "[abé]{1,3}".prop_map(Token::Text),
+            Just(Token::Any),
+            Just(Token::One),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn wildcards_match_as_the_regex_oracle(tokens in proptest::collection::vec(token(), 0..7), text in "[abé]{0,12}") {
+            prop_assert_eq!(matches_tokens(&tokens, &text), oracle(&tokens, &text), "{:?} on {:?}", tokens, text);
+        }
+    }
+
+    /// Ten stars over a megabyte: backtracking on every star never finishes on this.
+    #[test]
+    fn many_stars_on_a_long_field_end() {
+        let pattern = Pattern::new(&format!("{}b", "*a?".repeat(10)), false, false, true);
+        let mut text = "a".repeat(1 << 20);
+        assert!(!pattern.matches(&text));
+        text.push('b');
+        assert!(pattern.matches(&text));
+        let wildcard_free = Pattern::new(&format!("{}b", "*a".repeat(10)), false, false, true);
+        assert!(wildcard_free.matches(&text) && !wildcard_free.matches(&text[..text.len() - 1]));
     }
 }
