@@ -46,7 +46,8 @@ pub fn run(config: timely::Config, mut job: JobSpec) -> Result<JobReport> {
     }
     let control = Arc::new(job.control.load()?);
     let job_started = Instant::now();
-    let (restore, stats) = restore(&job)?;
+    let one_process = !matches!(config.communication, timely::CommunicationConfig::Cluster { .. });
+    let (restore, stats) = restore(&job, one_process)?;
     let job = Arc::new(job);
     let progress = Arc::new(AtomicU64::new(0));
     let guards =
@@ -61,18 +62,20 @@ pub fn run(config: timely::Config, mut job: JobSpec) -> Result<JobReport> {
     Ok(report.unwrap_or_default())
 }
 
-/// The newest valid checkpoint of the job, and the time it took to read.
-fn restore(job: &JobSpec) -> Result<(Option<Arc<Checkpoint>>, CheckpointStats)> {
+/// The newest checkpoint the job can resume from, and the time it took to read. One written by
+/// another dataflow, or (in a single process, which sees the files worker 0 writes) one that
+/// recorded more output than the files hold, is skipped for an older one.
+fn restore(job: &JobSpec, one_process: bool) -> Result<(Option<Arc<Checkpoint>>, CheckpointStats)> {
     let Some((dir, _)) = &job.checkpoints else { return Ok(Default::default()) };
     let started = Instant::now();
-    let Some(checkpoint) = dir.newest()? else { return Ok(Default::default()) };
-    ensure!(
-        checkpoint.dataflow == job.dataflow,
-        "the newest checkpoint in {} was written by the dataflow {:?}, not {:?}; move it away to start over",
-        dir.path.display(),
-        checkpoint.dataflow,
-        job.dataflow
-    );
+    let usable = |checkpoint: &Checkpoint| {
+        ensure!(checkpoint.dataflow == job.dataflow, "written by the dataflow {:?}, not {:?}", checkpoint.dataflow, job.dataflow);
+        if one_process {
+            outputs_hold(job, checkpoint)?;
+        }
+        Ok(())
+    };
+    let Some(checkpoint) = dir.newest(usable)? else { return Ok(Default::default()) };
     let restore_ms = started.elapsed().as_secs_f64() * 1e3;
     tracing::info!(
         frontier = checkpoint.frontier,
@@ -85,6 +88,27 @@ fn restore(job: &JobSpec) -> Result<(Option<Arc<Checkpoint>>, CheckpointStats)> 
     Ok((Some(Arc::new(checkpoint)), stats))
 }
 
+/// The job's output files, with the lengths a checkpoint recorded for them.
+fn output_lengths<'j>(job: &'j JobSpec, checkpoint: &Checkpoint) -> Result<Vec<(&'j std::path::Path, u64)>> {
+    let lengths = restored_positions(checkpoint)?;
+    let files = [
+        (&job.decisions_path, lengths.decisions),
+        (&job.alerts_path, lengths.alerts),
+        (&job.actions_path, lengths.actions),
+        (&job.dead_letters_path, lengths.dead_letters),
+    ];
+    Ok(files.into_iter().filter_map(|(path, length)| Some((path.as_deref()?, length?))).collect())
+}
+
+/// Whether the output files hold at least what the checkpoint recorded.
+fn outputs_hold(job: &JobSpec, checkpoint: &Checkpoint) -> Result<()> {
+    for (path, length) in output_lengths(job, checkpoint)? {
+        let actual = std::fs::metadata(path).map_or(0, |m| m.len());
+        ensure!(actual >= length, "{} has {actual} bytes, fewer than the {length} it recorded", path.display());
+    }
+    Ok(())
+}
+
 /// Worker 0's outputs, the Kafka producer's positions, and the control feed the job follows.
 type OpenedOutputs = (Vec<Box<dyn Output>>, Option<AsyncOutputs>, Option<ControlFeed>);
 
@@ -93,17 +117,8 @@ type OpenedOutputs = (Vec<Box<dyn Output>>, Option<AsyncOutputs>, Option<Control
 fn open_outputs(job: &JobSpec, control: &ControlLog, restored: Option<&Checkpoint>) -> Result<OpenedOutputs> {
     // Worker 0 alone writes the outputs: it alone cuts them back to a restored checkpoint.
     if let Some(checkpoint) = restored {
-        let lengths = restored_positions(checkpoint)?;
-        let files = [
-            (&job.decisions_path, lengths.decisions),
-            (&job.alerts_path, lengths.alerts),
-            (&job.actions_path, lengths.actions),
-            (&job.dead_letters_path, lengths.dead_letters),
-        ];
-        for (path, length) in files {
-            if let (Some(path), Some(length)) = (path, length) {
-                truncate_output(path, length)?;
-            }
+        for (path, length) in output_lengths(job, checkpoint)? {
+            truncate_output(path, length)?;
         }
     }
     let paths = OutputPaths {
@@ -131,7 +146,7 @@ fn open_outputs(job: &JobSpec, control: &ControlLog, restored: Option<&Checkpoin
             let checkpoint = Checkpoint {
                 dataflow: job.dataflow.clone(),
                 state: initial_parts(files)?,
-                async_outputs: (view.positions)(),
+                async_outputs: (view.positions)(0),
                 ..Default::default()
             };
             dir.write(&checkpoint, || Ok(()))?;

@@ -201,6 +201,15 @@ pub enum RejectReason {
     /// The record is not a JSON object, lacks a field or has a wrong type.
     #[error("invalid event: {0}")]
     Invalid(String),
+    /// Records a checkpoint says are still to be read were deleted by the broker (retention)
+    /// before a restored job could read them: a dead letter without an original says so.
+    #[error("offsets {from} to {to} ({} records) were deleted by the broker (retention) before they were read: lost", to - from)]
+    Lost {
+        /// The first offset lost.
+        from: i64,
+        /// The first offset still there.
+        to: i64,
+    },
     /// The event's time is further ahead of the time its record was written than a clock can be
     /// wrong (see [`crate::ingest::partition::Decoding::max_future_skew`]).
     #[error("event time {ts} is more than {skew} ms after its record was written ({written}): implausibly far in the future")]
@@ -462,7 +471,7 @@ impl DeadLetter {
     /// Builds a dead letter; `bytes` may be a prefix of a record of `size` bytes.
     pub fn new(reason: &RejectReason, position: Position, bytes: &[u8], size: usize) -> Self {
         use sha2::Digest;
-        let sha256 = (bytes.len() == size).then(|| hex::encode(sha2::Sha256::digest(bytes)));
+        let sha256 = (size > 0 && bytes.len() == size).then(|| hex::encode(sha2::Sha256::digest(bytes)));
         let (original, original_base64, kept) = match std::str::from_utf8(bytes) {
             Ok(text) => {
                 let kept = escaped_prefix(text, DEAD_LETTER_ORIGINAL_BYTES);

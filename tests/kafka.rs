@@ -501,6 +501,50 @@ fn hostile_records_become_dead_letters_that_fit_the_topic() {
     assert!(dead[2]["reason"].as_str().unwrap().contains("implausibly far in the future"), "{}", dead[2]);
 }
 
+/// Records a checkpoint still had to read, deleted by the broker (retention) while the job was
+/// down: the restored job says so in its log and in a dead letter naming the offsets and the
+/// count, and reads on from the first record still there.
+#[test]
+fn input_deleted_by_retention_while_down_is_reported_as_lost() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let broker = Broker::start("memory");
+    let dir = tempfile::tempdir().unwrap();
+    let parts: Partitions = generated(1, 60_000, 5).into_iter().map(|p| p.into_iter().map(String::into_bytes).collect()).collect();
+    let files = write_files(dir.path(), "part", &parts);
+    produce(&broker, "activity", &files, &["--topic-partitions", "1"]);
+    let checkpoints = dir.path().join("checkpoints");
+    let command = || {
+        let mut cmd = engine(&broker, &["--until-end", "--json", "--read-batch", "1024", "--checkpoint-interval", "50ms"]);
+        cmd.arg("--checkpoint-dir").arg(&checkpoints);
+        cmd
+    };
+    // (2 files: the checkpoint at 0 and one mid-stream.)
+    assert!(!run_and_kill(&mut command(), || wait_for_checkpoints(&checkpoints, 2)), "killed mid-stream");
+    let described = ok(threatflow().arg("checkpoints").arg(&checkpoints).output().expect("spawn"));
+    let newest = parse_lines(&String::from_utf8_lossy(&described.stdout)).remove(0);
+    let offset = newest["partitions"]["kafka:activity/0"]["position"]["Offset"].as_i64().expect("the checkpoint's offset");
+    assert!(offset < 50_000, "the checkpoint is mid-stream: {offset}");
+    let deleted_to = offset + 1_000;
+    let admin: AdminClient<DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", broker.address()).create().expect("an admin client");
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition_offset("activity", 0, rdkafka::Offset::Offset(deleted_to)).unwrap();
+    let deleted = futures_executor::block_on(admin.delete_records(&list, &AdminOptions::new())).expect("records deleted");
+    assert_eq!(deleted.elements()[0].offset(), rdkafka::Offset::Offset(deleted_to), "the new first offset");
+
+    let output = ok(output_within(command().env("NO_COLOR", "1").env("RUST_LOG", "warn"), Duration::from_secs(120)));
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("deleted by the broker (retention)") && log.contains("lost=1000"), "{log}");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_eq!(report["events"].as_u64(), Some(60_000 - 1_000), "every record but the deleted ones is read once");
+    let dead = consume(&broker, "dead-letters");
+    assert_eq!(dead.len(), 1, "{dead:#?} {report}");
+    let reason = dead[0]["reason"].as_str().unwrap();
+    assert_eq!(reason, format!("offsets {offset} to {deleted_to} (1000 records) were deleted by the broker (retention) before they were read: lost"));
+    assert_eq!(dead[0]["position"]["offset"].as_i64(), Some(offset));
+}
+
 /// A model update to `v2` at `at` (an artifact beside it, stricter on deletes and downloads than
 /// the default) and a rule from `rule_at` matching every external share, as files.
 fn control_updates(dir: &Path, at: u64, rule_at: u64) -> (PathBuf, PathBuf) {
@@ -530,6 +574,12 @@ fn kill_9_during_a_kafka_run_loses_and_duplicates_nothing() {
     let generated = generated(4, 120_000, 13);
     let first = serde_json::from_str::<Value>(&generated[0][0]).unwrap()["ts"].as_u64().unwrap();
     let last = max_ts(&generated);
+    // Events that are decided, to be sent twice: an input may repeat an event id, and each copy
+    // is decided and written once (two copies of an id in the outputs read back after a restart
+    // must not lead to a third, nor one copy suppress the other).
+    let plain = write_files(dir.path(), "plain", &generated.iter().map(|p| p.iter().map(|l| l.clone().into_bytes()).collect()).collect::<Vec<_>>());
+    let decided: BTreeSet<String> =
+        replay(&plain, &dir.path().join("plain.jsonl"), &control_args()).iter().map(|d| d["event_id"].as_str().unwrap().to_string()).collect();
     // Malformed records mixed in, for the dead-letter topic.
     let parts: Partitions = generated
         .iter()
@@ -541,6 +591,10 @@ fn kill_9_during_a_kafka_run_loses_and_duplicates_nothing() {
                     records.push(format!("not json {p}/{i}").into_bytes());
                 }
                 records.push(line.clone().into_bytes());
+                let id = serde_json::from_str::<Value>(line).unwrap()["event_id"].as_str().unwrap().to_string();
+                if i % 2 == 0 && decided.contains(&id) {
+                    records.push(line.clone().into_bytes());
+                }
             }
             records
         })
@@ -558,6 +612,9 @@ fn kill_9_during_a_kafka_run_loses_and_duplicates_nothing() {
     args.extend(["--model-updates".into(), update.display().to_string(), "--rules".into(), rule.display().to_string()]);
     let reference = replay(&files, &dir.path().join("replay.jsonl"), &args);
     assert!(reference.iter().any(|d| d["model_version"] == "v2") && reference.iter().any(|d| d["rules"].to_string().contains("any-share")));
+    let mut seen = BTreeSet::new();
+    let repeated = reference.iter().filter(|d| !seen.insert(d["decision_id"].as_str().unwrap())).count();
+    assert!(repeated > 50, "decisions of repeated events: {repeated}");
     let mut expected_alerts = Vec::new();
     let mut expected_actions = Vec::new();
     for d in &reference {

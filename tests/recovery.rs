@@ -1,15 +1,15 @@
 //! Checkpoints and recovery, by killing the engine: `kill -9` at a random moment of a run with
 //! `--checkpoint-dir`, then the same command again (on the same or another worker count) until it
 //! finishes, on one process or a two-process cluster. The decisions and dead letters must be the
-//! uninterrupted run's, byte for byte: no loss, no duplicate. A damaged newest checkpoint must make
-//! the engine fall back to the previous one.
+//! uninterrupted run's, byte for byte: no loss, no duplicate. A newest checkpoint that cannot be
+//! used (damaged, or its outputs lost) must make the engine fall back to the previous one.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 mod common;
-use common::{checkpoint_files, lines, ok, random, run_and_kill, threatflow, wait_for_checkpoints};
+use common::{checkpoint_files, lines, ok, parse_lines, random, run_and_kill, threatflow, wait_for_checkpoints};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -171,6 +171,33 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
     let output = ok(replay(&events, &out, &extra).env("RUST_LOG", "info").output().expect("spawn"));
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("trying an older one"), "the damaged checkpoint is reported: {log}");
+    same_outputs(&reference, &out);
+}
+
+/// A newest checkpoint that recorded more output than the files hold (written, then lost with the
+/// machine) is skipped for an older one, and the log says so; the outputs end identical.
+#[test]
+fn a_checkpoint_whose_outputs_were_lost_falls_back_to_an_older_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, reference, _) = input_and_reference(dir.path());
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let checkpoints = out.join("checkpoints");
+    let extra = ["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval", "50ms"];
+    run_and_kill(&mut replay(&events, &out, &extra), || wait_for_checkpoints(&checkpoints, 3));
+    let described = ok(threatflow().arg("checkpoints").arg(&checkpoints).output().expect("spawn"));
+    let lengths: Vec<u64> = parse_lines(&String::from_utf8_lossy(&described.stdout))
+        .iter()
+        .map(|c| c["outputs"]["decisions"].as_u64().expect("the decisions' recorded length"))
+        .collect();
+    let newest = lengths[0];
+    assert!(lengths[1..].iter().any(|l| *l < newest), "two checkpoints that recorded different lengths: {lengths:?}");
+    let decisions = std::fs::OpenOptions::new().write(true).open(out.join("decisions.jsonl")).unwrap();
+    decisions.set_len(newest - 1).unwrap();
+
+    let output = ok(replay(&events, &out, &extra).env("NO_COLOR", "1").env("RUST_LOG", "info").output().expect("spawn"));
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("fewer than the") && log.contains("falling back to the older checkpoint"), "{log}");
     same_outputs(&reference, &out);
 }
 

@@ -86,8 +86,9 @@ pub struct CheckpointStats {
 /// Outputs acknowledged asynchronously (Kafka topics), as checkpoints see them.
 pub struct AsyncOutputs {
     /// Per output partition, an offset at or before every record not yet queued (and every record
-    /// a run before a restart wrote that this run has not reached yet): asked when a barrier is sent.
-    pub positions: Box<dyn Fn() -> BTreeMap<(String, i32), i64>>,
+    /// at or after the frontier that a run before a restart wrote and this run has not reached
+    /// yet): asked when a barrier at the frontier is sent.
+    pub positions: Box<dyn Fn(Time) -> BTreeMap<(String, i32), i64>>,
     /// A mark after every record queued so far.
     pub mark: Box<dyn Fn() -> usize>,
     /// Waits until every record queued before a mark is acknowledged; fails if one could not be.
@@ -154,7 +155,7 @@ impl Coordinator {
         if idle && at > 0 && self.last_request.elapsed() >= self.interval && self.last_frontier.is_none_or(|l| at > l) {
             // The barrier input is at `at` and holds the sinks back: nothing at or after `at` has
             // been queued yet, so what is acknowledged now is all before it.
-            let async_outputs = self.async_outputs.as_ref().map(|o| (o.positions)()).unwrap_or_default();
+            let async_outputs = self.async_outputs.as_ref().map(|o| (o.positions)(at)).unwrap_or_default();
             self.gathered.borrow_mut().pending.insert(
                 at,
                 Gathering {

@@ -12,8 +12,8 @@
 //!
 //! Files are `ckpt-<F>.bin`: magic, format version, payload length, xxh3-128 of the payload, then
 //! the payload (bincode of [`Checkpoint`]). They are written to a temporary name, synced, and
-//! renamed (the commit); the newest file that reads back whole and verifies is used, and a broken
-//! one is reported and skipped.
+//! renamed (the commit); the newest file that reads back whole, verifies and fits the job (its
+//! dataflow, its outputs) is used, and one that does not is reported and skipped.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -129,7 +129,7 @@ pub enum DecodeError {
     /// Not a checkpoint, truncated, or corrupted: fall back to an older one.
     #[error("damaged: {0}")]
     Damaged(String),
-    /// Written by an incompatible version: refuse to start.
+    /// Written by an incompatible version.
     #[error("format version {found}, this build reads version {FORMAT_VERSION}")]
     Incompatible {
         /// The file's version.
@@ -210,36 +210,48 @@ impl CheckpointDir {
         Ok(bytes.len() as u64)
     }
 
-    /// The newest checkpoint that verifies; damaged ones are reported and skipped, and one from an
-    /// incompatible version is an error.
-    pub fn newest(&self) -> Result<Option<Checkpoint>> {
+    /// Every checkpoint file, newest first, read and verified (or why it cannot be).
+    pub fn list(&self) -> Result<Vec<(PathBuf, Result<Checkpoint, String>)>> {
+        Ok(self.files()?.into_iter().map(|path| {
+            let checkpoint = std::fs::read(&path).map_err(|e| format!("unreadable: {e}")).and_then(|bytes| decode(&bytes).map_err(|e| e.to_string()));
+            (path, checkpoint)
+        }).collect())
+    }
+
+    /// The newest checkpoint that verifies and that `usable` accepts. One that cannot be used,
+    /// for any reason (damaged, another format version, refused by `usable`), is reported and the
+    /// previous one is tried; when checkpoints exist and none can be used, that is an error (starting
+    /// over would write again what was written).
+    pub fn newest(&self, usable: impl Fn(&Checkpoint) -> Result<()>) -> Result<Option<Checkpoint>> {
+        let mut refused = Vec::new();
         for path in self.files()? {
             let started = Instant::now();
-            let bytes = match std::fs::read(&path) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    tracing::error!("checkpoint {} unreadable, trying an older one: {e}", path.display());
-                    continue;
-                }
-            };
-            match decode(&bytes) {
-                Ok(checkpoint) => {
+            let checkpoint = std::fs::read(&path)
+                .map_err(|e| anyhow::anyhow!("unreadable: {e}"))
+                .and_then(|bytes| Ok((decode(&bytes)?, bytes.len())))
+                .and_then(|(checkpoint, bytes)| usable(&checkpoint).map(|()| (checkpoint, bytes)));
+            match checkpoint {
+                Ok((checkpoint, bytes)) => {
+                    if !refused.is_empty() {
+                        tracing::warn!(frontier = checkpoint.frontier, "falling back to the older checkpoint {}", path.display());
+                    }
                     tracing::info!(
                         frontier = checkpoint.frontier,
-                        bytes = bytes.len(),
+                        bytes,
                         read_ms = started.elapsed().as_secs_f64() * 1e3,
                         "restoring checkpoint {}",
                         path.display()
                     );
                     return Ok(Some(checkpoint));
                 }
-                Err(DecodeError::Damaged(why)) => {
-                    tracing::error!("checkpoint {} is {why}; trying an older one", path.display());
-                }
-                Err(e @ DecodeError::Incompatible { .. }) => {
-                    bail!("checkpoint {} cannot be restored: {e}; move it away to start over", path.display())
+                Err(why) => {
+                    tracing::error!("checkpoint {} cannot be used ({why:#}); trying an older one", path.display());
+                    refused.push(format!("{}: {why:#}", path.display()));
                 }
             }
+        }
+        if !refused.is_empty() {
+            bail!("no checkpoint in {} can be used ({}); move them away to start over", self.path.display(), refused.join("; "));
         }
         Ok(None)
     }
@@ -248,7 +260,7 @@ impl CheckpointDir {
 /// Truncates an output file to the length a checkpoint recorded (what was written after the
 /// checkpoint is written again by the resumed job).
 pub fn truncate_output(path: &Path, length: u64) -> Result<()> {
-    let file = std::fs::OpenOptions::new().write(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path).with_context(|| format!("opening {}", path.display()))?;
     let actual = file.metadata()?.len();
     ensure!(actual >= length, "{} has {actual} bytes, fewer than the {length} the checkpoint recorded", path.display());
     file.set_len(length).with_context(|| format!("truncating {}", path.display()))?;
@@ -286,13 +298,22 @@ mod tests {
             checkpoints.write(&Checkpoint { frontier: f, ..Default::default() }, || Ok(())).unwrap();
         }
         assert_eq!(checkpoints.files().unwrap().len(), 2);
-        assert_eq!(checkpoints.newest().unwrap().unwrap().frontier, 30);
+        let any = |_: &Checkpoint| Ok(());
+        assert_eq!(checkpoints.newest(any).unwrap().unwrap().frontier, 30);
+        // One the caller cannot use (its outputs are shorter than it recorded, say).
+        let not_30 = |c: &Checkpoint| if c.frontier == 30 { bail!("no") } else { Ok(()) };
+        assert_eq!(checkpoints.newest(not_30).unwrap().unwrap().frontier, 20);
         let newest = checkpoints.file(30);
         let bytes = std::fs::read(&newest).unwrap();
         std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
-        assert_eq!(checkpoints.newest().unwrap().unwrap().frontier, 20);
+        assert_eq!(checkpoints.newest(any).unwrap().unwrap().frontier, 20);
+        let listed: Vec<bool> = checkpoints.list().unwrap().into_iter().map(|(_, c)| c.is_ok()).collect();
+        assert_eq!(listed, [false, true]);
         std::fs::remove_file(checkpoints.file(20)).unwrap();
-        assert!(checkpoints.newest().unwrap().is_none());
+        let err = format!("{:#}", checkpoints.newest(any).unwrap_err());
+        assert!(err.contains("no checkpoint in") && err.contains("damaged"), "{err}");
+        std::fs::remove_file(checkpoints.file(30)).unwrap();
+        assert!(checkpoints.newest(any).unwrap().is_none());
     }
 }
 

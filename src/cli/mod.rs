@@ -60,6 +60,12 @@ pub enum Command {
     Consume(ConsumeArgs),
     /// List the dataflows `--dataflow` can select.
     Dataflows,
+    /// Describe the checkpoints in a directory, newest first, as JSON lines: frontier, dataflow,
+    /// state parts, the output lengths recorded, or why one cannot be used.
+    Checkpoints {
+        /// The checkpoint directory (`--checkpoint-dir` of the job).
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Runs a parsed command line.
@@ -81,6 +87,27 @@ pub fn execute(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Checkpoints { dir } => describe_checkpoints(dir),
     }
 }
 
+/// Prints one JSON line per checkpoint in `dir`, newest first.
+fn describe_checkpoints(path: std::path::PathBuf) -> Result<()> {
+    let dir = crate::checkpoint::CheckpointDir { path, keep: usize::MAX };
+    for (file, checkpoint) in dir.list()? {
+        let line = match checkpoint {
+            Ok(c) => serde_json::json!({
+                "file": file,
+                "frontier": c.frontier,
+                "dataflow": c.dataflow,
+                "partitions": c.partitions,
+                "state": c.state.iter().map(|p| serde_json::json!({"name": p.name, "version": p.version, "bytes": p.bytes.len()})).collect::<Vec<_>>(),
+                "outputs": crate::output::sinks::restored_positions(&c)?,
+                "kafka_outputs": c.async_outputs.iter().map(|((topic, partition), end)| serde_json::json!({"topic": topic, "partition": partition, "end": end})).collect::<Vec<_>>(),
+            }),
+            Err(why) => serde_json::json!({"file": file, "error": why}),
+        };
+        println!("{line}");
+    }
+    Ok(())
+}

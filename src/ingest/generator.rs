@@ -692,7 +692,7 @@ pub fn generate_all(config: &GeneratorConfig) -> (Vec<Vec<Event>>, Vec<Label>) {
                 match item {
                     Item::Event(e) => events.push(e),
                     Item::Label(l) => labels.push(l),
-                    Item::Rejected(_) => {}
+                    Item::Rejected(_) | Item::Lost(_) => {}
                 }
             }
             if !more {

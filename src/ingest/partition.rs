@@ -39,6 +39,9 @@ pub enum Item {
     Event(Event),
     /// A rejected record.
     Rejected(DeadLetter),
+    /// Records gone before they could be read (deleted by retention while a restored job was
+    /// down): a dead letter given at or after the restored frontier, never skipped as re-read.
+    Lost(DeadLetter),
     /// Ground truth for an event (generator only; never seen by detectors).
     Label(Label),
 }
@@ -358,6 +361,12 @@ pub fn partitioned_source<'s>(
                                 max_time = max_time.max(Some(time));
                                 dead_letters.push((time, dead));
                             }
+                        }
+                        Item::Lost(dead) => {
+                            state.stats.rejected += 1;
+                            let time = own_watermark.max(floor).max(state.skip_before.unwrap_or(0));
+                            max_time = max_time.max(Some(time));
+                            dead_letters.push((time, dead));
                         }
                         Item::Label(label) => {
                             if !skip(label.ts) {

@@ -29,7 +29,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use super::{KafkaConfig, LogContext, Role};
 use crate::checkpoint::coordinator::AsyncOutputs;
 use crate::detect::decision::Decision;
-use crate::event::{DeadLetter, Position};
+use crate::event::{DeadLetter, Position, Time};
 use crate::output::{ActionCommand, Alert, Output};
 use crate::detect::action::ThreatAction;
 
@@ -311,15 +311,22 @@ pub struct KafkaOutput {
     dead_letters: String,
     buffer: Vec<u8>,
     /// Records a run before a restart wrote after the restored checkpoint's positions, with where
-    /// they are: not written again.
-    written_before: Rc<RefCell<HashMap<RecordId, OutputOffset>>>,
+    /// they are and their time, as many as were found of each id (an input can repeat an event
+    /// id): not written again, as many times.
+    written_before: Rc<RefCell<HashMap<RecordId, Vec<WrittenRecord>>>>,
     suppressed: u64,
 }
 
 /// What identifies an output record across runs: its role and its id in that role.
 type RecordId = (Role, String);
-/// A record's topic, partition and offset.
-type OutputOffset = (String, i32, i64);
+/// Where a record was written, and its time (`None` for dead letters, which do not carry it).
+#[derive(Clone, Debug)]
+struct WrittenRecord {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    time: Option<Time>,
+}
 
 impl KafkaOutput {
     /// Checks (or creates) the output topics and creates the producer. A restored job passes its
@@ -346,8 +353,9 @@ impl KafkaOutput {
                 let starts: Vec<Option<i64>> = (0..*count).map(|p| resume.get(&(topic.to_string(), p as i32)).copied()).collect();
                 super::read_topic(config, topic, &starts, false, &never, |message| {
                     match record_id(*role, message.payload().unwrap_or_default()) {
-                        Some(id) => {
-                            written_before.insert((*role, id), (topic.to_string(), message.partition(), message.offset()));
+                        Some((id, time)) => {
+                            let record = WrittenRecord { topic: topic.to_string(), partition: message.partition(), offset: message.offset(), time };
+                            written_before.entry((*role, id)).or_insert_with(Vec::new).push(record);
                         }
                         None => tracing::warn!(topic, offset = message.offset(), "an output record without an id: ignored"),
                     }
@@ -376,13 +384,16 @@ impl KafkaOutput {
     pub fn checkpoint_view(&self) -> AsyncOutputs {
         let ledger = self.producer.ledger();
         let written_before = Rc::clone(&self.written_before);
-        let positions = move || {
+        let positions = move |frontier: Time| {
             let mut positions = ledger.acknowledged();
             // A record a run before the restart wrote, that this run has not reached yet, must be
-            // read again after another restart.
-            for (topic, partition, offset) in written_before.borrow().values() {
-                if let Some(position) = positions.get_mut(&(topic.clone(), *partition)) {
-                    *position = (*position).min(*offset);
+            // read again after another restart from this checkpoint, unless it is before the
+            // checkpoint's frontier (such a restart does not decide it again; this run may still
+            // have to, so it stays in the map): so the positions keep advancing across restarts.
+            let written_before = written_before.borrow();
+            for record in written_before.values().flatten().filter(|r| r.time.is_none_or(|time| time >= frontier)) {
+                if let Some(position) = positions.get_mut(&(record.topic.clone(), record.partition)) {
+                    *position = (*position).min(record.offset);
                 }
             }
             positions
@@ -393,29 +404,37 @@ impl KafkaOutput {
         AsyncOutputs { positions: Box::new(positions), mark: Box::new(mark), wait: Arc::new(move |mark| ledger.wait(mark)) }
     }
 
-    /// Whether the record was written before a restart (it is then forgotten: written once).
+    /// Whether the record was written before a restart (one copy of its id is then forgotten: a
+    /// record is written once, and a repeated id as many times as the input repeats it).
     fn written_before(&mut self, role: Role, id: impl FnOnce() -> String) -> bool {
         let mut written_before = self.written_before.borrow_mut();
-        if written_before.is_empty() || written_before.remove(&(role, id())).is_none() {
+        if written_before.is_empty() {
             return false;
+        }
+        let std::collections::hash_map::Entry::Occupied(mut copies) = written_before.entry((role, id())) else { return false };
+        copies.get_mut().remove(0);
+        if copies.get().is_empty() {
+            copies.remove();
         }
         self.suppressed += 1;
         true
     }
 }
 
-/// The id of an output record of `role`, as [`KafkaOutput`] writes it.
-fn record_id(role: Role, payload: &[u8]) -> Option<String> {
+/// The id of an output record of `role`, as [`KafkaOutput`] writes it, and its time.
+fn record_id(role: Role, payload: &[u8]) -> Option<(String, Option<Time>)> {
     let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
     let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
-    match role {
+    let time = value.get("ts").and_then(serde_json::Value::as_u64);
+    let id = match role {
         Role::DeadLetters => {
             let position: Position = serde_json::from_value(value.get("position")?.clone()).ok()?;
-            Some(dead_letter_id(&position))
+            dead_letter_id(&position)
         }
-        Role::Actions => Some(action_id(&text(value.get("decision_id")?)?, &serde_json::from_value(value.get("action")?.clone()).ok()?)),
-        _ => text(value.get("decision_id")?),
-    }
+        Role::Actions => action_id(&text(value.get("decision_id")?)?, &serde_json::from_value(value.get("action")?.clone()).ok()?),
+        _ => text(value.get("decision_id")?)?,
+    };
+    Some((id, time.filter(|_| role != Role::DeadLetters)))
 }
 
 fn action_id(decision_id: &str, action: &ThreatAction) -> String {

@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::Offset;
 
 use super::{assign, KafkaConfig, LogContext, Role};
 use crate::checkpoint::{Checkpoint, PartitionPosition};
-use crate::event::{Position, Time};
+use crate::event::{DeadLetter, Position, RejectReason, Time};
 use crate::ingest::partition::{decode_record, Decoding, Item, Partition};
 
 /// The activity topic as a source.
@@ -81,12 +81,30 @@ impl KafkaSource {
         };
         let starts = mine.iter().map(|p| start(*p)).collect::<Result<Vec<i64>>>()?;
         let consumer = Arc::new(self.config.consumer()?);
+        // Records a restored checkpoint still had to read may have been deleted by retention
+        // meanwhile: never skipped silently.
+        let mut lost = Vec::with_capacity(mine.len());
+        for (p, start) in mine.iter().zip(&starts) {
+            let gone = match restored {
+                Some(_) => {
+                    let (low, _) = consumer
+                        .fetch_watermarks(&topic, *p as i32, Duration::from_secs(30))
+                        .with_context(|| format!("reading the first offset of {}", name(*p)))?;
+                    (low > *start).then_some((*start, low))
+                }
+                None => None,
+            };
+            if let Some((from, to)) = gone {
+                tracing::error!(partition = %name(*p), from, to, lost = to - from, "records the checkpoint had still to read were deleted by the broker (retention): lost");
+            }
+            lost.push(gone);
+        }
         let assignment: Vec<(&str, i32, Offset)> =
             mine.iter().zip(&starts).map(|(p, s)| (topic.as_str(), *p as i32, Offset::Offset(*s))).collect();
         assign(&consumer, &assignment)?;
         let early: EarlyMessages = Rc::default();
         let mut parts: Vec<Box<dyn Partition>> = Vec::new();
-        for (p, next_offset) in mine.into_iter().zip(starts) {
+        for ((p, next_offset), lost) in mine.into_iter().zip(starts).zip(lost) {
             let queue = consumer
                 .split_partition_queue(&topic, p as i32)
                 .with_context(|| format!("no queue for partition {topic}/{p}"))?;
@@ -103,6 +121,7 @@ impl KafkaSource {
                 last_warning: None,
                 idle_timeout: self.idle_timeout,
                 decoding: decoding.clone(),
+                lost,
             }));
         }
         Ok(parts)
@@ -131,6 +150,8 @@ pub struct KafkaPartition {
     last_warning: Option<Instant>,
     idle_timeout: Duration,
     decoding: Decoding,
+    /// Offsets deleted before they could be read (`from`, `to`), reported by the first poll.
+    lost: Option<(i64, i64)>,
 }
 
 impl KafkaPartition {
@@ -172,6 +193,11 @@ impl Partition for KafkaPartition {
     }
 
     fn poll(&mut self, max: usize, out: &mut Vec<Item>) -> Result<bool> {
+        if let Some((from, to)) = self.lost.take() {
+            let position = Position { source: self.name.clone(), record: from as u64, offset: from as u64 };
+            out.push(Item::Lost(DeadLetter::new(&RejectReason::Lost { from, to }, position, &[], 0)));
+            self.next_offset = self.next_offset.max(to);
+        }
         if self.exhausted() {
             return Ok(false);
         }

@@ -195,6 +195,11 @@ pub trait Output {
     /// Called once every record of a time has been handed over; makes what was written durable
     /// enough for the output's guarantees (files: written out; Kafka: handed to the producer).
     fn flush(&mut self) -> Result<()>;
+    /// Called before a checkpoint records [`Output::written`]: makes what was written survive a
+    /// crash of the machine (files: synced to disk).
+    fn sync(&mut self) -> Result<()> {
+        self.flush()
+    }
     /// Called at the end of the job: waits until everything is written.
     fn finish(&mut self) -> Result<()> {
         self.flush()
@@ -294,6 +299,15 @@ impl Output for JsonLinesOutput {
         let files = [&mut self.decisions, &mut self.alerts, &mut self.actions, &mut self.dead_letters];
         for file in files.into_iter().flatten() {
             file.out.flush().with_context(|| format!("writing {}", file.path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        let files = [&mut self.decisions, &mut self.alerts, &mut self.actions, &mut self.dead_letters];
+        for file in files.into_iter().flatten() {
+            file.out.flush().with_context(|| format!("writing {}", file.path.display()))?;
+            file.out.get_ref().sync_data().with_context(|| format!("syncing {}", file.path.display()))?;
         }
         Ok(())
     }

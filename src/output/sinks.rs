@@ -122,6 +122,14 @@ impl Sinks {
         }
     }
 
+    /// What the outputs hold, synced to disk first (for a checkpoint).
+    fn synced(&self) -> OutputPositions {
+        for output in self.outputs.borrow_mut().iter_mut() {
+            self.keep_error(output.sync());
+        }
+        self.written()
+    }
+
     fn written(&self) -> OutputPositions {
         let mut all = OutputPositions::default();
         for output in self.outputs.borrow().iter() {
@@ -200,7 +208,7 @@ impl CheckpointedState for DecisionSink {
 
     fn export(&mut self, at: Time, entries: &mut Vec<DecisionSinkPart>) {
         if !self.sinks.outputs.borrow().is_empty() {
-            entries.push(DecisionSinkPart { files: self.sinks.written(), alert_gate: self.gate.state(at) });
+            entries.push(DecisionSinkPart { files: self.sinks.synced(), alert_gate: self.gate.state(at) });
         }
     }
 }
@@ -283,7 +291,7 @@ impl CheckpointedState for SideSink {
 
     fn export(&mut self, _at: Time, entries: &mut Vec<SideSinkPart>) {
         if !self.sinks.outputs.borrow().is_empty() {
-            entries.push(SideSinkPart { dead_letters: self.sinks.written().dead_letters });
+            entries.push(SideSinkPart { dead_letters: self.sinks.synced().dead_letters });
         }
     }
 }
