@@ -23,7 +23,7 @@ use crate::dataflows::Dataflow;
 use crate::detect::control::ControlLog;
 use crate::event::Time;
 use crate::ingest::partition::{ErrorSlot, SourceConfig};
-use crate::job::JobSpec;
+use crate::job::{JobSpec, SourceSpec};
 use crate::kafka::sink::KafkaOutput;
 use crate::kafka::Role;
 use crate::output::sinks::{initial_parts, restored_positions, JobReport, Sinks};
@@ -179,7 +179,7 @@ fn run_worker(
         0 => open_outputs(job, control, restored.as_deref())?,
         _ => (Vec::new(), None, None),
     };
-    let sinks = Sinks::new(outputs, Rc::clone(&errors), job.collect);
+    let sinks = Sinks::new(outputs, Rc::clone(&errors), job.collect, matches!(job.source, SourceSpec::Generator(_)));
     let probe = ProbeHandle::new();
     let events_probe = ProbeHandle::new();
     let source = SourceConfig {

@@ -545,6 +545,45 @@ fn input_deleted_by_retention_while_down_is_reported_as_lost() {
     assert_eq!(dead[0]["position"]["offset"].as_i64(), Some(offset));
 }
 
+/// With a control key, a job applies only the control updates signed with it: a forged rule sent
+/// to the rules topic unsigned, and a signed one altered after signing, are refused and logged;
+/// the signed rule applies.
+#[test]
+fn control_updates_must_be_signed_when_a_key_is_configured() {
+    let broker = Broker::start("memory");
+    let dir = tempfile::tempdir().unwrap();
+    let parts: Partitions = generated(1, 20_000, 9).into_iter().map(|p| p.into_iter().map(String::into_bytes).collect()).collect();
+    let files = write_files(dir.path(), "part", &parts);
+    produce(&broker, "activity", &files, &["--topic-partitions", "1"]);
+    let key = dir.path().join("control.key");
+    std::fs::write(&key, "a shared secret that only operators hold\n").unwrap();
+    let key = key.to_str().unwrap();
+    let sign = |rule: &str| {
+        let path = dir.path().join("update.json");
+        std::fs::write(&path, rule).unwrap();
+        let output = ok(threatflow().args(["sign-update", "--control-key-file", key]).arg(&path).output().expect("spawn"));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let signed = sign(r#"{"id": "signed-share", "effective_from": 0, "when": {"action": ["share_external"]}}"#);
+    let tampered = sign(r#"{"id": "tampered-login", "effective_from": 0, "when": {"action": ["share_external"]}}"#).replace("share_external", "login");
+    let forged = r#"{"id": "forged-login", "effective_from": 0, "when": {"action": ["login"]}}"#;
+    let records = [forged, tampered.trim_end(), signed.trim_end()].map(|r| r.as_bytes().to_vec());
+    let updates = write_files(dir.path(), "rules", &[records.to_vec()]);
+    produce(&broker, "rules", &updates, &["--topic-partitions", "1"]);
+
+    let output = ok(output_within(
+        engine(&broker, &["--until-end", "--json", "--control-key-file", key]).env("NO_COLOR", "1").env("RUST_LOG", "warn"),
+        Duration::from_secs(120),
+    ));
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("rules/0@0") && log.contains("unsigned updates are refused"), "{log}");
+    assert!(log.contains("rules/0@1") && log.contains("signature does not verify"), "{log}");
+    let decisions = consume(&broker, "decisions");
+    let with = |rule: &str| decisions.iter().filter(|d| d["rules"].as_array().unwrap().iter().any(|r| r == rule)).count();
+    assert!(with("signed-share") > 0, "the signed rule applies");
+    assert_eq!((with("forged-login"), with("tampered-login")), (0, 0), "the forged and the tampered rule do not");
+}
+
 /// A model update to `v2` at `at` (an artifact beside it, stricter on deletes and downloads than
 /// the default) and a rule from `rule_at` matching every external share, as files.
 fn control_updates(dir: &Path, at: u64, rule_at: u64) -> (PathBuf, PathBuf) {

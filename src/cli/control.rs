@@ -74,7 +74,10 @@ pub(super) fn send_control(line: &str, to: Option<&std::path::Path>, kafka: &Kaf
             file.write_all(format!("{line}\n").as_bytes()).with_context(|| format!("appending to {}", path.display()))?;
             file.sync_data().with_context(|| format!("syncing {}", path.display()))
         }
-        (None, Some(kafka)) => crate::kafka::tools::send_one(&kafka, topic, line.as_bytes()),
+        (None, Some(kafka)) => {
+            let record = kafka.control_key.as_ref().map_or_else(|| line.to_string(), |key| key.sign(line));
+            crate::kafka::tools::send_one(&kafka, topic, record.as_bytes())
+        }
         (None, None) => anyhow::bail!("say where to send it: --to FILE or --kafka BROKERS"),
     }
 }

@@ -9,7 +9,7 @@ pub mod models;
 pub mod options;
 
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use self::control::{mark, unblock, MarkArgs, UnblockArgs};
@@ -60,6 +60,15 @@ pub enum Command {
     Consume(ConsumeArgs),
     /// List the dataflows `--dataflow` can select.
     Dataflows,
+    /// Sign a control update (a model update, a mark or unblock, rules) with the control key:
+    /// prints the one-line record to send to a control topic (`produce --input`, any Kafka tool).
+    SignUpdate {
+        /// The key file (also `THREATFLOW_CONTROL_KEY_FILE`).
+        #[arg(long, value_name = "PATH")]
+        control_key_file: Option<std::path::PathBuf>,
+        /// The update (default: standard input), signed whole.
+        file: Option<std::path::PathBuf>,
+    },
     /// Describe the checkpoints in a directory, newest first, as JSON lines: frontier, dataflow,
     /// state parts, the output lengths recorded, or why one cannot be used.
     Checkpoints {
@@ -88,6 +97,16 @@ pub fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Checkpoints { dir } => describe_checkpoints(dir),
+        Command::SignUpdate { control_key_file, file } => {
+            let key = crate::control::signing::ControlKey::from_file_or_env(control_key_file.as_deref())?
+                .context("no control key: --control-key-file PATH or THREATFLOW_CONTROL_KEY_FILE")?;
+            let update = match file {
+                Some(path) => std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+                None => std::io::read_to_string(std::io::stdin()).context("reading the update from standard input")?,
+            };
+            println!("{}", key.sign(update.trim_end()));
+            Ok(())
+        }
     }
 }
 

@@ -244,6 +244,11 @@ pub struct KafkaArgs {
     /// How long to keep retrying while the broker cannot be reached at start.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub kafka_connect_timeout: Duration,
+    /// A file holding the key (16 bytes or more) that control updates on the control topics are
+    /// signed with (HMAC-SHA256): a job applies only updates that verify; `mark`, `unblock` and
+    /// `model publish` sign what they send. Also `THREATFLOW_CONTROL_KEY_FILE`.
+    #[arg(long, value_name = "PATH")]
+    pub control_key_file: Option<std::path::PathBuf>,
 }
 
 /// The environment variable that may hold librdkafka settings, `key=value` lines.
@@ -265,6 +270,7 @@ impl KafkaArgs {
         config.create_topics = self.create_topics;
         config.partitions = self.topic_partitions;
         config.connect_timeout = self.kafka_connect_timeout;
+        config.control_key = crate::control::signing::ControlKey::from_file_or_env(self.control_key_file.as_deref())?;
         Ok(Some(config))
     }
 

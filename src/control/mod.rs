@@ -12,6 +12,7 @@ use crate::detect::rules::{self, RuleSpec};
 use crate::event::Time;
 
 pub mod feed;
+pub mod signing;
 
 /// Where the models and rules of a job come from.
 #[derive(Clone, Debug, Default)]

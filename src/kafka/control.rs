@@ -18,6 +18,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::{KafkaConfig, LogContext, Role};
 use crate::checkpoint::operator::StatePart;
 use crate::control::feed::{await_new_frontier, verified_model, ControlCheckpoint, ControlFeed, ControlMessage, FeedPosition, Reader, Round, Rounds};
+use crate::control::signing;
 use crate::detect::control::ControlLog;
 use crate::detect::model::ModelUpdate;
 
@@ -87,13 +88,16 @@ fn read_rounds(
                     next.insert(key, message.offset() + 1);
                     let position = format!("{}/{}@{}", message.topic(), message.partition(), message.offset());
                     let payload = message.payload().unwrap_or_default();
-                    let parsed = if message.topic() == models_topic {
-                        parse_model(payload)
-                    } else if message.topic() == marks_topic {
-                        parse_marks(payload)
-                    } else {
-                        parse_rules(payload)
-                    };
+                    let parsed = signing::open(config.control_key.as_ref(), payload).and_then(|update| {
+                        let update = update.as_bytes();
+                        if message.topic() == models_topic {
+                            parse_model(update)
+                        } else if message.topic() == marks_topic {
+                            parse_marks(update)
+                        } else {
+                            parse_rules(update)
+                        }
+                    });
                     match parsed {
                         Ok(m) => messages.push(m),
                         Err(error) => tracing::error!(position, "control update rejected, skipped: {error:#}"),

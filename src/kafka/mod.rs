@@ -89,6 +89,9 @@ pub struct KafkaConfig {
     pub partitions: usize,
     /// How long to keep retrying while the broker cannot be reached at start.
     pub connect_timeout: Duration,
+    /// The key control updates on the control topics are signed with: a job then applies only
+    /// updates that verify, and `mark`, `unblock` and `model publish` sign what they send.
+    pub control_key: Option<crate::control::signing::ControlKey>,
 }
 
 impl KafkaConfig {
@@ -101,6 +104,7 @@ impl KafkaConfig {
             create_topics: false,
             partitions: 4,
             connect_timeout: Duration::from_secs(300),
+            control_key: None,
         }
     }
 
@@ -395,6 +399,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("create_topics", &self.create_topics)
             .field("partitions", &self.partitions)
             .field("connect_timeout", &self.connect_timeout)
+            .field("control_key", &self.control_key)
             .finish()
     }
 }

@@ -122,12 +122,14 @@ pub struct AlertGate {
     period: Time,
     /// `(reason, user or correlation group)` to the time it last alerted.
     last: std::collections::BTreeMap<(String, String), Time>,
+    /// When [`AlertGate::forget_before`] next looks for expired entries.
+    next_sweep: Time,
 }
 
 impl AlertGate {
     /// A gate with `period` (0: every alert is raised), resuming from a checkpoint's `state`.
     pub fn new(period: Time, state: &[(String, String, Time)]) -> Self {
-        let mut gate = AlertGate { period, last: Default::default() };
+        let mut gate = AlertGate { period, last: Default::default(), next_sweep: 0 };
         gate.restore(state);
         gate
     }
@@ -163,6 +165,28 @@ impl AlertGate {
             }
         }
         raised
+    }
+
+    /// Forgets the reasons whose suppression has ended by `frontier` (every decision still to come
+    /// is at or after it, and would raise their alert anyway), so that the gate holds only what
+    /// suppresses; sweeps at most once per period of event time.
+    pub fn forget_before(&mut self, frontier: Time) {
+        if frontier < self.next_sweep {
+            return;
+        }
+        let period = self.period;
+        self.last.retain(|_, t| t.saturating_add(period) > frontier);
+        self.next_sweep = frontier.saturating_add(period.max(1));
+    }
+
+    /// How many reasons the gate holds.
+    pub fn len(&self) -> usize {
+        self.last.len()
+    }
+
+    /// Whether the gate holds no reason.
+    pub fn is_empty(&self) -> bool {
+        self.last.is_empty()
     }
 
     /// What a checkpoint at `frontier` keeps: the reasons still suppressing there.
@@ -374,5 +398,20 @@ mod tests {
             assert_eq!((resumed.admit(&d), gate.admit(&d)), (expected, expected), "{}", d.decision_id);
         }
         assert!(AlertGate::new(0, &[]).admit(&decision("j", "ann", 0, &["r1"], false)));
+        // Forgetting what no longer suppresses changes no outcome, and keeps the gate small.
+        let mut pruned = AlertGate::new(100, &[]);
+        let mut kept = AlertGate::new(100, &[]);
+        for t in 0..2_000u64 {
+            let d = decision(&format!("k{t}"), &format!("user{}", t % 50), t * 7, &["r1"], false);
+            pruned.forget_before(d.ts);
+            assert_eq!(pruned.admit(&d), kept.admit(&d), "{t}");
+        }
+        assert!(pruned.len() <= 50 && kept.len() == 50, "{} {}", pruned.len(), kept.len());
+        let mut expiring = AlertGate::new(100, &[]);
+        for u in 0..1_000 {
+            expiring.admit(&decision(&format!("m{u}"), &format!("u{u}"), 10, &["r1"], false));
+        }
+        expiring.forget_before(110);
+        assert!(expiring.is_empty());
     }
 }

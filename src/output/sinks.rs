@@ -67,6 +67,9 @@ pub struct Sinks {
     results: Rc<RefCell<Results>>,
     errors: ErrorSlot,
     collect: bool,
+    /// Whether the source has ground truth: the decided events are then kept for the quality
+    /// report (a finite run of the generator); otherwise nothing grows with the decisions.
+    labelled: bool,
     decisions_done: Rc<Cell<bool>>,
     side_done: Rc<Cell<bool>>,
 }
@@ -80,13 +83,15 @@ struct Results {
 
 impl Sinks {
     /// Sinks writing to `outputs` (empty on workers other than 0); write errors go to `errors`;
-    /// with `collect`, decisions and dead letters are kept for the report.
-    pub fn new(outputs: Vec<Box<dyn Output>>, errors: ErrorSlot, collect: bool) -> Self {
+    /// with `collect`, decisions and dead letters are kept for the report; with `labelled` (a
+    /// source with ground truth), what the quality report needs.
+    pub fn new(outputs: Vec<Box<dyn Output>>, errors: ErrorSlot, collect: bool, labelled: bool) -> Self {
         Sinks {
             outputs: Rc::new(RefCell::new(outputs)),
             results: Rc::default(),
             errors,
             collect,
+            labelled,
             decisions_done: Rc::default(),
             side_done: Rc::default(),
         }
@@ -232,7 +237,9 @@ impl DecisionSink {
                     self.sinks.keep_error(output.decision(&d, alert));
                 }
                 results.report.decisions += 1;
-                results.decided.push((d.event_id.clone(), d.user.clone(), d.ts));
+                if self.sinks.labelled {
+                    results.decided.push((d.event_id.clone(), d.user.clone(), d.ts));
+                }
                 if self.sinks.collect {
                     results.report.collected_decisions.push(d);
                 }
@@ -242,6 +249,9 @@ impl DecisionSink {
             for output in outputs.iter_mut() {
                 self.sinks.keep_error(output.flush());
             }
+        }
+        if let Some(upto) = upto {
+            self.gate.forget_before(upto);
         }
     }
 }
