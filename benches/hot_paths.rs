@@ -9,7 +9,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use threatflow::detect::control::Control;
-use threatflow::detect::decision::decide;
+use threatflow::detect::decision::{decide, marks_in_force};
+use threatflow::detect::marks::{Mark, DEFAULT_FIELDS};
 use threatflow::event::{parse_event, DEFAULT_MAX_RECORD_BYTES};
 use threatflow::state::features::{Features, WindowState};
 use threatflow::ingest::generator::{generate_all, GeneratorConfig};
@@ -58,10 +59,26 @@ fn hot_paths(c: &mut Criterion) {
     let controls: Vec<(&Control, isize)> = owned.iter().map(|c| (c, 1)).collect();
     let features = Features { failed_logins_5m: 3, logins_1h: 1, countries_24h: 1, download_bytes_1h: 40_000_000, distinct_resources_1h: 7, ..Default::default() };
     group.bench_function("model_score", |b| b.iter(|| black_box(model.score(black_box(&features)))));
+    let marks = marks_in_force(&controls);
     group.bench_function("decide", |b| {
         b.iter(|| {
             for e in &events {
-                black_box(decide(e.time, e, &features, &controls));
+                black_box(decide(e.time, e, &features, &controls, &marks));
+            }
+        })
+    });
+    // With a thousand marks in force (none repeated by these events): the index keeps the cost
+    // near the one without.
+    owned.extend((0..1_000).map(|i| {
+        let fingerprint = DEFAULT_FIELDS.iter().map(|f| (f.to_string(), Some(format!("{f}-{i}")))).collect();
+        Control::Mark(Mark { id: format!("mark:{i}"), event_id: format!("e{i}"), fingerprint, effective_from: 0 })
+    }));
+    let controls: Vec<(&Control, isize)> = owned.iter().map(|c| (c, 1)).collect();
+    let marks = marks_in_force(&controls);
+    group.bench_function("decide_with_1000_marks", |b| {
+        b.iter(|| {
+            for e in &events {
+                black_box(decide(e.time, e, &features, &controls, &marks));
             }
         })
     });
@@ -104,7 +121,7 @@ fn run_lookup(updates: &[((u64, u64), u64, isize)], events: &[(u64, u64)], looku
             let arranged = updates.to_stream(scope).as_collection().arrange_by_key();
             let events = events.to_stream(scope);
             if lookup {
-                let answers = threatflow::state::as_of::as_of_lookup(events, arranged, Pipeline, "Lookup", |(k, _)| *k, |(_, t)| *t, |_, _, vals| {
+                let answers = threatflow::state::as_of::as_of_lookup(events, arranged, Pipeline, "Lookup", |(k, _)| *k, |(_, t)| *t, |_, _, vals, _| {
                     Some(vals.iter().map(|(_, d)| *d).sum::<isize>())
                 });
                 answers.inspect(move |_| {

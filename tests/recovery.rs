@@ -151,33 +151,10 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     assert!(resumed_mid_stream >= 6, "only {resumed_mid_stream} of 10 runs resumed mid-stream");
 }
 
-#[test]
-fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let (events, reference, _) = input_and_reference(dir.path());
-
-    let out = dir.path().join("out");
-    std::fs::create_dir_all(&out).unwrap();
-    let checkpoints = out.join("checkpoints");
-    let extra = ["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval", "50ms"];
-    // Kill once at least two checkpoints exist.
-    run_and_kill(&mut replay(&events, &out, &extra), || wait_for_checkpoints(&checkpoints, 2));
-    let files = checkpoint_files(&checkpoints);
-    assert!(files.len() >= 2, "two checkpoints before the run ended");
-    let newest = files.last().unwrap();
-    let bytes = std::fs::read(newest).unwrap();
-    std::fs::write(newest, &bytes[..bytes.len() / 2]).unwrap();
-
-    let output = ok(replay(&events, &out, &extra).env("RUST_LOG", "info").output().expect("spawn"));
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(log.contains("trying an older one"), "the damaged checkpoint is reported: {log}");
-    same_outputs(&reference, &out);
-}
-
-/// A newest checkpoint that recorded more output than the files hold (written, then lost with the
-/// machine) is skipped for an older one, and the log says so; the outputs end identical.
-#[test]
-fn a_checkpoint_whose_outputs_were_lost_falls_back_to_an_older_one() {
+/// Kills a replay once three checkpoints exist, lets `spoil` make the newest unusable, and checks
+/// that the restart says so (`logged`), falls back to an older one, and ends with the outputs of an
+/// uninterrupted run.
+fn resumes_past_a_spoiled_checkpoint(spoil: impl FnOnce(&Path, &Path), logged: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let (events, reference, _) = input_and_reference(dir.path());
     let out = dir.path().join("out");
@@ -185,20 +162,39 @@ fn a_checkpoint_whose_outputs_were_lost_falls_back_to_an_older_one() {
     let checkpoints = out.join("checkpoints");
     let extra = ["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval", "50ms"];
     run_and_kill(&mut replay(&events, &out, &extra), || wait_for_checkpoints(&checkpoints, 3));
-    let described = ok(threatflow().arg("checkpoints").arg(&checkpoints).output().expect("spawn"));
-    let lengths: Vec<u64> = parse_lines(&String::from_utf8_lossy(&described.stdout))
-        .iter()
-        .map(|c| c["outputs"]["decisions"].as_u64().expect("the decisions' recorded length"))
-        .collect();
-    let newest = lengths[0];
-    assert!(lengths[1..].iter().any(|l| *l < newest), "two checkpoints that recorded different lengths: {lengths:?}");
-    let decisions = std::fs::OpenOptions::new().write(true).open(out.join("decisions.jsonl")).unwrap();
-    decisions.set_len(newest - 1).unwrap();
-
+    spoil(&checkpoints, &out);
     let output = ok(replay(&events, &out, &extra).env("NO_COLOR", "1").env("RUST_LOG", "info").output().expect("spawn"));
     let log = String::from_utf8_lossy(&output.stderr);
-    assert!(log.contains("fewer than the") && log.contains("falling back to the older checkpoint"), "{log}");
+    assert!(logged.iter().all(|l| log.contains(l)), "the restart reports {logged:?}: {log}");
     same_outputs(&reference, &out);
+}
+
+#[test]
+fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
+    let damage = |checkpoints: &Path, _: &Path| {
+        let newest = checkpoint_files(checkpoints).pop().expect("a checkpoint");
+        let bytes = std::fs::read(&newest).unwrap();
+        std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+    };
+    resumes_past_a_spoiled_checkpoint(damage, &["damaged", "trying an older one"]);
+}
+
+/// A newest checkpoint that recorded more output than the files hold (written, then lost with the
+/// machine) is skipped for an older one.
+#[test]
+fn a_checkpoint_whose_outputs_were_lost_falls_back_to_an_older_one() {
+    let lose_output = |checkpoints: &Path, out: &Path| {
+        let described = ok(threatflow().arg("checkpoints").arg(checkpoints).output().expect("spawn"));
+        let lengths: Vec<u64> = parse_lines(&String::from_utf8_lossy(&described.stdout))
+            .iter()
+            .map(|c| c["outputs"]["decisions"].as_u64().expect("the decisions' recorded length"))
+            .collect();
+        let newest = lengths[0];
+        assert!(lengths[1..].iter().any(|l| *l < newest), "two checkpoints that recorded different lengths: {lengths:?}");
+        let decisions = std::fs::OpenOptions::new().write(true).open(out.join("decisions.jsonl")).unwrap();
+        decisions.set_len(newest - 1).unwrap();
+    };
+    resumes_past_a_spoiled_checkpoint(lose_output, &["fewer than the", "falling back to the older checkpoint"]);
 }
 
 #[test]
@@ -214,8 +210,10 @@ fn the_generator_run_resumes_too() {
     let out = dir.path().join("out.jsonl");
     let checkpoints = dir.path().join("checkpoints");
     let extra = ["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval", "100ms"];
-    run_and_kill(&mut run(&out, &extra), || std::thread::sleep(Duration::from_millis(800)));
-    ok(run(&out, &extra).output().expect("spawn"));
+    let finished = run_and_kill(&mut run(&out, &extra), || wait_for_checkpoints(&checkpoints, 2));
+    assert!(!finished, "the run was killed before it finished");
+    let output = ok(run(&out, &extra).env("NO_COLOR", "1").env("RUST_LOG", "info").output().expect("spawn"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("resuming from a checkpoint"), "resumed mid-stream");
     assert!(std::fs::read(&reference).unwrap() == std::fs::read(&out).unwrap(), "the resumed run's decisions differ");
 }
 
@@ -224,10 +222,12 @@ fn a_two_process_cluster_resumes_after_one_process_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let (events, reference, _) = input_and_reference(dir.path());
 
-    for (attempt, delay) in [900u64, 1_300].into_iter().enumerate() {
+    // Kill once the first checkpoint is written, and once the second is.
+    for (attempt, checkpoints_before_kill) in [1usize, 2].into_iter().enumerate() {
         let out = dir.path().join(format!("cluster-{attempt}"));
         std::fs::create_dir_all(&out).unwrap();
-        let checkpoints = out.join("checkpoints").display().to_string();
+        let checkpoint_dir = out.join("checkpoints");
+        let checkpoints = checkpoint_dir.display().to_string();
         let hosts = out.join("hosts");
         let ports = common::free_ports(2);
         std::fs::write(&hosts, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>()).unwrap();
@@ -240,7 +240,7 @@ fn a_two_process_cluster_resumes_after_one_process_is_killed() {
         // (Their peer's death makes timely's network threads panic: keep that out of the test log.)
         let mut p1 = process("1").stderr(std::process::Stdio::null()).spawn().expect("spawn");
         let mut p0 = process("0").stderr(std::process::Stdio::null()).spawn().expect("spawn");
-        std::thread::sleep(Duration::from_millis(delay));
+        wait_for_checkpoints(&checkpoint_dir, checkpoints_before_kill);
         let _ = p1.kill();
         let _ = p1.wait();
         std::thread::sleep(Duration::from_millis(300));
@@ -248,7 +248,8 @@ fn a_two_process_cluster_resumes_after_one_process_is_killed() {
         let _ = p0.wait();
         // The same two commands again.
         let p1 = process("1").spawn().expect("spawn");
-        ok(process("0").output().expect("spawn"));
+        let p0 = ok(process("0").env("NO_COLOR", "1").env("RUST_LOG", "info").output().expect("spawn"));
+        assert!(String::from_utf8_lossy(&p0.stderr).contains("resuming from a checkpoint"), "the cluster resumed mid-stream");
         assert!(p1.wait_with_output().expect("process 1").status.success());
         same_outputs(&reference, &out);
     }

@@ -83,12 +83,15 @@ pub struct CheckpointStats {
     pub max_write_ms: f64,
 }
 
+/// Per output partition (topic, partition), an offset.
+pub type OutputOffsets = BTreeMap<(String, i32), i64>;
+
 /// Outputs acknowledged asynchronously (Kafka topics), as checkpoints see them.
 pub struct AsyncOutputs {
     /// Per output partition, an offset at or before every record not yet queued (and every record
     /// at or after the frontier that a run before a restart wrote and this run has not reached
     /// yet): asked when a barrier at the frontier is sent.
-    pub positions: Box<dyn Fn(Time) -> BTreeMap<(String, i32), i64>>,
+    pub positions: Box<dyn Fn(Time) -> OutputOffsets>,
     /// A mark after every record queued so far.
     pub mark: Box<dyn Fn() -> usize>,
     /// Waits until every record queued before a mark is acknowledged; fails if one could not be.

@@ -75,7 +75,7 @@ impl Dataflow for CountryDrift {
             "CountryDriftLookup",
             |e: &UserEvent| e.key,
             |e: &UserEvent| e.time,
-            move |_t, e, vals: &[(&u16, isize)]| {
+            move |_t, e, vals: &[(&u16, isize)], _| {
                 let total: isize = vals.iter().map(|(_, n)| *n).sum();
                 let (dominant, count) = vals.iter().max_by_key(|(c, n)| (*n, std::cmp::Reverse(*c)))?;
                 let own = country_code(e.country.as_deref()?)?;

@@ -57,33 +57,36 @@ impl ControlLog {
 
     /// The control collection's updates for everything logged.
     pub fn updates(&self) -> Vec<ControlUpdate> {
-        timeline(self.models.clone(), self.specs.clone(), self.marks.clone())
+        let mut updates = model_timeline(self.models.clone());
+        updates.extend(rule_timeline(self.specs.clone()));
+        updates.extend(mark_timeline(self.marks.clone()));
+        updates
     }
 
     /// Logs a verified model in force from `from`; returns the collection's changes.
     pub fn add_model(&mut self, from: Time, model: Model) -> Vec<ControlUpdate> {
-        let before = self.updates();
+        let before = model_timeline(self.models.clone());
         self.models.push((from, model));
-        changes(before, self.updates())
+        changes(before, model_timeline(self.models.clone()))
     }
 
     /// Logs mark updates; a mark that does not validate is reported and skipped. Returns the
-    /// collection's changes.
+    /// collection's changes (only the marks' timeline is recomputed: models are not cloned).
     pub fn add_marks(&mut self, updates: impl IntoIterator<Item = MarkUpdate>) -> Vec<ControlUpdate> {
-        let before = self.updates();
+        let before = mark_timeline(self.marks.clone());
         for update in updates {
             match update.mark() {
                 Ok(_) => self.marks.push(update),
                 Err(error) => tracing::error!(mark = %update.id, "mark rejected, skipped: {error:#}"),
             }
         }
-        changes(before, self.updates())
+        changes(before, mark_timeline(self.marks.clone()))
     }
 
     /// Logs rule updates; a rule that does not validate is reported and skipped. Returns the
     /// collection's changes.
     pub fn add_rules(&mut self, specs: impl IntoIterator<Item = RuleSpec>) -> Vec<ControlUpdate> {
-        let before = self.updates();
+        let before = rule_timeline(self.specs.clone());
         for spec in specs {
             if let (false, Err(error)) = (spec.remove, Rule::from_spec(&spec)) {
                 tracing::error!(rule = %spec.id, "rule rejected, skipped: {error:#}");
@@ -91,7 +94,7 @@ impl ControlLog {
             }
             self.specs.push(spec);
         }
-        changes(before, self.updates())
+        changes(before, rule_timeline(self.specs.clone()))
     }
 }
 
@@ -113,10 +116,9 @@ fn changes(before: Vec<ControlUpdate>, after: Vec<ControlUpdate>) -> Vec<Control
     out
 }
 
-/// Turns models, rule updates and mark updates into updates of the control collection.
-pub fn timeline(mut models: Vec<(Time, Model)>, mut specs: Vec<RuleSpec>, mut marks: Vec<MarkUpdate>) -> Vec<ControlUpdate> {
+/// Models: the one with the greatest `effective_from <= t` applies; for equal times the later wins.
+fn model_timeline(mut models: Vec<(Time, Model)>) -> Vec<ControlUpdate> {
     let mut updates = Vec::new();
-    // Models: the one with the greatest `effective_from <= t` applies; for equal times the later wins.
     models.sort_by_key(|(from, _)| *from);
     let mut current: Option<Model> = None;
     for (from, model) in models {
@@ -126,7 +128,12 @@ pub fn timeline(mut models: Vec<(Time, Model)>, mut specs: Vec<RuleSpec>, mut ma
         updates.push((Control::Model(model.clone()), from, 1));
         current = Some(model);
     }
-    // Rules: a later update with the same id replaces or removes the rule.
+    updates
+}
+
+/// Rules: a later update with the same id replaces or removes the rule.
+fn rule_timeline(mut specs: Vec<RuleSpec>) -> Vec<ControlUpdate> {
+    let mut updates = Vec::new();
     specs.sort_by_key(|s| s.effective_from);
     let mut in_force: BTreeMap<String, Rule> = BTreeMap::new();
     for spec in specs {
@@ -150,7 +157,12 @@ pub fn timeline(mut models: Vec<(Time, Model)>, mut specs: Vec<RuleSpec>, mut ma
             updates.push((Control::Rule(rule), from, 1));
         }
     }
-    // Marks: likewise by id.
+    updates
+}
+
+/// Marks: likewise by id; unblocks are never retracted.
+fn mark_timeline(mut marks: Vec<MarkUpdate>) -> Vec<ControlUpdate> {
+    let mut updates = Vec::new();
     marks.sort_by_key(|m| m.effective_from);
     let mut marked: BTreeMap<String, Mark> = BTreeMap::new();
     for update in marks {

@@ -115,7 +115,7 @@ pub fn correlate<'s>(
         "CorrelationObserve",
         |_| (),
         |(e, _): &(UserEvent, Features)| e.time,
-        |time, (e, f), controls| {
+        |time, (e, f), controls, _| {
             let found = observe(time, e, f, controls);
             (!found.is_empty()).then_some(found)
         },

@@ -5,6 +5,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::StreamVec;
 
 use crate::detect::control::{Control, ControlArrangement};
+use crate::detect::marks::MarkIndex;
 use crate::detect::action::{Severity, ThreatAction};
 use crate::event::{Event, Position, Time};
 use crate::state::as_of::as_of_lookup;
@@ -129,15 +130,33 @@ pub fn decide_as_of<'s>(
         "Decide",
         |_| (),
         |(e, _): &(UserEvent, Features)| e.time,
-        |time, (e, f), controls| decide(time, e, f, controls),
+        {
+            // The marks' index, rebuilt only when the controls in force change.
+            let mut marks: (u64, MarkIndex) = (0, MarkIndex::default());
+            move |time, (e, f), controls, version| {
+                if marks.0 != version {
+                    marks = (version, marks_in_force(controls));
+                }
+                decide(time, e, f, controls, &marks.1)
+            }
+        },
     )
+}
+
+/// The index of the marks in force among `controls` (by their positions there), for [`decide`].
+pub fn marks_in_force(controls: &[(&Control, isize)]) -> MarkIndex {
+    MarkIndex::new(controls.iter().enumerate().filter(|(_, (_, diff))| *diff > 0).filter_map(|(position, (control, _))| match *control {
+        Control::Mark(mark) => Some((position, mark)),
+        Control::Model(_) | Control::Rule(_) | Control::Unblock(_) => None,
+    }))
 }
 
 /// Decides an event judged at `time` with its features and the control collection in force then.
 ///
-/// `controls` are the accumulated control values (model, rules, marks) with their multiplicities.
-/// The event is a threat when the model says so, a rule matches, or it repeats a marked threat.
-pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Control, isize)]) -> Option<Decision> {
+/// `controls` are the accumulated control values (model, rules, marks) with their multiplicities,
+/// and `marks` their marks' index ([`marks_in_force`]). The event is a threat when the model says
+/// so, a rule matches, or it repeats a marked threat.
+pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Control, isize)], marks: &MarkIndex) -> Option<Decision> {
     // One model is in force at a time; should an input ever hold two, the greatest is used, so the
     // choice does not depend on arrival order.
     let model = controls
@@ -155,19 +174,21 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
     let mut severity = None;
     let record = std::cell::OnceCell::new();
     // The first mark (by id) whose fingerprint the event repeats.
-    let mut fingerprint_match: Option<&str> = None;
+    let fingerprint_match = marks
+        .candidates(event)
+        .filter_map(|position| match controls.get(position).map(|(control, _)| *control) {
+            Some(Control::Mark(mark)) if mark.matches(event) => Some(mark.id.as_str()),
+            _ => None,
+        })
+        .min();
     let hidden = correlated_only(controls);
     for (control, _) in controls.iter().filter(|(_, diff)| *diff > 0) {
-        match *control {
-            Control::Rule(rule) if !is_hidden(rule, &hidden) && rule.matches(event, features, &record) => {
+        if let Control::Rule(rule) = *control {
+            if !is_hidden(rule, &hidden) && rule.matches(event, features, &record) {
                 rules.push((rule.id.clone(), rule.title.clone().unwrap_or_else(|| rule.id.clone())));
                 actions.extend(rule.actions.iter().copied());
                 severity = severity.max(Some(rule.severity));
             }
-            Control::Mark(mark) if mark.matches(event) && fingerprint_match.is_none_or(|id| mark.id.as_str() < id) => {
-                fingerprint_match = Some(&mark.id);
-            }
-            _ => {}
         }
     }
     if !model_threat && rules.is_empty() && fingerprint_match.is_none() {

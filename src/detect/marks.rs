@@ -26,7 +26,8 @@
 //! # Ok::<(), threatflow::event::RejectReason>(())
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
@@ -62,6 +63,75 @@ impl Mark {
     pub fn matches(&self, event: &Event) -> bool {
         self.fingerprint.iter().all(|(field, value)| event.field(field).as_deref() == value.as_deref())
     }
+}
+
+/// The marks in force, indexed by fingerprint: finding the marks an event repeats costs one hash
+/// lookup per distinct list of fingerprint fields, not a comparison with every mark (a team's
+/// marks can number in the thousands, and every event is looked up).
+///
+/// It holds positions in the caller's list of marks and yields candidates, which the caller
+/// confirms with [`Mark::matches`] (two fingerprints may share a hash).
+///
+/// ```
+/// use threatflow::detect::marks::{Mark, MarkIndex, DEFAULT_FIELDS};
+/// use threatflow::event::parse_event;
+/// let event = |id: &str, ip: &str| parse_event(format!(r#"{{"event_id":"{id}","ts":10,"user":"ann","action":"download","src_ip":"{ip}"}}"#).as_bytes(), 1 << 20);
+/// let marks = [Mark::of(&event("a", "203.0.113.9")?, &DEFAULT_FIELDS), Mark::of(&event("b", "198.51.100.7")?, &["src_ip"])];
+/// let index = MarkIndex::new(marks.iter().enumerate());
+/// assert_eq!(index.candidates(&event("c", "198.51.100.7")?).collect::<Vec<_>>(), [1]);
+/// assert_eq!(index.candidates(&event("d", "203.0.113.9")?).collect::<Vec<_>>(), [0]);
+/// # Ok::<(), threatflow::event::RejectReason>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct MarkIndex {
+    by_fields: Vec<SameFields>,
+}
+
+/// The marks with one list of fingerprint fields.
+#[derive(Debug)]
+struct SameFields {
+    fields: Vec<String>,
+    /// The marks' positions by the hash of their values.
+    by_hash: HashMap<u64, Vec<usize>>,
+}
+
+impl MarkIndex {
+    /// Indexes marks given with their positions.
+    pub fn new<'a>(marks: impl IntoIterator<Item = (usize, &'a Mark)>) -> MarkIndex {
+        let mut index = MarkIndex::default();
+        for (position, mark) in marks {
+            let slot = match index.by_fields.iter().position(|same| same.fields.iter().eq(mark.fingerprint.keys())) {
+                Some(slot) => slot,
+                None => {
+                    index.by_fields.push(SameFields { fields: mark.fingerprint.keys().cloned().collect(), by_hash: HashMap::new() });
+                    index.by_fields.len() - 1
+                }
+            };
+            let hash = fingerprint_hash(mark.fingerprint.values().map(Option::as_deref));
+            index.by_fields[slot].by_hash.entry(hash).or_default().push(position);
+        }
+        index
+    }
+
+    /// The positions of the marks `event` may repeat.
+    pub fn candidates<'s>(&'s self, event: &Event) -> impl Iterator<Item = usize> + 's {
+        let hashes: Vec<u64> = self
+            .by_fields
+            .iter()
+            .map(|same| {
+                let values: Vec<_> = same.fields.iter().map(|field| event.field(field)).collect();
+                fingerprint_hash(values.iter().map(Option::as_deref))
+            })
+            .collect();
+        self.by_fields.iter().zip(hashes).flat_map(|(same, hash)| same.by_hash.get(&hash).into_iter().flatten().copied())
+    }
+}
+
+/// The hash of a fingerprint's values, in field order (an absent value hashes as `None`).
+fn fingerprint_hash<'a>(values: impl Iterator<Item = Option<&'a str>>) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    values.for_each(|value| value.hash(&mut hasher));
+    hasher.finish()
 }
 
 /// An analyst's unblock of a user: the user's blocks made before `effective_from` no longer apply
@@ -178,4 +248,42 @@ pub fn find_event(inputs: &[&Path], event_id: &str, format: &crate::ingest::mapp
         }
     }
     anyhow::bail!("no event {event_id:?} in {}", inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An event with these values of `resource`, `src_ip` and `user_agent` (`None`: absent).
+    fn event(values: &[Option<u8>; 3]) -> Event {
+        let mut record = serde_json::json!({"event_id": "e", "ts": 5, "user": "ann", "action": "download"});
+        for (field, value) in ["resource", "src_ip", "user_agent"].iter().zip(values) {
+            if let Some(v) = value {
+                record[field] = serde_json::Value::String(format!("{field}{v}"));
+            }
+        }
+        crate::event::parse_event(record.to_string().as_bytes(), 1 << 20).expect("an event")
+    }
+
+    proptest! {
+        /// The index finds exactly the marks a comparison with every mark finds, for marks on
+        /// different field lists and values that may be absent.
+        #[test]
+        fn the_index_finds_what_a_scan_finds(
+            marked in proptest::collection::vec((proptest::array::uniform3(proptest::option::of(0u8..3)), 0usize..3), 0..40),
+            events in proptest::collection::vec(proptest::array::uniform3(proptest::option::of(0u8..3)), 1..20),
+        ) {
+            let field_lists: [&[&str]; 3] = [&["resource", "src_ip", "user_agent"], &["src_ip"], &["resource", "user_agent"]];
+            let marks: Vec<Mark> = marked.iter().map(|(values, fields)| Mark::of(&event(values), field_lists[*fields])).collect();
+            let index = MarkIndex::new(marks.iter().enumerate());
+            for values in &events {
+                let event = event(values);
+                let mut found: Vec<usize> = index.candidates(&event).filter(|i| marks[*i].matches(&event)).collect();
+                found.sort();
+                let scanned: Vec<usize> = (0..marks.len()).filter(|i| marks[*i].matches(&event)).collect();
+                prop_assert_eq!(found, scanned);
+            }
+        }
+    }
 }

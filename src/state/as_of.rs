@@ -29,10 +29,14 @@ use differential_dataflow::trace::{BatchCursor, BatchDiff, BatchValOwn, Cursor, 
 use crate::event::Time;
 
 /// For each event `e` at time `t = time_of(&e)` (at or after its message's time), calls
-/// `logic(t, &e, vals)` once the arrangement's frontier has passed `t`, where `vals` are the
-/// non-zero accumulations of `key_of(&e)`'s values over all updates with time `<= t`, in value
+/// `logic(t, &e, vals, version)` once the arrangement's frontier has passed `t`, where `vals` are
+/// the non-zero accumulations of `key_of(&e)`'s values over all updates with time `<= t`, in value
 /// order; emits what `logic` returns in a message at a time `<= t` (outputs carry their own time,
 /// as differential updates do: one message per activation, not one per distinct time).
+///
+/// `version` is the same for two calls only when their `vals` are the same, so `logic` may keep
+/// what it derives from `vals` (an index) and rebuild it only when `version` changes (it may
+/// change without the values changing).
 ///
 /// `pact` must route events to the worker that holds their key in `arranged` (`Pipeline` when the
 /// events are already partitioned like the arrangement, or when it is replicated on every worker).
@@ -49,7 +53,7 @@ use crate::event::Time;
 ///     let arranged = updates.to_stream(scope).as_collection().arrange_by_key();
 ///     // Events are `(key, time)`, sent at time 0 and read at their own time.
 ///     let events = vec![(1u64, 4u64), (1, 5), (1, 8), (1, 9)].to_stream(scope);
-///     as_of_lookup(events, arranged, Pipeline, "Lookup", |(k, _)| *k, |(_, t)| *t, |t, _event, vals| {
+///     as_of_lookup(events, arranged, Pipeline, "Lookup", |(k, _)| *k, |(_, t)| *t, |t, _event, vals, _version| {
 ///         Some((t, vals.iter().map(|(v, _)| **v).collect::<String>()))
 ///     })
 ///     .capture()
@@ -75,7 +79,8 @@ where
     E: Clone + 'static,
     O: Clone + 'static,
     P: ParallelizationContract<Time, Vec<E>>,
-    L: FnMut(Time, &E, &[(&BatchValOwn<Tr>, BatchDiff<Tr>)]) -> Option<O> + 'static,
+    BatchDiff<Tr>: PartialEq,
+    L: FnMut(Time, &E, &[(&BatchValOwn<Tr>, BatchDiff<Tr>)], u64) -> Option<O> + 'static,
 {
     type C<Tr> = BatchCursor<Tr>;
     let mut trace = Some(arranged.trace);
@@ -97,6 +102,8 @@ where
     let mut group_vals: Vec<Vec<(usize, BatchDiff<Tr>)>> = Vec::new();
     let mut group_times: Vec<usize> = Vec::new();
     let mut key_con = <<C<Tr> as Cursor>::KeyContainer as BatchContainer>::with_capacity(1);
+    // Changes whenever the values handed to `logic` do.
+    let mut version: u64 = 0;
 
     events.binary_frontier::<_, CapacityContainerBuilder<Vec<O>>, _, _, _, _>(
         arranged.stream,
@@ -187,11 +194,16 @@ where
                                 g += 1;
                             }
                             if built != Some(g) {
-                                vals.clear();
-                                vals.extend(group_vals[g].iter().map(|(i, d)| (&key_vals[*i], d.clone())));
+                                // Consecutive times of a key usually hold the same values: keep
+                                // them (and their version) unless they differ.
+                                if built.is_none_or(|b| group_vals[b] != group_vals[g]) {
+                                    vals.clear();
+                                    vals.extend(group_vals[g].iter().map(|(i, d)| (&key_vals[*i], d.clone())));
+                                    version += 1;
+                                }
                                 built = Some(g);
                             }
-                            if let Some(out) = logic(times_of[*idx], e, &vals) {
+                            if let Some(out) = logic(times_of[*idx], e, &vals, version) {
                                 results.push(out);
                             }
                         }

@@ -64,6 +64,6 @@ pub fn with_features<'s>(
         "FeatureLookup",
         |e: &UserEvent| e.key,
         |e: &UserEvent| e.time,
-        |_time, e, vals| Some((Rc::clone(e), Features::from_accumulated(e, vals))),
+        |_time, e, vals, _| Some((Rc::clone(e), Features::from_accumulated(e, vals))),
     )
 }
