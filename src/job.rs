@@ -128,7 +128,7 @@ impl SourceSpec {
         match self {
             SourceSpec::Generator(config) => {
                 for p in (0..config.partitions).filter(|p| mine(*p)) {
-                    parts.push(Box::new(GeneratorPartition::new(config.clone(), p)));
+                    parts.push(Box::new(GeneratorPartition::new(config.clone(), p).with_records(decoding)?));
                 }
             }
             SourceSpec::Files(paths) => {

@@ -7,6 +7,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::ingest::generator::{GeneratorConfig, DEFAULT_START};
+use crate::ingest::mapping::RecordFormat;
+use crate::ingest::provider_records::Rendering;
 use crate::kafka::tools::ProduceInput;
 use super::options::{GeneratorArgs, KafkaArgs};
 use super::options::stop_on_signals;
@@ -70,6 +72,11 @@ pub struct GenerateArgs {
     /// Generator partitions.
     #[arg(long, default_value_t = 16)]
     pub partitions: usize,
+    /// Write `canonical` events, or providers' raw records: `aws.cloudtrail`, `okta.okta`,
+    /// `gcp.google_workspace`, `azure.signinlogs`, or `auto` (each user's records from one of
+    /// them); read them back with the same `--format`.
+    #[arg(long, default_value = "canonical")]
+    pub format: String,
 }
 
 pub(super) fn produce(args: ProduceArgs) -> Result<()> {
@@ -104,6 +111,7 @@ pub(super) fn consume(args: ConsumeArgs) -> Result<()> {
 
 pub(super) fn generate(args: GenerateArgs) -> Result<()> {
     let config = GeneratorConfig { partitions: args.partitions, start: DEFAULT_START, ..args.generator.config() };
+    let rendering = Rendering::for_format(&RecordFormat::parse(&args.format, None)?)?;
     let (partitions, labels) = crate::ingest::generator::generate_all(&config);
     let file = std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let mut out = std::io::BufWriter::new(file);
@@ -112,7 +120,11 @@ pub(super) fn generate(args: GenerateArgs) -> Result<()> {
     let mut heads: std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize, usize)>> =
         partitions.iter().enumerate().filter(|(_, p)| !p.is_empty()).map(|(i, p)| std::cmp::Reverse((p[0].ts, i, 0))).collect();
     while let Some(std::cmp::Reverse((_, p, k))) = heads.pop() {
-        writeln!(out, "{}", partitions[p][k].to_json())?;
+        let event = &partitions[p][k];
+        match rendering {
+            Some(rendering) => writeln!(out, "{}", rendering.render(event))?,
+            None => writeln!(out, "{}", event.to_json())?,
+        }
         if let Some(next) = partitions[p].get(k + 1) {
             heads.push(std::cmp::Reverse((next.ts, p, k + 1)));
         }

@@ -181,6 +181,9 @@ pub struct JobArgs {
     pub max_future_skew: Duration,
     /// Record format: `canonical` (docs/semantics.md#events), `auto` (each record's source detected:
     /// canonical events or any mapping's records), or a mapping's name (`aws.cloudtrail`, ...).
+    /// With `run`'s generator, it writes its events as that provider's raw records
+    /// (`aws.cloudtrail`, `okta.okta`, `gcp.google_workspace`, `azure.signinlogs`; `auto`: each
+    /// user's from one of them) and reads them back through the mapping.
     #[arg(long, default_value = "canonical")]
     pub format: String,
     /// More mappings (`*.yaml`), added to the shipped ones (a known name replaces it).

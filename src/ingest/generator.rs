@@ -20,7 +20,9 @@ use crate::event::{Event, Text, Time};
 use crate::event::{DAY, HOUR, MINUTE};
 use crate::ingest::truth::{Label, Scenario};
 use crate::checkpoint::PartitionPosition;
-use crate::ingest::partition::{Item, Partition};
+use crate::event::Position;
+use crate::ingest::partition::{decode_record, Decoding, Item, Partition};
+use crate::ingest::provider_records::Rendering;
 
 /// 2026-01-05T00:00:00Z, a Monday.
 pub const DEFAULT_START: Time = 1_767_571_200_000;
@@ -507,6 +509,8 @@ pub struct GeneratorPartition {
     items_out: u64,
     /// Items generated past a seek target, handed out first.
     carry: Vec<Item>,
+    /// Providers' raw records instead of canonical events: how they are written and read back.
+    records: Option<(Rendering, Decoding)>,
 }
 
 impl GeneratorPartition {
@@ -546,7 +550,16 @@ impl GeneratorPartition {
             rng,
             items_out: 0,
             carry: Vec::new(),
+            records: None,
         }
+    }
+
+    /// Writes each event as a provider's raw record for `decoding`'s format and reads it back
+    /// through that format's mapping, as a source of real logs would (see
+    /// [`crate::ingest::provider_records`]); canonical events stay as they are.
+    pub fn with_records(mut self, decoding: &Decoding) -> anyhow::Result<Self> {
+        self.records = Rendering::for_format(&decoding.format)?.map(|rendering| (rendering, decoding.clone()));
+        Ok(self)
     }
 
     /// Generates the next event in event-time order and schedules its arrival.
@@ -578,10 +591,8 @@ impl GeneratorPartition {
             chunk.copy_from_slice(&n.to_le_bytes());
         }
         let event_id = hex_id(xxhash_rust::xxh3::xxh3_128(&seed));
-        if let Some((scenario, instance)) = draft.label {
-            out.push(Item::Label(Label { event_id: event_id.to_string(), scenario, instance, user: user.to_string(), ts: draft.ts }));
-        }
-        out.push(Item::Event(Event {
+        let mut label = draft.label.map(|(scenario, instance)| Label { event_id: event_id.to_string(), scenario, instance, user: user.to_string(), ts: draft.ts });
+        let event = Event {
             event_id,
             ts: draft.ts,
             user: Text::new(user),
@@ -598,7 +609,25 @@ impl GeneratorPartition {
             time: draft.ts,
             late: false,
             position: None,
-        }));
+        };
+        match &self.records {
+            None => {
+                out.extend(label.map(Item::Label));
+                out.push(Item::Event(event));
+            }
+            Some((rendering, decoding)) => {
+                let record = rendering.render(&event);
+                let position = || Position { source: self.name(), record: seq, offset: 0 };
+                let mut decoded = Vec::with_capacity(1);
+                decode_record(record.as_bytes(), record.len(), decoding, None, position, &mut decoded);
+                // Ground truth names the user as the provider's record does (an ARN in CloudTrail).
+                if let (Some(label), Some(Item::Event(mapped))) = (label.as_mut(), decoded.first()) {
+                    label.user = mapped.user.to_string();
+                }
+                out.extend(label.map(Item::Label));
+                out.append(&mut decoded);
+            }
+        }
     }
 }
 

@@ -301,6 +301,15 @@ impl RecordFormat {
         }
     }
 
+    /// `canonical`, `auto`, or the mapping's name (what [`RecordFormat::parse`] takes).
+    pub fn name(&self) -> &str {
+        match self {
+            RecordFormat::Canonical => "canonical",
+            RecordFormat::Auto(_) => "auto",
+            RecordFormat::Source(mappings, index) => &mappings.all[*index].name,
+        }
+    }
+
     /// Whether records are canonical events only.
     pub fn is_canonical(&self) -> bool {
         matches!(self, RecordFormat::Canonical)
