@@ -9,7 +9,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use threatflow::detect::control::Control;
-use threatflow::detect::decision::{decide, marks_in_force};
+use threatflow::detect::decision::{decide, ControlIndex};
 use threatflow::detect::marks::{Mark, DEFAULT_FIELDS};
 use threatflow::event::{parse_event, DEFAULT_MAX_RECORD_BYTES};
 use threatflow::state::features::{Features, WindowState};
@@ -59,11 +59,11 @@ fn hot_paths(c: &mut Criterion) {
     let controls: Vec<(&Control, isize)> = owned.iter().map(|c| (c, 1)).collect();
     let features = Features { failed_logins_5m: 3, logins_1h: 1, countries_24h: 1, download_bytes_1h: 40_000_000, distinct_resources_1h: 7, ..Default::default() };
     group.bench_function("model_score", |b| b.iter(|| black_box(model.score(black_box(&features)))));
-    let marks = marks_in_force(&controls);
+    let index = ControlIndex::new(&controls);
     group.bench_function("decide", |b| {
         b.iter(|| {
             for e in &events {
-                black_box(decide(e.time, e, &features, &controls, &marks));
+                black_box(decide(e.time, e, &features, &controls, &index));
             }
         })
     });
@@ -74,11 +74,11 @@ fn hot_paths(c: &mut Criterion) {
         Control::Mark(Mark { id: format!("mark:{i}"), event_id: format!("e{i}"), fingerprint, effective_from: 0 })
     }));
     let controls: Vec<(&Control, isize)> = owned.iter().map(|c| (c, 1)).collect();
-    let marks = marks_in_force(&controls);
+    let index = ControlIndex::new(&controls);
     group.bench_function("decide_with_1000_marks", |b| {
         b.iter(|| {
             for e in &events {
-                black_box(decide(e.time, e, &features, &controls, &marks));
+                black_box(decide(e.time, e, &features, &controls, &index));
             }
         })
     });
@@ -189,6 +189,23 @@ fn raw_logs(c: &mut Criterion) {
             }
         })
     });
+    // The decision step with the rules in force: every rule tried on every event, and through the
+    // rule index (logsource, then the field a rule pins to exact values).
+    let owned: Vec<Control> = rules
+        .into_iter()
+        .map(|sigma| Control::Rule(Rule { id: sigma.id.clone(), when: Default::default(), features: Vec::new(), actions: Vec::new(), title: None, severity: Default::default(), sigma: Some(sigma) }))
+        .collect();
+    let controls: Vec<(&Control, isize)> = owned.iter().map(|c| (c, 1)).collect();
+    let features = Features::default();
+    for (name, index) in [("decide_282_rules_scanned", ControlIndex::scanning_every_rule(&controls)), ("decide_282_rules_indexed", ControlIndex::new(&controls))] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                for event in &events {
+                    black_box(decide(event.ts, event, &features, &controls, &index));
+                }
+            })
+        });
+    }
     group.finish();
 }
 

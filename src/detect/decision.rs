@@ -131,42 +131,128 @@ pub fn decide_as_of<'s>(
         |_| (),
         |(e, _): &(UserEvent, Features)| e.time,
         {
-            // The marks' index, rebuilt only when the controls in force change.
-            let mut marks: (u64, MarkIndex) = (0, MarkIndex::default());
+            // The index, rebuilt only when the controls in force change.
+            let mut index: (u64, ControlIndex) = (0, ControlIndex::default());
             move |time, (e, f), controls, version| {
-                if marks.0 != version {
-                    marks = (version, marks_in_force(controls));
+                if index.0 != version {
+                    index = (version, ControlIndex::new(controls));
                 }
-                decide(time, e, f, controls, &marks.1)
+                decide(time, e, f, controls, &index.1)
             }
         },
     )
 }
 
-/// The index of the marks in force among `controls` (by their positions there), for [`decide`].
-pub fn marks_in_force(controls: &[(&Control, isize)]) -> MarkIndex {
-    MarkIndex::new(controls.iter().enumerate().filter(|(_, (_, diff))| *diff > 0).filter_map(|(position, (control, _))| match *control {
-        Control::Mark(mark) => Some((position, mark)),
-        Control::Model(_) | Control::Rule(_) | Control::Unblock(_) => None,
-    }))
+/// The controls in force indexed for [`decide`] (by their positions in its `controls`): the marks
+/// by fingerprint, and the rules by the events they can match, so that an event is compared with
+/// the few rules and marks it may match rather than with all of them.
+#[derive(Debug, Default)]
+pub struct ControlIndex {
+    /// The model in force: one at a time; should an input ever hold two, the greatest, so that the
+    /// choice does not depend on arrival order.
+    model: Option<usize>,
+    /// The rules that only feed correlations ([`correlated_only`]).
+    hidden: Vec<String>,
+    marks: MarkIndex,
+    rules: RuleIndex,
+}
+
+impl ControlIndex {
+    /// Indexes the controls in force (those with a positive count).
+    pub fn new(controls: &[(&Control, isize)]) -> ControlIndex {
+        let in_force = || controls.iter().enumerate().filter(|(_, (_, diff))| *diff > 0).map(|(position, (control, _))| (position, *control));
+        let marks = MarkIndex::new(in_force().filter_map(|(position, control)| match control {
+            Control::Mark(mark) => Some((position, mark)),
+            Control::Model(_) | Control::Rule(_) | Control::Unblock(_) => None,
+        }));
+        let mut rules = RuleIndex::default();
+        for (position, control) in in_force() {
+            if let Control::Rule(rule) = control {
+                match rule.sigma {
+                    Some(_) => rules.sigma.push(position),
+                    None => rules.plain.push(position),
+                }
+            }
+        }
+        let model = in_force().filter(|(_, control)| matches!(control, Control::Model(_))).map(|(position, _)| position).next_back();
+        let hidden = correlated_only(controls).into_iter().map(str::to_string).collect();
+        ControlIndex { model, hidden, marks, rules }
+    }
+
+    /// The same controls with every rule tried on every event (the rules not indexed): what the
+    /// index must agree with, for tests and benchmarks.
+    pub fn scanning_every_rule(controls: &[(&Control, isize)]) -> ControlIndex {
+        let mut index = ControlIndex::new(controls);
+        index.rules.plain.append(&mut index.rules.sigma);
+        index
+    }
+}
+
+/// The rules in force by the events they can match. A Sigma rule applies to its logsource's
+/// events only, and most pin a field (`eventName`, `eventType`, ...) to a few exact values (its
+/// [`SigmaRule::requirement`](crate::detect::sigma::SigmaRule::requirement)): an event is
+/// compared with the rules of its source that have no such field and those whose field holds the
+/// event's value. The candidates are then matched in full, so the index changes no outcome.
+#[derive(Debug, Default)]
+struct RuleIndex {
+    /// Rules without a Sigma detection: tried on every event.
+    plain: Vec<usize>,
+    /// Rules with one.
+    sigma: Vec<usize>,
+    /// Per event source, its Sigma rules, indexed when the source is first seen.
+    by_source: std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<SourceRules>>>,
+}
+
+/// The Sigma rules that apply to one source.
+#[derive(Debug, Default)]
+struct SourceRules {
+    /// Without a required field: tried on every event of the source.
+    unkeyed: Vec<usize>,
+    /// Per required field, the rules by each (lower-cased) value it must hold.
+    keyed: Vec<(String, std::collections::HashMap<String, Vec<usize>>)>,
+}
+
+impl RuleIndex {
+    fn for_source(&self, source: &str, controls: &[(&Control, isize)]) -> std::rc::Rc<SourceRules> {
+        if let Some(rules) = self.by_source.borrow().get(source) {
+            return std::rc::Rc::clone(rules);
+        }
+        let mut rules = SourceRules::default();
+        for &position in &self.sigma {
+            let Some((Control::Rule(rule), _)) = controls.get(position) else { continue };
+            let Some(sigma) = rule.sigma.as_ref().filter(|s| s.applies_to(source) && s.correlation().is_none()) else { continue };
+            match sigma.requirement() {
+                None => rules.unkeyed.push(position),
+                Some((field, values)) => {
+                    let slot = match rules.keyed.iter().position(|(f, _)| *f == field) {
+                        Some(slot) => slot,
+                        None => {
+                            rules.keyed.push((field, Default::default()));
+                            rules.keyed.len() - 1
+                        }
+                    };
+                    for value in values {
+                        rules.keyed[slot].1.entry(value).or_default().push(position);
+                    }
+                }
+            }
+        }
+        let rules = std::rc::Rc::new(rules);
+        self.by_source.borrow_mut().insert(source.to_string(), std::rc::Rc::clone(&rules));
+        rules
+    }
 }
 
 /// Decides an event judged at `time` with its features and the control collection in force then.
 ///
 /// `controls` are the accumulated control values (model, rules, marks) with their multiplicities,
-/// and `marks` their marks' index ([`marks_in_force`]). The event is a threat when the model says
-/// so, a rule matches, or it repeats a marked threat.
-pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Control, isize)], marks: &MarkIndex) -> Option<Decision> {
-    // One model is in force at a time; should an input ever hold two, the greatest is used, so the
-    // choice does not depend on arrival order.
-    let model = controls
-        .iter()
-        .filter(|(_, diff)| *diff > 0)
-        .filter_map(|(c, _)| match *c {
-            Control::Model(m) => Some(m),
-            Control::Rule(_) | Control::Mark(_) | Control::Unblock(_) => None,
-        })
-        .next_back();
+/// and `index` their [`ControlIndex`]. The event is a threat when the model says so, a rule
+/// matches, or it repeats a marked threat.
+pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Control, isize)], index: &ControlIndex) -> Option<Decision> {
+    let model = index.model.and_then(|position| match controls.get(position) {
+        Some((Control::Model(model), _)) => Some(model),
+        _ => None,
+    });
     let score = model.map(|m| m.score(features));
     let model_threat = matches!((model, score), (Some(m), Some(s)) if m.is_threat(s));
     let mut rules: Vec<(String, String)> = Vec::new();
@@ -174,20 +260,33 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
     let mut severity = None;
     let record = std::cell::OnceCell::new();
     // The first mark (by id) whose fingerprint the event repeats.
-    let fingerprint_match = marks
+    let fingerprint_match = index
+        .marks
         .candidates(event)
         .filter_map(|position| match controls.get(position).map(|(control, _)| *control) {
             Some(Control::Mark(mark)) if mark.matches(event) => Some(mark.id.as_str()),
             _ => None,
         })
         .min();
-    let hidden = correlated_only(controls);
-    for (control, _) in controls.iter().filter(|(_, diff)| *diff > 0) {
-        if let Control::Rule(rule) = *control {
-            if !is_hidden(rule, &hidden) && rule.matches(event, features, &record) {
+    let mut consider = |position: usize| {
+        if let Some((Control::Rule(rule), _)) = controls.get(position) {
+            if !is_hidden(rule, &index.hidden) && rule.matches(event, features, &record) {
                 rules.push((rule.id.clone(), rule.title.clone().unwrap_or_else(|| rule.id.clone())));
                 actions.extend(rule.actions.iter().copied());
                 severity = severity.max(Some(rule.severity));
+            }
+        }
+    };
+    index.rules.plain.iter().for_each(|p| consider(*p));
+    if let Some(source) = event.source.as_deref() {
+        let of_source = index.rules.for_source(source, controls);
+        of_source.unkeyed.iter().for_each(|p| consider(*p));
+        if !of_source.keyed.is_empty() {
+            let record = record.get_or_init(|| crate::detect::sigma::record_of(event));
+            for (field, by_value) in &of_source.keyed {
+                for text in crate::detect::sigma::field_texts(record, field) {
+                    by_value.get(&text).into_iter().flatten().for_each(|p| consider(*p));
+                }
             }
         }
     }
@@ -236,9 +335,9 @@ pub fn correlated_only<'a>(controls: &[(&'a Control, isize)]) -> Vec<&'a str> {
 }
 
 /// Whether `rule` is one of `hidden` (by id or Sigma `name`).
-fn is_hidden(rule: &crate::detect::rules::Rule, hidden: &[&str]) -> bool {
+fn is_hidden(rule: &crate::detect::rules::Rule, hidden: &[String]) -> bool {
     !hidden.is_empty()
-        && hidden.iter().any(|h| *h == rule.id || rule.sigma.as_ref().and_then(|s| s.name.as_deref()) == Some(*h))
+        && hidden.iter().any(|h| *h == rule.id || rule.sigma.as_ref().and_then(|s| s.name.as_deref()) == Some(h.as_str()))
 }
 
 /// The decision for an event of a blocked user (judged at `time`): verdict `blocked`, naming the

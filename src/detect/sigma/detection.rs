@@ -1,7 +1,7 @@
 //! A rule's `detection` compiled: searches (field maps, lists, keywords), value matchers with
 //! their modifiers, wildcard patterns, and how a record's fields are found by Sigma name.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -217,6 +217,26 @@ impl Detection {
         self.conditions.iter().any(|c| self.eval(c, record))
     }
 
+    /// A field the detection needs to hold one of a few exact values for a match, when there is
+    /// one (see [`Requirement`]).
+    pub(super) fn requirement(&self) -> Option<Requirement> {
+        union(self.conditions.iter().map(|c| self.required(c)))
+    }
+
+    fn required(&self, condition: &Condition) -> Option<Requirement> {
+        match condition {
+            Condition::Search(name) => self.searches.get(name)?.requirement(),
+            Condition::Not(_) => None,
+            // Each part is needed: any part's requirement is the whole's.
+            Condition::And(cs) => cs.iter().find_map(|c| self.required(c)),
+            Condition::Of(None, pattern) => self.named(pattern).find_map(Search::requirement),
+            // One part is enough: every part must require the same field.
+            Condition::Or(cs) => union(cs.iter().map(|c| self.required(c))),
+            Condition::Of(Some(n), pattern) if *n >= 1 => union(self.named(pattern).map(Search::requirement)),
+            Condition::Of(Some(_), _) => None,
+        }
+    }
+
     pub(super) fn eval(&self, condition: &Condition, record: &Value) -> bool {
         match condition {
             Condition::Search(name) => self.searches.get(name).is_some_and(|s| s.matches(record)),
@@ -364,7 +384,38 @@ pub(super) fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
     }
 }
 
+/// A field and the lower-cased texts one of which it must hold for a detection to match: a
+/// necessary condition, so that rules can be indexed by it (most cloud rules pin `eventName`,
+/// `eventType` or `operationName` to a few exact values). A field holding a list satisfies it
+/// when one of its elements does.
+pub type Requirement = (String, BTreeSet<String>);
+
+/// The requirement of an `or`: every part must have one, on the same field; their values joined.
+fn union(parts: impl Iterator<Item = Option<Requirement>>) -> Option<Requirement> {
+    let mut joined: Option<Requirement> = None;
+    for part in parts {
+        let (field, values) = part?;
+        match joined.as_mut() {
+            None => joined = Some((field, values)),
+            Some((known, all)) if *known == field => all.extend(values),
+            Some(_) => return None,
+        }
+    }
+    joined
+}
+
 impl Search {
+    /// In every group (one is enough for a match), a field pinned to exact values; the same field
+    /// in all groups.
+    fn requirement(&self) -> Option<Requirement> {
+        let Search::Maps(groups) = self else { return None };
+        let per_group: Vec<Vec<Requirement>> = groups.iter().map(|g| g.iter().filter_map(FieldMatcher::requirement).collect()).collect();
+        let first = per_group.first()?;
+        first.iter().find_map(|(field, _)| {
+            union(per_group.iter().map(|group| group.iter().find(|(f, _)| f == field).cloned()))
+        })
+    }
+
     pub(super) fn matches(&self, record: &Value) -> bool {
         match self {
             Search::Maps(groups) => groups.iter().any(|group| group.iter().all(|m| m.matches(record))),
@@ -385,6 +436,19 @@ pub(super) fn any_string(value: &Value, test: &dyn Fn(&str) -> bool) -> bool {
 }
 
 impl FieldMatcher {
+    /// Its field and values, when every value is an exact text (no wildcard, no other matcher).
+    fn requirement(&self) -> Option<Requirement> {
+        let exact = |matcher: &ValueMatcher| match matcher {
+            ValueMatcher::Pattern(Pattern { tokens, .. }) => match tokens.as_slice() {
+                [Token::Text(text)] => Some(text.to_lowercase()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let values = self.values.iter().map(exact).collect::<Option<BTreeSet<String>>>()?;
+        (!values.is_empty()).then(|| (self.field.clone(), values))
+    }
+
     pub(super) fn matches(&self, record: &Value) -> bool {
         let found = field(record, &self.field);
         let test = |m: &ValueMatcher| value_matches(m, &found, record);

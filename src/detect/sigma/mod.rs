@@ -55,6 +55,7 @@ use serde_json::Value;
 use self::correlation::Correlation;
 pub use self::detection::Placeholders;
 use self::detection::Detection;
+pub use self::detection::Requirement;
 use self::legacy::{is_legacy_aggregation, legacy_rules};
 
 /// A compiled Sigma rule: a detection rule or a correlation rule. Compared, hashed and serialised
@@ -248,6 +249,16 @@ impl SigmaRule {
             && self.matches_record(record.get_or_init(|| record_of(event)))
     }
 
+    /// A field the rule needs to hold one of a few exact (lower-cased) texts to match, when it
+    /// has one: rules are indexed by it (see `crate::detect::decision::RuleIndex`). Never for a
+    /// correlation rule, which matches no record.
+    pub fn requirement(&self) -> Option<Requirement> {
+        match &self.body {
+            Body::Detection(detection) => detection.requirement(),
+            Body::Correlation(_) => None,
+        }
+    }
+
     /// Whether the rule's detection matches a record (its logsource is not checked here); never
     /// for a correlation rule.
     pub fn matches_record(&self, record: &Value) -> bool {
@@ -282,6 +293,12 @@ pub fn parse_all(text: &str, placeholders: &Placeholders) -> Result<Vec<SigmaRul
             SigmaRule::parse(&text, placeholders).with_context(|| format!("the rule rewritten from a legacy aggregation:\n{text}"))
         })
         .collect()
+}
+
+/// A field's texts in a record by its Sigma name, lower-cased: what a [`SigmaRule::requirement`]
+/// is checked against.
+pub fn field_texts(record: &Value, name: &str) -> Vec<String> {
+    detection::field(record, name).into_iter().flat_map(detection::scalars).map(|text| text.to_lowercase()).collect()
 }
 
 /// The record an event came from: its own top-level fields (see [`crate::ingest::mapping`]).
