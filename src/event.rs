@@ -66,9 +66,9 @@ pub struct Event {
     pub bytes: Option<u64>,
     /// User agent string.
     pub user_agent: Option<Text>,
-    /// Every other field of the record, as `(name, JSON text)`, sorted by name; kept for rules. For
-    /// a provider's record (see [`crate::ingest::mapping`]) these are all of its own top-level fields.
-    pub extra: Vec<(String, String)>,
+    /// Every other field of the record, parsed once and kept for rules. For a provider's record
+    /// (see [`crate::ingest::mapping`]) these are all of its own top-level fields.
+    pub extra: Fields,
     /// The provider log the record came from (a mapping's name), `None` for canonical events.
     pub source: Option<String>,
     /// The user's key ([`user_key`] of `user`), computed once when the event is read.
@@ -122,6 +122,99 @@ impl ActionKind {
     }
 }
 
+/// A record's fields beyond the canonical ones, parsed once: rules read them as a JSON object
+/// (Sigma's record) without parsing them again, and clones of an event share them.
+///
+/// Compared, hashed and serialised as the `(name, JSON text)` pairs in name order, so that the
+/// order of events and their checkpointed form do not depend on how the fields are held.
+///
+/// ```
+/// use threatflow::event::Fields;
+/// let fields = Fields::new(serde_json::from_str(r#"{"risk": {"a": 1}, "note": "x"}"#)?);
+/// assert_eq!(fields.get("note"), Some(&serde_json::json!("x")));
+/// assert_eq!(fields.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), ["note", "risk"]);
+/// assert_eq!(fields.record()["risk"]["a"], 1);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Fields(Option<std::sync::Arc<serde_json::Value>>);
+
+/// The record of an event without other fields: nothing a rule looks up is in it.
+static NO_FIELDS: serde_json::Value = serde_json::Value::Null;
+
+impl Fields {
+    /// The fields of a parsed record (an object).
+    pub fn new(map: serde_json::Map<String, serde_json::Value>) -> Fields {
+        if map.is_empty() {
+            return Fields::default();
+        }
+        Fields(Some(std::sync::Arc::new(serde_json::Value::Object(map))))
+    }
+
+    /// A field's value.
+    pub fn get(&self, name: &str) -> Option<&serde_json::Value> {
+        self.0.as_deref().and_then(|record| record.get(name))
+    }
+
+    /// The fields in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &serde_json::Value)> {
+        self.0.as_deref().and_then(serde_json::Value::as_object).into_iter().flatten()
+    }
+
+    /// The fields as a JSON object (`null` when there are none), for rules to read.
+    pub fn record(&self) -> &serde_json::Value {
+        self.0.as_deref().unwrap_or(&NO_FIELDS)
+    }
+
+    /// The `(name, JSON text)` pairs in name order: how the fields compare and serialise.
+    fn pairs(&self) -> Vec<(&String, String)> {
+        self.iter().map(|(name, value)| (name, value.to_string())).collect()
+    }
+}
+
+impl PartialEq for Fields {
+    fn eq(&self, other: &Fields) -> bool {
+        self.record() == other.record()
+    }
+}
+
+impl Eq for Fields {}
+
+impl PartialOrd for Fields {
+    fn partial_cmp(&self, other: &Fields) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Fields {
+    fn cmp(&self, other: &Fields) -> std::cmp::Ordering {
+        self.pairs().cmp(&other.pairs())
+    }
+}
+
+impl std::hash::Hash for Fields {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.pairs().hash(state)
+    }
+}
+
+impl Serialize for Fields {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.pairs().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Fields {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Fields, D::Error> {
+        let pairs = Vec::<(String, String)>::deserialize(deserializer)?;
+        let map = pairs
+            .into_iter()
+            .map(|(name, text)| serde_json::from_str(&text).map(|value| (name, value)).map_err(de::Error::custom))
+            .collect::<Result<_, _>>()?;
+        Ok(Fields::new(map))
+    }
+}
+
 impl Event {
     /// The action's kind.
     pub fn kind(&self) -> ActionKind {
@@ -143,14 +236,10 @@ impl Event {
             "country" => self.country.as_deref().map(Cow::Borrowed),
             "user_agent" => self.user_agent.as_deref().map(Cow::Borrowed),
             "bytes" => self.bytes.map(|b| Cow::Owned(b.to_string())),
-            _ => {
-                let idx = self.extra.binary_search_by(|(k, _)| k.as_str().cmp(name)).ok()?;
-                let text = &self.extra[idx].1;
-                match serde_json::from_str::<String>(text) {
-                    Ok(s) => Some(Cow::Owned(s)),
-                    Err(_) => Some(Cow::Borrowed(text)),
-                }
-            }
+            _ => match self.extra.get(name)? {
+                serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
+                other => Some(Cow::Owned(other.to_string())),
+            },
         }
     }
 
@@ -176,9 +265,8 @@ impl Event {
         if let Some(b) = self.bytes {
             map.insert("bytes".into(), b.into());
         }
-        for (k, v) in &self.extra {
-            let value = serde_json::from_str(v).unwrap_or(serde_json::Value::Null);
-            map.insert(k.clone(), value);
+        for (k, v) in self.extra.iter() {
+            map.insert(k.clone(), v.clone());
         }
         serde_json::Value::Object(map).to_string()
     }
@@ -254,7 +342,7 @@ struct RawEvent {
     country: Option<Text>,
     bytes: Option<u64>,
     user_agent: Option<Text>,
-    extra: Vec<(String, String)>,
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl RawEvent {
@@ -282,8 +370,7 @@ impl RawEvent {
             }
             None => None,
         };
-        let mut extra = self.extra;
-        extra.sort();
+        let extra = Fields::new(self.extra);
         let key = user_key(&user);
         Ok(Event {
             event_id,
@@ -390,11 +477,11 @@ impl<'de> Deserialize<'de> for RawEvent {
                     let index = match key {
                         FieldKey::Known(index) => index,
                         FieldKey::Other(name) => {
-                            if raw.extra.iter().any(|(k, _)| *k == name) {
+                            if raw.extra.contains_key(&name) {
                                 return Err(de::Error::custom(format!("duplicate field `{name}`")));
                             }
                             let value: serde_json::Value = map.next_value()?;
-                            raw.extra.push((name, value.to_string()));
+                            raw.extra.insert(name, value);
                             continue;
                         }
                     };
@@ -522,7 +609,12 @@ mod tests {
         assert_eq!(e.ts, 1_767_607_200_250);
         assert_eq!(e.country.as_deref(), Some("DE"));
         assert_eq!(e.bytes, Some(42));
-        assert_eq!(e.extra, vec![("note".into(), "\"x\"".into()), ("risk".into(), "{\"a\":1}".into())]);
+        let pairs: Vec<(String, String)> = e.extra.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+        assert_eq!(pairs, vec![("note".into(), "\"x\"".into()), ("risk".into(), "{\"a\":1}".into())]);
+        // Checkpoints and other processes get the fields as `(name, JSON text)` pairs.
+        let bytes = bincode::serialize(&e).unwrap();
+        assert_eq!(bincode::deserialize::<Event>(&bytes).unwrap(), e);
+        assert_eq!(bincode::serialize(&e.extra).unwrap(), bincode::serialize(&pairs).unwrap());
         assert_eq!(e.field("note").as_deref(), Some("x"));
         assert_eq!(e.field("risk").as_deref(), Some("{\"a\":1}"));
         let again = parse_event(e.to_json().as_bytes(), DEFAULT_MAX_RECORD_BYTES).unwrap();

@@ -296,6 +296,9 @@ pub struct Followed {
     pub rules_dir: Option<(PathBuf, Placeholders)>,
 }
 
+/// How often a followed directory of rules is scanned for changes.
+const RULES_DIR_SCAN: Duration = Duration::from_millis(200);
+
 /// A reader following, without Kafka, what `followed` names, all of it in each round.
 pub fn follow_files(followed: Followed) -> Reader {
     Box::new(move |mut next, rounds, stop| {
@@ -306,16 +309,19 @@ pub fn follow_files(followed: Followed) -> Reader {
             .chain(marks.map(|path| JsonLinesFile::new(path, &next, parse_mark_line)))
             .collect();
         let mut rules = rules_dir.map(|(dir, placeholders)| RulesDir { dir, placeholders, files: BTreeMap::new(), first: true });
-        // A directory is scanned each round: a little less often than a file is read.
-        let pause = Duration::from_millis(if rules.is_some() { 20 } else { 5 });
+        // Files are read every round; a directory of rules (hundreds of files to look at) is
+        // scanned every `RULES_DIR_SCAN`: an edited rule applies within that.
+        let pause = Duration::from_millis(5);
+        let mut scanned: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
             let started = Instant::now();
             let mut messages = Vec::new();
             for file in files.iter_mut() {
                 file.round(&mut messages, &mut next)?;
             }
-            if let Some(rules) = rules.as_mut() {
+            if let Some(rules) = rules.as_mut().filter(|_| scanned.is_none_or(|at| at.elapsed() >= RULES_DIR_SCAN)) {
                 rules.round(&mut messages);
+                scanned = Some(Instant::now());
             }
             if rounds.send(Round { started, messages, next: next.clone() }).is_err() {
                 return Ok(());
@@ -405,12 +411,12 @@ struct RulesDir {
 
 impl RulesDir {
     fn round(&mut self, messages: &mut Vec<ControlMessage>) {
-        let mut seen = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
         let mut specs = Vec::new();
         for path in crate::detect::sigma::rule_files(&self.dir) {
             let Ok(meta) = std::fs::metadata(&path) else { continue };
             let stamp = (meta.modified().ok(), meta.len());
-            seen.push(path.clone());
+            seen.insert(path.clone());
             if self.files.get(&path).is_some_and(|(modified, len, _)| (*modified, *len) == stamp) {
                 continue;
             }
@@ -424,7 +430,7 @@ impl RulesDir {
             let gone: Vec<String> = before.map(|(_, _, ids)| ids).unwrap_or_default().into_iter().filter(|id| !kept.contains(&id)).collect();
             specs.extend(gone.into_iter().map(RuleSpec::removal));
         }
-        let deleted: Vec<PathBuf> = self.files.keys().filter(|p| !seen.contains(p)).cloned().collect();
+        let deleted: Vec<PathBuf> = self.files.keys().filter(|p| !seen.contains(*p)).cloned().collect();
         for path in deleted {
             if let Some((_, _, ids)) = self.files.remove(&path) {
                 specs.extend(ids.into_iter().map(RuleSpec::removal));

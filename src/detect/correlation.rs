@@ -115,36 +115,74 @@ pub fn correlate<'s>(
         "CorrelationObserve",
         |_| (),
         |(e, _): &(UserEvent, Features)| e.time,
-        |time, (e, f), controls, _| {
-            let found = observe(time, e, f, controls);
-            (!found.is_empty()).then_some(found)
+        {
+            // The correlations in force, indexed again only when the controls change.
+            let mut index: (u64, CorrelationIndex) = (0, CorrelationIndex::default());
+            move |time, (e, f), controls, version| {
+                if index.0 != version {
+                    index = (version, CorrelationIndex::new(controls));
+                }
+                let found = observe(time, e, f, controls, &index.1);
+                (!found.is_empty()).then_some(found)
+            }
         },
     )
     .flat_map(|found| found);
     windows(observations, checkpoints)
 }
 
+/// The correlation rules in force (by their positions in the controls), each with its definition
+/// and, per member, the positions of the rules it refers to (by id or `name`; not correlations):
+/// found once per change of the controls rather than for every event.
+#[derive(Debug, Default)]
+pub struct CorrelationIndex {
+    correlations: Vec<(usize, Arc<CorrelationDef>, Vec<Vec<usize>>)>,
+}
+
+impl CorrelationIndex {
+    /// Indexes the controls in force (those with a positive count).
+    pub fn new(controls: &[(&Control, isize)]) -> CorrelationIndex {
+        let rules: Vec<(usize, &Rule)> = controls
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, diff))| *diff > 0)
+            .filter_map(|(position, (control, _))| match control {
+                Control::Rule(rule) => Some((position, rule)),
+                _ => None,
+            })
+            .collect();
+        let mut correlations = Vec::new();
+        for (position, rule) in &rules {
+            let Some(correlation) = rule.sigma.as_ref().and_then(|s| s.correlation()) else { continue };
+            let members = correlation
+                .rules
+                .iter()
+                .map(|reference| {
+                    let referred = |r: &&Rule| refers_to(r, reference) && r.sigma.as_ref().is_none_or(|s| s.correlation().is_none());
+                    rules.iter().filter(|(_, r)| referred(r)).map(|(p, _)| *p).collect()
+                })
+                .collect();
+            correlations.push((*position, Arc::new(definition(rule, correlation)), members));
+        }
+        CorrelationIndex { correlations }
+    }
+}
+
 /// The observations an event makes at `time`: for each correlation rule in force, each rule it
-/// refers to (by id or `name`) that the event matches.
-pub fn observe(time: Time, event: &Event, features: &Features, controls: &[(&Control, isize)]) -> Vec<Observation> {
-    let rules = || controls.iter().filter(|(_, diff)| *diff > 0).filter_map(|(c, _)| match c {
-        Control::Rule(rule) => Some(rule),
-        _ => None,
-    });
+/// refers to that the event matches. `index` is the controls' [`CorrelationIndex`].
+pub fn observe(time: Time, event: &Event, features: &Features, controls: &[(&Control, isize)], index: &CorrelationIndex) -> Vec<Observation> {
     let mut found = Vec::new();
-    let record = std::cell::OnceCell::new();
-    for correlation_rule in rules() {
+    for (position, def, members) in &index.correlations {
+        let Some((Control::Rule(correlation_rule), _)) = controls.get(*position) else { continue };
         let Some(correlation) = correlation_rule.sigma.as_ref().and_then(|s| s.correlation()) else { continue };
-        let mut def: Option<Arc<CorrelationDef>> = None;
-        for (member, reference) in correlation.rules.iter().enumerate() {
-            let matched = rules().any(|r| refers_to(r, reference) && r.sigma.as_ref().is_none_or(|s| s.correlation().is_none()) && r.matches(event, features, &record));
+        for (member, referred) in members.iter().enumerate() {
+            let matched = referred.iter().any(|p| matches!(controls.get(*p), Some((Control::Rule(r), _)) if r.matches(event, features)));
             if !matched {
                 continue;
             }
-            let def = def.get_or_insert_with(|| Arc::new(definition(correlation_rule, correlation)));
             let values: Vec<Option<String>> =
-                correlation.group_by.iter().map(|g| field_value(event, &record, correlation.group_field(g, member))).collect();
-            let value = correlation.field.as_deref().and_then(|f| field_value(event, &record, f));
+                correlation.group_by.iter().map(|g| field_value(event, correlation.group_field(g, member))).collect();
+            let value = correlation.field.as_deref().and_then(|f| field_value(event, f));
             found.push(Observation {
                 group: group_key(&def.id, &values),
                 rule: Arc::clone(def),
@@ -194,11 +232,11 @@ fn group_key(rule: &str, values: &[Option<String>]) -> UserKey {
 
 /// An event's value of a field: a canonical field, one of its record's top-level fields, or a
 /// dotted path into its record (raw logs). Strings as they are, other scalars as JSON text.
-fn field_value(event: &Event, record: &std::cell::OnceCell<Value>, name: &str) -> Option<String> {
+fn field_value(event: &Event, name: &str) -> Option<String> {
     if let Some(value) = event.field(name) {
         return Some(value.into_owned());
     }
-    let mut at = record.get_or_init(|| crate::detect::sigma::record_of(event));
+    let mut at = crate::detect::sigma::record_of(event);
     for segment in name.split('.') {
         at = at.get(segment)?;
     }

@@ -258,7 +258,6 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
     let mut rules: Vec<(String, String)> = Vec::new();
     let mut actions = Vec::new();
     let mut severity = None;
-    let record = std::cell::OnceCell::new();
     // The first mark (by id) whose fingerprint the event repeats.
     let fingerprint_match = index
         .marks
@@ -270,7 +269,7 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
         .min();
     let mut consider = |position: usize| {
         if let Some((Control::Rule(rule), _)) = controls.get(position) {
-            if !is_hidden(rule, &index.hidden) && rule.matches(event, features, &record) {
+            if !is_hidden(rule, &index.hidden) && rule.matches(event, features) {
                 rules.push((rule.id.clone(), rule.title.clone().unwrap_or_else(|| rule.id.clone())));
                 actions.extend(rule.actions.iter().copied());
                 severity = severity.max(Some(rule.severity));
@@ -282,7 +281,7 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
         let of_source = index.rules.for_source(source, controls);
         of_source.unkeyed.iter().for_each(|p| consider(*p));
         if !of_source.keyed.is_empty() {
-            let record = record.get_or_init(|| crate::detect::sigma::record_of(event));
+            let record = crate::detect::sigma::record_of(event);
             for (field, by_value) in &of_source.keyed {
                 for text in crate::detect::sigma::field_texts(record, field) {
                     by_value.get(&text).into_iter().flatten().for_each(|p| consider(*p));

@@ -156,12 +156,12 @@ impl Rule {
 
     /// Whether the rule matches an event with its features; `record` is the event's own record,
     /// made once per event for the Sigma rules that need it.
-    pub fn matches(&self, event: &Event, features: &Features, record: &std::cell::OnceCell<serde_json::Value>) -> bool {
+    pub fn matches(&self, event: &Event, features: &Features) -> bool {
         self.features.iter().all(|(name, bounds)| bounds.holds(features.get(*name)))
             && self.when.iter().all(|(field, accepted)| {
                 event.field(field).is_some_and(|value| accepted.iter().any(|a| *a == *value))
             })
-            && self.sigma.as_ref().is_none_or(|sigma| sigma.matches_event(event, record))
+            && self.sigma.as_ref().is_none_or(|sigma| sigma.matches_event(event))
     }
 }
 
@@ -221,12 +221,12 @@ mod tests {
         assert_eq!(rule.actions, vec![ThreatAction::Alert, ThreatAction::Block]);
         let e = parse_event(br#"{"event_id":"1","ts":5,"user":"u","action":"login","country":"ru"}"#, 1 << 20).unwrap();
         let f = Features { failed_logins_5m: 3, ..Features::default() };
-        assert!(rule.matches(&e, &f, &Default::default()));
-        assert!(!rule.matches(&e, &Features { failed_logins_5m: 2, ..f }, &Default::default()));
+        assert!(rule.matches(&e, &f));
+        assert!(!rule.matches(&e, &Features { failed_logins_5m: 2, ..f }));
         let other = Event { action: "download".into(), ..e.clone() };
-        assert!(!rule.matches(&other, &f, &Default::default()));
+        assert!(!rule.matches(&other, &f));
         let no_country = Event { country: None, ..e };
-        assert!(!rule.matches(&no_country, &f, &Default::default()));
+        assert!(!rule.matches(&no_country, &f));
     }
 
     #[test]

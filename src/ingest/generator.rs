@@ -603,7 +603,7 @@ impl GeneratorPartition {
             country: Some(Text::const_new(draft.country)),
             bytes: draft.bytes,
             user_agent: Some(Text::const_new(draft.agent)),
-            extra: Vec::new(),
+            extra: Default::default(),
             source: None,
             key: crate::event::user_key(user),
             time: draft.ts,

@@ -58,7 +58,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::event::{event_from_value, Event, RejectReason, Time, MAX_TIME};
+use crate::event::{event_from_value, Event, Fields, RejectReason, Time, MAX_TIME};
 
 /// The mappings shipped with threatflow.
 const SHIPPED: [(&str, &str); 7] = [
@@ -211,8 +211,10 @@ impl Mapping {
             && holds(record, &self.equals)
     }
 
-    /// The canonical event of a record of this source.
-    pub fn map(&self, record: &Value) -> Result<Event, RejectReason> {
+    /// The canonical event of a record of this source; the record becomes the event's other
+    /// fields, without being copied.
+    pub fn map(&self, owned: Value) -> Result<Event, RejectReason> {
+        let record = &owned;
         let invalid = |what: String| RejectReason::Invalid(format!("{} record: {what}", self.name));
         let missing = |field: &str, tried: &[FieldPath]| {
             let tried: Vec<String> = tried.iter().map(|p| p.join(".")).collect();
@@ -242,23 +244,26 @@ impl Mapping {
             Value::String(s) => s.trim().parse().ok(),
             _ => None,
         });
-        let mut extra: Vec<(String, String)> = match record {
-            Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
-            _ => Vec::new(),
+        let app = first_text(record, &self.app).map(Into::into);
+        let resource = first_text(record, &self.resource).map(Into::into);
+        let src_ip = first_text(record, &self.src_ip).map(Into::into);
+        let user_agent = first_text(record, &self.user_agent).map(Into::into);
+        let extra = match owned {
+            Value::Object(map) => Fields::new(map),
+            _ => Fields::default(),
         };
-        extra.sort();
         let key = crate::event::user_key(&user);
         Ok(Event {
             event_id: event_id.into(),
             ts,
             user: user.into(),
             action: action.into(),
-            app: first_text(record, &self.app).map(Into::into),
-            resource: first_text(record, &self.resource).map(Into::into),
-            src_ip: first_text(record, &self.src_ip).map(Into::into),
+            app,
+            resource,
+            src_ip,
             country: country.map(Into::into),
             bytes,
-            user_agent: first_text(record, &self.user_agent).map(Into::into),
+            user_agent,
             extra,
             source: Some(self.name.clone()),
             key,
@@ -340,7 +345,7 @@ impl RecordFormat {
     fn decode_one(&self, record: Value) -> Result<Event, RejectReason> {
         match self {
             RecordFormat::Canonical => event_from_value(record),
-            RecordFormat::Source(mappings, index) => mappings.all[*index].map(&record),
+            RecordFormat::Source(mappings, index) => mappings.all[*index].map(record),
             RecordFormat::Auto(mappings) => mappings.auto(record),
         }
     }
@@ -410,7 +415,7 @@ impl Mappings {
             return event_from_value(record);
         }
         match self.all.iter().find(|m| m.detects(&record)) {
-            Some(mapping) => mapping.map(&record),
+            Some(mapping) => mapping.map(record),
             None => Err(RejectReason::Invalid(format!(
                 "the record fits no mapping (canonical, {}): {}",
                 self.names().join(", "),

@@ -242,11 +242,10 @@ impl SigmaRule {
     }
 
     /// Whether the rule matches an event: it applies to the event's source, and its detection
-    /// matches the event's record (`record` makes it, once per event). Never for a correlation
-    /// rule (see `crate::detect::correlation`).
-    pub fn matches_event(&self, event: &crate::event::Event, record: &std::cell::OnceCell<Value>) -> bool {
-        event.source.as_deref().is_some_and(|source| self.applies_to(source))
-            && self.matches_record(record.get_or_init(|| record_of(event)))
+    /// matches the event's record. Never for a correlation rule (see
+    /// `crate::detect::correlation`).
+    pub fn matches_event(&self, event: &crate::event::Event) -> bool {
+        event.source.as_deref().is_some_and(|source| self.applies_to(source)) && self.matches_record(record_of(event))
     }
 
     /// A field the rule needs to hold one of a few exact (lower-cased) texts to match, when it
@@ -301,10 +300,10 @@ pub fn field_texts(record: &Value, name: &str) -> Vec<String> {
     detection::field(record, name).into_iter().flat_map(detection::scalars).map(|text| text.to_lowercase()).collect()
 }
 
-/// The record an event came from: its own top-level fields (see [`crate::ingest::mapping`]).
-pub fn record_of(event: &crate::event::Event) -> Value {
-    let map = event.extra.iter().map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap_or(Value::Null))).collect();
-    Value::Object(map)
+/// The record an event came from: its own top-level fields (see [`crate::ingest::mapping`]),
+/// parsed when it was read.
+pub fn record_of(event: &crate::event::Event) -> &Value {
+    event.extra.record()
 }
 
 /// Every rule file under `dir` (`*.yml`, `*.yaml`, recursively), sorted.
