@@ -224,15 +224,15 @@ impl RuleIndex {
             match sigma.requirement() {
                 None => rules.unkeyed.push(position),
                 Some((field, values)) => {
-                    let slot = match rules.keyed.iter().position(|(f, _)| *f == field) {
+                    let slot = match rules.keyed.iter().position(|(f, _)| f == field) {
                         Some(slot) => slot,
                         None => {
-                            rules.keyed.push((field, Default::default()));
+                            rules.keyed.push((field.clone(), Default::default()));
                             rules.keyed.len() - 1
                         }
                     };
                     for value in values {
-                        rules.keyed[slot].1.entry(value).or_default().push(position);
+                        rules.keyed[slot].1.entry(value.clone()).or_default().push(position);
                     }
                 }
             }

@@ -18,6 +18,8 @@ pub(super) struct Detection {
     searches: BTreeMap<String, Search>,
     /// Any of these (a condition list is an `or`).
     conditions: Vec<Condition>,
+    /// Its [`Requirement`], found when compiled.
+    requirement: Option<Requirement>,
 }
 
 #[derive(Debug)]
@@ -191,10 +193,11 @@ impl Detection {
             }
         }
         ensure!(!conditions.is_empty(), "no `condition`");
-        let detection = Detection { searches, conditions };
+        let mut detection = Detection { searches, conditions, requirement: None };
         for c in &detection.conditions {
             detection.check(c)?;
         }
+        detection.requirement = union(detection.conditions.iter().map(|c| detection.required(c)));
         Ok(detection)
     }
 
@@ -219,8 +222,8 @@ impl Detection {
 
     /// A field the detection needs to hold one of a few exact values for a match, when there is
     /// one (see [`Requirement`]).
-    pub(super) fn requirement(&self) -> Option<Requirement> {
-        union(self.conditions.iter().map(|c| self.required(c)))
+    pub(super) fn requirement(&self) -> Option<&Requirement> {
+        self.requirement.as_ref()
     }
 
     fn required(&self, condition: &Condition) -> Option<Requirement> {

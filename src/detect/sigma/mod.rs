@@ -251,7 +251,7 @@ impl SigmaRule {
     /// A field the rule needs to hold one of a few exact (lower-cased) texts to match, when it
     /// has one: rules are indexed by it (see `crate::detect::decision::RuleIndex`). Never for a
     /// correlation rule, which matches no record.
-    pub fn requirement(&self) -> Option<Requirement> {
+    pub fn requirement(&self) -> Option<&Requirement> {
         match &self.body {
             Body::Detection(detection) => detection.requirement(),
             Body::Correlation(_) => None,
