@@ -40,6 +40,12 @@ pub enum Control {
 /// An update of the control collection.
 pub type ControlUpdate = (Control, Time, isize);
 
+/// The controls in force among accumulated ones (those with a positive count), with their
+/// positions: what the decision and correlation steps index them by.
+pub fn in_force<'s, 'a>(controls: &'s [(&'a Control, isize)]) -> impl DoubleEndedIterator<Item = (usize, &'a Control)> + 's {
+    controls.iter().enumerate().filter(|(_, (_, diff))| *diff > 0).map(|(position, (control, _))| (position, *control))
+}
+
 /// Every model and rule update of a job so far; turns a new update into the control collection's
 /// changes (updates read from Kafka while the job runs).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

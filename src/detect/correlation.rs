@@ -32,13 +32,13 @@ use timely::dataflow::operators::vec::Map;
 use timely::dataflow::StreamVec;
 
 use crate::checkpoint::operator::{CheckpointedOperator, CheckpointedState, StateCheckpoints, Step};
-use crate::detect::control::{Control, ControlArrangement};
+use crate::detect::control::{in_force, Control, ControlArrangement};
 use crate::detect::decision::CorrelationMatch;
 use crate::detect::action::{Severity, ThreatAction};
 use crate::detect::rules::Rule;
 use crate::detect::sigma::correlation::{Correlation, CorrelationKind, CountCondition};
 use crate::event::{route, Event, Time, UserKey};
-use crate::state::as_of::{as_of_lookup, TimeStash};
+use crate::state::as_of::{as_of_lookup, PerVersion, TimeStash};
 use crate::state::features::Features;
 use crate::state::UserEvent;
 
@@ -116,13 +116,9 @@ pub fn correlate<'s>(
         |_| (),
         |(e, _): &(UserEvent, Features)| e.time,
         {
-            // The correlations in force, indexed again only when the controls change.
-            let mut index: (u64, CorrelationIndex) = (0, CorrelationIndex::default());
+            let mut index = PerVersion::default();
             move |time, (e, f), controls, version| {
-                if index.0 != version {
-                    index = (version, CorrelationIndex::new(controls));
-                }
-                let found = observe(time, e, f, controls, &index.1);
+                let found = observe(time, e, f, controls, index.get(version, || CorrelationIndex::new(controls)));
                 (!found.is_empty()).then_some(found)
             }
         },
@@ -142,11 +138,8 @@ pub struct CorrelationIndex {
 impl CorrelationIndex {
     /// Indexes the controls in force (those with a positive count).
     pub fn new(controls: &[(&Control, isize)]) -> CorrelationIndex {
-        let rules: Vec<(usize, &Rule)> = controls
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, diff))| *diff > 0)
-            .filter_map(|(position, (control, _))| match control {
+        let rules: Vec<(usize, &Rule)> = in_force(controls)
+            .filter_map(|(position, control)| match control {
                 Control::Rule(rule) => Some((position, rule)),
                 _ => None,
             })

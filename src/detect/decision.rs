@@ -4,11 +4,11 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::StreamVec;
 
-use crate::detect::control::{Control, ControlArrangement};
+use crate::detect::control::{in_force, Control, ControlArrangement};
 use crate::detect::marks::MarkIndex;
 use crate::detect::action::{Severity, ThreatAction};
 use crate::event::{Event, Position, Time};
-use crate::state::as_of::as_of_lookup;
+use crate::state::as_of::{as_of_lookup, PerVersion};
 use crate::state::features::{FeatureName, Features};
 use crate::state::UserEvent;
 
@@ -131,14 +131,8 @@ pub fn decide_as_of<'s>(
         |_| (),
         |(e, _): &(UserEvent, Features)| e.time,
         {
-            // The index, rebuilt only when the controls in force change.
-            let mut index: (u64, ControlIndex) = (0, ControlIndex::default());
-            move |time, (e, f), controls, version| {
-                if index.0 != version {
-                    index = (version, ControlIndex::new(controls));
-                }
-                decide(time, e, f, controls, &index.1)
-            }
+            let mut index = PerVersion::default();
+            move |time, (e, f), controls, version| decide(time, e, f, controls, index.get(version, || ControlIndex::new(controls)))
         },
     )
 }
@@ -160,13 +154,12 @@ pub struct ControlIndex {
 impl ControlIndex {
     /// Indexes the controls in force (those with a positive count).
     pub fn new(controls: &[(&Control, isize)]) -> ControlIndex {
-        let in_force = || controls.iter().enumerate().filter(|(_, (_, diff))| *diff > 0).map(|(position, (control, _))| (position, *control));
-        let marks = MarkIndex::new(in_force().filter_map(|(position, control)| match control {
+        let marks = MarkIndex::new(in_force(controls).filter_map(|(position, control)| match control {
             Control::Mark(mark) => Some((position, mark)),
             Control::Model(_) | Control::Rule(_) | Control::Unblock(_) => None,
         }));
         let mut rules = RuleIndex::default();
-        for (position, control) in in_force() {
+        for (position, control) in in_force(controls) {
             if let Control::Rule(rule) = control {
                 match rule.sigma {
                     Some(_) => rules.sigma.push(position),
@@ -174,7 +167,7 @@ impl ControlIndex {
                 }
             }
         }
-        let model = in_force().filter(|(_, control)| matches!(control, Control::Model(_))).map(|(position, _)| position).next_back();
+        let model = in_force(controls).filter(|(_, control)| matches!(control, Control::Model(_))).map(|(position, _)| position).next_back();
         let hidden = correlated_only(controls).into_iter().map(str::to_string).collect();
         ControlIndex { model, hidden, marks, rules }
     }
@@ -322,10 +315,8 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
 /// The rules that only feed correlations: those the correlation rules in force refer to (by id or
 /// `name`) without `generate: true`. They do not decide on their own.
 pub fn correlated_only<'a>(controls: &[(&'a Control, isize)]) -> Vec<&'a str> {
-    controls
-        .iter()
-        .filter(|(_, diff)| *diff > 0)
-        .filter_map(|(c, _)| match *c {
+    in_force(controls)
+        .filter_map(|(_, control)| match control {
             Control::Rule(rule) => rule.sigma.as_ref().and_then(|s| s.correlation()).filter(|c| !c.generate),
             _ => None,
         })

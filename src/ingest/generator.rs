@@ -618,14 +618,14 @@ impl GeneratorPartition {
             Some((rendering, decoding)) => {
                 let record = rendering.render(&event);
                 let position = || Position { source: self.name(), record: seq, offset: 0 };
-                let mut decoded = Vec::with_capacity(1);
-                decode_record(record.as_bytes(), record.len(), decoding, None, position, &mut decoded);
-                // Ground truth names the user as the provider's record does (an ARN in CloudTrail).
-                if let (Some(label), Some(Item::Event(mapped))) = (label.as_mut(), decoded.first()) {
+                let first = out.len();
+                decode_record(record.as_bytes(), record.len(), decoding, None, position, out);
+                // Ground truth names the user as the provider's record does (an ARN in CloudTrail);
+                // it follows the record's event here.
+                if let (Some(label), Some(Item::Event(mapped))) = (label.as_mut(), out.get(first)) {
                     label.user = mapped.user.to_string();
                 }
                 out.extend(label.map(Item::Label));
-                out.append(&mut decoded);
             }
         }
     }

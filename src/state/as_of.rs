@@ -232,6 +232,36 @@ where
     )
 }
 
+/// What a lookup's logic derives from the values it is given (an index of them), kept while their
+/// version (see [`as_of_lookup`]) stays the same and derived again when it changes.
+///
+/// ```
+/// use threatflow::state::as_of::PerVersion;
+/// let mut derived = PerVersion::default();
+/// assert_eq!(*derived.get(1, || "first"), "first");
+/// assert_eq!(*derived.get(1, || "not derived again"), "first");
+/// assert_eq!(*derived.get(2, || "second"), "second");
+/// ```
+pub struct PerVersion<T> {
+    kept: Option<(u64, T)>,
+}
+
+impl<T> Default for PerVersion<T> {
+    fn default() -> Self {
+        PerVersion { kept: None }
+    }
+}
+
+impl<T> PerVersion<T> {
+    /// The value derived for `version`, deriving it with `derive` unless it is kept.
+    pub fn get(&mut self, version: u64, derive: impl FnOnce() -> T) -> &T {
+        if self.kept.as_ref().is_some_and(|(kept, _)| *kept != version) {
+            self.kept = None;
+        }
+        &self.kept.get_or_insert_with(|| (version, derive())).1
+    }
+}
+
 /// Records stashed by their own time under a single capability (per output), held at the least
 /// stashed time.
 ///
