@@ -71,6 +71,9 @@ pub struct Event {
     pub extra: Fields,
     /// The provider log the record came from (a mapping's name), `None` for canonical events.
     pub source: Option<String>,
+    /// What the GeoIP/ASN databases in force at the event's time say about `src_ip` (`None`
+    /// when the job enriches nothing or the event has no `src_ip`; see [`crate::enrich`]).
+    pub enrichment: Option<std::sync::Arc<crate::enrich::Enrichment>>,
     /// The user's key ([`user_key`] of `user`), computed once when the event is read.
     pub key: UserKey,
     /// The time the engine judges the event at: `ts`, or the partition watermark when the event was late.
@@ -161,6 +164,15 @@ impl Fields {
         self.0.as_deref().and_then(serde_json::Value::as_object).into_iter().flatten()
     }
 
+    /// Sets a field (the enrichment step adds `enrichment` to a provider's record), replacing one
+    /// of the same name; the record is copied only when another event still shares it.
+    pub fn insert(&mut self, name: &str, value: serde_json::Value) {
+        let record = self.0.get_or_insert_with(|| std::sync::Arc::new(serde_json::Value::Object(serde_json::Map::new())));
+        if let serde_json::Value::Object(map) = std::sync::Arc::make_mut(record) {
+            map.insert(name.to_string(), value);
+        }
+    }
+
     /// The fields as a JSON object (`null` when there are none), for rules to read.
     pub fn record(&self) -> &serde_json::Value {
         self.0.as_deref().unwrap_or(&NO_FIELDS)
@@ -236,6 +248,7 @@ impl Event {
             "country" => self.country.as_deref().map(Cow::Borrowed),
             "user_agent" => self.user_agent.as_deref().map(Cow::Borrowed),
             "bytes" => self.bytes.map(|b| Cow::Owned(b.to_string())),
+            "ip_class" | "city" | "latitude" | "longitude" | "asn" | "as_org" => self.enrichment.as_ref()?.field(name).map(Cow::Owned),
             _ => match self.extra.get(name)? {
                 serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
                 other => Some(Cow::Owned(other.to_string())),
@@ -385,6 +398,7 @@ impl RawEvent {
             user_agent: self.user_agent,
             extra,
             source: None,
+            enrichment: None,
             key,
             time: ts,
             late: false,

@@ -40,7 +40,7 @@
 //!
 //! | layer | modules | what they do |
 //! |---|---|---|
-//! | 1 | [`event`], [`location`] | the activity event, time and user keys; where artifacts live |
+//! | 1 | [`event`], [`location`], [`enrich`] | the activity event, time and user keys; where artifacts live; GeoIP/ASN databases |
 //! | 2 | [`checkpoint`] | the checkpoint format, the one layer for checkpointed state, the coordinator |
 //! | 3 | [`ingest`] | partitions and watermarks, files, the generator, providers' mappings |
 //! | 4 | [`state`] | feature windows, windowed per-user state, the as-of lookup |
@@ -65,6 +65,7 @@ pub mod control;
 pub mod dataflows;
 pub mod detect;
 pub mod engine;
+pub mod enrich;
 pub mod event;
 pub mod ingest;
 pub mod job;

@@ -72,8 +72,14 @@ pub const MAX_ARTIFACT_BYTES: u64 = 64 << 20;
 /// Reads the bytes at `uri` (relative paths against `base`): a regular file or an object of at
 /// most [`MAX_ARTIFACT_BYTES`].
 pub fn fetch(uri: &str, base: Option<&Path>) -> Result<Vec<u8>> {
+    fetch_at_most(uri, base, MAX_ARTIFACT_BYTES)
+}
+
+/// Reads the bytes at `uri` like [`fetch`], of at most `limit` bytes (a city database is larger
+/// than any model).
+pub fn fetch_at_most(uri: &str, base: Option<&Path>, limit: u64) -> Result<Vec<u8>> {
     let location = Location::parse(uri, base)?;
-    let too_large = |size: u64| anyhow::anyhow!("{location} has {size} bytes, more than the {MAX_ARTIFACT_BYTES} an artifact may have");
+    let too_large = |size: u64| anyhow::anyhow!("{location} has {size} bytes, more than the {limit} it may have");
     match &location {
         Location::File(path) => {
             // Checked before opening: opening a FIFO would wait for a writer.
@@ -81,17 +87,17 @@ pub fn fetch(uri: &str, base: Option<&Path>) -> Result<Vec<u8>> {
             anyhow::ensure!(metadata.is_file(), "{} is not a regular file", path.display());
             let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
             let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_ARTIFACT_BYTES + 1), &mut bytes)
+            std::io::Read::read_to_end(&mut std::io::Read::take(file, limit + 1), &mut bytes)
                 .with_context(|| format!("reading {}", path.display()))?;
             match bytes.len() as u64 {
-                size if size > MAX_ARTIFACT_BYTES => Err(too_large(size)),
+                size if size > limit => Err(too_large(size)),
                 _ => Ok(bytes),
             }
         }
         Location::S3 { bucket, key } => {
             let (store, path) = s3(bucket, key)?;
             let size = block_on(async { Ok(store.head(&path).await?.size) }).with_context(|| format!("reading {location}"))?;
-            if size > MAX_ARTIFACT_BYTES {
+            if size > limit {
                 return Err(too_large(size));
             }
             block_on(async move { Ok(store.get(&path).await?.bytes().await?.to_vec()) }).with_context(|| format!("reading {location}"))

@@ -89,7 +89,7 @@ pub fn render<'s>(scope: Scope<'s, Time>, parts: Parts<'_>) -> Rendered {
     let events = events.probe_with(&events_probe);
 
     // 2. Feature windows and the control arrangement: what every dataflow reads.
-    let inputs = SharedInputs::build(scope, events, control, &checkpoints);
+    let inputs = SharedInputs::build(scope, events, control, &checkpoints, job.control.enriches());
     let unkept = inputs.clone();
 
     // 3-5. The chosen dataflow, the correlation rules, the verdicts.

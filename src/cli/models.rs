@@ -183,6 +183,7 @@ pub(super) fn publish(args: PublishArgs) -> Result<()> {
     anyhow::ensure!(model.version == args.version, "--version {} but the artifact is version {}", args.version, model.version);
     let update = crate::detect::model::ModelUpdate {
         version: args.version.clone(),
+        database: None,
         uri: args.uri.clone(),
         sha256: model.sha256.clone(),
         effective_from: args.effective_from,

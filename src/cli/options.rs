@@ -153,6 +153,24 @@ pub struct JobArgs {
     /// then come through the models topic).
     #[arg(long)]
     pub model_updates: Option<PathBuf>,
+    /// A GeoIP database (MaxMind format: GeoLite2-Country/City, ip-location-db's `*-mmdb`; see
+    /// `scripts/geo`): every event with a `src_ip` gets its address's class, and a public one its
+    /// country (when it has none), city and coordinates. In force from time 0; a line
+    /// `{"database":"geoip","uri":…,"sha256":…,"effective_from":…}` among the model updates
+    /// replaces it from then on.
+    #[arg(long)]
+    pub geoip_db: Option<String>,
+    /// Expected sha256 of `--geoip-db` (verified when given).
+    #[arg(long, requires = "geoip_db")]
+    pub geoip_db_sha256: Option<String>,
+    /// An ASN database (MaxMind format, e.g. GeoLite2-ASN, or ip-location-db's CSV ranges
+    /// `start,end,asn,organisation`): public addresses get `asn` and `as_org`. Replaced like
+    /// `--geoip-db` (`"database":"asn"`).
+    #[arg(long)]
+    pub asn_db: Option<String>,
+    /// Expected sha256 of `--asn-db` (verified when given).
+    #[arg(long, requires = "asn_db")]
+    pub asn_db_sha256: Option<String>,
     /// Threshold-rule files (JSON array, JSON lines or YAML); repeatable.
     #[arg(long)]
     pub rules: Vec<PathBuf>,
@@ -336,7 +354,15 @@ impl JobArgs {
             verified_models: Vec::new(),
             rules,
             marks: self.marks.clone(),
+            databases: self.databases(),
         })
+    }
+
+    /// The databases given on the command line.
+    fn databases(&self) -> Vec<(crate::enrich::DatabaseKind, String, Option<String>)> {
+        use crate::enrich::DatabaseKind;
+        let given = [(DatabaseKind::Geoip, &self.geoip_db, &self.geoip_db_sha256), (DatabaseKind::Asn, &self.asn_db, &self.asn_db_sha256)];
+        given.into_iter().filter_map(|(kind, location, sha256)| Some((kind, location.clone()?, sha256.clone()))).collect()
     }
 
     pub(super) fn job(&self, source: SourceSpec, control: ControlSpec) -> Result<JobSpec> {

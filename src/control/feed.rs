@@ -38,6 +38,7 @@ use crate::detect::marks::MarkUpdate;
 use crate::detect::model::{self, Model, ModelUpdate};
 use crate::detect::rules::RuleSpec;
 use crate::detect::sigma::Placeholders;
+use crate::enrich::Database;
 use crate::event::Time;
 
 /// An update read by a reader (models already fetched and verified).
@@ -52,6 +53,8 @@ pub enum ControlMessage {
     RulesFromNow(Vec<RuleSpec>),
     /// Marked threats (and their removals).
     Marks(Vec<MarkUpdate>),
+    /// A verified enrichment database and the time it applies from.
+    Database(Time, Database),
 }
 
 /// Where a reader is: a topic and partition (or a file and 0), and the next offset (or byte).
@@ -108,7 +111,7 @@ pub struct ControlCheckpoint {
 impl ControlCheckpoint {
     /// The part's name in a checkpoint.
     pub const PART: &'static str = "control-feed";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
 
     /// As a checkpoint part.
     pub fn encode(&self) -> Result<StatePart> {
@@ -222,6 +225,11 @@ impl ControlFeed {
                 tracing::info!(version = %model.version, effective_from = from, "model update received");
                 self.log.add_model(from, model)
             }
+            ControlMessage::Database(from, database) => {
+                let from = applies_from("database update", &database.location, from, now);
+                tracing::info!(kind = database.kind.as_str(), location = %database.location, sha256 = %database.sha256, effective_from = from, "database update received");
+                self.log.add_database(from, database)
+            }
             ControlMessage::Marks(mut updates) => {
                 for update in updates.iter_mut() {
                     update.effective_from = applies_from("mark", &update.id, update.effective_from, now);
@@ -276,12 +284,25 @@ impl Drop for ControlFeed {
     }
 }
 
-/// A model update, fetched and verified (relative locations against `base`).
+/// A model (or database) update, fetched and verified (relative locations against `base`).
 pub fn verified_model(update: &ModelUpdate, base: Option<&Path>) -> Result<ControlMessage> {
+    if let Some(kind) = update.database {
+        let database = verified_database(update, kind, base)?;
+        return Ok(ControlMessage::Database(update.effective_from, database));
+    }
     let model = model::load_update(update, base)
         .with_context(|| format!("model {} rejected, the previous model stays in force", update.version))?;
     tracing::info!(version = %update.version, sha256 = %update.sha256, "model artifact fetched and verified");
     Ok(ControlMessage::Model(update.effective_from, model))
+}
+
+/// A database update's database, read and verified (relative locations against `base`).
+pub fn verified_database(update: &ModelUpdate, kind: crate::enrich::DatabaseKind, base: Option<&Path>) -> Result<Database> {
+    let location = crate::location::Location::parse(&update.uri, base)?.to_string();
+    let database = Database::load(kind, &location, Some(&update.sha256))
+        .with_context(|| format!("{} database {location} rejected, the previous one stays in force", kind.as_str()))?;
+    tracing::info!(kind = kind.as_str(), %location, sha256 = %database.sha256, "database fetched and verified");
+    Ok(database)
 }
 
 /// What a job follows without Kafka (each may be absent): JSON-lines files of model updates and of

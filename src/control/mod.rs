@@ -31,6 +31,10 @@ pub struct ControlSpec {
     pub rules: Vec<RulesSource>,
     /// A JSON-lines file of marks (followed while the job runs with `follow`).
     pub marks: Option<PathBuf>,
+    /// The enrichment databases in force from time 0 (`--geoip-db`, `--asn-db`): location and,
+    /// when given, the sha256 they must have. A job enriches its events only when it starts with
+    /// one; updates in `model_updates` (lines with `"database"`) then replace them.
+    pub databases: Vec<(crate::enrich::DatabaseKind, String, Option<String>)>,
 }
 
 /// An initial model: artifact bytes and, when known, the digest they must have.
@@ -55,6 +59,11 @@ pub enum RulesSource {
 }
 
 impl ControlSpec {
+    /// Whether the job's events are enriched (it starts with a database).
+    pub fn enriches(&self) -> bool {
+        !self.databases.is_empty()
+    }
+
     /// What the job follows while it runs, when it follows anything.
     pub fn followed(&self) -> Option<feed::Followed> {
         let rules_dir = self.rules.iter().find_map(|r| match r {
@@ -84,9 +93,22 @@ impl ControlSpec {
             tracing::info!(version = %model.version, sha256 = %model.sha256, "model loaded, in force from time 0");
             models.push((0, model));
         }
+        let mut databases = Vec::new();
+        for (kind, location, sha256) in &self.databases {
+            let database = crate::enrich::Database::load(*kind, location, sha256.as_deref())?;
+            tracing::info!(kind = kind.as_str(), %location, sha256 = %database.sha256, "database loaded, in force from time 0");
+            databases.push((0, database));
+        }
         if let Some(path) = self.model_updates.as_ref().filter(|_| !self.follow) {
             let base = path.parent().map(Path::to_path_buf);
             for update in model::read_updates(path)? {
+                if let Some(kind) = update.database {
+                    match feed::verified_database(&update, kind, base.as_deref()) {
+                        Ok(database) => databases.push((update.effective_from, database)),
+                        Err(error) => tracing::error!("{error:#}"),
+                    }
+                    continue;
+                }
                 match model::load_update(&update, base.as_deref()) {
                     Ok(model) => {
                         tracing::info!(version = %update.version, effective_from = update.effective_from, "model update verified");
@@ -101,6 +123,9 @@ impl ControlSpec {
         }
         models.extend(self.verified_models.iter().cloned());
         let mut log = ControlLog::with_models(models);
+        for (from, database) in databases {
+            log.add_database(from, database);
+        }
         if let Some(path) = self.marks.as_ref().filter(|_| !self.follow) {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading marks {}", path.display()))?;
             let mut updates = Vec::new();

@@ -6,7 +6,6 @@
 //! through the checkpoint layer, so a job restored after a kill remembers the history, and reads
 //! the shared feature arrangement for the decision's feature vector.
 
-use std::rc::Rc;
 
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::vec::{Filter, Map};
@@ -80,7 +79,7 @@ impl Dataflow for CountryDrift {
                 let (dominant, count) = vals.iter().max_by_key(|(c, n)| (*n, std::cmp::Reverse(*c)))?;
                 let own = country_code(e.country.as_deref()?)?;
                 let drift = total >= min_logins && own != **dominant && count * 100 >= total * dominant_percent;
-                drift.then(|| Rc::clone(e))
+                drift.then_some(e)
             },
         );
         with_features(judged, features).map(|(e, features)| Decision {

@@ -1,5 +1,5 @@
-//! The control collection: models, rules, marks and unblocks as one small collection over event
-//! time.
+//! The control collection: models, rules, marks, unblocks and enrichment databases as one small
+//! collection over event time.
 //!
 //! At every time the collection holds exactly the model in force (the one with the greatest
 //! `effective_from <= t`) and the rules and marks in force. It is broadcast to every worker and
@@ -14,6 +14,7 @@ use differential_dataflow::trace::implementations::ValSpine;
 use serde::{Deserialize, Serialize};
 
 use crate::detect::marks::{Mark, MarkUpdate, Unblock};
+use crate::enrich::{Database, DatabaseKind};
 use crate::detect::model::Model;
 use crate::detect::rules::{Rule, RuleSpec};
 use crate::event::Time;
@@ -35,6 +36,8 @@ pub enum Control {
     Mark(Mark),
     /// An unblock (never retracted: it lifts the blocks made before its `effective_from`).
     Unblock(Unblock),
+    /// The GeoIP or ASN database in force (at most one of each kind; see [`crate::enrich`]).
+    Database(Database),
 }
 
 /// An update of the control collection.
@@ -53,12 +56,18 @@ pub struct ControlLog {
     models: Vec<(Time, Model)>,
     specs: Vec<RuleSpec>,
     marks: Vec<MarkUpdate>,
+    databases: Vec<(Time, Database)>,
 }
 
 impl ControlLog {
     /// A log of these models and nothing else.
     pub fn with_models(models: Vec<(Time, Model)>) -> Self {
-        ControlLog { models, specs: Vec::new(), marks: Vec::new() }
+        ControlLog { models, ..ControlLog::default() }
+    }
+
+    /// Whether any enrichment database was ever logged (a job enriches its events only then).
+    pub fn has_databases(&self) -> bool {
+        !self.databases.is_empty()
     }
 
     /// The control collection's updates for everything logged.
@@ -66,7 +75,16 @@ impl ControlLog {
         let mut updates = model_timeline(self.models.clone());
         updates.extend(rule_timeline(self.specs.clone()));
         updates.extend(mark_timeline(self.marks.clone()));
+        updates.extend(database_timeline(self.databases.clone()));
         updates
+    }
+
+    /// Logs a verified database in force from `from` (replacing the one of its kind from then
+    /// on); returns the collection's changes.
+    pub fn add_database(&mut self, from: Time, database: Database) -> Vec<ControlUpdate> {
+        let before = database_timeline(self.databases.clone());
+        self.databases.push((from, database));
+        changes(before, database_timeline(self.databases.clone()))
     }
 
     /// Logs a verified model in force from `from`; returns the collection's changes.
@@ -133,6 +151,21 @@ fn model_timeline(mut models: Vec<(Time, Model)>) -> Vec<ControlUpdate> {
         }
         updates.push((Control::Model(model.clone()), from, 1));
         current = Some(model);
+    }
+    updates
+}
+
+/// Databases: per kind, the one with the greatest `effective_from <= t` applies, as models do.
+fn database_timeline(mut databases: Vec<(Time, Database)>) -> Vec<ControlUpdate> {
+    let mut updates = Vec::new();
+    databases.sort_by_key(|(from, database)| (database.kind, *from));
+    let mut current: Option<(DatabaseKind, Database)> = None;
+    for (from, database) in databases {
+        if let Some((_, old)) = current.take().filter(|(kind, _)| *kind == database.kind) {
+            updates.push((Control::Database(old), from, -1));
+        }
+        updates.push((Control::Database(database.clone()), from, 1));
+        current = Some((database.kind, database));
     }
     updates
 }
@@ -228,7 +261,7 @@ mod tests {
         }
         let version = |t| match &at(&applied, t)[0] {
             Control::Model(m) => m.version.clone(),
-            Control::Rule(_) | Control::Mark(_) | Control::Unblock(_) => unreachable!(),
+            Control::Rule(_) | Control::Mark(_) | Control::Unblock(_) | Control::Database(_) => unreachable!(),
         };
         assert_eq!([version(0), version(50), version(100)], ["v1", "v3", "v2"]);
         assert_eq!(at(&applied, 70).len(), 2);

@@ -118,7 +118,7 @@ pub fn correlate<'s>(
         {
             let mut index = PerVersion::default();
             move |time, (e, f), controls, version| {
-                let found = observe(time, e, f, controls, index.get(version, || CorrelationIndex::new(controls)));
+                let found = observe(time, &e, &f, controls, index.get(version, || CorrelationIndex::new(controls)));
                 (!found.is_empty()).then_some(found)
             }
         },

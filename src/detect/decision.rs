@@ -78,6 +78,10 @@ pub struct Decision {
     pub blocked_until: Option<Time>,
     /// Where the event was read (file or Kafka partition, and record), for `revert` commands.
     pub position: Option<Position>,
+    /// What the GeoIP/ASN databases said about the event's source address (absent when the job
+    /// enriches nothing; see [`crate::enrich`]).
+    #[serde(default)]
+    pub enrichment: Option<crate::enrich::Enrichment>,
 }
 
 impl Decision {
@@ -105,6 +109,7 @@ impl Decision {
             blocked_by: None,
             blocked_until: None,
             position: event.position.clone(),
+            enrichment: event.enrichment.as_deref().cloned(),
         }
     }
 }
@@ -132,7 +137,7 @@ pub fn decide_as_of<'s>(
         |(e, _): &(UserEvent, Features)| e.time,
         {
             let mut index = PerVersion::default();
-            move |time, (e, f), controls, version| decide(time, e, f, controls, index.get(version, || ControlIndex::new(controls)))
+            move |time, (e, f), controls, version| decide(time, &e, &f, controls, index.get(version, || ControlIndex::new(controls)))
         },
     )
 }
@@ -156,7 +161,7 @@ impl ControlIndex {
     pub fn new(controls: &[(&Control, isize)]) -> ControlIndex {
         let marks = MarkIndex::new(in_force(controls).filter_map(|(position, control)| match control {
             Control::Mark(mark) => Some((position, mark)),
-            Control::Model(_) | Control::Rule(_) | Control::Unblock(_) => None,
+            Control::Model(_) | Control::Rule(_) | Control::Unblock(_) | Control::Database(_) => None,
         }));
         let mut rules = RuleIndex::default();
         for (position, control) in in_force(controls) {

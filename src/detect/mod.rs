@@ -7,6 +7,7 @@ pub mod action;
 pub mod control;
 pub mod correlation;
 pub mod decision;
+pub mod enrichment;
 pub mod marks;
 pub mod model;
 pub mod rules;

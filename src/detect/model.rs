@@ -129,10 +129,17 @@ impl Model {
 }
 
 /// A model update: where the artifact is, what it must hash to, and from when it applies.
+///
+/// The same line with `"database": "geoip"` or `"asn"` (and no version) replaces an enrichment
+/// database instead (see [`crate::enrich`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelUpdate {
-    /// Version name.
+    /// Version name (none for a database).
+    #[serde(default)]
     pub version: String,
+    /// The kind of enrichment database this update replaces, when it is one and not a model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<crate::enrich::DatabaseKind>,
     /// Location: a path, a `file://` URI or `s3://BUCKET/KEY` (see [`crate::location`]). Relative
     /// paths are relative to the updates file.
     pub uri: String,

@@ -150,8 +150,57 @@ struct Profile {
     admin: bool,
 }
 
-fn ip_in(country: usize, rng: &mut ChaCha8Rng) -> String {
-    format!("{}.{}.{}.{}", 20 + country * 9, rng.random_range(0..256), rng.random_range(0..256), rng.random_range(1..255))
+/// An address in a network registered to a country (the first two octets of a /16, or for North
+/// Korea's only block a /22), so that a GeoIP database places generated events where the
+/// generator says they are. Checked against the pinned database of `scripts/geo`
+/// (`tests/enrichment.rs`).
+const NETWORKS: [(&str, [u8; 2], u8); 26] = [
+    ("US", [2, 0], 16),
+    ("CA", [3, 96], 16),
+    ("BR", [4, 160], 16),
+    ("MX", [68, 155], 16),
+    ("GB", [1, 186], 16),
+    ("DE", [2, 28], 16),
+    ("FR", [2, 3], 16),
+    ("NL", [2, 153], 16),
+    ("ES", [2, 136], 16),
+    ("IT", [2, 32], 16),
+    ("SE", [2, 64], 16),
+    ("PL", [5, 173], 16),
+    ("IN", [1, 6], 16),
+    ("SG", [3, 0], 16),
+    ("JP", [1, 5], 16),
+    ("AU", [1, 40], 16),
+    ("ZA", [4, 167], 16),
+    ("NG", [41, 58], 16),
+    ("KR", [1, 11], 16),
+    ("AR", [24, 232], 16),
+    ("RU", [2, 60], 16),
+    ("KP", [175, 45], 22),
+    ("IR", [2, 144], 16),
+    ("VN", [1, 52], 16),
+    ("RO", [5, 12], 16),
+    ("UA", [5, 58], 16),
+];
+
+/// The country codes the generator places addresses in, with their networks (see [`NETWORKS`]).
+pub fn country_networks() -> Vec<(&'static str, std::net::Ipv4Addr, u8)> {
+    NETWORKS.iter().map(|(country, [a, b], len)| (*country, std::net::Ipv4Addr::new(*a, *b, if *len == 22 { 176 } else { 0 }, 0), *len)).collect()
+}
+
+/// A random address in `country`'s network. Draws three numbers as it always did (the second
+/// octet's draw is unused), so that every other value a seed generates stays as it was.
+fn ip_in_country(country: &str, rng: &mut ChaCha8Rng) -> Text {
+    let (_, [a, b], len) = NETWORKS.iter().find(|(c, ..)| *c == country).copied().unwrap_or(NETWORKS[0]);
+    let _unused: i32 = rng.random_range(0..256);
+    let third: i32 = rng.random_range(0..256);
+    let fourth: i32 = rng.random_range(1..255);
+    let third = if len == 22 { 176 + third % 4 } else { third };
+    compact_str::format_compact!("{a}.{b}.{third}.{fourth}")
+}
+
+fn ip_in(country: usize, rng: &mut ChaCha8Rng) -> Text {
+    ip_in_country(COUNTRIES[country].0, rng)
 }
 
 impl Profile {
@@ -159,7 +208,7 @@ impl Profile {
         let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, user));
         let weights: Vec<u32> = COUNTRIES.iter().map(|c| c.3).collect();
         let home = pick_index(&mut rng, &weights);
-        let ips = (0..rng.random_range(1..=3)).map(|_| Text::from(ip_in(home, &mut rng))).collect();
+        let ips = (0..rng.random_range(1..=3)).map(|_| ip_in(home, &mut rng)).collect();
         let admin = rng.random_bool(0.03);
         let mut habits: Vec<u32> = HABITS.iter().map(|h| h.2 * rng.random_range(50..150) / 100).collect();
         if admin {
@@ -345,7 +394,7 @@ fn plan_day(p: &Profile, day: u64, start: Time, rng: &mut ChaCha8Rng) -> Day {
     let (country, ip) = if travel {
         let near: Vec<usize> = (0..COUNTRIES.len()).filter(|c| *c != p.home && COUNTRIES[*c].2 == COUNTRIES[p.home].2).collect();
         let c = if near.is_empty() { p.home } else { near[rng.random_range(0..near.len())] };
-        (c, Text::from(ip_in(c, rng)))
+        (c, ip_in(c, rng))
     } else {
         (p.home, p.ips[rng.random_range(0..p.ips.len())].clone())
     };
@@ -411,7 +460,7 @@ fn attack_actor(config: &GeneratorConfig, instance: &Instance, profile: std::rc:
     let mut queue = VecDeque::new();
     let label = Some((instance.scenario, instance.id));
     let foreign = ATTACKER_COUNTRIES[rng.random_range(0..ATTACKER_COUNTRIES.len())];
-    let foreign_ip = compact_str::format_compact!("185.{}.{}.{}", rng.random_range(0..256), rng.random_range(0..256), rng.random_range(1..255));
+    let foreign_ip = ip_in_country(foreign, &mut rng);
     let own_ip = profile.ips[0].clone();
     let home = COUNTRIES[profile.home].0;
     let user = instance.user;
@@ -605,6 +654,7 @@ impl GeneratorPartition {
             user_agent: Some(Text::const_new(draft.agent)),
             extra: Default::default(),
             source: None,
+            enrichment: None,
             key: crate::event::user_key(user),
             time: draft.ts,
             late: false,

@@ -266,6 +266,7 @@ impl Mapping {
             user_agent,
             extra,
             source: Some(self.name.clone()),
+            enrichment: None,
             key,
             time: ts,
             late: false,

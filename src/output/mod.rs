@@ -373,6 +373,7 @@ mod tests {
             blocked_by: None,
             blocked_until: None,
             position: None,
+            enrichment: None,
         }
     }
 

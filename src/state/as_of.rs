@@ -29,7 +29,7 @@ use differential_dataflow::trace::{BatchCursor, BatchDiff, BatchValOwn, Cursor, 
 use crate::event::Time;
 
 /// For each event `e` at time `t = time_of(&e)` (at or after its message's time), calls
-/// `logic(t, &e, vals, version)` once the arrangement's frontier has passed `t`, where `vals` are
+/// `logic(t, e, vals, version)` (the event by value: a logic that emits it changed moves it) once the arrangement's frontier has passed `t`, where `vals` are
 /// the non-zero accumulations of `key_of(&e)`'s values over all updates with time `<= t`, in value
 /// order; emits what `logic` returns in a message at a time `<= t` (outputs carry their own time,
 /// as differential updates do: one message per activation, not one per distinct time).
@@ -80,7 +80,7 @@ where
     O: Clone + 'static,
     P: ParallelizationContract<Time, Vec<E>>,
     BatchDiff<Tr>: PartialEq,
-    L: FnMut(Time, &E, &[(&BatchValOwn<Tr>, BatchDiff<Tr>)], u64) -> Option<O> + 'static,
+    L: FnMut(Time, E, &[(&BatchValOwn<Tr>, BatchDiff<Tr>)], u64) -> Option<O> + 'static,
 {
     type C<Tr> = BatchCursor<Tr>;
     let mut trace = Some(arranged.trace);
@@ -93,7 +93,8 @@ where
     // Buffers reused across activations (fresh multi-megabyte vectors cost page faults).
     let mut ready: Vec<(Time, E)> = Vec::new();
     let mut times_of: Vec<Time> = Vec::new();
-    let mut work: Vec<(K, usize, E)> = Vec::new();
+    // Each event is taken out (`None`) when handed to `logic`.
+    let mut work: Vec<(K, usize, Option<E>)> = Vec::new();
     let mut results: Vec<O> = Vec::new();
     let mut times: Vec<(Time, BatchDiff<Tr>)> = Vec::new();
     // The current key's values (each cloned once), and per distinct time of the key the
@@ -135,7 +136,7 @@ where
                     // Work list sorted by (key, time): cursors only seek forward.
                     times_of.clear();
                     times_of.extend(ready.iter().map(|(t, _)| *t));
-                    work.extend(ready.drain(..).enumerate().map(|(idx, (_, e))| (key_of(&e), idx, e)));
+                    work.extend(ready.drain(..).enumerate().map(|(idx, (_, e))| (key_of(&e), idx, Some(e))));
                     // `ready` is in time order, so its index orders times.
                     work.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
                     let (mut cursor, storage) = cursor_list(trace.batches_through(Antichain::new().borrow()).unwrap_or_default());
@@ -189,7 +190,7 @@ where
                         let mut g = 0;
                         let mut vals: Vec<(&BatchValOwn<Tr>, BatchDiff<Tr>)> = Vec::new();
                         let mut built = None;
-                        for (_, idx, e) in &work[lo..hi] {
+                        for (_, idx, e) in &mut work[lo..hi] {
                             while g + 1 < group_times.len() && times_of[group_times[g + 1]] <= times_of[*idx] {
                                 g += 1;
                             }
@@ -203,6 +204,7 @@ where
                                 }
                                 built = Some(g);
                             }
+                            let Some(e) = e.take() else { continue };
                             if let Some(out) = logic(times_of[*idx], e, &vals, version) {
                                 results.push(out);
                             }

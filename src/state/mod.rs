@@ -64,6 +64,9 @@ pub fn with_features<'s>(
         "FeatureLookup",
         |e: &UserEvent| e.key,
         |e: &UserEvent| e.time,
-        |_time, e, vals, _| Some((Rc::clone(e), Features::from_accumulated(e, vals))),
+        |_time, e, vals, _| {
+            let features = Features::from_accumulated(&e, vals);
+            Some((e, features))
+        },
     )
 }
