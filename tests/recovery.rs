@@ -1,7 +1,8 @@
 //! Checkpoints and recovery, by killing the engine: `kill -9` at a random moment of a run with
 //! `--checkpoint-dir`, then the same command again (on the same or another worker count) until it
 //! finishes, on one process or a two-process cluster. The decisions and dead letters must be the
-//! uninterrupted run's, byte for byte: no loss, no duplicate. A newest checkpoint that cannot be
+//! uninterrupted run's, byte for byte: no loss, no duplicate (an enrichment database replaced
+//! mid-stream included). A newest checkpoint that cannot be
 //! used (damaged, or its outputs lost) must make the engine fall back to the previous one.
 
 use std::path::{Path, PathBuf};
@@ -36,6 +37,27 @@ fn input_of(dir: &Path, count: u64) -> std::path::PathBuf {
         mixed.push('\n');
     }
     std::fs::write(&events, mixed).unwrap();
+    // An ASN database, replaced by another in the middle of the stream (a control update kept in
+    // the checkpoints by location and digest): every decision names the one in force at its time.
+    let times: Vec<u64> = text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["ts"].as_u64()).collect();
+    let middle = (times.iter().min().unwrap() + times.iter().max().unwrap()) / 2;
+    for (file, first) in [("old-asn.csv", 64_500), ("new-asn.csv", 65_000)] {
+        let ranges: String = threatflow::ingest::generator::country_networks()
+            .iter()
+            .enumerate()
+            .map(|(i, (country, network, len))| {
+                let last = std::net::Ipv4Addr::from(u32::from(*network) + (1 << (32 - len)) - 1);
+                format!("{network},{last},{},{country} networks\n", first + i)
+            })
+            .collect();
+        std::fs::write(dir.join(file), ranges).unwrap();
+    }
+    let new_sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(dir.join("new-asn.csv")).unwrap()))
+    };
+    let update = serde_json::json!({"database": "asn", "uri": "new-asn.csv", "sha256": new_sha, "effective_from": middle});
+    std::fs::write(dir.join("updates.jsonl"), format!("{update}\n")).unwrap();
     // Correlation rules over two threshold rules that only feed them: their windows (grouped by
     // country, across users, and by user) and the blocks one makes are checkpointed state too.
     std::fs::write(
@@ -65,6 +87,10 @@ fn replay(events: &Path, out: &Path, extra: &[&str]) -> Command {
         .arg(events.with_file_name("correlated.json"))
         .arg("--rules-dir")
         .arg(events.with_file_name("correlations"))
+        .arg("--asn-db")
+        .arg(events.with_file_name("old-asn.csv"))
+        .arg("--model-updates")
+        .arg(events.with_file_name("updates.jsonl"))
         .arg("--output")
         .arg(out.join("decisions.jsonl"))
         .arg("--dead-letters")
@@ -101,6 +127,9 @@ fn input_and_reference(dir: &Path) -> (PathBuf, PathBuf, Duration) {
         eprintln!("reference: {count} decisions {what}");
         assert!(count > 0, "the reference run has decisions {what}");
     }
+    // Both ASN databases decided: the replacement applied mid-stream.
+    let asns: std::collections::BTreeSet<u64> = decisions.iter().filter_map(|d| d["enrichment"]["asn"].as_u64()).collect();
+    assert!(asns.iter().any(|a| *a < 65_000) && asns.iter().any(|a| *a >= 65_000), "{asns:?}");
     let alerting = decisions.iter().filter(|d| d["actions"].to_string().contains("alert")).count();
     assert!(lines(&reference.join("alerts.jsonl")).len() < alerting, "some alerts are suppressed");
     (events, reference, took)
