@@ -21,6 +21,7 @@ use crate::checkpoint::{truncate_output, Checkpoint};
 use crate::control::feed::ControlFeed;
 use crate::dataflows::Dataflow;
 use crate::detect::control::ControlLog;
+use crate::detect::enrichment::EnrichmentMode;
 use crate::event::Time;
 use crate::ingest::partition::{ErrorSlot, SourceConfig};
 use crate::job::{JobSpec, SourceSpec};
@@ -190,6 +191,14 @@ fn run_worker(
         ..SourceConfig::default()
     };
     let gathered: Rc<RefCell<Gathered>> = Rc::default();
+    // A job enriches only when it starts with a database; without a control topic or followed
+    // file, the databases it starts with are those of its whole run.
+    let may_arrive = job.kafka.is_some() || job.control.followed().is_some();
+    let enrichment = match (job.control.enriches(), control.databases_from_start()) {
+        (false, _) => EnrichmentMode::Off,
+        (true, Some(databases)) if !may_arrive => EnrichmentMode::Fixed(databases),
+        (true, _) => EnrichmentMode::InForce,
+    };
     let rendered = worker.dataflow::<Time, _, _>(|scope| {
         let parts = Parts {
             job,
@@ -202,6 +211,7 @@ fn run_worker(
             events_probe: events_probe.clone(),
             gathered: Rc::clone(&gathered),
             errors: Rc::clone(&errors),
+            enrichment: enrichment.clone(),
         };
         render(scope, parts)
     });

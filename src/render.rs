@@ -1,10 +1,10 @@
 //! The whole pipeline of a job, top to bottom, as each worker builds it.
 //!
 //! ```text
-//! source ─events─► feature windows ─► the chosen dataflow ─┐
-//!    │                  │  scored ───► correlation ────────┼─► verdicts ─► decision sink
-//!    │                  └─ scored ─────────────────────────┘        ▲
-//!    │                                  control (models, rules, marks; broadcast) ──┘
+//! source ─events─► (enrichment) ─► feature windows ─► the chosen dataflow ─┐
+//!    │                                    │  scored ───► correlation ────────┼─► verdicts ─► decision sink
+//!    │                                    └─ scored ─────────────────────────┘        ▲
+//!    │                       control (models, rules, marks, databases; broadcast) ──────┘
 //!    └─side records (dead letters, labels, counts)──────────────────────► side sink
 //! ```
 //!
@@ -33,6 +33,7 @@ use crate::dataflows::{Dataflow, SharedInputs};
 use crate::detect::control::Control;
 use crate::detect::correlation::correlate;
 use crate::detect::decision::Decision;
+use crate::detect::enrichment::EnrichmentMode;
 use crate::detect::verdicts::verdicts;
 use crate::event::Time;
 use crate::ingest::partition::{partitioned_source, ErrorSlot, Partition, PartitionPart, SourceCheckpoints, SourceConfig};
@@ -73,11 +74,13 @@ pub struct Parts<'a> {
     pub gathered: Rc<RefCell<Gathered>>,
     /// Where the source and the sinks leave the first error.
     pub errors: ErrorSlot,
+    /// How the events are enriched.
+    pub enrichment: EnrichmentMode,
 }
 
 /// Builds the job's pipeline in `scope` (see the module doc).
 pub fn render<'s>(scope: Scope<'s, Time>, parts: Parts<'_>) -> Rendered {
-    let Parts { job, dataflow, partitions, source, restored, sinks, output_probe, events_probe, gathered, errors } = parts;
+    let Parts { job, dataflow, partitions, source, restored, sinks, output_probe, events_probe, gathered, errors, enrichment } = parts;
     let (control_input, control) = scope.new_collection();
     let (barrier_input, barriers) = scope.new_input::<Vec<Time>>();
     let barriers = barriers.broadcast();
@@ -88,8 +91,9 @@ pub fn render<'s>(scope: Scope<'s, Time>, parts: Parts<'_>) -> Rendered {
     let (events, side, positions) = partitioned_source(scope, "Source", partitions, source, output_probe.clone(), errors, source_checkpoints);
     let events = events.probe_with(&events_probe);
 
-    // 2. Feature windows and the control arrangement: what every dataflow reads.
-    let inputs = SharedInputs::build(scope, events, control, &checkpoints, job.control.enriches());
+    // 2. The control arrangement, enrichment (when the job has databases) and the feature
+    //    windows: what every dataflow reads.
+    let inputs = SharedInputs::build(scope, events, control, &checkpoints, enrichment);
     let unkept = inputs.clone();
 
     // 3-5. The chosen dataflow, the correlation rules, the verdicts.

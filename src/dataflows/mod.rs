@@ -29,7 +29,7 @@ use timely::dataflow::{Scope, StreamVec};
 use crate::checkpoint::operator::StateCheckpoints;
 use crate::detect::control::{Control, ControlArrangement};
 use crate::detect::decision::Decision;
-use crate::detect::enrichment::enriched;
+use crate::detect::enrichment::EnrichmentMode;
 use crate::event::{route, Event, Time, UserKey};
 use crate::state::windowed::{windowed_by_user, Window};
 use crate::state::windows::feature_windows;
@@ -92,15 +92,15 @@ pub struct SharedInputs<'s> {
 
 impl<'s> SharedInputs<'s> {
     /// Builds the shared inputs from the source's events and the control collection: the control
-    /// collection is broadcast and arranged on every worker; with `enrich`, each event reads the
-    /// GeoIP/ASN databases in force at its time ([`crate::detect::enrichment`]) where it was
-    /// read; then the events go to the worker owning their user and through the feature windows.
+    /// collection is broadcast and arranged on every worker; events are enriched as `enrichment`
+    /// says ([`crate::detect::enrichment`]) where they were read; then they go to the worker
+    /// owning their user and through the feature windows.
     pub fn build(
         scope: Scope<'s, Time>,
         events: StreamVec<'s, Time, Event>,
         control: VecCollection<'s, Time, ((), Control)>,
         checkpoints: &StateCheckpoints<'s>,
-        enrich: bool,
+        enrichment: EnrichmentMode,
     ) -> Self {
         let control = arrange_core::<_, _, ValBatcher<(), Control, Time, isize>, ValSpine<(), Control, Time, isize>>(
             control.inner.broadcast(),
@@ -108,7 +108,7 @@ impl<'s> SharedInputs<'s> {
             "Control",
             ValBatcher::new,
         );
-        let events = if enrich { enriched(events, control.clone()) } else { events };
+        let events = enrichment.apply(events, &control);
         let events = events.exchange(|e: &Event| route(&e.key)).map(Rc::new);
         let features_wanted = Rc::new(Cell::new(false));
         let (scored, feature_updates) = feature_windows(events.clone(), checkpoints, Rc::clone(&features_wanted));
@@ -176,7 +176,7 @@ mod tests {
                 let checkpoints = StateCheckpoints::none(scope);
                 let (_control_input, control) = scope.new_collection::<((), Control), isize>();
                 let events = timely::dataflow::operators::generic::operator::empty(scope);
-                let inputs = SharedInputs::build(scope, events, control, &checkpoints, false);
+                let inputs = SharedInputs::build(scope, events, control, &checkpoints, EnrichmentMode::Off);
                 assert!(inputs.unkept_state().is_empty());
                 let (_own_input, own) = scope.new_collection::<(UserKey, u64), isize>();
                 inputs.arrange_by_user(own, "OwnHistory");

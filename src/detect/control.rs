@@ -65,9 +65,20 @@ impl ControlLog {
         ControlLog { models, ..ControlLog::default() }
     }
 
-    /// Whether any enrichment database was ever logged (a job enriches its events only then).
-    pub fn has_databases(&self) -> bool {
-        !self.databases.is_empty()
+    /// The databases, when every one logged applies from time 0 (for equal kinds the later
+    /// wins): then nothing the log holds changes them over time.
+    pub fn databases_from_start(&self) -> Option<crate::enrich::Databases> {
+        let mut databases = crate::enrich::Databases::default();
+        for (from, database) in &self.databases {
+            if *from != 0 {
+                return None;
+            }
+            match database.kind {
+                DatabaseKind::Geoip => databases.geo = Some(database.clone()),
+                DatabaseKind::Asn => databases.asn = Some(database.clone()),
+            }
+        }
+        Some(databases)
     }
 
     /// The control collection's updates for everything logged.

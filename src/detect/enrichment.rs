@@ -20,6 +20,33 @@ use crate::enrich::{DatabaseKind, Databases, Enrichment};
 use crate::event::{Event, Text, Time};
 use crate::state::as_of::{as_of_lookup, PerVersion};
 
+/// How a job enriches its events.
+#[derive(Clone, Debug, Default)]
+pub enum EnrichmentMode {
+    /// Not at all (the job has no database).
+    #[default]
+    Off,
+    /// With these databases, which nothing can replace while the job runs (no update applies
+    /// later and none can arrive): events are enriched as they pass, without waiting.
+    Fixed(Databases),
+    /// With the databases in force at each event's time ([`enriched`]).
+    InForce,
+}
+
+impl EnrichmentMode {
+    /// The events enriched as this mode says.
+    pub fn apply<'s>(self, events: StreamVec<'s, Time, Event>, control: &ControlArrangement<'s>) -> StreamVec<'s, Time, Event> {
+        match self {
+            EnrichmentMode::Off => events,
+            EnrichmentMode::Fixed(databases) => {
+                let mut cache = Cache::default();
+                events.map(move |event| enrich_with(event, &databases, &mut cache))
+            }
+            EnrichmentMode::InForce => enriched(events, control.clone()),
+        }
+    }
+}
+
 /// The events, each enriched with the databases in force at its time (events wait for the
 /// control collection to be complete up to their time, as decisions do).
 pub fn enriched<'s>(events: StreamVec<'s, Time, Event>, control: ControlArrangement<'s>) -> StreamVec<'s, Time, Event> {
