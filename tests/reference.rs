@@ -102,6 +102,24 @@ struct Case {
     unblocks: Vec<(String, u64)>,
 }
 
+/// A country's centre as docs/semantics.md says: the table's coordinates rounded to 0.01°.
+fn center(country: &str) -> (f64, f64) {
+    let table = include_str!("../src/enrich/data/country-centers.csv");
+    let row = table.lines().find(|l| l.starts_with(&format!("{country},"))).expect("a country of the table");
+    let fields: Vec<f64> = row.split(',').skip(1).map(|f| f.parse().unwrap()).collect();
+    ((fields[0] * 100.0).round() / 100.0, (fields[1] * 100.0).round() / 100.0)
+}
+
+/// km/h between two countries' centres in `elapsed` ms: haversine on a sphere of radius
+/// 6371.0088 km, rounded down.
+fn speed_kmh(from: &str, to: &str, elapsed: u64) -> u64 {
+    let ((lat1, lon1), (lat2, lon2)) = (center(from), center(to));
+    let a = ((lat2 - lat1).to_radians() / 2.0).sin().powi(2)
+        + lat1.to_radians().cos() * lat2.to_radians().cos() * ((lon2 - lon1).to_radians() / 2.0).sin().powi(2);
+    let km = 2.0 * 6371.0088 * a.sqrt().asin();
+    (km / (elapsed as f64 / 3_600_000.0)).floor() as u64
+}
+
 fn model(version: String, weights: Vec<f64>, bias: f64, threshold: f64) -> Model {
     Model {
         version,
@@ -115,9 +133,9 @@ fn model(version: String, weights: Vec<f64>, bias: f64, threshold: f64) -> Model
 
 fn case_strategy() -> impl Strategy<Value = Case> {
     let events = prop::collection::vec(event_strategy(), 1..120);
-    let models = prop::collection::vec((0u64..100, prop::collection::vec(-1.0f64..2.0, 9), -6.0f64..0.0, 0.05f64..0.95), 0..4);
+    let models = prop::collection::vec((0u64..100, prop::collection::vec(-1.0f64..2.0, 10), -6.0f64..0.0, 0.05f64..0.95), 0..4);
     let rules = prop::collection::vec(
-        (0usize..4, 0u64..100, any::<bool>(), 0usize..9, 0u64..4, prop::option::of(0usize..ACTIONS.len()), prop::bool::weighted(0.4)),
+        (0usize..4, 0u64..100, any::<bool>(), 0usize..10, 0u64..4, prop::option::of(0usize..ACTIONS.len()), prop::bool::weighted(0.4)),
         0..5,
     );
     let blocks = (prop::sample::select(vec![1, 2_000, 5 * MINUTE, HOUR, 3 * DAY]), prop::collection::vec((0u8..3, 0u64..100), 0..3));
@@ -184,7 +202,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
 struct Expected {
     time: u64,
     late: bool,
-    features: [u64; 9],
+    features: [u64; 10],
     score: Option<f64>,
     model_version: Option<String>,
     rules: Vec<String>,
@@ -224,6 +242,18 @@ fn reference(case: &Case) -> BTreeMap<String, Expected> {
         let seen_before = ev.country.is_some_and(|c| {
             log.iter().any(|(t2, e)| *t2 < t && *t2 + 30 * DAY > t && e.country == Some(c))
         });
+        // Travel speed: from the latest located login of the day strictly before, fastest place.
+        let located = |e: &Ev| (e.action == "login" || e.action == "login_failed") && e.country.is_some();
+        let previous: Vec<(u64, &Ev)> = log.iter().filter(|(t2, e)| *t2 < t && *t2 + DAY > t && located(e)).copied().collect();
+        let travel_speed = match previous.iter().map(|(t2, _)| *t2).max() {
+            Some(at) if located(ev) => previous
+                .iter()
+                .filter(|(t2, _)| *t2 == at)
+                .map(|(_, e)| speed_kmh(e.country.unwrap(), ev.country.unwrap(), t - at))
+                .max()
+                .unwrap_or(0),
+            _ => 0,
+        };
         let features = [
             count(5 * MINUTE, &["login_failed"]),
             count(HOUR, &["login"]),
@@ -234,6 +264,7 @@ fn reference(case: &Case) -> BTreeMap<String, Expected> {
             count(10 * MINUTE, &["delete"]),
             count(HOUR, &["permission_change", "admin_action"]),
             resources.len() as u64,
+            travel_speed,
         ];
         // 3. The model with the greatest effective_from <= t (the later one on ties).
         let model = case.models.iter().enumerate().filter(|(_, (from, _))| *from <= t).max_by_key(|(i, (from, _))| (*from, *i)).map(|(_, (_, m))| m);
@@ -359,6 +390,7 @@ fn check(case: &Case, workers: usize) -> Result<(), TestCaseError> {
             f.deletes_10m,
             f.privilege_changes_1h,
             f.distinct_resources_1h,
+            f.travel_speed_kmh,
         ];
         prop_assert_eq!(features, e.features, "features of {}", id);
         prop_assert_eq!((d.ts, d.late), (e.time, e.late), "time of {}", id);

@@ -1,4 +1,4 @@
-//! The nine standard per-user features: the updates each event contributes to the shared feature
+//! The ten standard per-user features: the updates each event contributes to the shared feature
 //! arrangement, and how an event's feature vector is read back from that arrangement.
 //!
 //! An event at time `t` contributes `+d` at `t` and `-d` at `t + W` to `(user, value)`, so that
@@ -6,6 +6,10 @@
 //! Counters accumulate their diffs (counts, byte sums); distinct features count the values whose
 //! accumulation is positive. `new_country` reads the countries seen *strictly before* `t` within
 //! 30 days, so those contributions are shifted: `+1` at `t + 1`, `-1` at `t + W`.
+//!
+//! `travel_speed_kmh` reads the places of the user's latest located login strictly before `t`
+//! (within 24 hours): each place is present from just after its login until the next located
+//! login supersedes it (or 24 hours pass), so the arrangement holds one group of places per user.
 //!
 //! Retractions wait in [`WindowState`] until the events' frontier passes them, and distinct values
 //! are coalesced there: a value already present moves its single pending retraction instead of
@@ -16,6 +20,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::enrich::place::Place;
 use crate::event::{ActionKind, Event, Time, UserKey, DAY, HOUR, MINUTE};
 
 
@@ -49,11 +54,18 @@ pub enum FeatureName {
     /// Distinct resources in 1 hour.
     #[serde(rename = "distinct_resources_1h")]
     DistinctResources1h,
+    /// Speed (km/h) from the places of the previous located login of the last 24 hours to this
+    /// login's place.
+    #[serde(rename = "travel_speed_kmh")]
+    TravelSpeedKmh,
 }
+
+/// How many standard features there are.
+pub const FEATURES: usize = FeatureName::ALL.len();
 
 impl FeatureName {
     /// All standard features, in order.
-    pub const ALL: [FeatureName; 9] = [
+    pub const ALL: [FeatureName; 10] = [
         FeatureName::FailedLogins5m,
         FeatureName::Logins1h,
         FeatureName::Countries24h,
@@ -63,6 +75,7 @@ impl FeatureName {
         FeatureName::Deletes10m,
         FeatureName::PrivilegeChanges1h,
         FeatureName::DistinctResources1h,
+        FeatureName::TravelSpeedKmh,
     ];
 
     /// The feature's name as in docs/semantics.md#feature-windows.
@@ -77,6 +90,7 @@ impl FeatureName {
             FeatureName::Deletes10m => "deletes_10m",
             FeatureName::PrivilegeChanges1h => "privilege_changes_1h",
             FeatureName::DistinctResources1h => "distinct_resources_1h",
+            FeatureName::TravelSpeedKmh => "travel_speed_kmh",
         }
     }
 
@@ -90,7 +104,7 @@ impl FeatureName {
         match self {
             FeatureName::FailedLogins5m => 5 * MINUTE,
             FeatureName::Deletes10m => 10 * MINUTE,
-            FeatureName::Countries24h => DAY,
+            FeatureName::Countries24h | FeatureName::TravelSpeedKmh => DAY,
             FeatureName::NewCountry => 30 * DAY,
             _ => HOUR,
         }
@@ -118,6 +132,9 @@ pub struct Features {
     pub privilege_changes_1h: u64,
     /// See [`FeatureName::DistinctResources1h`].
     pub distinct_resources_1h: u64,
+    /// See [`FeatureName::TravelSpeedKmh`].
+    #[serde(default)]
+    pub travel_speed_kmh: u64,
 }
 
 impl Features {
@@ -133,6 +150,7 @@ impl Features {
             FeatureName::Deletes10m => self.deletes_10m,
             FeatureName::PrivilegeChanges1h => self.privilege_changes_1h,
             FeatureName::DistinctResources1h => self.distinct_resources_1h,
+            FeatureName::TravelSpeedKmh => self.travel_speed_kmh,
         }
     }
 
@@ -147,6 +165,7 @@ impl Features {
             FeatureName::Deletes10m => self.deletes_10m = value,
             FeatureName::PrivilegeChanges1h => self.privilege_changes_1h = value,
             FeatureName::DistinctResources1h => self.distinct_resources_1h = value,
+            FeatureName::TravelSpeedKmh => self.travel_speed_kmh = value,
         }
     }
 
@@ -155,6 +174,7 @@ impl Features {
         let mut features = Features::default();
         let country = event.country.as_deref().and_then(country_code);
         let mut seen_before = false;
+        let place = located_login(event);
         for (val, diff) in vals {
             if *diff <= 0 {
                 continue;
@@ -164,11 +184,23 @@ impl Features {
                 FeatureVal::Country(_) => features.countries_24h += 1,
                 FeatureVal::Resource(_) => features.distinct_resources_1h += 1,
                 FeatureVal::SeenCountry(c) => seen_before |= Some(*c) == country,
+                // One group of places is present at a time (see the module doc).
+                FeatureVal::LoginPlace(at, from) => {
+                    if let Some(to) = place {
+                        let speed = Place::speed_kmh(*from, to, event.time.saturating_sub(*at));
+                        features.travel_speed_kmh = features.travel_speed_kmh.max(speed);
+                    }
+                }
             }
         }
         features.new_country = u64::from(country.is_some() && !seen_before);
         features
     }
+}
+
+/// The place of a login or failed login that has one (see [`Place::of`]).
+fn located_login(event: &Event) -> Option<Place> {
+    matches!(event.kind(), ActionKind::Login | ActionKind::LoginFailed).then(|| Place::of(event)).flatten()
 }
 
 /// A value of the feature arrangement (keyed by [`UserKey`]).
@@ -182,6 +214,9 @@ pub enum FeatureVal {
     SeenCountry(u16),
     /// A resource (64-bit xxh3 fingerprint of its name) in the last hour.
     Resource(u64),
+    /// A place of the user's latest located login strictly before, with that login's time
+    /// (within 24 hours).
+    LoginPlace(Time, Place),
 }
 
 /// Packs an ISO alpha-2 country code into two bytes.
@@ -270,29 +305,40 @@ pub struct WindowState {
     pending: BinaryHeap<Reverse<(Time, UserKey, FeatureVal)>>,
     /// Counter retractions, one queue per counter: a counter's window is fixed and events come in
     /// time order, so each queue is already sorted by time (no heap needed).
-    counters: [ChunkedQueue<(Time, UserKey, isize)>; 9],
+    counters: [ChunkedQueue<(Time, UserKey, isize)>; FEATURES],
     /// Retractions of the short-window distinct values (countries in 24 h, resources in 1 h), one
     /// queue each, sorted for the same reason. An extension queues a new entry and leaves the old
     /// one stale, which is cheap for short windows; the 30-day countries use the heap instead.
     short: [ChunkedQueue<(Time, UserKey, FeatureVal)>; 2],
+    /// The end of each login group's 24 hours: `(end, user, the group's time)`, in time order; an
+    /// entry whose group was superseded is stale.
+    login_groups: ChunkedQueue<(Time, UserKey, Time)>,
 }
 
 /// One user's windows.
 #[derive(Default)]
 struct UserWindows {
     /// Accumulated counters (by [`FeatureName`] index; only the counter features are used).
-    counters: [isize; 9],
+    counters: [isize; FEATURES],
     /// Countries of the last 24 hours present.
     countries: isize,
     /// Resources of the last hour present.
     resources: isize,
     /// Each distinct value present, with the end (exclusive) of its presence interval.
     present: Present,
+    /// The places of the latest located login, until 24 hours have passed.
+    logins: Option<Box<LoginGroup>>,
+}
+
+/// The places of a user's located logins (and failed logins) of one millisecond.
+struct LoginGroup {
+    time: Time,
+    places: Vec<Place>,
 }
 
 impl UserWindows {
     fn is_empty(&self) -> bool {
-        self.counters == [0; 9] && self.countries == 0 && self.resources == 0 && self.present.is_empty()
+        self.counters == [0; FEATURES] && self.countries == 0 && self.resources == 0 && self.present.is_empty() && self.logins.is_none()
     }
 
     /// Adds `diff` to the total a value feeds (the 30-day countries feed none: `new_country`
@@ -302,8 +348,15 @@ impl UserWindows {
             FeatureVal::Counter(name) => self.counters[name as usize] += diff,
             FeatureVal::Country(_) => self.countries += diff,
             FeatureVal::Resource(_) => self.resources += diff,
-            FeatureVal::SeenCountry(_) => {}
+            FeatureVal::SeenCountry(_) | FeatureVal::LoginPlace(..) => {}
         }
+    }
+
+    /// The speed from the places of the latest located login strictly before `time` (within 24
+    /// hours) to `to`: the greatest when that login millisecond had several places.
+    fn travel_speed(&self, time: Time, to: Place) -> u64 {
+        let group = self.logins.as_deref().filter(|g| g.time < time && time < g.time.saturating_add(DAY));
+        group.map_or(0, |g| g.places.iter().map(|from| Place::speed_kmh(*from, to, time - g.time)).max().unwrap_or(0))
     }
 }
 
@@ -427,7 +480,7 @@ fn short_queue(val: FeatureVal) -> Option<usize> {
     match val {
         FeatureVal::Country(_) => Some(0),
         FeatureVal::Resource(_) => Some(1),
-        FeatureVal::SeenCountry(_) | FeatureVal::Counter(_) => None,
+        FeatureVal::SeenCountry(_) | FeatureVal::Counter(_) | FeatureVal::LoginPlace(..) => None,
     }
 }
 
@@ -462,13 +515,15 @@ impl WindowState {
         let first = features.len();
         // A country is new if no event of the 30 days strictly before had it: read before this
         // time's events extend the intervals.
+        // Likewise the travel speed from the previous located login.
         for (_, event) in events {
+            let user = self.users.get(&event.key);
             let country = event.country.as_deref().and_then(country_code);
             let seen = country.is_some_and(|c| {
-                let user = self.users.get(&event.key);
                 user.and_then(|u| u.present.get(FeatureVal::SeenCountry(c))).is_some_and(|until| until > time)
             });
-            features.push(Features { new_country: u64::from(country.is_some() && !seen), ..Features::default() });
+            let travel_speed_kmh = located_login(event).zip(user).map_or(0, |(to, user)| user.travel_speed(time, to));
+            features.push(Features { new_country: u64::from(country.is_some() && !seen), travel_speed_kmh, ..Features::default() });
         }
         for (_, event) in events {
             self.updates(event.key, event, time, out);
@@ -540,6 +595,27 @@ impl WindowState {
             let val = FeatureVal::Resource(xxhash_rust::xxh3::xxh3_64(resource.as_bytes()));
             distinct(val, time, FeatureName::DistinctResources1h.window());
         }
+        if let Some(place) = located_login(event) {
+            // Present from just after the login until superseded or 24 hours have passed.
+            let start = time.saturating_add(1);
+            match user.logins.as_deref_mut() {
+                Some(group) if group.time == time => {
+                    if !group.places.contains(&place) {
+                        group.places.push(place);
+                        out.push(((key, FeatureVal::LoginPlace(time, place)), start, 1));
+                    }
+                }
+                _ => {
+                    if let Some(old) = user.logins.take() {
+                        let end = old.time.saturating_add(DAY).min(start);
+                        out.extend(old.places.iter().map(|p| ((key, FeatureVal::LoginPlace(old.time, *p)), end, -1)));
+                    }
+                    out.push(((key, FeatureVal::LoginPlace(time, place)), start, 1));
+                    user.logins = Some(Box::new(LoginGroup { time, places: vec![place] }));
+                    self.login_groups.push_back((time.saturating_add(DAY), key, time));
+                }
+            }
+        }
         // An event that feeds no window (an upload without a resource) leaves no user behind.
         if user.is_empty() {
             self.users.remove(&key);
@@ -571,6 +647,14 @@ impl WindowState {
                     }
                 });
             }
+        }
+        while let Some(&(end, key, at)) = self.login_groups.front().filter(|(end, ..)| due(*end)) {
+            self.login_groups.pop_front();
+            Self::change(&mut self.users, key, |user| {
+                if let Some(group) = user.logins.take_if(|g| g.time == at) {
+                    out.extend(group.places.iter().map(|p| ((key, FeatureVal::LoginPlace(at, *p)), end, -1)));
+                }
+            });
         }
         while let Some(&Reverse((time, key, val))) = self.pending.peek().filter(|Reverse((time, ..))| due(*time)) {
             self.pending.pop();
@@ -613,6 +697,10 @@ impl WindowState {
             for (val, until) in user.present.iter() {
                 out.push(WindowEntry::Present { key, val, until });
             }
+            if let Some(group) = user.logins.as_deref() {
+                let until = group.time.saturating_add(DAY);
+                out.extend(group.places.iter().map(|p| WindowEntry::Present { key, val: FeatureVal::LoginPlace(group.time, *p), until }));
+            }
         }
     }
 
@@ -633,6 +721,17 @@ impl WindowState {
                         out.push(((key, val), at, amount));
                     }
                 }
+                WindowEntry::Present { key, val: val @ FeatureVal::LoginPlace(time, place), until } => {
+                    let user = self.users.entry(key).or_default();
+                    match user.logins.as_deref_mut() {
+                        Some(group) if group.time == time => group.places.push(place),
+                        _ => {
+                            user.logins = Some(Box::new(LoginGroup { time, places: vec![place] }));
+                            self.login_groups.push_back((until, key, time));
+                        }
+                    }
+                    out.push(((key, val), at, 1));
+                }
                 WindowEntry::Present { key, val, until } => {
                     let user = self.users.entry(key).or_default();
                     user.present.insert(val, until);
@@ -648,7 +747,8 @@ impl WindowState {
     pub fn next_expiry(&self) -> Option<Time> {
         let counters = self.counters.iter().filter_map(|q| q.front().map(|(time, ..)| *time));
         let short = self.short.iter().filter_map(|q| q.front().map(|(time, ..)| *time));
-        self.pending.peek().map(|Reverse((time, ..))| *time).into_iter().chain(counters).chain(short).min()
+        let logins = self.login_groups.front().map(|(time, ..)| *time);
+        self.pending.peek().map(|Reverse((time, ..))| *time).into_iter().chain(counters).chain(short).chain(logins).min()
     }
 }
 
@@ -672,6 +772,17 @@ mod tests {
         let count = |w: Time, actions: &[&str]| within(w).filter(|o| actions.contains(&o.action.as_str())).count() as u64;
         let distinct = |values: Vec<&str>| values.into_iter().collect::<std::collections::BTreeSet<_>>().len() as u64;
         let login = ["login", "login_failed"];
+        // The latest located login strictly before, within a day, and the fastest of its places.
+        let located = |o: &Event| login.contains(&o.action.as_str()) && o.country.is_some();
+        let before: Vec<&Event> = events.iter().filter(|o| o.user == e.user && located(o) && o.ts < e.ts && o.ts + DAY > e.ts).collect();
+        let latest = before.iter().map(|o| o.ts).max();
+        let place = |o: &Event| Place::of_country(o.country.as_deref().unwrap()).unwrap();
+        let travel_speed_kmh = match latest {
+            Some(at) if located(e) => {
+                before.iter().filter(|o| o.ts == at).map(|o| Place::speed_kmh(place(o), place(e), e.ts - at)).max().unwrap()
+            }
+            _ => 0,
+        };
         Features {
             failed_logins_5m: count(5 * MINUTE, &["login_failed"]),
             logins_1h: count(HOUR, &["login"]),
@@ -684,6 +795,7 @@ mod tests {
             deletes_10m: count(10 * MINUTE, &["delete"]),
             privilege_changes_1h: count(HOUR, &["permission_change", "admin_action"]),
             distinct_resources_1h: distinct(within(HOUR).filter_map(|o| o.resource.as_deref()).collect()),
+            travel_speed_kmh,
         }
     }
 

@@ -1,7 +1,7 @@
 //! Per-user state over event time: the feature windows and the arrangements every detector reads
 //! as of an event's own time.
 //!
-//! [`features`] defines the nine standard features and the windows that maintain them;
+//! [`features`] defines the ten standard features and the windows that maintain them;
 //! [`windows`] is the operator that runs them (checkpointed); [`windowed`] keeps any per-user
 //! collection of values over a window the same way, for a researcher's dataflow; [`as_of`] is the
 //! half join that reads an arrangement as of each event's time.

@@ -18,7 +18,7 @@
 //! let data = dataset::extract(timely::Config::process(2), dataset::ExtractSpec::new(SourceSpec::Generator(generator)))?;
 //! let labels = data.ground_truth.clone();
 //! let trained = train(&data, &labels, &TrainSpec::new("doc-1"))?;
-//! assert_eq!(trained.artifact.features.len(), 9);
+//! assert_eq!(trained.artifact.features.len(), 10);
 //! // The artifact loads as the engine loads it.
 //! let model = threatflow::detect::model::Model::from_bytes(&trained.bytes, Some(&trained.sha256))?;
 //! assert_eq!(model.version, "doc-1");
