@@ -170,8 +170,8 @@ fn the_generators_networks_lie_in_their_countries() {
     }
 }
 
-/// Raw CloudTrail records carry no country; enriched, they decide with exactly the country
-/// features of the canonical events they were rendered from (the generator's ground truth).
+/// Raw CloudTrail records carry no country; enriched, they decide with exactly the country and
+/// travel features of the canonical events they were rendered from (the generator's ground truth).
 #[test]
 fn enriched_cloudtrail_records_have_the_canonical_country_features() {
     let dir = geo_dir();
@@ -188,16 +188,52 @@ fn enriched_cloudtrail_records_have_the_canonical_country_features() {
     let blind = run("blind.jsonl", &["--format", "aws.cloudtrail"]);
     let enriched = run("enriched.jsonl", &["--format", "aws.cloudtrail", "--geoip-db", geoip.to_str().unwrap()]);
     let country_features = |d: &Value| (d["features"]["countries_24h"].clone(), d["features"]["new_country"].clone());
+    let speed = |d: &Value| d["features"]["travel_speed_kmh"].as_u64().unwrap();
     let mut compared = 0;
     for (id, decision) in &enriched {
         if let Some(reference) = canonical.get(id) {
             assert_eq!(country_features(decision), country_features(reference), "{id}");
+            // CloudTrail's `eventTime` has whole seconds: the elapsed time, and so the speed,
+            // may differ from the canonical event's by a second's worth.
+            let (expected, actual) = (speed(reference), speed(decision));
+            assert!((expected == 0) == (actual == 0) && expected.abs_diff(actual) <= expected / 100 + 1, "{id}: {actual} km/h, not {expected}");
             compared += 1;
         }
         assert_eq!(decision["enrichment"]["ip_class"], "public", "{decision}");
     }
     assert!(compared * 10 >= canonical.len() * 9, "{compared} of {} canonical decisions compared", canonical.len());
     assert!(blind.values().all(|d| d["features"]["countries_24h"] == 0 && d["enrichment"].is_null()), "without a database, CloudTrail has no country");
+}
+
+/// The shipped `impossible-travel` rule (a login faster than 1,000 km/h from the previous one)
+/// finds every impossible-travel attack of the generator in raw CloudTrail records once they are
+/// enriched, and none without a database; besides the attacks it flags little more than the
+/// victims' own return logins. A model that never flags leaves the rule alone in the report.
+#[test]
+fn the_impossible_travel_rule_finds_every_attack_in_enriched_raw_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/default.json")).unwrap();
+    let shipped: Vec<Value> = serde_json::from_str(&shipped).unwrap();
+    let rule = shipped.into_iter().find(|r| r["id"] == "impossible-travel").unwrap();
+    let rules = dir.path().join("rules.json");
+    std::fs::write(&rules, serde_json::to_string(&[rule]).unwrap()).unwrap();
+    let silent = dir.path().join("silent.json");
+    std::fs::write(&silent, r#"{"version": "silent", "features": ["failed_logins_5m"], "weights": [0.0], "bias": -50.0, "threshold": 0.5}"#).unwrap();
+    let report = |extra: &[&str]| -> Value {
+        let mut command = threatflow();
+        command.args(["run", "--users", "5000", "--events", "1000000", "-w", "2", "--format", "aws.cloudtrail", "--json", "--no-default-rules"]);
+        command.arg("--model").arg(&silent).arg("--rules").arg(&rules).args(extra);
+        serde_json::from_slice(&ok(command.output().unwrap()).stdout).unwrap()
+    };
+    let geoip = geo_dir().join("country.mmdb");
+    let enriched = report(&["--geoip-db", geoip.to_str().unwrap()]);
+    let travel = &enriched["quality"]["scenarios"]["impossible_travel"];
+    let instances = travel["instances"].as_u64().unwrap();
+    assert!(instances >= 3, "{enriched}");
+    assert_eq!((travel["instances_detected"].as_u64(), travel["flagged"].as_u64()), (Some(instances), Some(instances)), "{enriched}");
+    assert!(enriched["decisions"].as_u64().unwrap() <= 3 * instances, "{enriched}");
+    let blind = report(&[]);
+    assert_eq!(blind["decisions"], 0, "without a database there is no place: {blind}");
 }
 
 /// A database replaced by an update applies from its `effective_from`, the same on one and two
