@@ -264,6 +264,12 @@ fn run_worker(
         control_input = None;
     }
 
+    let metrics = &crate::metrics::METRICS;
+    if let Some(ms) = restore_stats.restore_ms {
+        metrics.restore_duration.set(ms / 1e3);
+    }
+    metrics.set_ready(true);
+    let mut checkpoints_shown = 0;
     let bar = (index == 0 && job.progress).then(|| progress_bar(job.expected_events));
     let started = Instant::now();
     let mut last_draw = Instant::now();
@@ -273,7 +279,13 @@ fn run_worker(
     while !sinks.done() {
         let events_frontier = events_probe.with_frontier(|f| f.first().copied());
         let output_frontier = probe.with_frontier(|f| f.first().copied());
+        if let Some(frontier) = events_frontier {
+            metrics.events_frontier.set(i64::try_from(frontier).unwrap_or(i64::MAX));
+        }
         if output_frontier != last_output.0 {
+            if let Some(frontier) = output_frontier {
+                metrics.output_frontier_at(frontier);
+            }
             last_output = (output_frontier, Instant::now());
             if let (Some(restored), None) = (&restored, restore_stats.resumed_ms) {
                 if output_frontier.is_none_or(|f| f > restored.frontier) {
@@ -301,6 +313,12 @@ fn run_worker(
             errors.borrow_mut().get_or_insert(error);
             job.stop.store(true, Ordering::Relaxed);
             coordinator = None;
+        }
+        if let Some(Ok(stats)) = coordinator.as_ref().map(|c| c.stats.lock()) {
+            if stats.written > checkpoints_shown {
+                metrics.checkpoints_written(stats.written - checkpoints_shown, stats.last_bytes, stats.last_write_ms);
+                checkpoints_shown = stats.written;
+            }
         }
         if let (Some(feed), Some(input)) = (control_feed.as_mut(), control_input.as_mut()) {
             match feed.step(input, events_frontier) {

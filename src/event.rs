@@ -324,6 +324,19 @@ pub enum RejectReason {
     },
 }
 
+impl RejectReason {
+    /// The reason's kind, a short fixed name (the `reason` label of the rejected-records metric).
+    pub fn class(&self) -> &'static str {
+        match self {
+            RejectReason::TooLarge { .. } => "too_large",
+            RejectReason::InvalidUtf8(_) => "invalid_utf8",
+            RejectReason::Invalid(_) => "invalid",
+            RejectReason::Lost { .. } => "lost",
+            RejectReason::AheadOfWriting { .. } => "ahead_of_writing",
+        }
+    }
+}
+
 /// Parses one record (a line or a message payload) into an event.
 ///
 /// The engine fields `time` and `late` are set to `ts` and `false`; the source adjusts them.

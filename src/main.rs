@@ -15,7 +15,14 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
-    let cli = threatflow::cli::Cli::parse();
+    let args = match threatflow::cli::config::with_config_file(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = threatflow::cli::Cli::parse_from(args);
     match threatflow::cli::execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -272,3 +272,56 @@ fn unknown_dataflow_and_missing_model_are_clear_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("opening input no-such-input.jsonl"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A job's options from a TOML file decide exactly as the same options on the command line; an
+/// option on the command line overrides the file's; `config check` prints the effective
+/// configuration with secrets redacted, and that printout is itself a configuration of the same
+/// job; unknown settings and bad values are clear errors.
+#[test]
+fn a_configuration_file_stands_for_the_options_and_the_command_line_overrides_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = generated(dir.path());
+    let root = env!("CARGO_MANIFEST_DIR");
+    let flags = dir.path().join("flags.jsonl");
+    replay(&events, &flags, &["-w", "2", "--allowed-lateness", "2s", "--alert-suppression", "10m"]);
+
+    let config = dir.path().join("threatflow.toml");
+    let from_file = dir.path().join("from-file.jsonl");
+    let text = format!(
+        "input = [{events:?}]\nmodel = \"{root}/models/default.json\"\nrules = [\"{root}/rules/default.json\"]\noutput = {from_file:?}\n\
+         workers = 2\nallowed_lateness = \"2s\"\nalert-suppression = \"10m\"\n",
+        events = events.display().to_string(),
+        from_file = from_file.display().to_string(),
+    );
+    std::fs::write(&config, text).unwrap();
+    ok(threatflow().args(["replay", "--config"]).arg(&config).output().unwrap());
+    assert_eq!(std::fs::read(&from_file).unwrap(), std::fs::read(&flags).unwrap(), "the file's options decide as the flags do");
+
+    // The command line overrides: another output, and another lateness (different decisions' times).
+    let overridden = dir.path().join("overridden.jsonl");
+    ok(threatflow().args(["replay", "--config"]).arg(&config).arg("--output").arg(&overridden).arg("--allowed-lateness=0s").output().unwrap());
+    let zero = dir.path().join("zero.jsonl");
+    replay(&events, &zero, &["-w", "2", "--allowed-lateness", "0s", "--alert-suppression", "10m"]);
+    assert_eq!(std::fs::read(&overridden).unwrap(), std::fs::read(&zero).unwrap());
+    assert_ne!(std::fs::read(&zero).unwrap(), std::fs::read(&flags).unwrap(), "the lateness changes decisions");
+
+    // `config check`: the effective configuration, secrets redacted, and a configuration itself.
+    let kafka = dir.path().join("kafka.toml");
+    std::fs::write(&kafka, "kafka = \"broker:9092\"\nkafka_option = [\"sasl.password=hunter2\", \"security.protocol=SASL_SSL\"]\nworkers = 2\n").unwrap();
+    let check = |path: &Path| String::from_utf8(ok(threatflow().args(["config", "check"]).arg(path).output().unwrap()).stdout).unwrap();
+    let effective = check(&kafka);
+    assert!(!effective.contains("hunter2"), "{effective}");
+    assert!(effective.contains("kafka_option = [\"sasl.password=<redacted>\", \"security.protocol=SASL_SSL\"]"), "{effective}");
+    assert!(effective.contains("workers = 2\n") && effective.contains("# allowed_lateness = \"5s\" (default)\n") && effective.contains("kafka = \"broker:9092\"\n"), "{effective}");
+    let again = dir.path().join("effective.toml");
+    std::fs::write(&again, &effective).unwrap();
+    assert_eq!(check(&again), effective, "the printout is a configuration of the same job");
+
+    // Errors name the setting.
+    for (text, expected) in [("bogus = 1\n", "unknown setting `bogus`"), ("allowed_lateness = \"soon\"\n", "soon"), ("json = 3\n", "`json` is a switch")] {
+        std::fs::write(&config, text).unwrap();
+        let output = threatflow().args(["run", "--config"]).arg(&config).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(expected), "{text}: {stderr}");
+    }
+}

@@ -401,7 +401,9 @@ fn broker_down_at_start_and_restarted_mid_run_loses_nothing() {
 
     // The engine starts before the broker, then follows the topics while a producer sends the
     // events at a fixed rate.
-    let running = Running::spawn(&mut engine(&broker, &["--idle-timeout", "1h", "--topic-partitions", "2", "-w", "2"]));
+    let metrics_port = free_ports(1)[0].to_string();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let running = Running::spawn(&mut engine(&broker, &["--idle-timeout", "1h", "--topic-partitions", "2", "-w", "2", "--metrics-addr", &metrics_addr]));
     std::thread::sleep(Duration::from_millis(3_000));
     broker.script(&["start", "sqlite"]);
     let producer = Running::spawn(
@@ -417,6 +419,27 @@ fn broker_down_at_start_and_restarted_mid_run_loses_nothing() {
     let producer = producer.wait();
     assert!(producer.status.success(), "producer: {}", String::from_utf8_lossy(&producer.stderr));
     wait_for_decisions(&broker, "decisions", &reference, last - 60_000);
+    // The live metrics: every record read, each partition caught up (lag 0 by the consumer's
+    // statistics, position at its end), and the outage counted as client errors.
+    let sizes: Vec<usize> = parts.iter().map(Vec::len).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let page = common::http_get(metrics_port.parse().unwrap(), "/metrics").map(|(_, body)| common::metric_samples(&body)).unwrap_or_default();
+        let caught_up = (0..2).all(|p| {
+            let partition = format!("{{partition=\"kafka:activity/{p}\"}}");
+            page.get(&format!("threatflow_partition_lag_records{partition}")) == Some(&0.0)
+                && page.get(&format!("threatflow_partition_position{partition}")) == Some(&(sizes[p] as f64))
+                && page.get(&format!("threatflow_events_total{partition}")) == Some(&(sizes[p] as f64))
+        });
+        if caught_up || Instant::now() > deadline {
+            break page;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(metrics.get("threatflow_partition_lag_records{partition=\"kafka:activity/0\"}") == Some(&0.0), "{sizes:?}: {metrics:#?}");
+    assert!(metrics.get("threatflow_events_total{partition=\"kafka:activity/1\"}") == Some(&(sizes[1] as f64)), "{sizes:?}: {metrics:#?}");
+    assert!(metrics.get("threatflow_kafka_client_errors_total").is_some_and(|n| *n >= 1.0), "{metrics:#?}");
+    assert_eq!(metrics.get("threatflow_ready"), Some(&1.0));
     let output = running.terminate();
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{log}");

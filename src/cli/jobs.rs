@@ -95,7 +95,7 @@ pub(super) fn run_generated(args: RunArgs) -> Result<()> {
     job.progress = true;
     job.stop = stop_on_signals()?;
     let is_reporter = args.cluster.process == 0;
-    let report = run(args.cluster.timely_config()?, job)?;
+    let report = run_with_metrics(&args.job, args.cluster.timely_config()?, job)?;
     if is_reporter {
         print_report(&report, args.json)?;
     }
@@ -109,7 +109,7 @@ pub(super) fn replay(args: ReplayArgs) -> Result<()> {
         job.dead_letters_path = Some(args.output.with_extension("dead-letters.jsonl"));
     }
     let is_reporter = args.cluster.process == 0;
-    let report = run(args.cluster.timely_config()?, job)?;
+    let report = run_with_metrics(&args.job, args.cluster.timely_config()?, job)?;
     if is_reporter {
         tracing::info!(
             events = report.events,
@@ -122,6 +122,23 @@ pub(super) fn replay(args: ReplayArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs `job`, serving its metrics when `--metrics-addr` asks, and lingering after it ends for
+/// `--metrics-linger` (or until a signal sets the job's stop flag).
+fn run_with_metrics(args: &JobArgs, config: timely::Config, job: crate::job::JobSpec) -> Result<JobReport> {
+    let Some(addr) = args.metrics_addr else { return run(config, job) };
+    super::serve::serve_metrics(addr)?;
+    let stop = std::sync::Arc::clone(&job.stop);
+    let report = run(config, job);
+    let metrics = &crate::metrics::METRICS;
+    metrics.set_ready(false);
+    metrics.finished.set(1);
+    let until = std::time::Instant::now() + args.metrics_linger;
+    while std::time::Instant::now() < until && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    report
 }
 
 pub(super) fn print_report(report: &JobReport, json: bool) -> Result<()> {

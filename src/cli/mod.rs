@@ -2,11 +2,13 @@
 //! `consume`, `dataflows`, with timely's cluster options (`-w`, `-n`, `-p`, `-h`) merged into the
 //! same parser.
 
+pub mod config;
 pub mod control;
 pub mod data;
 pub mod jobs;
 pub mod models;
 pub mod options;
+pub mod serve;
 
 
 use anyhow::{Context, Result};
@@ -24,6 +26,20 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `threatflow config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a configuration file and print the effective configuration of a job using it (the
+    /// file's settings, else the defaults; secrets redacted).
+    Check {
+        /// The file (TOML: the options of the command, by long name).
+        file: std::path::PathBuf,
+        /// The command it configures.
+        #[arg(long = "for", default_value = "run", value_parser = config::CONFIGURABLE)]
+        command: String,
+    },
 }
 
 /// Subcommands.
@@ -69,6 +85,9 @@ pub enum Command {
         /// The update (default: standard input), signed whole.
         file: Option<std::path::PathBuf>,
     },
+    /// Job settings in a TOML file (`run --config FILE`, `replay --config FILE`).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Describe the checkpoints in a directory, newest first, as JSON lines: frontier, dataflow,
     /// state parts, the output lengths recorded, or why one cannot be used.
     Checkpoints {
@@ -97,6 +116,10 @@ pub fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Checkpoints { dir } => describe_checkpoints(dir),
+        Command::Config(ConfigCommand::Check { file, command }) => {
+            print!("{}", config::effective(&command, &file)?);
+            Ok(())
+        }
         Command::SignUpdate { control_key_file, file } => {
             let key = crate::control::signing::ControlKey::from_file_or_env(control_key_file.as_deref())?
                 .context("no control key: --control-key-file PATH or THREATFLOW_CONTROL_KEY_FILE")?;

@@ -138,6 +138,10 @@ impl ClusterArgs {
 /// Options shared by jobs.
 #[derive(Debug, Clone, Args)]
 pub struct JobArgs {
+    /// Settings from a TOML file: any option of this command by its long name (`model_updates` or
+    /// `model-updates`); an option given here overrides the file's (see `threatflow config check`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Dataflow to run (see `threatflow dataflows`).
     #[arg(long, default_value = "threat")]
     pub dataflow: String,
@@ -235,6 +239,15 @@ pub struct JobArgs {
     /// Checkpoints kept.
     #[arg(long, default_value_t = 3)]
     pub checkpoint_keep: usize,
+    /// Serve live metrics here (`HOST:PORT`; port 0: any free port, logged): Prometheus text
+    /// format at `/metrics`, `/healthz`, and `/readyz` (ready once restored and reading). Each
+    /// process of a cluster serves its own.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// After the job ends, keep serving the metrics this long, so that a scraper sees the final
+    /// values (a signal ends the wait).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, requires = "metrics_addr")]
+    pub metrics_linger: Duration,
     /// Records each worker's source reads at a time; at most four such batches are in flight
     /// before the outputs catch up (smaller: lower latency and finer checkpoints, less throughput).
     #[arg(long, default_value_t = crate::ingest::partition::SourceConfig::default().batch)]

@@ -152,11 +152,14 @@ fn changes(before: Vec<ControlUpdate>, after: Vec<ControlUpdate>) -> Vec<Control
 }
 
 /// Models: the one with the greatest `effective_from <= t` applies; for equal times the later wins.
+/// (Each model's `effective_from` is shown in the live metrics.)
 fn model_timeline(mut models: Vec<(Time, Model)>) -> Vec<ControlUpdate> {
     let mut updates = Vec::new();
     models.sort_by_key(|(from, _)| *from);
     let mut current: Option<Model> = None;
     for (from, model) in models {
+        let shown = i64::try_from(from).unwrap_or(i64::MAX);
+        crate::metrics::METRICS.model_effective_from.with_label_values(&[model.version.as_str()]).set(shown);
         if let Some(old) = current.take() {
             updates.push((Control::Model(old), from, -1));
         }

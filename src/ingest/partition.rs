@@ -160,6 +160,24 @@ impl PartitionState {
     }
 }
 
+/// Adds what a partition read since `(events, late)` to the live metrics and sets its position
+/// and watermark there.
+fn record_partition_metrics(state: &PartitionState, (events, late): (u64, u64), lateness: Time) {
+    let metrics = &crate::metrics::METRICS;
+    let name = [state.stats.partition.as_str()];
+    metrics.events.with_label_values(&name).inc_by(state.stats.events - events);
+    metrics.late.with_label_values(&name).inc_by(state.stats.late - late);
+    let position = match state.partition.position() {
+        Some(PartitionPosition::Bytes { offset, .. } | PartitionPosition::Items(offset)) => i64::try_from(offset).ok(),
+        Some(PartitionPosition::Offset(offset)) => Some(offset),
+        None => None,
+    };
+    if let Some(position) = position {
+        metrics.position.with_label_values(&name).set(position);
+    }
+    metrics.watermark.with_label_values(&name).set(i64::try_from(state.watermark(lateness)).unwrap_or(i64::MAX));
+}
+
 /// How a source takes part in checkpoints.
 pub struct SourceCheckpoints<'s> {
     /// Checkpoint barriers (broadcast): a record `F` asks for every partition's part at `F`.
@@ -313,6 +331,7 @@ pub fn partitioned_source<'s>(
             for (index, state) in open.iter_mut().enumerate() {
                 items.clear();
                 let start = logging.then(|| (state.partition.position(), state.max_ts, state.stats.clone()));
+                let (events_before, late_before) = (state.stats.events, state.stats.late);
                 let polled = if stopping { Ok(false) } else { state.partition.poll(per_partition, &mut items) };
                 let more = match polled {
                     Ok(more) => more,
@@ -375,6 +394,7 @@ pub fn partitioned_source<'s>(
                         }
                     }
                 }
+                record_partition_metrics(state, (events_before, late_before), lateness);
                 if let (Some((Some(position), max_ts, stats)), Some(max_time)) = (start, max_time) {
                     state.batches.push_back(Batch { position, max_ts, stats, max_time });
                 }
@@ -482,6 +502,7 @@ pub fn decode_record(
     let max_record_bytes = decoding.max_record_bytes;
     let reject = |reason: RejectReason, original: &[u8], size: usize| {
         let kept = &original[..original.len().min(max_record_bytes)];
+        crate::metrics::METRICS.rejected.with_label_values(&[reason.class()]).inc();
         Item::Rejected(DeadLetter::new(&reason, position(), kept, size))
     };
     let skew = decoding.max_future_skew;

@@ -155,6 +155,8 @@ impl KafkaConfig {
             // waiting fetch as soon as records arrive (nisshi) would otherwise add up to this wait
             // to every record's latency (measured: experiments/kafka_end_to_end.sh).
             ("fetch.wait.max.ms", "1"),
+            // Per-partition lag for the live metrics (see `LogContext::stats`).
+            ("statistics.interval.ms", "1000"),
         ])
         .create_with_context(LogContext)
         .with_context(|| format!("creating a Kafka consumer for {}", self.brokers))
@@ -320,11 +322,29 @@ impl ClientContext for LogContext {
         }
     }
 
+    /// Consumers' statistics: each partition's lag (its end offset minus the next offset the
+    /// job reads) goes to the live metrics. (librdkafka's own `consumer_lag` counts from committed
+    /// offsets, and the job commits none: its offsets are in its checkpoints.)
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, stats) in &statistics.topics {
+            for (partition, p) in stats.partitions.iter().filter(|(id, _)| **id >= 0) {
+                // The last stable offset (read_committed) when known, else the high watermark.
+                let end = if p.ls_offset >= 0 { p.ls_offset } else { p.hi_offset };
+                let read = if p.app_offset >= 0 { p.app_offset } else { p.lo_offset.max(0) };
+                if end >= 0 {
+                    let name = format!("kafka:{topic}/{partition}");
+                    crate::metrics::METRICS.lag.with_label_values(&[name.as_str()]).set((end - read).max(0));
+                }
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         // The end of a partition is news, not an error.
         if matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
             return;
         }
+        crate::metrics::METRICS.kafka_errors.inc();
         // Connection failures are retried by librdkafka itself. Every client of the job reports
         // the same outage: say it at most once a second.
         static LAST: Mutex<Option<Instant>> = Mutex::new(None);

@@ -237,6 +237,7 @@ impl DecisionSink {
                     self.sinks.keep_error(output.decision(&d, alert));
                 }
                 results.report.decisions += 1;
+                count_decision(&d, alert);
                 if self.sinks.labelled {
                     results.decided.push((d.event_id.clone(), d.user.clone(), d.ts));
                 }
@@ -253,6 +254,18 @@ impl DecisionSink {
         if let Some(upto) = upto {
             self.gate.forget_before(upto);
         }
+    }
+}
+
+/// Adds a decision written to the live metrics.
+fn count_decision(d: &Decision, alert: bool) {
+    let metrics = &crate::metrics::METRICS;
+    metrics.decisions.with_label_values(&[d.verdict.as_str()]).inc();
+    if alert {
+        metrics.alerts.inc();
+    }
+    for rule in &d.rules {
+        metrics.rule_hits.with_label_values(&[rule.as_str()]).inc();
     }
 }
 

@@ -1,0 +1,165 @@
+//! Live metrics of the jobs of this process, in Prometheus' text format: what an operator watches
+//! while a job runs (the end-of-run report only comes at the end).
+//!
+//! Metrics are per process, as Prometheus expects: each process of a cluster serves its own
+//! (`--metrics-addr`), and counters start from zero when a process starts, a restored one too.
+//! The source counts what each of this process's workers reads; the decision sink, on worker 0
+//! of process 0, counts decisions, alerts and rule hits exactly as they are written; the worker
+//! loop sets the frontiers and checkpoint figures. Recording costs a few atomic additions per
+//! batch, so [`METRICS`] is always on; serving it is the CLI's job.
+//!
+//! ```
+//! use threatflow::metrics::METRICS;
+//! METRICS.decisions.with_label_values(&["threat"]).inc();
+//! let text = METRICS.render();
+//! assert!(text.contains("threatflow_decisions_total{verdict=\"threat\"}"));
+//! assert!(text.contains("# TYPE threatflow_decisions_total counter"));
+//! assert!(text.contains("threatflow_alerts_total 0"));
+//! ```
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// The metrics of this process.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// Every metric threatflow exports (names follow Prometheus' conventions: `_total` counters,
+/// base units in the name).
+pub struct Metrics {
+    registry: Registry,
+    /// Valid events read, per source partition.
+    pub events: IntCounterVec,
+    /// Late events (behind their partition's watermark), per source partition.
+    pub late: IntCounterVec,
+    /// Records rejected (dead letters), per reason (see `RejectReason::class`).
+    pub rejected: IntCounterVec,
+    /// Per source partition, the position read up to: a Kafka offset, a file's byte offset or the
+    /// generator's items.
+    pub position: IntGaugeVec,
+    /// Per Kafka partition, the records behind its end (from the consumer's statistics, every
+    /// second).
+    pub lag: IntGaugeVec,
+    /// Per source partition, its watermark (ms since the epoch, event time).
+    pub watermark: IntGaugeVec,
+    /// Decisions written, per verdict.
+    pub decisions: IntCounterVec,
+    /// Alerts written (after suppression).
+    pub alerts: IntCounter,
+    /// Decisions naming each rule.
+    pub rule_hits: IntCounterVec,
+    /// Per model version accepted, the event time it is in force from (ms since the epoch).
+    pub model_effective_from: IntGaugeVec,
+    /// The events' frontier on this process's worker 0 (ms, event time).
+    pub events_frontier: IntGauge,
+    /// The outputs' frontier: every decision before it is written (ms, event time).
+    pub output_frontier: IntGauge,
+    /// How far the outputs' frontier is behind the wall clock, in seconds.
+    pub output_delay: Gauge,
+    /// Checkpoints written.
+    pub checkpoints: IntCounter,
+    /// The last checkpoint's size in bytes.
+    pub checkpoint_bytes: IntGauge,
+    /// How long the last checkpoint took to encode, write and commit, in seconds.
+    pub checkpoint_duration: Gauge,
+    /// Seconds since the last checkpoint was committed (set when scraped).
+    checkpoint_age: Gauge,
+    last_checkpoint: Mutex<Option<Instant>>,
+    /// When the last checkpoint was committed, in seconds since the epoch.
+    pub checkpoint_timestamp: Gauge,
+    /// Seconds the restore of the checkpoint this process started from took.
+    pub restore_duration: Gauge,
+    /// Errors librdkafka reported (connections it retries included).
+    pub kafka_errors: IntCounter,
+    /// 1 once the process's job has ended (its last values are final).
+    pub finished: IntGauge,
+    /// Whether the process's job has restored its state and is reading.
+    ready: AtomicBool,
+    ready_gauge: IntGauge,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        // Names and labels are constants: registering cannot fail but on a programming error.
+        fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<M>) -> M {
+            let metric = metric.expect("a valid metric definition");
+            registry.register(Box::new(metric.clone())).expect("a metric registered once");
+            metric
+        }
+        let counters = |name: &str, help: &str, label: &str| register(&registry, IntCounterVec::new(Opts::new(name, help), &[label]));
+        let gauges = |name: &str, help: &str, label: &str| register(&registry, IntGaugeVec::new(Opts::new(name, help), &[label]));
+        Metrics {
+            events: counters("threatflow_events_total", "Valid events read, per source partition.", "partition"),
+            late: counters("threatflow_late_events_total", "Events behind their partition's watermark, per source partition.", "partition"),
+            rejected: counters("threatflow_rejected_records_total", "Records rejected to the dead letters, per reason.", "reason"),
+            position: gauges("threatflow_partition_position", "Position read up to per source partition (Kafka offset, byte offset, generated items).", "partition"),
+            lag: gauges("threatflow_partition_lag_records", "Records behind the end of each Kafka partition (consumer statistics, every second).", "partition"),
+            watermark: gauges("threatflow_partition_watermark_milliseconds", "Watermark per source partition (event time, ms since the epoch).", "partition"),
+            decisions: counters("threatflow_decisions_total", "Decisions written, per verdict.", "verdict"),
+            alerts: register(&registry, IntCounter::new("threatflow_alerts_total", "Alerts written (after suppression).")),
+            rule_hits: counters("threatflow_rule_hits_total", "Decisions naming each rule.", "rule"),
+            model_effective_from: gauges("threatflow_model_effective_from_milliseconds", "Per model version accepted, the event time it is in force from.", "version"),
+            events_frontier: register(&registry, IntGauge::new("threatflow_events_frontier_milliseconds", "The events' frontier (event time, ms since the epoch).")),
+            output_frontier: register(&registry, IntGauge::new("threatflow_output_frontier_milliseconds", "Every decision before this event time is written.")),
+            output_delay: register(&registry, Gauge::new("threatflow_output_delay_seconds", "How far the output frontier is behind the wall clock.")),
+            checkpoints: register(&registry, IntCounter::new("threatflow_checkpoints_total", "Checkpoints written.")),
+            checkpoint_bytes: register(&registry, IntGauge::new("threatflow_checkpoint_bytes", "The last checkpoint's size.")),
+            checkpoint_duration: register(&registry, Gauge::new("threatflow_checkpoint_duration_seconds", "Time to encode, write and commit the last checkpoint.")),
+            checkpoint_age: register(&registry, Gauge::new("threatflow_checkpoint_age_seconds", "Time since the last checkpoint was committed.")),
+            last_checkpoint: Mutex::new(None),
+            checkpoint_timestamp: register(&registry, Gauge::new("threatflow_checkpoint_timestamp_seconds", "When the last checkpoint was committed.")),
+            restore_duration: register(&registry, Gauge::new("threatflow_restore_duration_seconds", "Time to read, verify and decode the checkpoint this process started from.")),
+            kafka_errors: register(&registry, IntCounter::new("threatflow_kafka_client_errors_total", "Errors the Kafka client reported.")),
+            finished: register(&registry, IntGauge::new("threatflow_job_finished", "1 once the job has ended: the values are final.")),
+            ready: AtomicBool::new(false),
+            ready_gauge: register(&registry, IntGauge::new("threatflow_ready", "1 once the job has restored its state and reads its input.")),
+            registry,
+        }
+    }
+
+    /// Records `count` checkpoints committed, the last just now.
+    pub fn checkpoints_written(&self, count: u64, bytes: u64, duration_ms: f64) {
+        self.checkpoints.inc_by(count);
+        self.checkpoint_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.checkpoint_duration.set(duration_ms / 1e3);
+        self.checkpoint_timestamp.set(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()));
+        if let Ok(mut last) = self.last_checkpoint.lock() {
+            *last = Some(Instant::now());
+        }
+    }
+
+    /// Records the outputs' frontier (event time, ms) and its delay behind the wall clock.
+    pub fn output_frontier_at(&self, frontier: u64) {
+        self.output_frontier.set(i64::try_from(frontier).unwrap_or(i64::MAX));
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.output_delay.set(now_ms.saturating_sub(frontier) as f64 / 1e3);
+    }
+
+    /// Says the job has restored its state and reads its input (`/readyz`).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+        self.ready_gauge.set(i64::from(ready));
+    }
+
+    /// Whether the job has restored its state and reads its input.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Every metric in Prometheus' text format (version 0.0.4).
+    pub fn render(&self) -> String {
+        if let Ok(last) = self.last_checkpoint.lock() {
+            if let Some(at) = *last {
+                self.checkpoint_age.set(at.elapsed().as_secs_f64());
+            }
+        }
+        let mut text = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut text) {
+            tracing::error!("encoding the metrics: {error}");
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    }
+}
