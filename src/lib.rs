@@ -40,7 +40,7 @@
 //!
 //! | layer | modules | what they do |
 //! |---|---|---|
-//! | 1 | [`event`], [`location`], [`enrich`], [`metrics`] | the activity event, time and user keys; where artifacts live; GeoIP/ASN databases; the live metrics |
+//! | 1 | [`event`], [`location`], [`enrich`], [`metrics`], [`recent`] | the activity event, time and user keys; where artifacts live; GeoIP/ASN databases; the live metrics and alerts |
 //! | 2 | [`checkpoint`] | the checkpoint format, the one layer for checkpointed state, the coordinator |
 //! | 3 | [`ingest`] | partitions and watermarks, files, the generator, providers' mappings |
 //! | 4 | [`state`] | feature windows, windowed per-user state, the as-of lookup |
@@ -72,6 +72,7 @@ pub mod job;
 pub mod kafka;
 pub mod location;
 pub mod metrics;
+pub mod recent;
 pub mod output;
 pub mod render;
 pub mod state;

@@ -151,15 +151,37 @@ impl Metrics {
 
     /// Every metric in Prometheus' text format (version 0.0.4).
     pub fn render(&self) -> String {
+        let mut text = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.gather(), &mut text) {
+            tracing::error!("encoding the metrics: {error}");
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    }
+
+    /// Every metric as JSON, for the console: `{name: [{"labels": {…}, "value": v}]}`.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for family in self.gather() {
+            let samples = family.get_metric().iter().map(|metric| {
+                let labels: serde_json::Map<String, serde_json::Value> =
+                    metric.get_label().iter().map(|l| (l.name().to_string(), l.value().into())).collect();
+                let value = match family.get_field_type() {
+                    prometheus::proto::MetricType::COUNTER => metric.get_counter().get_value(),
+                    _ => metric.get_gauge().get_value(),
+                };
+                serde_json::json!({"labels": labels, "value": value})
+            });
+            out.insert(family.name().to_string(), samples.collect());
+        }
+        out.into()
+    }
+
+    fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
         if let Ok(last) = self.last_checkpoint.lock() {
             if let Some(at) = *last {
                 self.checkpoint_age.set(at.elapsed().as_secs_f64());
             }
         }
-        let mut text = Vec::new();
-        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut text) {
-            tracing::error!("encoding the metrics: {error}");
-        }
-        String::from_utf8_lossy(&text).into_owned()
+        self.registry.gather()
     }
 }

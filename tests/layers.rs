@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// The layers, lowest first; a module may import from its own layer and those before it.
 const LAYERS: &[&[&str]] = &[
-    &["event", "location", "enrich", "metrics"],
+    &["event", "location", "enrich", "metrics", "recent"],
     &["checkpoint"],
     &["ingest"],
     &["state"],

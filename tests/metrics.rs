@@ -44,7 +44,7 @@ fn metrics_count_exactly_what_the_job_read_and_wrote() {
     command.args(["replay", "-w", "2", "--read-batch", "2000", "--max-record-bytes", "2000", "--checkpoint-interval", "50ms"]);
     command.arg("--input").arg(&input).arg("--rules").arg(&rules).arg("--model").arg(&model);
     command.arg("--output").arg(&decisions).arg("--alerts").arg(&alerts).arg("--checkpoint-dir").arg(dir.path().join("checkpoints"));
-    command.args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--metrics-linger", "120s"]);
+    command.args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--linger", "120s"]);
     let mut child = command.stderr(std::process::Stdio::piped()).spawn().unwrap();
 
     // Scrape while it runs, until it says it has finished.

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::control::ControlSpec;
@@ -95,7 +95,7 @@ pub(super) fn run_generated(args: RunArgs) -> Result<()> {
     job.progress = true;
     job.stop = stop_on_signals()?;
     let is_reporter = args.cluster.process == 0;
-    let report = run_with_metrics(&args.job, args.cluster.timely_config()?, job)?;
+    let report = run_serving(&args.job, args.cluster.timely_config()?, job)?;
     if is_reporter {
         print_report(&report, args.json)?;
     }
@@ -109,7 +109,7 @@ pub(super) fn replay(args: ReplayArgs) -> Result<()> {
         job.dead_letters_path = Some(args.output.with_extension("dead-letters.jsonl"));
     }
     let is_reporter = args.cluster.process == 0;
-    let report = run_with_metrics(&args.job, args.cluster.timely_config()?, job)?;
+    let report = run_serving(&args.job, args.cluster.timely_config()?, job)?;
     if is_reporter {
         tracing::info!(
             events = report.events,
@@ -124,21 +124,37 @@ pub(super) fn replay(args: ReplayArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs `job`, serving its metrics when `--metrics-addr` asks, and lingering after it ends for
-/// `--metrics-linger` (or until a signal sets the job's stop flag).
-fn run_with_metrics(args: &JobArgs, config: timely::Config, job: crate::job::JobSpec) -> Result<JobReport> {
-    let Some(addr) = args.metrics_addr else { return run(config, job) };
-    super::serve::serve_metrics(addr)?;
+/// Runs `job`, serving its metrics and console when `--metrics-addr` and `--console` ask, and
+/// lingering after it ends for `--linger` (or until a signal sets the job's stop flag).
+fn run_serving(args: &JobArgs, config: timely::Config, job: crate::job::JobSpec) -> Result<JobReport> {
+    if args.metrics_addr.is_none() && args.console.is_none() {
+        return run(config, job);
+    }
+    if let Some(addr) = args.metrics_addr {
+        super::serve::serve_metrics(addr)?;
+    }
+    if let Some(addr) = args.console {
+        super::serve::serve_console(addr, console_token(args)?)?;
+    }
     let stop = std::sync::Arc::clone(&job.stop);
     let report = run(config, job);
     let metrics = &crate::metrics::METRICS;
     metrics.set_ready(false);
     metrics.finished.set(1);
-    let until = std::time::Instant::now() + args.metrics_linger;
+    let until = std::time::Instant::now() + args.linger;
     while std::time::Instant::now() < until && !stop.load(std::sync::atomic::Ordering::Relaxed) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     report
+}
+
+/// The console's token: `--console-token-file`, else `THREATFLOW_CONSOLE_TOKEN`.
+fn console_token(args: &JobArgs) -> Result<Option<String>> {
+    let token = match &args.console_token_file {
+        Some(path) => Some(std::fs::read_to_string(path).with_context(|| format!("reading the console token {}", path.display()))?),
+        None => std::env::var("THREATFLOW_CONSOLE_TOKEN").ok(),
+    };
+    Ok(token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
 }
 
 pub(super) fn print_report(report: &JobReport, json: bool) -> Result<()> {

@@ -244,10 +244,19 @@ pub struct JobArgs {
     /// process of a cluster serves its own.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// After the job ends, keep serving the metrics this long, so that a scraper sees the final
-    /// values (a signal ends the wait).
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, requires = "metrics_addr")]
-    pub metrics_linger: Duration,
+    /// Serve a live console here (`HOST:PORT`): the alerts as they are written with their
+    /// explanations, throughput, rules, partitions and checkpoints, in a browser. Read-only; an
+    /// address other than loopback needs a token.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub console: Option<std::net::SocketAddr>,
+    /// A file holding the console's token (also `THREATFLOW_CONSOLE_TOKEN`): pages and updates are
+    /// served only to requests that carry it (`?token=` or `Authorization: Bearer`).
+    #[arg(long, value_name = "PATH")]
+    pub console_token_file: Option<PathBuf>,
+    /// After the job ends, keep serving the metrics and the console this long, so that a scraper
+    /// or a viewer sees the final values (a signal ends the wait).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub linger: Duration,
     /// Records each worker's source reads at a time; at most four such batches are in flight
     /// before the outputs catch up (smaller: lower latency and finer checkpoints, less throughput).
     #[arg(long, default_value_t = crate::ingest::partition::SourceConfig::default().batch)]

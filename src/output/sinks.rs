@@ -257,12 +257,18 @@ impl DecisionSink {
     }
 }
 
-/// Adds a decision written to the live metrics.
+/// Adds a decision written to the live metrics, and an alert to the console's when one is open.
 fn count_decision(d: &Decision, alert: bool) {
     let metrics = &crate::metrics::METRICS;
     metrics.decisions.with_label_values(&[d.verdict.as_str()]).inc();
     if alert {
         metrics.alerts.inc();
+        if crate::recent::RECENT.is_enabled() {
+            match serde_json::to_string(d) {
+                Ok(json) => crate::recent::RECENT.push(json),
+                Err(error) => tracing::warn!("an alert the console cannot show: {error}"),
+            }
+        }
     }
     for rule in &d.rules {
         metrics.rule_hits.with_label_values(&[rule.as_str()]).inc();
