@@ -1,7 +1,8 @@
 //! The live metrics of `--metrics-addr`, scraped over HTTP from a running `replay` and checked at
 //! the end against what the input and the outputs say: events, late events and rejected records
 //! by reason counted from the input file itself, decisions, alerts and rule hits from the files
-//! written, the partition's position and watermark from the file's size and times.
+//! written, the partition's position and watermark from the file's size and times; and a second
+//! run on the same checkpoints shows its restore time.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -39,36 +40,17 @@ fn metrics_count_exactly_what_the_job_read_and_wrote() {
     let model = dir.path().join("silent.json");
     std::fs::write(&model, r#"{"version": "silent", "features": ["failed_logins_5m"], "weights": [0.0], "bias": -50.0, "threshold": 0.5}"#).unwrap();
     let (decisions, alerts) = (dir.path().join("decisions.jsonl"), dir.path().join("alerts.jsonl"));
-    let port = free_ports(1)[0];
-    let mut command = threatflow();
-    command.args(["replay", "-w", "2", "--read-batch", "2000", "--max-record-bytes", "2000", "--checkpoint-interval", "50ms"]);
-    command.arg("--input").arg(&input).arg("--rules").arg(&rules).arg("--model").arg(&model);
-    command.arg("--output").arg(&decisions).arg("--alerts").arg(&alerts).arg("--checkpoint-dir").arg(dir.path().join("checkpoints"));
-    command.args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--linger", "120s"]);
-    let mut child = command.stderr(std::process::Stdio::piped()).spawn().unwrap();
-
-    // Scrape while it runs, until it says it has finished.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let (mut seen_ready, mut scrapes) = (false, 0);
-    let last = loop {
-        assert!(Instant::now() < deadline, "the job did not finish within 120 s");
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut stderr = String::new();
-            child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-            panic!("threatflow ended while lingering: {status}\n{stderr}");
-        }
-        let Some((200, page)) = get(port, "/metrics") else {
-            std::thread::sleep(Duration::from_millis(5));
-            continue;
-        };
-        scrapes += 1;
-        seen_ready |= get(port, "/readyz").is_some_and(|(status, _)| status == 200);
-        let page = samples(&page);
-        if page.get("threatflow_job_finished") == Some(&1.0) {
-            break page;
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    let start = |port: u16| {
+        let mut command = threatflow();
+        command.args(["replay", "-w", "2", "--read-batch", "2000", "--max-record-bytes", "2000", "--checkpoint-interval", "50ms"]);
+        command.arg("--input").arg(&input).arg("--rules").arg(&rules).arg("--model").arg(&model);
+        command.arg("--output").arg(&decisions).arg("--alerts").arg(&alerts).arg("--checkpoint-dir").arg(dir.path().join("checkpoints"));
+        command.args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--linger", "120s"]);
+        command.stderr(std::process::Stdio::piped()).spawn().unwrap()
     };
+    let port = free_ports(1)[0];
+    let mut child = start(port);
+    let (last, seen_ready, scrapes) = scrape_until_finished(port, &mut child);
     assert_eq!(get(port, "/healthz").map(|(status, _)| status), Some(200));
     assert_eq!(get(port, "/readyz").map(|(status, _)| status), Some(503), "a finished job is not ready");
     child.kill().unwrap();
@@ -95,4 +77,38 @@ fn metrics_count_exactly_what_the_job_read_and_wrote() {
     assert_eq!(value("threatflow_model_effective_from_milliseconds{version=\"silent\"}"), 0.0);
     assert!(value("threatflow_checkpoints_total") >= 1.0 && value("threatflow_checkpoint_bytes") > 0.0, "{last:#?}");
     assert_eq!(value("threatflow_ready"), 0.0);
+
+    // Started again on the same checkpoints: restored, and the restore timed.
+    let port = free_ports(1)[0];
+    let mut child = start(port);
+    let (again, _, _) = scrape_until_finished(port, &mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(again.get("threatflow_restore_duration_seconds").is_some_and(|s| *s > 0.0), "{again:#?}");
+}
+
+/// Scrapes `/metrics` while the job runs, until it says it has finished: the last page, whether
+/// `/readyz` said ready at some point, and how many pages were read.
+fn scrape_until_finished(port: u16, child: &mut std::process::Child) -> (std::collections::BTreeMap<String, f64>, bool, usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut seen_ready, mut scrapes) = (false, 0);
+    loop {
+        assert!(Instant::now() < deadline, "the job did not finish within 120 s");
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+            panic!("threatflow ended while lingering: {status}\n{stderr}");
+        }
+        let Some((200, page)) = get(port, "/metrics") else {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        };
+        scrapes += 1;
+        seen_ready |= get(port, "/readyz").is_some_and(|(status, _)| status == 200);
+        let page = samples(&page);
+        if page.get("threatflow_job_finished") == Some(&1.0) {
+            return (page, seen_ready, scrapes);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
