@@ -54,7 +54,7 @@ pub fn enriched<'s>(events: StreamVec<'s, Time, Event>, control: ControlArrangem
     let mut cache = Cache::default();
     // Boxed while they wait: the lookup stashes and sorts what it holds, and an event is large.
     let boxed = events.map(Box::new);
-    let enriched = as_of_lookup(boxed, control, Pipeline, "Enrich", |_| (), |e: &Box<Event>| e.time, move |_time, event, controls, version| {
+    let enriched = as_of_lookup(boxed, control, Pipeline, "Enrich", |_| (), |e| e.time, move |_time, event, controls, version| {
         let databases = in_force_at.get(version, || databases_in(controls));
         Some(enrich_with(*event, databases, &mut cache))
     });
