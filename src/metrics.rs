@@ -17,9 +17,8 @@
 //! assert!(text.contains("threatflow_alerts_total 0"));
 //! ```
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{LazyLock, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::LazyLock;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
@@ -64,9 +63,8 @@ pub struct Metrics {
     pub checkpoint_bytes: IntGauge,
     /// How long the last checkpoint took to encode, write and commit, in seconds.
     pub checkpoint_duration: Gauge,
-    /// Seconds since the last checkpoint was committed (set when scraped).
+    /// Seconds since the last checkpoint was committed (derived from the timestamp when scraped).
     checkpoint_age: Gauge,
-    last_checkpoint: Mutex<Option<Instant>>,
     /// When the last checkpoint was committed, in seconds since the epoch.
     pub checkpoint_timestamp: Gauge,
     /// Seconds the restore of the checkpoint this process started from took.
@@ -75,9 +73,8 @@ pub struct Metrics {
     pub kafka_errors: IntCounter,
     /// 1 once the process's job has ended (its last values are final).
     pub finished: IntGauge,
-    /// Whether the process's job has restored its state and is reading.
-    ready: AtomicBool,
-    ready_gauge: IntGauge,
+    /// 1 once the process's job has restored its state and reads its input (`/readyz`).
+    ready: IntGauge,
 }
 
 impl Metrics {
@@ -109,13 +106,11 @@ impl Metrics {
             checkpoint_bytes: register(&registry, IntGauge::new("threatflow_checkpoint_bytes", "The last checkpoint's size.")),
             checkpoint_duration: register(&registry, Gauge::new("threatflow_checkpoint_duration_seconds", "Time to encode, write and commit the last checkpoint.")),
             checkpoint_age: register(&registry, Gauge::new("threatflow_checkpoint_age_seconds", "Time since the last checkpoint was committed.")),
-            last_checkpoint: Mutex::new(None),
             checkpoint_timestamp: register(&registry, Gauge::new("threatflow_checkpoint_timestamp_seconds", "When the last checkpoint was committed.")),
             restore_duration: register(&registry, Gauge::new("threatflow_restore_duration_seconds", "Time to read, verify and decode the checkpoint this process started from.")),
             kafka_errors: register(&registry, IntCounter::new("threatflow_kafka_client_errors_total", "Errors the Kafka client reported.")),
             finished: register(&registry, IntGauge::new("threatflow_job_finished", "1 once the job has ended: the values are final.")),
-            ready: AtomicBool::new(false),
-            ready_gauge: register(&registry, IntGauge::new("threatflow_ready", "1 once the job has restored its state and reads its input.")),
+            ready: register(&registry, IntGauge::new("threatflow_ready", "1 once the job has restored its state and reads its input.")),
             registry,
         }
     }
@@ -125,28 +120,23 @@ impl Metrics {
         self.checkpoints.inc_by(count);
         self.checkpoint_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
         self.checkpoint_duration.set(duration_ms / 1e3);
-        self.checkpoint_timestamp.set(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()));
-        if let Ok(mut last) = self.last_checkpoint.lock() {
-            *last = Some(Instant::now());
-        }
+        self.checkpoint_timestamp.set(now_seconds());
     }
 
     /// Records the outputs' frontier (event time, ms) and its delay behind the wall clock.
     pub fn output_frontier_at(&self, frontier: u64) {
         self.output_frontier.set(i64::try_from(frontier).unwrap_or(i64::MAX));
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        self.output_delay.set(now_ms.saturating_sub(frontier) as f64 / 1e3);
+        self.output_delay.set((now_seconds() - frontier as f64 / 1e3).max(0.0));
     }
 
     /// Says the job has restored its state and reads its input (`/readyz`).
     pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
-        self.ready_gauge.set(i64::from(ready));
+        self.ready.set(i64::from(ready));
     }
 
     /// Whether the job has restored its state and reads its input.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.get() == 1
     }
 
     /// Every metric in Prometheus' text format (version 0.0.4).
@@ -177,11 +167,15 @@ impl Metrics {
     }
 
     fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
-        if let Ok(last) = self.last_checkpoint.lock() {
-            if let Some(at) = *last {
-                self.checkpoint_age.set(at.elapsed().as_secs_f64());
-            }
+        let last = self.checkpoint_timestamp.get();
+        if last > 0.0 {
+            self.checkpoint_age.set((now_seconds() - last).max(0.0));
         }
         self.registry.gather()
     }
+}
+
+/// The wall clock, in seconds since the epoch.
+fn now_seconds() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }

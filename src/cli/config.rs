@@ -106,9 +106,9 @@ fn values(key: &str, value: &toml::Value) -> Result<Vec<String>> {
 /// file sets, and the defaults of the others as comments; secrets redacted.
 pub fn effective(command: &str, file: &Path) -> Result<String> {
     let args = with_config_file(vec!["threatflow".into(), command.into(), "--config".into(), file.into()])?;
-    let matches = Cli::command().try_get_matches_from(args).map_err(|e| anyhow!("{e}"))?;
-    let (_, matches) = matches.subcommand().ok_or_else(|| anyhow!("no command"))?;
     let cli = Cli::command();
+    let matches = cli.clone().try_get_matches_from(args).map_err(|e| anyhow!("{e}"))?;
+    let (_, matches) = matches.subcommand().ok_or_else(|| anyhow!("no command"))?;
     let sub = cli.find_subcommand(command).ok_or_else(|| anyhow!("no command {command}"))?;
     let mut out = String::new();
     for arg in sub.get_arguments().filter(|a| a.get_long().is_some() && a.get_id() != "help") {

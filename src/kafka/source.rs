@@ -195,8 +195,9 @@ impl Partition for KafkaPartition {
     fn poll(&mut self, max: usize, out: &mut Vec<Item>) -> Result<bool> {
         if let Some((from, to)) = self.lost.take() {
             let position = Position { source: self.name.clone(), record: from as u64, offset: from as u64 };
-            crate::metrics::METRICS.rejected.with_label_values(&[RejectReason::Lost { from, to }.class()]).inc();
-            out.push(Item::Lost(DeadLetter::new(&RejectReason::Lost { from, to }, position, &[], 0)));
+            let reason = RejectReason::Lost { from, to };
+            crate::metrics::METRICS.rejected.with_label_values(&[reason.class()]).inc();
+            out.push(Item::Lost(DeadLetter::new(&reason, position, &[], 0)));
             self.next_offset = self.next_offset.max(to);
         }
         if self.exhausted() {
