@@ -25,6 +25,7 @@ struct FlatEntry {
     val: u64,
     amount: i64,
     until: u64,
+    place: u32,
 }
 // Plain data without pointers: the default (no-op) methods are the right ones.
 impl Abomonation for FlatEntry {}
@@ -34,13 +35,14 @@ fn flat(entry: &WindowEntry) -> FlatEntry {
         WindowEntry::Counter { key, val, amount, until } => (0, key, val, amount as i64, until),
         WindowEntry::Present { key, val, until } => (1, key, val, 0, until),
     };
-    let (val_tag, val) = match val {
-        FeatureVal::Counter(name) => (0, name as u64),
-        FeatureVal::Country(c) => (1, c as u64),
-        FeatureVal::SeenCountry(c) => (2, c as u64),
-        FeatureVal::Resource(r) => (3, r),
+    let (val_tag, val, place) = match val {
+        FeatureVal::Counter(name) => (0, name as u64, 0),
+        FeatureVal::Country(c) => (1, c as u64, 0),
+        FeatureVal::SeenCountry(c) => (2, c as u64, 0),
+        FeatureVal::Resource(r) => (3, r, 0),
+        FeatureVal::LoginPlace(at, place) => (4, at, place.packed()),
     };
-    FlatEntry { key, kind, val_tag, val, amount, until }
+    FlatEntry { key, kind, val_tag, val, amount, until, place }
 }
 
 fn unflat(f: &FlatEntry) -> WindowEntry {
@@ -48,7 +50,8 @@ fn unflat(f: &FlatEntry) -> WindowEntry {
         0 => FeatureVal::Counter(FeatureName::ALL[f.val as usize]),
         1 => FeatureVal::Country(f.val as u16),
         2 => FeatureVal::SeenCountry(f.val as u16),
-        _ => FeatureVal::Resource(f.val),
+        3 => FeatureVal::Resource(f.val),
+        _ => FeatureVal::LoginPlace(f.val, threatflow::enrich::place::Place::from_packed(f.place)),
     };
     match f.kind {
         0 => WindowEntry::Counter { key: f.key, val, amount: f.amount as isize, until: f.until },

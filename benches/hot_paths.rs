@@ -85,9 +85,12 @@ fn hot_paths(c: &mut Criterion) {
     group.finish();
 }
 
+/// `((key, value), time, diff)` updates and `(key, time)` events.
+type LookupWorkload = (Vec<((u64, u64), u64, isize)>, Vec<(u64, u64)>);
+
 /// `(key, value)` updates of 10,000 keys (each value present for a while) and 200,000 events
 /// `(key, time)` to look up, both in time order.
-fn lookup_workload() -> (Vec<((u64, u64), u64, isize)>, Vec<(u64, u64)>) {
+fn lookup_workload() -> LookupWorkload {
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut next = move || {
         state ^= state << 13;

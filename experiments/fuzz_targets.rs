@@ -74,6 +74,18 @@ pub fn targets() -> Vec<Target> {
                 }
             }),
         },
+        Target {
+            name: "intel",
+            run: Box::new(|data| {
+                if let Ok(text) = std::str::from_utf8(data) {
+                    for origin in ["feed.jsonl", "feed.csv"] {
+                        let (updates, _) = threatflow::control::intel::parse_indicators(text, origin);
+                        let mut log = threatflow::detect::control::ControlLog::default();
+                        log.add_indicators(updates);
+                    }
+                }
+            }),
+        },
     ]
 }
 
@@ -135,6 +147,12 @@ pub fn seeds(target: &str, root: &Path) -> Vec<Vec<u8>> {
             seeds.extend(files("models", &["json"]));
             seeds
         }
+        "intel" => vec![
+            br#"{"type": "cidr", "value": "203.0.113.0/24", "source": "cert", "confidence": 80, "effective_from": "2026-12-01T00:00:00Z", "expires": 1767225600001}"#.to_vec(),
+            br#"{"id": "x", "remove": true, "effective_from": 5}"#.to_vec(),
+            br#"{"type": "bundle", "id": "bundle--1", "objects": [{"type": "identity", "id": "identity--a", "name": "CERT"}, {"type": "indicator", "id": "indicator--1", "created_by_ref": "identity--a", "pattern_type": "stix", "valid_from": "2026-01-01T00:00:00Z", "valid_until": "2026-02-01T00:00:00Z", "confidence": 90, "pattern": "[ipv4-addr:value = '198.51.100.7'] OR [domain-name:value = 'evil.example'] OR [file:hashes.'SHA-256' = 'ab12']"}]}"#.to_vec(),
+            b"type,value,confidence,source,effective_from,expires\nuser_agent,\"curl/8.0, x\",30,ua,0,\nasn,AS64500,101,a,5,4\n".to_vec(),
+        ],
         _ => Vec::new(),
     }
 }

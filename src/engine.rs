@@ -21,6 +21,7 @@ use crate::checkpoint::{truncate_output, Checkpoint};
 use crate::control::feed::ControlFeed;
 use crate::dataflows::Dataflow;
 use crate::detect::control::ControlLog;
+use crate::detect::intel::{IntelMode, IntelOptions};
 use crate::detect::enrichment::EnrichmentMode;
 use crate::event::Time;
 use crate::ingest::partition::{ErrorSlot, SourceConfig};
@@ -42,7 +43,8 @@ pub fn run(config: timely::Config, mut job: JobSpec) -> Result<JobReport> {
     job.source.prepare()?;
     if let Some(kafka) = &job.kafka {
         // Every process checks (or creates) the topics before any worker starts.
-        let topics: Vec<&str> = Role::ALL[1..].iter().map(|r| kafka.topic(*r)).collect();
+        let roles = Role::ALL[1..].iter().filter(|r| **r != Role::Intel || kafka.intel_topic);
+        let topics: Vec<&str> = roles.map(|r| kafka.topic(*r)).collect();
         kafka.partition_counts(&topics)?;
     }
     let control = Arc::new(job.control.load()?);
@@ -162,6 +164,26 @@ fn open_outputs(job: &JobSpec, control: &ControlLog, restored: Option<&Checkpoin
     Ok((outputs, async_outputs, control_feed))
 }
 
+/// How a job matches threat-intel indicators: not at all when it has none and none can arrive;
+/// with an index made once when all were read at start; otherwise as they come and go.
+fn intel_mode(job: &JobSpec, control: &ControlLog) -> IntelMode {
+    let followed = job.kafka.is_none() && job.control.followed().is_some_and(|f| !f.intel.is_empty());
+    let from_topic = job.kafka.as_ref().is_some_and(|kafka| kafka.intel_topic);
+    if followed || from_topic {
+        return IntelMode::InForce;
+    }
+    if !control.has_indicators() {
+        return IntelMode::Off;
+    }
+    let mut index = crate::enrich::intel::IntelIndex::default();
+    for (update, time, diff) in control.updates() {
+        if let crate::detect::control::Control::Indicator(indicator) = update {
+            index.update(&indicator, time, diff);
+        }
+    }
+    IntelMode::Fixed(Arc::new(index))
+}
+
 fn run_worker(
     worker: &mut timely::worker::Worker,
     job: &JobSpec,
@@ -199,6 +221,7 @@ fn run_worker(
         (true, Some(databases)) if !may_arrive => EnrichmentMode::Fixed(databases),
         (true, _) => EnrichmentMode::InForce,
     };
+    let intel = IntelOptions { mode: intel_mode(job, control), retro_window: job.retro_window };
     let rendered = worker.dataflow::<Time, _, _>(|scope| {
         let parts = Parts {
             job,
@@ -212,6 +235,7 @@ fn run_worker(
             gathered: Rc::clone(&gathered),
             errors: Rc::clone(&errors),
             enrichment: enrichment.clone(),
+            intel: intel.clone(),
         };
         render(scope, parts)
     });

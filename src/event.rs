@@ -74,6 +74,9 @@ pub struct Event {
     /// What the GeoIP/ASN databases in force at the event's time say about `src_ip` (`None`
     /// when the job enriches nothing or the event has no `src_ip`; see [`crate::enrich`]).
     pub enrichment: Option<std::sync::Arc<crate::enrich::Enrichment>>,
+    /// The threat-intel indicators in force at the event's time that its values match (`None` when
+    /// none does or the job has no indicators; see [`crate::detect::intel`]).
+    pub intel: Option<std::sync::Arc<Vec<crate::enrich::intel::IntelHit>>>,
     /// The user's key ([`user_key`] of `user`), computed once when the event is read.
     pub key: UserKey,
     /// The time the engine judges the event at: `ts`, or the partition watermark when the event was late.
@@ -412,6 +415,7 @@ impl RawEvent {
             extra,
             source: None,
             enrichment: None,
+            intel: None,
             key,
             time: ts,
             late: false,

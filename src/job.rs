@@ -56,6 +56,9 @@ pub struct JobSpec {
     pub progress: bool,
     /// Total events expected, for the progress bar.
     pub expected_events: Option<u64>,
+    /// How far back (event time) a threat-intel indicator that comes into force is matched
+    /// against past events (`retro` decisions; 0: not at all). See [`crate::detect::intel`].
+    pub retro_window: Time,
 }
 
 impl JobSpec {
@@ -80,6 +83,7 @@ impl JobSpec {
             collect: false,
             progress: false,
             expected_events: None,
+            retro_window: crate::detect::intel::DEFAULT_RETRO_WINDOW,
         }
     }
 }

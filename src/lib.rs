@@ -40,12 +40,12 @@
 //!
 //! | layer | modules | what they do |
 //! |---|---|---|
-//! | 1 | [`event`], [`location`], [`enrich`], [`metrics`], [`recent`] | the activity event, time and user keys; where artifacts live; GeoIP/ASN databases; the live metrics and alerts |
+//! | 1 | [`event`], [`location`], [`enrich`], [`metrics`], [`recent`] | the activity event, time and user keys; where artifacts live; GeoIP/ASN databases and threat-intel indicators; the live metrics and alerts |
 //! | 2 | [`checkpoint`] | the checkpoint format, the one layer for checkpointed state, the coordinator |
 //! | 3 | [`ingest`] | partitions and watermarks, files, the generator, providers' mappings |
 //! | 4 | [`state`] | feature windows, windowed per-user state, the as-of lookup |
-//! | 5 | [`detect`] | models, rules, Sigma, marks, the control collection, decisions, correlation, verdicts |
-//! | 6 | [`control`] | where the control collection comes from: files, followed files and directories |
+//! | 5 | [`detect`] | models, rules, Sigma, marks, threat-intel matching, the control collection, decisions, correlation, verdicts |
+//! | 6 | [`control`] | where the control collection comes from: files, followed files and directories, indicator feeds |
 //! | 7 | [`dataflows`] | the `Dataflow` trait, what every dataflow receives, one file per dataflow |
 //! | 8 | [`output`] | files, alerts, the sinks, the report |
 //! | 9 | [`kafka`] | topics in and out |

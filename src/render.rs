@@ -1,11 +1,12 @@
 //! The whole pipeline of a job, top to bottom, as each worker builds it.
 //!
 //! ```text
-//! source ─events─► (enrichment) ─► feature windows ─► the chosen dataflow ─┐
-//!    │                                    │  scored ───► correlation ────────┼─► verdicts ─► decision sink
-//!    │                                    └─ scored ─────────────────────────┘        ▲
-//!    │                       control (models, rules, marks, databases; broadcast) ──────┘
-//!    └─side records (dead letters, labels, counts)──────────────────────► side sink
+//! source ─events─► (enrichment) ─► (intel) ─► feature windows ─► the chosen dataflow ─┐
+//!    │                                  │            │  scored ───► correlation ─────────┼─► verdicts ─┬─► decision sink
+//!    │                                  │            └─ scored ──────────────────────────┘      ▲      │
+//!    │                                  │    control (models, rules, marks, databases) ─────────┘      │
+//!    │                                  └─ retro decisions (indicators matched to past events) ───────┘
+//!    └─side records (dead letters, labels, counts)────────────────────────────────────────► side sink
 //! ```
 //!
 //! Every operator that keeps state does so through the checkpoint layer
@@ -22,7 +23,7 @@ use differential_dataflow::input::{Input as _, InputSession};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Input, Operator, Probe};
+use timely::dataflow::operators::{Concat, Input, Operator, Probe};
 use timely::dataflow::InputHandle;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
@@ -34,6 +35,7 @@ use crate::detect::control::Control;
 use crate::detect::correlation::correlate;
 use crate::detect::decision::Decision;
 use crate::detect::enrichment::EnrichmentMode;
+use crate::detect::intel::IntelOptions;
 use crate::detect::verdicts::verdicts;
 use crate::event::Time;
 use crate::ingest::partition::{partitioned_source, ErrorSlot, Partition, PartitionPart, SourceCheckpoints, SourceConfig};
@@ -76,11 +78,13 @@ pub struct Parts<'a> {
     pub errors: ErrorSlot,
     /// How the events are enriched.
     pub enrichment: EnrichmentMode,
+    /// How they are matched against threat-intel indicators.
+    pub intel: IntelOptions,
 }
 
 /// Builds the job's pipeline in `scope` (see the module doc).
 pub fn render<'s>(scope: Scope<'s, Time>, parts: Parts<'_>) -> Rendered {
-    let Parts { job, dataflow, partitions, source, restored, sinks, output_probe, events_probe, gathered, errors, enrichment } = parts;
+    let Parts { job, dataflow, partitions, source, restored, sinks, output_probe, events_probe, gathered, errors, enrichment, intel } = parts;
     let (control_input, control) = scope.new_collection();
     let (barrier_input, barriers) = scope.new_input::<Vec<Time>>();
     let barriers = barriers.broadcast();
@@ -91,12 +95,12 @@ pub fn render<'s>(scope: Scope<'s, Time>, parts: Parts<'_>) -> Rendered {
     let (events, side, positions) = partitioned_source(scope, "Source", partitions, source, output_probe.clone(), errors, source_checkpoints);
     let events = events.probe_with(&events_probe);
 
-    // 2. The control arrangement, enrichment (when the job has databases) and the feature
-    //    windows: what every dataflow reads.
-    let inputs = SharedInputs::build(scope, events, control, &checkpoints, enrichment);
+    // 2. The control arrangement, enrichment (when the job has databases), threat-intel
+    //    matching (when it has indicators) and the feature windows: what every dataflow reads.
+    let inputs = SharedInputs::build(scope, events, control, &checkpoints, enrichment, intel);
     let unkept = inputs.clone();
 
-    // 3-5. The chosen dataflow, the correlation rules, the verdicts.
+    // 3-5. The chosen dataflow, the correlation rules, the verdicts (and the retro decisions).
     let decisions = detections(dataflow, inputs, job.block_for);
 
     // 6. The sinks, on worker 0.
@@ -120,7 +124,8 @@ pub fn detections<'s>(dataflow: &dyn Dataflow, inputs: SharedInputs<'s>, block_f
             _ => None,
         })
         .inner;
-    verdicts(inputs.scored, decided, hits, unblocks, block_for, &inputs.checkpoints)
+    let decisions = verdicts(inputs.scored, decided, hits, unblocks, block_for, &inputs.checkpoints);
+    decisions.concat(inputs.retro)
 }
 
 /// The state parts of a restored checkpoint, given at its frontier by worker 0 (nothing elsewhere).

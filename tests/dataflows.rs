@@ -96,7 +96,7 @@ fn the_shared_feature_arrangement_agrees_with_the_features_events_carry() {
             worker.dataflow::<u64, _, _>(|scope| {
                 let (events, _side, _parts) = partitioned_source(scope, "Source", partitions, SourceConfig::default(), probe.clone(), errors, None);
                 let (_, control) = scope.new_collection::<((), Control), isize>();
-                let inputs = SharedInputs::build(scope, events, control, &StateCheckpoints::none(scope), Default::default());
+                let inputs = SharedInputs::build(scope, events, control, &StateCheckpoints::none(scope), Default::default(), Default::default());
                 let looked_up = with_features(inputs.events.clone(), inputs.features());
                 for (stream, carried) in [(inputs.scored, true), (looked_up, false)] {
                     let mut keep = record(Arc::clone(&shared_seen), carried);

@@ -605,6 +605,55 @@ fn control_updates_must_be_signed_when_a_key_is_configured() {
     assert_eq!((with("forged-login"), with("tampered-login")), (0, 0), "the forged and the tampered rule do not");
 }
 
+/// Threat-intel indicators through the intel topic (`--intel-topic`): a JSON-lines record and a
+/// STIX 2.1 bundle published as messages decide exactly as the same indicators read from files by
+/// `replay`: the same live matches and the same retro decisions, on two workers.
+#[test]
+fn indicators_through_the_intel_topic_decide_as_files_do() {
+    let broker = Broker::start("memory");
+    let dir = tempfile::tempdir().unwrap();
+    let generated = generated(2, 20_000, 21);
+    let parts: Partitions = generated.iter().map(|p| p.iter().map(|l| l.clone().into_bytes()).collect()).collect();
+    let files = write_files(dir.path(), "part", &parts);
+    produce(&broker, "activity", &files, &["--topic-partitions", "2"]);
+    // Two addresses the events use often, indicated from a quarter and from the middle of the run.
+    let events: Vec<Value> = generated.iter().flatten().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut by_ip: std::collections::BTreeMap<&str, usize> = Default::default();
+    for e in &events {
+        *by_ip.entry(e["src_ip"].as_str().unwrap_or_default()).or_default() += 1;
+    }
+    let mut common: Vec<(usize, &str)> = by_ip.into_iter().map(|(ip, n)| (n, ip)).collect();
+    common.sort();
+    let first = events.iter().map(|e| e["ts"].as_u64().unwrap()).min().unwrap();
+    let last = max_ts(&generated);
+    let (quarter, middle) = (first + (last - first) / 4, first + (last - first) / 2);
+    let record = serde_json::json!({"type": "ip", "value": common[common.len() - 1].1, "effective_from": middle, "confidence": 90, "source": "team"});
+    // (A source named in the bundle: without one, an indicator's source is where it was read.)
+    let bundle = serde_json::json!({"type": "bundle", "id": "bundle--k", "objects": [
+        {"type": "identity", "id": "identity--cert", "name": "CERT"},
+        {"type": "indicator", "id": "indicator--k", "pattern_type": "stix", "created_by_ref": "identity--cert",
+        "pattern": format!("[ipv4-addr:value = '{}']", common[common.len() - 2].1), "valid_from": quarter, "confidence": 50}]});
+    let intel = dir.path().join("intel");
+    std::fs::create_dir_all(&intel).unwrap();
+    std::fs::write(intel.join("team.jsonl"), format!("{record}\n")).unwrap();
+    std::fs::write(intel.join("cert.json"), format!("{bundle}\n")).unwrap();
+    produce(&broker, "intel", &[intel.join("team.jsonl"), intel.join("cert.json")], &["--topic-partitions", "1"]);
+
+    let mut args = control_args();
+    args.extend(["--retro-window", "1h", "--intel"].map(String::from));
+    args.push(intel.display().to_string());
+    let reference = replay(&files, &dir.path().join("reference.jsonl"), &args);
+    let retro = reference.iter().filter(|d| d["verdict"] == "retro").count();
+    let live = reference.iter().filter(|d| d["verdict"] == "threat" && !d["intel"].is_null()).count();
+    assert!(retro > 0 && live > 0, "{retro} retro and {live} live decisions");
+
+    ok(output_within(&mut engine(&broker, &["--until-end", "-w", "2", "--intel-topic", "--retro-window", "1h"]), Duration::from_secs(120)));
+    let decisions = consume(&broker, "decisions");
+    let (got, expected) = (sorted(&decisions), sorted(&reference));
+    let only = |a: &[String], b: &[String]| a.iter().filter(|x| b.binary_search(x).is_err()).take(3).map(|x| x.chars().take(400).collect::<String>()).collect::<Vec<_>>();
+    assert!(got == expected, "{} vs {} decisions; only through Kafka: {:?}; only in the replay: {:?}", got.len(), expected.len(), only(&got, &expected), only(&expected, &got));
+}
+
 /// A model update to `v2` at `at` (an artifact beside it, stricter on deletes and downloads than
 /// the default) and a rule from `rule_at` matching every external share, as files.
 fn control_updates(dir: &Path, at: u64, rule_at: u64) -> (PathBuf, PathBuf) {

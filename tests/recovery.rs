@@ -58,6 +58,26 @@ fn input_of(dir: &Path, count: u64) -> std::path::PathBuf {
     };
     let update = serde_json::json!({"database": "asn", "uri": "new-asn.csv", "sha256": new_sha, "effective_from": middle});
     std::fs::write(dir.join("updates.jsonl"), format!("{update}\n")).unwrap();
+    // Threat-intel indicators: addresses and a user arriving mid-stream (retro-matched against the
+    // day before), an AS of the replaced database, a network that expires. The live matches and
+    // the retro history are state too.
+    let mut by_ip: std::collections::BTreeMap<String, usize> = Default::default();
+    for line in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+        *by_ip.entry(line["src_ip"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+    }
+    let mut common: Vec<(usize, String)> = by_ip.into_iter().map(|(ip, n)| (n, ip)).collect();
+    common.sort();
+    let quarter = (times.iter().max().unwrap() - times.iter().min().unwrap()) / 4;
+    let first = *times.iter().min().unwrap();
+    let intel = [
+        serde_json::json!({"type": "ip", "value": common[common.len() - 1].1, "effective_from": first + quarter, "confidence": 90}),
+        serde_json::json!({"type": "ip", "value": common[common.len() - 20].1, "effective_from": middle, "confidence": 40}),
+        serde_json::json!({"type": "cidr", "value": format!("{}/16", common[common.len() - 40].1), "effective_from": first + 3 * quarter, "expires": first + 3 * quarter + 3_600_000}),
+        serde_json::json!({"type": "asn", "value": "AS65003", "effective_from": middle + quarter / 2, "confidence": 70}),
+        serde_json::json!({"type": "user", "value": "user000017@example.com", "effective_from": first + quarter}),
+    ];
+    std::fs::create_dir_all(dir.join("intel")).unwrap();
+    std::fs::write(dir.join("intel/feed.jsonl"), intel.iter().map(|i| format!("{i}\n")).collect::<String>()).unwrap();
     // Correlation rules over two threshold rules that only feed them: their windows (grouped by
     // country, across users, and by user) and the blocks one makes are checkpointed state too.
     std::fs::write(
@@ -91,6 +111,9 @@ fn replay(events: &Path, out: &Path, extra: &[&str]) -> Command {
         .arg(events.with_file_name("old-asn.csv"))
         .arg("--model-updates")
         .arg(events.with_file_name("updates.jsonl"))
+        .arg("--intel")
+        .arg(events.with_file_name("intel"))
+        .args(["--retro-window", "1d"])
         .arg("--output")
         .arg(out.join("decisions.jsonl"))
         .arg("--dead-letters")
@@ -127,6 +150,11 @@ fn input_and_reference(dir: &Path) -> (PathBuf, PathBuf, Duration) {
         eprintln!("reference: {count} decisions {what}");
         assert!(count > 0, "the reference run has decisions {what}");
     }
+    // Indicators matched live and retroactively.
+    let retro = decisions.iter().filter(|d| d["verdict"] == "retro").count();
+    let intel = decisions.iter().filter(|d| d["verdict"] == "threat" && !d["intel"].is_null()).count();
+    eprintln!("reference: {retro} retro decisions, {intel} threat decisions naming indicators");
+    assert!(retro > 0 && intel > 0);
     // Both ASN databases decided: the replacement applied mid-stream.
     let asns: std::collections::BTreeSet<u64> = decisions.iter().filter_map(|d| d["enrichment"]["asn"].as_u64()).collect();
     assert!(asns.iter().any(|a| *a < 65_000) && asns.iter().any(|a| *a >= 65_000), "{asns:?}");

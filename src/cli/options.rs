@@ -190,6 +190,19 @@ pub struct JobArgs {
     /// the marks topic).
     #[arg(long)]
     pub marks: Option<PathBuf>,
+    /// Threat-intel indicators: a file (JSON lines, STIX 2.1 bundle or CSV; see the README) or a
+    /// directory of them; repeatable. An event matching an indicator in force at its time is
+    /// decided `threat` naming it; an indicator that comes into force is matched against the
+    /// events of `--retro-window` before it (`retro` decisions). Without `--kafka` followed while
+    /// the job runs (files added, changed or removed apply from then on); with it read once at
+    /// start (indicators then come through the intel topic, with `--intel-topic`).
+    #[arg(long)]
+    pub intel: Vec<PathBuf>,
+    /// How far back (event time) an indicator that comes into force is matched against past
+    /// events (`0s`: not at all). Memory: about 200 bytes per event of the window, on the worker
+    /// that owns its user.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retro_window: Duration,
     /// Allowed lateness: events further behind their partition's watermark are judged at the watermark.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub allowed_lateness: Duration,
@@ -292,6 +305,9 @@ pub struct KafkaArgs {
     /// `model publish` sign what they send. Also `THREATFLOW_CONTROL_KEY_FILE`.
     #[arg(long, value_name = "PATH")]
     pub control_key_file: Option<std::path::PathBuf>,
+    /// Read threat-intel indicators from the intel topic too (`--topic intel=NAME` renames it).
+    #[arg(long)]
+    pub intel_topic: bool,
 }
 
 /// The environment variable that may hold librdkafka settings, `key=value` lines.
@@ -314,6 +330,7 @@ impl KafkaArgs {
         config.partitions = self.topic_partitions;
         config.connect_timeout = self.kafka_connect_timeout;
         config.control_key = crate::control::signing::ControlKey::from_file_or_env(self.control_key_file.as_deref())?;
+        config.intel_topic = self.intel_topic;
         Ok(Some(config))
     }
 
@@ -377,6 +394,7 @@ impl JobArgs {
             rules,
             marks: self.marks.clone(),
             databases: self.databases(),
+            intel: self.intel.clone(),
         })
     }
 
@@ -399,6 +417,7 @@ impl JobArgs {
         job.actions_path = self.actions.clone();
         job.alert_suppression = ms(self.alert_suppression);
         job.block_for = ms(self.block_for);
+        job.retro_window = ms(self.retro_window);
         job.checkpoints = self.checkpoint_dir.as_ref().map(|path| {
             (crate::checkpoint::CheckpointDir { path: path.clone(), keep: self.checkpoint_keep }, self.checkpoint_interval)
         });

@@ -55,6 +55,8 @@ pub enum ControlMessage {
     Marks(Vec<MarkUpdate>),
     /// A verified enrichment database and the time it applies from.
     Database(Time, Database),
+    /// Threat-intel indicators (and their removals), each from its `effective_from`.
+    Indicators(Vec<crate::enrich::intel::IndicatorUpdate>),
 }
 
 /// Where a reader is: a topic and partition (or a file and 0), and the next offset (or byte).
@@ -111,7 +113,7 @@ pub struct ControlCheckpoint {
 impl ControlCheckpoint {
     /// The part's name in a checkpoint.
     pub const PART: &'static str = "control-feed";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
 
     /// As a checkpoint part.
     pub fn encode(&self) -> Result<StatePart> {
@@ -237,6 +239,14 @@ impl ControlFeed {
                 }
                 self.log.add_marks(updates)
             }
+            ControlMessage::Indicators(mut updates) => {
+                let count = updates.len();
+                for update in updates.iter_mut() {
+                    update.effective_from = applies_from("indicator", &update.id, update.effective_from, now);
+                }
+                tracing::info!(indicators = count, "indicator updates received");
+                self.log.add_indicators(updates)
+            }
             ControlMessage::RulesFromNow(mut specs) => {
                 for spec in specs.iter_mut() {
                     spec.effective_from = spec.effective_from.max(now);
@@ -315,6 +325,8 @@ pub struct Followed {
     pub marks: Option<PathBuf>,
     /// Sigma rules, and the placeholder values they use.
     pub rules_dir: Option<(PathBuf, Placeholders)>,
+    /// Threat-intel indicator files or directories ([`crate::control::intel`]).
+    pub intel: Vec<PathBuf>,
 }
 
 /// How often a followed directory of rules is scanned for changes.
@@ -323,7 +335,8 @@ const RULES_DIR_SCAN: Duration = Duration::from_millis(200);
 /// A reader following, without Kafka, what `followed` names, all of it in each round.
 pub fn follow_files(followed: Followed) -> Reader {
     Box::new(move |mut next, rounds, stop| {
-        let Followed { model_updates, marks, rules_dir } = followed;
+        let Followed { model_updates, marks, rules_dir, intel } = followed;
+        let mut intel: Vec<crate::control::intel::IndicatorDir> = intel.into_iter().map(crate::control::intel::IndicatorDir::new).collect();
         let mut files: Vec<JsonLinesFile> = model_updates
             .map(|path| JsonLinesFile::new(path, &next, parse_model_line))
             .into_iter()
@@ -340,8 +353,14 @@ pub fn follow_files(followed: Followed) -> Reader {
             for file in files.iter_mut() {
                 file.round(&mut messages, &mut next)?;
             }
-            if let Some(rules) = rules.as_mut().filter(|_| scanned.is_none_or(|at| at.elapsed() >= RULES_DIR_SCAN)) {
-                rules.round(&mut messages);
+            if scanned.is_none_or(|at| at.elapsed() >= RULES_DIR_SCAN) {
+                if let Some(rules) = rules.as_mut() {
+                    rules.round(&mut messages);
+                }
+                let indicators: Vec<_> = intel.iter_mut().flat_map(|dir| dir.scan()).collect();
+                if !indicators.is_empty() {
+                    messages.push(ControlMessage::Indicators(indicators));
+                }
                 scanned = Some(Instant::now());
             }
             if rounds.send(Round { started, messages, next: next.clone() }).is_err() {

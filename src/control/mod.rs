@@ -1,6 +1,6 @@
 //! Where a job's control collection comes from: the initial model, model updates, rules files,
-//! Sigma rule directories and marks ([`ControlSpec`]), loaded once at start, or followed while the
-//! job runs ([`feed`]). The collection itself is [`crate::detect::control`].
+//! Sigma rule directories, marks and threat-intel indicators ([`ControlSpec`], [`intel`]), loaded
+//! once at start, or followed while the job runs ([`feed`]). The collection itself is [`crate::detect::control`].
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +12,7 @@ use crate::detect::rules::{self, RuleSpec};
 use crate::event::Time;
 
 pub mod feed;
+pub mod intel;
 pub mod signing;
 
 /// Where the models and rules of a job come from.
@@ -35,6 +36,9 @@ pub struct ControlSpec {
     /// when given, the sha256 they must have. A job enriches its events only when it starts with
     /// one; updates in `model_updates` (lines with `"database"`) then replace them.
     pub databases: Vec<(crate::enrich::DatabaseKind, String, Option<String>)>,
+    /// Threat-intel indicator files or directories ([`intel`]; followed while the job runs with
+    /// `follow`).
+    pub intel: Vec<PathBuf>,
 }
 
 /// An initial model: artifact bytes and, when known, the digest they must have.
@@ -70,8 +74,8 @@ impl ControlSpec {
             RulesSource::SigmaDir(dir, placeholders) => Some((dir.clone(), placeholders.clone())),
             _ => None,
         });
-        let followed = feed::Followed { model_updates: self.model_updates.clone(), marks: self.marks.clone(), rules_dir };
-        let any = followed.model_updates.is_some() || followed.marks.is_some() || followed.rules_dir.is_some();
+        let followed = feed::Followed { model_updates: self.model_updates.clone(), marks: self.marks.clone(), rules_dir, intel: self.intel.clone() };
+        let any = followed.model_updates.is_some() || followed.marks.is_some() || followed.rules_dir.is_some() || !followed.intel.is_empty();
         (self.follow && any).then_some(followed)
     }
 
@@ -136,6 +140,11 @@ impl ControlSpec {
                 }
             }
             log.add_marks(updates);
+        }
+        if !self.follow {
+            for path in &self.intel {
+                log.add_indicators(intel::read_indicators(path)?);
+            }
         }
         for source in &self.rules {
             match source {

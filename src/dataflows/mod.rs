@@ -22,7 +22,7 @@ use differential_dataflow::VecCollection;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::vec::{Broadcast, Map};
+use timely::dataflow::operators::vec::{Broadcast, Filter, Map};
 use timely::dataflow::operators::Exchange;
 use timely::dataflow::{Scope, StreamVec};
 
@@ -30,6 +30,8 @@ use crate::checkpoint::operator::StateCheckpoints;
 use crate::detect::control::{Control, ControlArrangement};
 use crate::detect::decision::Decision;
 use crate::detect::enrichment::EnrichmentMode;
+use crate::detect::intel::IntelOptions;
+use crate::enrich::intel::Indicator;
 use crate::event::{route, Event, Time, UserKey};
 use crate::state::windowed::{windowed_by_user, Window};
 use crate::state::windows::feature_windows;
@@ -80,6 +82,9 @@ pub struct SharedInputs<'s> {
     pub control: ControlArrangement<'s>,
     /// The checkpoint plumbing, for operators that keep state of their own.
     pub checkpoints: StateCheckpoints<'s>,
+    /// `retro` decisions: events of the past that an indicator arriving later matches
+    /// ([`crate::detect::intel`]); added to the job's decisions after the verdict step.
+    pub retro: StreamVec<'s, Time, Decision>,
     /// The feature windows' updates, arranged by [`SharedInputs::features`] on first use.
     feature_updates: FeatureUpdates<'s>,
     features: Rc<RefCell<Option<FeatureArrangement<'s>>>>,
@@ -92,24 +97,29 @@ pub struct SharedInputs<'s> {
 
 impl<'s> SharedInputs<'s> {
     /// Builds the shared inputs from the source's events and the control collection: the control
-    /// collection is broadcast and arranged on every worker; events are enriched as `enrichment`
-    /// says ([`crate::detect::enrichment`]) where they were read; then they go to the worker
-    /// owning their user and through the feature windows.
+    /// collection is broadcast and arranged on every worker, its indicators apart; events are
+    /// enriched as `enrichment` says ([`crate::detect::enrichment`]) where they were read; then
+    /// they go to the worker owning their user, are matched against the indicators as `intel`
+    /// says ([`crate::detect::intel`]) and go through the feature windows.
     pub fn build(
         scope: Scope<'s, Time>,
         events: StreamVec<'s, Time, Event>,
         control: VecCollection<'s, Time, ((), Control)>,
         checkpoints: &StateCheckpoints<'s>,
         enrichment: EnrichmentMode,
+        intel: IntelOptions,
     ) -> Self {
+        let (control, indicators) = split_indicators(control.inner.broadcast());
         let control = arrange_core::<_, _, ValBatcher<(), Control, Time, isize>, ValSpine<(), Control, Time, isize>>(
-            control.inner.broadcast(),
+            control,
             Pipeline,
             "Control",
             ValBatcher::new,
         );
         let events = enrichment.apply(events, &control);
-        let events = events.exchange(|e: &Event| route(&e.key)).map(Rc::new);
+        let events = events.exchange(|e: &Event| route(&e.key));
+        let (events, retro) = intel.apply(events, indicators, checkpoints);
+        let events = events.map(Rc::new);
         let features_wanted = Rc::new(Cell::new(false));
         let (scored, feature_updates) = feature_windows(events.clone(), checkpoints, Rc::clone(&features_wanted));
         SharedInputs {
@@ -118,6 +128,7 @@ impl<'s> SharedInputs<'s> {
             scored,
             control,
             checkpoints: checkpoints.clone(),
+            retro,
             feature_updates,
             features: Rc::default(),
             features_wanted,
@@ -162,6 +173,20 @@ impl<'s> SharedInputs<'s> {
     }
 }
 
+/// The control collection's updates without its indicators, and the indicators' updates: the
+/// arrangement every event reads stays small however many indicators a job has.
+#[allow(clippy::type_complexity)]
+fn split_indicators<'s>(
+    control: StreamVec<'s, Time, (((), Control), Time, isize)>,
+) -> (StreamVec<'s, Time, (((), Control), Time, isize)>, StreamVec<'s, Time, (Indicator, Time, isize)>) {
+    let indicators = control.clone().flat_map(|(((), control), time, diff)| match control {
+        Control::Indicator(indicator) => Some((indicator, time, diff)),
+        _ => None,
+    });
+    let others = control.filter(|(((), control), _, _)| !matches!(control, Control::Indicator(_)));
+    (others, indicators)
+}
+
 #[cfg(test)]
 mod tests {
     use differential_dataflow::input::Input;
@@ -176,7 +201,7 @@ mod tests {
                 let checkpoints = StateCheckpoints::none(scope);
                 let (_control_input, control) = scope.new_collection::<((), Control), isize>();
                 let events = timely::dataflow::operators::generic::operator::empty(scope);
-                let inputs = SharedInputs::build(scope, events, control, &checkpoints, EnrichmentMode::Off);
+                let inputs = SharedInputs::build(scope, events, control, &checkpoints, EnrichmentMode::Off, IntelOptions::default());
                 assert!(inputs.unkept_state().is_empty());
                 let (_own_input, own) = scope.new_collection::<(UserKey, u64), isize>();
                 inputs.arrange_by_user(own, "OwnHistory");

@@ -43,4 +43,21 @@ impl Severity {
             _ => Severity::Medium,
         }
     }
+
+    /// The severity of a match with a threat-intel indicator of this confidence (0–100): below 30
+    /// low, below 60 medium, below 85 high, from 85 critical.
+    ///
+    /// ```
+    /// use threatflow::detect::action::Severity;
+    /// assert_eq!(Severity::of_confidence(70), Severity::High);
+    /// assert_eq!(Severity::of_confidence(85), Severity::Critical);
+    /// ```
+    pub fn of_confidence(confidence: u8) -> Severity {
+        match confidence {
+            0..=29 => Severity::Low,
+            30..=59 => Severity::Medium,
+            60..=84 => Severity::High,
+            _ => Severity::Critical,
+        }
+    }
 }

@@ -1,5 +1,5 @@
-//! The control collection: models, rules, marks, unblocks and enrichment databases as one small
-//! collection over event time.
+//! The control collection: models, rules, marks, unblocks, enrichment databases and threat-intel
+//! indicators as one collection over event time.
 //!
 //! At every time the collection holds exactly the model in force (the one with the greatest
 //! `effective_from <= t`) and the rules and marks in force. It is broadcast to every worker and
@@ -14,6 +14,7 @@ use differential_dataflow::trace::implementations::ValSpine;
 use serde::{Deserialize, Serialize};
 
 use crate::detect::marks::{Mark, MarkUpdate, Unblock};
+use crate::enrich::intel::{Indicator, IndicatorUpdate};
 use crate::enrich::{Database, DatabaseKind};
 use crate::detect::model::Model;
 use crate::detect::rules::{Rule, RuleSpec};
@@ -38,6 +39,10 @@ pub enum Control {
     Unblock(Unblock),
     /// The GeoIP or ASN database in force (at most one of each kind; see [`crate::enrich`]).
     Database(Database),
+    /// A threat-intel indicator in force. Indicators can number in the hundred thousands: they are
+    /// split from the rest before it is arranged, into an index of their own
+    /// ([`crate::detect::intel`]).
+    Indicator(Indicator),
 }
 
 /// An update of the control collection.
@@ -57,6 +62,7 @@ pub struct ControlLog {
     specs: Vec<RuleSpec>,
     marks: Vec<MarkUpdate>,
     databases: Vec<(Time, Database)>,
+    indicators: Vec<IndicatorUpdate>,
 }
 
 impl ControlLog {
@@ -87,7 +93,21 @@ impl ControlLog {
         updates.extend(rule_timeline(self.specs.clone()));
         updates.extend(mark_timeline(self.marks.clone()));
         updates.extend(database_timeline(self.databases.clone()));
+        updates.extend(indicator_timeline(&self.indicators));
         updates
+    }
+
+    /// Whether any indicator update is logged.
+    pub fn has_indicators(&self) -> bool {
+        !self.indicators.is_empty()
+    }
+
+    /// Logs indicator updates; returns the collection's changes (only the indicators' timeline is
+    /// recomputed).
+    pub fn add_indicators(&mut self, updates: impl IntoIterator<Item = IndicatorUpdate>) -> Vec<ControlUpdate> {
+        let before = indicator_timeline(&self.indicators);
+        self.indicators.extend(updates);
+        changes(before, indicator_timeline(&self.indicators))
     }
 
     /// Logs a verified database in force from `from` (replacing the one of its kind from then
@@ -236,6 +256,36 @@ fn mark_timeline(mut marks: Vec<MarkUpdate>) -> Vec<ControlUpdate> {
     updates
 }
 
+/// Indicators: each update of an id is in force from its `effective_from` until the next update of
+/// that id (a replacement or a removal) or its own `expires`, whichever is first.
+fn indicator_timeline(updates: &[IndicatorUpdate]) -> Vec<ControlUpdate> {
+    let mut by_id: BTreeMap<&str, Vec<&IndicatorUpdate>> = BTreeMap::new();
+    for update in updates {
+        by_id.entry(update.id.as_str()).or_default().push(update);
+    }
+    let mut timeline = Vec::new();
+    for mut of_id in by_id.into_values() {
+        of_id.sort_by_key(|u| u.effective_from); // stable: for equal times the later update wins
+        for (n, update) in of_id.iter().enumerate() {
+            let Some(indicator) = update.indicator.as_ref() else { continue };
+            let next = of_id.get(n + 1).map(|u| u.effective_from);
+            let until = match (next, indicator.expires) {
+                (Some(next), Some(expires)) => Some(next.min(expires)),
+                (next, expires) => next.or(expires),
+            };
+            if until.is_some_and(|until| until <= update.effective_from) {
+                continue;
+            }
+            timeline.push((Control::Indicator(indicator.clone()), update.effective_from, 1));
+            if let Some(until) = until {
+                timeline.push((Control::Indicator(indicator.clone()), until, -1));
+            }
+        }
+    }
+    // One indicator re-applied unchanged adds up to nothing at the time it was re-applied.
+    changes(Vec::new(), timeline)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,10 +325,36 @@ mod tests {
         }
         let version = |t| match &at(&applied, t)[0] {
             Control::Model(m) => m.version.clone(),
-            Control::Rule(_) | Control::Mark(_) | Control::Unblock(_) | Control::Database(_) => unreachable!(),
+            Control::Rule(_) | Control::Mark(_) | Control::Unblock(_) | Control::Database(_) | Control::Indicator(_) => unreachable!(),
         };
         assert_eq!([version(0), version(50), version(100)], ["v1", "v3", "v2"]);
         assert_eq!(at(&applied, 70).len(), 2);
         assert_eq!(at(&applied, 90).len(), 1);
+    }
+
+    #[test]
+    fn indicators_are_in_force_until_replaced_removed_or_expired() {
+        use crate::enrich::intel::{Indicator, IndicatorKind, IndicatorUpdate};
+        let put = |id: &str, value: &str, from: Time, expires: Option<Time>| IndicatorUpdate {
+            id: id.into(),
+            effective_from: from,
+            indicator: Some(Indicator::new(id, IndicatorKind::Ip, value, "s", 50, from, expires).unwrap()),
+        };
+        let mut log = ControlLog::default();
+        let mut applied = log.add_indicators([put("a", "192.0.2.1", 10, Some(50)), put("b", "192.0.2.2", 0, None)]);
+        // A replacement before the first one expires, and a removal.
+        applied.extend(log.add_indicators([put("a", "192.0.2.3", 30, None), IndicatorUpdate { id: "b".into(), effective_from: 40, indicator: None }]));
+        let values = |updates: &[ControlUpdate], t| -> Vec<String> {
+            let mut values: Vec<String> = at(updates, t).into_iter().filter_map(|c| match c {
+                Control::Indicator(i) => Some(i.value),
+                _ => None,
+            }).collect();
+            values.sort();
+            values
+        };
+        for (t, expected) in [(0, vec!["192.0.2.2"]), (10, vec!["192.0.2.1", "192.0.2.2"]), (30, vec!["192.0.2.2", "192.0.2.3"]), (40, vec!["192.0.2.3"]), (60, vec!["192.0.2.3"])] {
+            assert_eq!(values(&applied, t), expected, "at {t}");
+            assert_eq!(values(&log.updates(), t), expected, "at {t}");
+        }
     }
 }

@@ -7,6 +7,7 @@ use timely::dataflow::StreamVec;
 use crate::detect::control::{in_force, Control, ControlArrangement};
 use crate::detect::marks::MarkIndex;
 use crate::detect::action::{Severity, ThreatAction};
+use crate::enrich::intel::IntelHit;
 use crate::event::{Event, Position, Time};
 use crate::state::as_of::{as_of_lookup, PerVersion};
 use crate::state::features::{FeatureName, Features};
@@ -20,6 +21,10 @@ pub enum Verdict {
     Threat,
     /// The user was blocked at the event's time.
     Blocked,
+    /// A threat-intel indicator that came into force later matches the event: reported when the
+    /// indicator arrived (`ts`), naming the event and its own time (`event_ts`); see
+    /// [`crate::detect::intel`].
+    Retro,
 }
 
 impl Verdict {
@@ -28,6 +33,7 @@ impl Verdict {
         match self {
             Verdict::Threat => "threat",
             Verdict::Blocked => "blocked",
+            Verdict::Retro => "retro",
         }
     }
 }
@@ -43,7 +49,7 @@ pub struct Decision {
     pub user: String,
     /// The time the event was judged at: its `ts`, or the watermark when it was late.
     pub ts: Time,
-    /// `threat` or `blocked`.
+    /// `threat`, `blocked` or `retro`.
     pub verdict: Verdict,
     /// The model score, present whenever a model was in force.
     pub score: Option<f64>,
@@ -60,7 +66,7 @@ pub struct Decision {
     /// What the decision asks to be done.
     pub actions: Vec<ThreatAction>,
     /// How urgent: the highest of the matching rules' severities, high for a marked threat's
-    /// repeat, medium for the model alone.
+    /// repeat, by its confidence for a threat-intel indicator, medium for the model alone.
     pub severity: Severity,
     /// When the model flagged the event: each feature's share of the logit, `w · log1p(x)`,
     /// largest first.
@@ -82,6 +88,10 @@ pub struct Decision {
     /// enriches nothing; see [`crate::enrich`]).
     #[serde(default)]
     pub enrichment: Option<crate::enrich::Enrichment>,
+    /// The threat-intel indicators the event matched (in force at `ts`; for a `retro` decision,
+    /// those that came into force at `ts`), absent when none did.
+    #[serde(default)]
+    pub intel: Option<Vec<IntelHit>>,
 }
 
 impl Decision {
@@ -110,6 +120,7 @@ impl Decision {
             blocked_until: None,
             position: event.position.clone(),
             enrichment: event.enrichment.as_deref().cloned(),
+            intel: event.intel.as_deref().cloned(),
         }
     }
 }
@@ -161,7 +172,7 @@ impl ControlIndex {
     pub fn new(controls: &[(&Control, isize)]) -> ControlIndex {
         let marks = MarkIndex::new(in_force(controls).filter_map(|(position, control)| match control {
             Control::Mark(mark) => Some((position, mark)),
-            Control::Model(_) | Control::Rule(_) | Control::Unblock(_) | Control::Database(_) => None,
+            Control::Model(_) | Control::Rule(_) | Control::Unblock(_) | Control::Database(_) | Control::Indicator(_) => None,
         }));
         let mut rules = RuleIndex::default();
         for (position, control) in in_force(controls) {
@@ -245,7 +256,8 @@ impl RuleIndex {
 ///
 /// `controls` are the accumulated control values (model, rules, marks) with their multiplicities,
 /// and `index` their [`ControlIndex`]. The event is a threat when the model says so, a rule
-/// matches, or it repeats a marked threat.
+/// matches, it repeats a marked threat, or it matched a threat-intel indicator (found before, in
+/// [`crate::detect::intel`]).
 pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Control, isize)], index: &ControlIndex) -> Option<Decision> {
     let model = index.model.and_then(|position| match controls.get(position) {
         Some((Control::Model(model), _)) => Some(model),
@@ -287,14 +299,18 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
             }
         }
     }
-    if !model_threat && rules.is_empty() && fingerprint_match.is_none() {
+    let intel = event.intel.as_deref().filter(|hits| !hits.is_empty());
+    if !model_threat && rules.is_empty() && fingerprint_match.is_none() && intel.is_none() {
         return None;
     }
-    if model_threat || fingerprint_match.is_some() {
+    if model_threat || fingerprint_match.is_some() || intel.is_some() {
         actions.push(ThreatAction::Alert);
     }
     if fingerprint_match.is_some() {
         severity = severity.max(Some(Severity::High));
+    }
+    if let Some(hits) = intel {
+        severity = severity.max(hits.iter().map(|h| Severity::of_confidence(h.confidence)).max());
     }
     let contributions = match model {
         Some(m) if model_threat => m.contributions(features),

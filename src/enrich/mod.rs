@@ -25,6 +25,7 @@ use ordered_float::OrderedFloat;
 use serde::{Deserialize, Serialize};
 
 pub mod database;
+pub mod intel;
 pub mod place;
 
 pub use database::{Database, DatabaseKind, Databases};

@@ -35,6 +35,22 @@ const EARTH_RADIUS_KM: f64 = 6371.0088;
 const HOUR_MS: f64 = 3_600_000.0;
 
 impl Place {
+    /// The packed form (for compact encodings): [`Place::from_packed`] gives the place back.
+    ///
+    /// ```
+    /// use threatflow::enrich::place::Place;
+    /// let place = Place::from_degrees(48.86, 2.35).unwrap();
+    /// assert_eq!(Place::from_packed(place.packed()), place);
+    /// ```
+    pub fn packed(self) -> u32 {
+        self.0
+    }
+
+    /// The place of a packed form.
+    pub fn from_packed(packed: u32) -> Place {
+        Place(packed)
+    }
+
     /// The place at these coordinates (degrees), rounded to 0.01°; `None` when they are not on
     /// the globe (out of range or not finite).
     pub fn from_degrees(latitude: f64, longitude: f64) -> Option<Place> {

@@ -655,6 +655,7 @@ impl GeneratorPartition {
             extra: Default::default(),
             source: None,
             enrichment: None,
+            intel: None,
             key: crate::event::user_key(user),
             time: draft.ts,
             late: false,

@@ -267,6 +267,7 @@ impl Mapping {
             extra,
             source: Some(self.name.clone()),
             enrichment: None,
+            intel: None,
             key,
             time: ts,
             late: false,

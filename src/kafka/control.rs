@@ -25,8 +25,12 @@ use crate::detect::model::ModelUpdate;
 /// Starts following the models and rules topics; `log` holds the job's static models and rules,
 /// unless a restored checkpoint's log and offsets are given.
 pub fn start(config: &KafkaConfig, log: ControlLog, restored: Option<&StatePart>) -> Result<ControlFeed> {
-    let topics = [config.topic(Role::Models).to_string(), config.topic(Role::Rules).to_string(), config.topic(Role::Marks).to_string()];
-    let counts = config.partition_counts(&[&topics[0], &topics[1], &topics[2]])?;
+    let mut roles = vec![Role::Models, Role::Rules, Role::Marks];
+    if config.intel_topic {
+        roles.push(Role::Intel);
+    }
+    let topics: Vec<String> = roles.iter().map(|r| config.topic(*r).to_string()).collect();
+    let counts = config.partition_counts(&topics.iter().map(String::as_str).collect::<Vec<_>>())?;
     let consumer = config.consumer()?;
     let partitions: Vec<FeedPosition> =
         topics.iter().zip(counts).flat_map(|(topic, count)| (0..count as i32).map(move |p| (topic.clone(), p))).collect();
@@ -50,6 +54,7 @@ fn read_rounds(
 ) -> Result<()> {
     let models_topic = config.topic(Role::Models).to_string();
     let marks_topic = config.topic(Role::Marks).to_string();
+    let intel_topic = config.topic(Role::Intel).to_string();
     // End offsets are asked on a connection of their own: on the reading consumer's, the request
     // would queue behind its waiting fetch.
     let offsets = config.consumer()?;
@@ -94,6 +99,8 @@ fn read_rounds(
                             parse_model(update)
                         } else if message.topic() == marks_topic {
                             parse_marks(update)
+                        } else if message.topic() == intel_topic {
+                            parse_indicators(update, &position)
                         } else {
                             parse_rules(update)
                         }
@@ -183,4 +190,15 @@ fn parse_rules(payload: &[u8]) -> Result<ControlMessage> {
         return Ok(ControlMessage::Rules(specs));
     }
     Ok(ControlMessage::Rules(crate::detect::rules::parse_rules(text)?))
+}
+
+/// An intel topic message: indicators in any of the file formats; one that holds none is refused.
+fn parse_indicators(update: &[u8], position: &str) -> Result<ControlMessage> {
+    let text = std::str::from_utf8(update).context("an indicator update that is not UTF-8")?;
+    let (updates, refused) = crate::control::intel::parse_indicators(text, "intel");
+    for why in &refused {
+        tracing::error!(position, "indicator refused, skipped: {why}");
+    }
+    anyhow::ensure!(!updates.is_empty(), "no indicator in the message");
+    Ok(ControlMessage::Indicators(updates))
 }

@@ -39,6 +39,8 @@ pub enum Role {
     Rules,
     /// Marked threats (input).
     Marks,
+    /// Threat-intel indicators (input; read only with [`KafkaConfig::intel_topic`]).
+    Intel,
     /// Decisions, keyed by user (output).
     Decisions,
     /// Alerts (output).
@@ -51,8 +53,8 @@ pub enum Role {
 
 impl Role {
     /// Every role, inputs first.
-    pub const ALL: [Role; 8] =
-        [Role::Activity, Role::Models, Role::Rules, Role::Marks, Role::Decisions, Role::Alerts, Role::Actions, Role::DeadLetters];
+    pub const ALL: [Role; 9] =
+        [Role::Activity, Role::Models, Role::Rules, Role::Marks, Role::Intel, Role::Decisions, Role::Alerts, Role::Actions, Role::DeadLetters];
 
     /// The role's name, which is also its topic's default name.
     pub fn name(self) -> &'static str {
@@ -61,6 +63,7 @@ impl Role {
             Role::Models => "models",
             Role::Rules => "rules",
             Role::Marks => "marks",
+            Role::Intel => "intel",
             Role::Decisions => "decisions",
             Role::Alerts => "alerts",
             Role::Actions => "actions",
@@ -92,6 +95,9 @@ pub struct KafkaConfig {
     /// The key control updates on the control topics are signed with: a job then applies only
     /// updates that verify, and `mark`, `unblock` and `model publish` sign what they send.
     pub control_key: Option<crate::control::signing::ControlKey>,
+    /// Read threat-intel indicators from the intel topic (JSON lines, STIX 2.1 bundles or CSV, one
+    /// update per message; see [`crate::control::intel`]).
+    pub intel_topic: bool,
 }
 
 impl KafkaConfig {
@@ -105,6 +111,7 @@ impl KafkaConfig {
             partitions: 4,
             connect_timeout: Duration::from_secs(300),
             control_key: None,
+            intel_topic: false,
         }
     }
 
@@ -189,7 +196,7 @@ impl KafkaConfig {
     pub fn create_topic(&self, topic: &str) -> Result<()> {
         let admin: AdminClient<LogContext> =
             self.client_config(&[]).create_with_context(LogContext).context("creating a Kafka admin client")?;
-        let control = [Role::Models, Role::Rules, Role::Marks].iter().any(|r| self.topic(*r) == topic);
+        let control = [Role::Models, Role::Rules, Role::Marks, Role::Intel].iter().any(|r| self.topic(*r) == topic);
         let partitions = if control { 1 } else { i32::try_from(self.partitions).context("too many partitions")? };
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
         let results = futures_executor::block_on(admin.create_topics([&new], &AdminOptions::new()))

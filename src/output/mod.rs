@@ -67,6 +67,12 @@ pub struct Alert {
     pub correlation_groups: Vec<(String, String)>,
     /// A `blocked` decision's or a blocking decision's end of the block.
     pub blocked_until: Option<Time>,
+    /// The threat-intel indicators the event matched (absent when none did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intel: Option<Vec<crate::enrich::intel::IntelHit>>,
+    /// A `retro` (or late) decision's event's own time (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_ts: Option<Time>,
 }
 
 /// A command for an enforcement system: revert the event or block the user.
@@ -107,6 +113,8 @@ impl Alert {
             contributions: d.contributions.clone(),
             correlation_groups: d.correlation_groups.clone(),
             blocked_until: d.blocked_until,
+            intel: d.intel.clone(),
+            event_ts: d.event_ts,
         })
     }
 }
@@ -139,8 +147,8 @@ impl AlertGate {
         self.last.extend(state.iter().map(|(r, u, t)| ((r.clone(), u.clone()), *t)));
     }
 
-    /// Whether the decision raises its alert: it asks for one, and one of its reasons (a rule, or
-    /// `model`) has not alerted for this user within the period.
+    /// Whether the decision raises its alert: it asks for one, and one of its reasons (a rule,
+    /// `model`, or `intel:INDICATOR`) has not alerted for this user within the period.
     pub fn admit(&mut self, d: &Decision) -> bool {
         if !d.actions.contains(&ThreatAction::Alert) {
             return false;
@@ -148,17 +156,19 @@ impl AlertGate {
         if self.period == 0 || d.fingerprint_match.is_some() {
             return true;
         }
-        let mut reasons: Vec<&str> = d.rules.iter().map(String::as_str).collect();
+        let mut reasons: Vec<std::borrow::Cow<'_, str>> = d.rules.iter().map(|r| r.as_str().into()).collect();
         if !d.contributions.is_empty() {
-            reasons.push("model");
+            reasons.push("model".into());
         }
+        // A threat-intel indicator is a reason of its own (per indicator and user).
+        reasons.extend(d.intel.iter().flatten().map(|hit| format!("intel:{}", hit.indicator).into()));
         if reasons.is_empty() {
             return true;
         }
         let mut raised = false;
         for reason in reasons {
-            let group = d.correlation_groups.iter().find(|(rule, _)| rule == reason).map_or(&d.user, |(_, group)| group);
-            let key = (reason.to_string(), group.clone());
+            let group = d.correlation_groups.iter().find(|(rule, _)| *rule == reason).map_or(&d.user, |(_, group)| group);
+            let key = (reason.into_owned(), group.clone());
             if self.last.get(&key).is_none_or(|t| d.ts >= t.saturating_add(self.period)) {
                 self.last.insert(key, d.ts);
                 raised = true;
@@ -374,6 +384,7 @@ mod tests {
             blocked_until: None,
             position: None,
             enrichment: None,
+            intel: None,
         }
     }
 

@@ -189,7 +189,7 @@ fn extract_worker(worker: &mut timely::worker::Worker, spec: &ExtractSpec, read:
         let (events, side, _parts) = partitioned_source(scope, "Source", partitions, config, probe.clone(), Rc::clone(&errors), None);
         // No models or rules: features do not depend on them. The input closes at once.
         let (_, control) = scope.new_collection::<((), Control), isize>();
-        let inputs = SharedInputs::build(scope, events, control, &StateCheckpoints::none(scope), Default::default());
+        let inputs = SharedInputs::build(scope, events, control, &StateCheckpoints::none(scope), Default::default(), Default::default());
         let rows = Rc::clone(&gathered);
         inputs.scored.probe_with(&probe).sink(Pipeline, "TrainingExamples", move |(input, _)| {
             let mut rows = rows.borrow_mut();
