@@ -10,10 +10,13 @@ use threatflow::event::{Position, DEFAULT_MAX_RECORD_BYTES};
 use threatflow::ingest::mapping::{Mappings, RecordFormat};
 use threatflow::ingest::partition::{decode_record, Decoding};
 
-/// A fuzz target: its name, and what it runs on one input (a panic is a crash).
+/// What a target runs on one input (a panic is a crash).
+pub type Run = Box<dyn Fn(&[u8])>;
+
+/// A fuzz target: its name, and what it runs on one input.
 pub struct Target {
     pub name: &'static str,
-    pub run: Box<dyn Fn(&[u8])>,
+    pub run: Run,
 }
 
 /// Every target.

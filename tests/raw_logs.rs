@@ -38,9 +38,12 @@ fn decode_all(records: &[Value]) -> (BTreeMap<String, (u64, u64)>, Vec<String>) 
 /// Each Panther rule-test file's events: how many each mapping parses and rejects. The rejected
 /// ones are hand-made test events without a timestamp or a user (Panther's rules do not need
 /// them); each says so. Slack has no mapping: its records fit none.
+/// A file and, per mapping, the records it parses and rejects.
+type PerSource<'a> = (&'a str, &'a [(&'a str, (u64, u64))]);
+
 #[test]
 fn panther_rule_test_events_parse_per_source() {
-    let expected: [(&str, &[(&str, (u64, u64))]); 9] = [
+    let expected: [PerSource; 9] = [
         ("AWS_CloudTrail.jsonl", &[("aws.cloudtrail", (436, 27))]),
         ("Okta_SystemLog.jsonl", &[("okta.okta", (58, 8))]),
         ("GSuite_ActivityEvent.jsonl", &[("gcp.google_workspace", (94, 58)), ("none", (0, 5))]),

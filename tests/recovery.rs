@@ -59,7 +59,7 @@ fn input_of(dir: &Path, count: u64) -> std::path::PathBuf {
     let update = serde_json::json!({"database": "asn", "uri": "new-asn.csv", "sha256": new_sha, "effective_from": middle});
     std::fs::write(dir.join("updates.jsonl"), format!("{update}\n")).unwrap();
     // Threat-intel indicators: addresses and a user arriving mid-stream (retro-matched against the
-    // day before), an AS of the replaced database, a network that expires. The live matches and
+    // six hours before), an AS of the replaced database, a network that expires. The live matches and
     // the retro history are state too.
     let mut by_ip: std::collections::BTreeMap<String, usize> = Default::default();
     for line in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
@@ -113,7 +113,7 @@ fn replay(events: &Path, out: &Path, extra: &[&str]) -> Command {
         .arg(events.with_file_name("updates.jsonl"))
         .arg("--intel")
         .arg(events.with_file_name("intel"))
-        .args(["--retro-window", "1d"])
+        .args(["--retro-window", "6h"])
         .arg("--output")
         .arg(out.join("decisions.jsonl"))
         .arg("--dead-letters")

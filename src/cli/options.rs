@@ -199,7 +199,7 @@ pub struct JobArgs {
     #[arg(long)]
     pub intel: Vec<PathBuf>,
     /// How far back (event time) an indicator that comes into force is matched against past
-    /// events (`0s`: not at all). Memory: about 200 bytes per event of the window, on the worker
+    /// events (`0s`: not at all). Memory: about 165 bytes per event of the window, on the worker
     /// that owns its user.
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
     pub retro_window: Duration,
