@@ -310,3 +310,28 @@ fn without_a_retro_window_only_live_events_are_decided() {
     same(&got_live, &live, "live hits");
     assert!(got_retro.is_empty());
 }
+
+/// `threatflow intel check` reads the files as a job does: the indicators by kind per file, and
+/// each refusal with its file and line (a failure when there is one).
+#[test]
+fn intel_check_reports_each_file_and_each_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    indicators(&dir.path().join("intel"));
+    let output = threatflow().args(["intel", "check"]).arg(dir.path().join("intel")).output().expect("spawn");
+    assert!(!output.status.success(), "refused records fail the check");
+    let reports: BTreeMap<String, Value> = common::parse_lines(&String::from_utf8_lossy(&output.stdout))
+        .into_iter()
+        .map(|r| (Path::new(r["file"].as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned(), r))
+        .collect();
+    assert_eq!(reports["feed.jsonl"]["indicators"], json!({"domain": 1, "ip": 4, "user": 2, "user_agent": 1}));
+    assert_eq!(reports["feed.jsonl"]["removals"], 1);
+    assert_eq!(reports["cert.json"]["indicators"], json!({"domain": 1, "ip": 1}));
+    assert_eq!(reports["cert.json"]["removals"], 1, "the revoked indicator");
+    assert!(reports["cert.json"]["refused"][0].as_str().unwrap().contains("indicator--and"));
+    assert_eq!(reports["hashes.csv"]["indicators"], json!({"hash": 1}));
+    assert!(reports["hashes.csv"]["refused"][0].as_str().unwrap().contains("hashes.csv:3"));
+    // A clean file passes.
+    std::fs::remove_file(dir.path().join("intel/hashes.csv")).unwrap();
+    std::fs::remove_file(dir.path().join("intel/cert.json")).unwrap();
+    ok(threatflow().args(["intel", "check"]).arg(dir.path().join("intel")).output().expect("spawn"));
+}

@@ -42,6 +42,19 @@ pub enum ConfigCommand {
     },
 }
 
+/// `threatflow intel ...`.
+#[derive(Debug, Subcommand)]
+pub enum IntelCommand {
+    /// Read indicator files as a job would (`--intel`) and print, per file, how many indicators
+    /// of each kind load and why each refused record was refused (JSON lines); fails when any
+    /// record is refused.
+    Check {
+        /// Indicator files or directories.
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+    },
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -88,6 +101,9 @@ pub enum Command {
     /// Job settings in a TOML file (`run --config FILE`, `replay --config FILE`).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Threat-intel indicator files (`run --intel`, `replay --intel`).
+    #[command(subcommand)]
+    Intel(IntelCommand),
     /// Describe the checkpoints in a directory, newest first, as JSON lines: frontier, dataflow,
     /// state parts, the output lengths recorded, or why one cannot be used.
     Checkpoints {
@@ -116,6 +132,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Checkpoints { dir } => describe_checkpoints(dir),
+        Command::Intel(IntelCommand::Check { paths }) => check_indicators(&paths),
         Command::Config(ConfigCommand::Check { file, command }) => {
             print!("{}", config::effective(&command, &file)?);
             Ok(())
@@ -131,6 +148,26 @@ pub fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Prints one JSON line per indicator file: the indicators by kind, removals, and the refusals.
+fn check_indicators(paths: &[std::path::PathBuf]) -> Result<()> {
+    let mut refusals = 0;
+    for path in paths {
+        for file in crate::control::intel::indicator_files(path)? {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let (updates, refused) = crate::control::intel::parse_indicators(&text, &file.display().to_string());
+            let mut by_kind = std::collections::BTreeMap::<&str, usize>::new();
+            for indicator in updates.iter().filter_map(|u| u.indicator.as_ref()) {
+                *by_kind.entry(indicator.kind.as_str()).or_default() += 1;
+            }
+            let removals = updates.iter().filter(|u| u.indicator.is_none()).count();
+            refusals += refused.len();
+            println!("{}", serde_json::json!({"file": file, "indicators": by_kind, "removals": removals, "refused": refused}));
+        }
+    }
+    anyhow::ensure!(refusals == 0, "{refusals} record(s) refused");
+    Ok(())
 }
 
 /// Prints one JSON line per checkpoint in `dir`, newest first.
