@@ -47,14 +47,14 @@ pub fn run(config: timely::Config, mut job: JobSpec) -> Result<JobReport> {
         let topics: Vec<&str> = roles.map(|r| kafka.topic(*r)).collect();
         kafka.partition_counts(&topics)?;
     }
-    let control = Arc::new(job.control.load()?);
+    let controls = Arc::new(Controls::of(&job)?);
     let job_started = Instant::now();
     let one_process = !matches!(config.communication, timely::CommunicationConfig::Cluster { .. });
     let (restore, stats) = restore(&job, one_process)?;
     let job = Arc::new(job);
     let progress = Arc::new(AtomicU64::new(0));
     let guards =
-        timely::execute(config, move |worker| run_worker(worker, &job, &control, &progress, restore.clone(), stats.clone(), job_started))
+        timely::execute(config, move |worker| run_worker(worker, &job, &controls, &progress, restore.clone(), stats.clone(), job_started))
         .map_err(|e| anyhow!("starting the timely cluster: {e}"))?;
     let mut report = None;
     for result in guards.join() {
@@ -164,19 +164,44 @@ fn open_outputs(job: &JobSpec, control: &ControlLog, restored: Option<&Checkpoin
     Ok((outputs, async_outputs, control_feed))
 }
 
-/// How a job matches threat-intel indicators: not at all when it has none and none can arrive;
-/// with an index made once when all were read at start; otherwise as they come and go.
+/// What a job's process loads once for all its workers: the controls known at start, and how
+/// events are enriched and matched against indicators.
+struct Controls {
+    log: ControlLog,
+    enrichment: EnrichmentMode,
+    intel: IntelOptions,
+}
+
+impl Controls {
+    fn of(job: &JobSpec) -> Result<Controls> {
+        let log = job.control.load()?;
+        // A job enriches only when it starts with a database; without a control topic or followed
+        // file, the databases it starts with are those of its whole run.
+        let may_arrive = job.kafka.is_some() || job.control.followed().is_some();
+        let enrichment = match (job.control.enriches(), log.databases_from_start()) {
+            (false, _) => EnrichmentMode::Off,
+            (true, Some(databases)) if !may_arrive => EnrichmentMode::Fixed(databases),
+            (true, _) => EnrichmentMode::InForce,
+        };
+        let intel = IntelOptions { mode: intel_mode(job, &log), retro_window: job.retro_window };
+        Ok(Controls { log, enrichment, intel })
+    }
+}
+
+/// How a job matches threat-intel indicators: as they come and go when more can arrive; else with
+/// one index of those read at start (shared by the workers), or not at all when there are none.
 fn intel_mode(job: &JobSpec, control: &ControlLog) -> IntelMode {
     let followed = job.kafka.is_none() && job.control.followed().is_some_and(|f| !f.intel.is_empty());
     let from_topic = job.kafka.as_ref().is_some_and(|kafka| kafka.intel_topic);
     if followed || from_topic {
         return IntelMode::InForce;
     }
-    if !control.has_indicators() {
+    let updates = control.indicator_updates();
+    if updates.is_empty() {
         return IntelMode::Off;
     }
     let mut index = crate::enrich::intel::IntelIndex::default();
-    for (update, time, diff) in control.updates() {
+    for (update, time, diff) in updates {
         if let crate::detect::control::Control::Indicator(indicator) = update {
             index.update(&indicator, time, diff);
         }
@@ -187,7 +212,7 @@ fn intel_mode(job: &JobSpec, control: &ControlLog) -> IntelMode {
 fn run_worker(
     worker: &mut timely::worker::Worker,
     job: &JobSpec,
-    control: &ControlLog,
+    controls: &Controls,
     progress: &Arc<AtomicU64>,
     restored: Option<Arc<Checkpoint>>,
     mut restore_stats: CheckpointStats,
@@ -198,6 +223,7 @@ fn run_worker(
     let dataflow: Box<dyn Dataflow> = crate::dataflows::find(&job.dataflow).ok_or_else(|| anyhow!("unknown dataflow {}", job.dataflow))?;
     let partitions = job.source.partitions(index, peers, &job.decoding, restored.as_deref())?;
     let errors: ErrorSlot = Rc::new(RefCell::new(None));
+    let control = &controls.log;
     let (outputs, mut async_outputs, mut control_feed) = match index {
         0 => open_outputs(job, control, restored.as_deref())?,
         _ => (Vec::new(), None, None),
@@ -213,15 +239,6 @@ fn run_worker(
         ..SourceConfig::default()
     };
     let gathered: Rc<RefCell<Gathered>> = Rc::default();
-    // A job enriches only when it starts with a database; without a control topic or followed
-    // file, the databases it starts with are those of its whole run.
-    let may_arrive = job.kafka.is_some() || job.control.followed().is_some();
-    let enrichment = match (job.control.enriches(), control.databases_from_start()) {
-        (false, _) => EnrichmentMode::Off,
-        (true, Some(databases)) if !may_arrive => EnrichmentMode::Fixed(databases),
-        (true, _) => EnrichmentMode::InForce,
-    };
-    let intel = IntelOptions { mode: intel_mode(job, control), retro_window: job.retro_window };
     let rendered = worker.dataflow::<Time, _, _>(|scope| {
         let parts = Parts {
             job,
@@ -234,8 +251,8 @@ fn run_worker(
             events_probe: events_probe.clone(),
             gathered: Rc::clone(&gathered),
             errors: Rc::clone(&errors),
-            enrichment: enrichment.clone(),
-            intel: intel.clone(),
+            enrichment: controls.enrichment.clone(),
+            intel: controls.intel.clone(),
         };
         render(scope, parts)
     });

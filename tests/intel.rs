@@ -160,8 +160,12 @@ fn matches(indicator: &Defined, e: &Value) -> bool {
 }
 
 /// What the engine must decide: per event id, the live hits; per `(event id, T)`, the retro hits.
-#[allow(clippy::type_complexity)]
-fn oracle(events: &[Value], defined: &[Defined]) -> (BTreeMap<String, BTreeSet<String>>, BTreeMap<(String, u64), BTreeSet<String>>) {
+/// Per event id, the indicators it matched live.
+type Live = BTreeMap<String, BTreeSet<String>>;
+/// Per `(event id, T)`, the indicators that retro-matched it at `T`.
+type Retro = BTreeMap<(String, u64), BTreeSet<String>>;
+
+fn oracle(events: &[Value], defined: &[Defined]) -> (Live, Retro) {
     // Judged times: late events at the watermark, 5 s (the allowed lateness) behind the newest.
     let mut newest = 0u64;
     let judged: Vec<u64> = events
@@ -173,13 +177,13 @@ fn oracle(events: &[Value], defined: &[Defined]) -> (BTreeMap<String, BTreeSet<S
             at
         })
         .collect();
-    let mut live: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut live = Live::new();
     for (e, at) in events.iter().zip(&judged) {
         for i in defined.iter().filter(|i| (i.from..i.until).contains(at) && matches(i, e)) {
             live.entry(e["event_id"].as_str().unwrap().to_string()).or_default().insert(i.id.clone());
         }
     }
-    let mut retro: BTreeMap<(String, u64), BTreeSet<String>> = BTreeMap::new();
+    let mut retro = Retro::new();
     for i in defined {
         let start = i.from;
         let already = defined.iter().any(|o| o.kind == i.kind && o.value == i.value && start > 0 && (o.from..o.until).contains(&(start - 1)));
@@ -196,8 +200,7 @@ fn oracle(events: &[Value], defined: &[Defined]) -> (BTreeMap<String, BTreeSet<S
 }
 
 /// The engine's live and retro hits from its decisions (and checks each decision's shape).
-#[allow(clippy::type_complexity)]
-fn found(decisions: &[Value]) -> (BTreeMap<String, BTreeSet<String>>, BTreeMap<(String, u64), BTreeSet<String>>) {
+fn found(decisions: &[Value]) -> (Live, Retro) {
     let ids = |d: &Value| d["intel"].as_array().unwrap().iter().map(|h| h["indicator"].as_str().unwrap().to_string()).collect::<BTreeSet<_>>();
     let mut live = BTreeMap::new();
     let mut retro = BTreeMap::new();
@@ -228,20 +231,22 @@ fn same<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(got: &BTreeMap
     assert!(differing.is_empty(), "{what}: {} vs {} entries; first differences:\n{}", got.len(), expected.len(), differing.join("\n"));
 }
 
-fn write_events(dir: &Path) -> (Vec<Value>, std::path::PathBuf) {
+/// The events and the indicators written into `dir` (`events.jsonl`, `intel/`): the events' file,
+/// the indicators as the oracle sees them, and the oracle's hits.
+fn fixture(dir: &Path) -> (std::path::PathBuf, Vec<Defined>, Live, Retro) {
     let events = events();
     let path = dir.join("events.jsonl");
     std::fs::write(&path, events.iter().map(|e| format!("{e}\n")).collect::<String>()).unwrap();
-    (events, path)
+    let defined = indicators(&dir.join("intel"));
+    let (live, retro) = oracle(&events, &defined);
+    (path, defined, live, retro)
 }
 
 #[test]
 fn indicators_decide_live_and_retro_exactly_as_the_oracle_on_1_and_2_workers() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let (events, input) = write_events(dir);
-    let defined = indicators(&dir.join("intel"));
-    let (live, retro) = oracle(&events, &defined);
+    let (input, defined, live, retro) = fixture(dir);
     // The test shows something: live and retro hits of every kind, and a value indicated twice.
     let kinds = |ids: &mut dyn Iterator<Item = &String>| ids.map(|id| defined.iter().find(|d| d.id == *id).unwrap().kind).collect::<BTreeSet<_>>();
     assert_eq!(kinds(&mut live.values().flatten()).len(), 5, "live hits of every kind");
@@ -293,9 +298,7 @@ fn indicators_decide_live_and_retro_exactly_as_the_oracle_on_1_and_2_workers() {
 fn without_a_retro_window_only_live_events_are_decided() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let (events, input) = write_events(dir);
-    let defined = indicators(&dir.join("intel"));
-    let (live, _) = oracle(&events, &defined);
+    let (input, _, live, _) = fixture(dir);
     let out = dir.join("decisions.jsonl");
     ok(threatflow()
         .args(["replay", "--input"])

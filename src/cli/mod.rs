@@ -155,8 +155,7 @@ fn check_indicators(paths: &[std::path::PathBuf]) -> Result<()> {
     let mut refusals = 0;
     for path in paths {
         for file in crate::control::intel::indicator_files(path)? {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-            let (updates, refused) = crate::control::intel::parse_indicators(&text, &file.display().to_string());
+            let (updates, refused) = crate::control::intel::read_file(&file)?;
             let mut by_kind = std::collections::BTreeMap::<&str, usize>::new();
             for indicator in updates.iter().filter_map(|u| u.indicator.as_ref()) {
                 *by_kind.entry(indicator.kind.as_str()).or_default() += 1;

@@ -268,12 +268,17 @@ pub fn indicator_files(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The indicators of one file, and why each record skipped was refused.
+pub fn read_file(file: &Path) -> Result<(Vec<IndicatorUpdate>, Vec<String>)> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading indicators {}", file.display()))?;
+    Ok(parse_indicators(&text, &file.display().to_string()))
+}
+
 /// Reads the indicators of a file or directory once; what was refused is logged and skipped.
 pub fn read_indicators(path: &Path) -> Result<Vec<IndicatorUpdate>> {
     let mut updates = Vec::new();
     for file in indicator_files(path)? {
-        let text = std::fs::read_to_string(&file).with_context(|| format!("reading indicators {}", file.display()))?;
-        let (read, refused) = parse_indicators(&text, &file.display().to_string());
+        let (read, refused) = read_file(&file)?;
         for why in &refused {
             tracing::error!("indicator refused, skipped: {why}");
         }
@@ -317,8 +322,8 @@ impl IndicatorDir {
             if self.files.get(&file).is_some_and(|(modified, len, _)| (*modified, *len) == stamp) {
                 continue;
             }
-            let Ok(text) = std::fs::read_to_string(&file) else { continue };
-            let (read, refused) = parse_indicators(&text, &file.display().to_string());
+            // Unreadable for now (being replaced, say): tried again on the next scan.
+            let Ok((read, refused)) = read_file(&file) else { continue };
             for why in &refused {
                 tracing::error!("indicator refused, skipped: {why}");
             }

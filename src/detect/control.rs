@@ -97,9 +97,9 @@ impl ControlLog {
         updates
     }
 
-    /// Whether any indicator update is logged.
-    pub fn has_indicators(&self) -> bool {
-        !self.indicators.is_empty()
+    /// The control collection's updates for the indicators logged (the others' are not computed).
+    pub fn indicator_updates(&self) -> Vec<ControlUpdate> {
+        indicator_timeline(&self.indicators)
     }
 
     /// Logs indicator updates; returns the collection's changes (only the indicators' timeline is

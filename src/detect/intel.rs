@@ -157,33 +157,49 @@ pub fn address_of(event: &Event) -> Option<(u128, bool)> {
     event.src_ip.as_deref().and_then(parse_address).map(address_bits)
 }
 
-/// The indicators of `index` in force at `at` that `event` matches, sorted, `None` when none.
-pub fn matches(index: &IntelIndex, event: &Event, at: Time) -> Option<Arc<Vec<IntelHit>>> {
-    observe(Some(index), event, at, false).0
-}
-
 /// What the retro history keeps of an event's values: its address and its fingerprints.
 struct Observed {
-    address: Option<(u128, bool)>,
+    address: PackedAddress,
     fingerprints: Fingerprints,
 }
 
-/// One pass over an event's values: its hits in `index` as of `at` (when given), and what the
-/// retro history keeps of them (when `remember`).
-fn observe(index: Option<&IntelIndex>, event: &Event, at: Time, remember: bool) -> (Option<Arc<Vec<IntelHit>>>, Option<Observed>) {
+/// A source address as the history keeps it: its bits, and 4 or 6 for its family (0: none), in
+/// 17 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackedAddress {
+    bits: [u8; 16],
+    family: u8,
+}
+
+impl PackedAddress {
+    fn pack(address: Option<(u128, bool)>) -> PackedAddress {
+        match address {
+            Some((bits, v6)) => PackedAddress { bits: bits.to_le_bytes(), family: if v6 { 6 } else { 4 } },
+            None => PackedAddress { bits: [0; 16], family: 0 },
+        }
+    }
+
+    /// The address as bits, and whether it is IPv6.
+    fn get(self) -> Option<(u128, bool)> {
+        (self.family != 0).then(|| (u128::from_le_bytes(self.bits), self.family == 6))
+    }
+}
+
+/// One pass over an event's values: its hits in `index` as of `at`, and what the retro history
+/// keeps of them (when `remember`).
+fn observe(index: &IntelIndex, event: &Event, at: Time, remember: bool) -> (Option<Arc<Vec<IntelHit>>>, Option<Observed>) {
     let mut hits = Vec::new();
     let address = address_of(event);
     let mut fingerprints = Fingerprints::default();
     if let Some((bits, v6)) = address {
-        if let Some(index) = index.filter(|i| i.has(IndicatorKind::Ip)) {
+        if index.has(IndicatorKind::Ip) {
             index.lookup_address(bits, v6, at, &mut hits);
         }
         fingerprints.push(address_hash(bits, v6));
     }
-    let index = index.filter(|i| !i.is_empty());
-    if index.is_some() || remember {
+    if !index.is_empty() || remember {
         observables(event, |kind, normal| {
-            if let Some(index) = index.filter(|i| i.has(kind)) {
+            if index.has(kind) {
                 index.lookup_normal(kind, normal, at, &mut hits);
             }
             if remember {
@@ -194,7 +210,7 @@ fn observe(index: Option<&IntelIndex>, event: &Event, at: Time, remember: bool) 
             }
         });
     }
-    let observed = remember.then_some(Observed { address, fingerprints });
+    let observed = remember.then_some(Observed { address: PackedAddress::pack(address), fingerprints });
     if hits.is_empty() {
         return (None, observed);
     }
@@ -238,9 +254,8 @@ pub struct Seen {
     pub event_id: Text,
     /// Its user.
     pub user: Text,
-    /// Its source address's bits (networks are matched on these), when `family` is 4 or 6.
-    address: [u8; 16],
-    family: u8,
+    /// Its source address (networks are matched on it).
+    address: PackedAddress,
     /// Whether it was late.
     pub late: bool,
     /// The fingerprints of its values (a domain's and its parents').
@@ -256,8 +271,7 @@ impl Seen {
             ts: event.ts,
             event_id: event.event_id.clone(),
             user: event.user.clone(),
-            address: address.map_or([0; 16], |(bits, _)| bits.to_le_bytes()),
-            family: address.map_or(0, |(_, v6)| if v6 { 6 } else { 4 }),
+            address,
             late: event.late,
             fingerprints,
         }
@@ -272,17 +286,9 @@ struct Kept {
     user: Text,
     /// Where its id is in its chunk's `ids`.
     id: (u32, u32),
-    address: [u8; 16],
-    family: u8,
+    address: PackedAddress,
     late: bool,
     fingerprints: Fingerprints,
-}
-
-impl Kept {
-    /// Its source address as bits, and whether it is IPv6.
-    fn address(&self) -> Option<(u128, bool)> {
-        (self.family != 0).then(|| (u128::from_le_bytes(self.address), self.family == 6))
-    }
 }
 
 /// A history entry and its id.
@@ -315,12 +321,11 @@ impl History {
 
     /// Appends a restored entry.
     fn push_seen(&mut self, seen: Seen) {
-        let address = (seen.family != 0).then(|| (u128::from_le_bytes(seen.address), seen.family == 6));
-        self.push_entry(seen.time, seen.ts, seen.late, &seen.event_id, &seen.user, address, seen.fingerprints);
+        self.push_entry(seen.time, seen.ts, seen.late, &seen.event_id, &seen.user, seen.address, seen.fingerprints);
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn push_entry(&mut self, time: Time, ts: Time, late: bool, event_id: &str, user: &Text, address: Option<(u128, bool)>, fingerprints: Fingerprints) {
+    fn push_entry(&mut self, time: Time, ts: Time, late: bool, event_id: &str, user: &Text, address: PackedAddress, fingerprints: Fingerprints) {
         if self.chunks.back().is_none_or(|c| c.kept.len() >= Self::CHUNK) {
             self.chunks.push_back(Chunk { kept: Vec::with_capacity(Self::CHUNK), ids: String::with_capacity(Self::CHUNK * 32) });
         }
@@ -332,8 +337,7 @@ impl History {
             ts,
             user: user.clone(),
             id: (at as u32, event_id.len() as u32),
-            address: address.map_or([0; 16], |(bits, _)| bits.to_le_bytes()),
-            family: address.map_or(0, |(_, v6)| if v6 { 6 } else { 4 }),
+            address,
             late,
             fingerprints,
         });
@@ -370,7 +374,6 @@ impl History {
             event_id: id.into(),
             user: k.user.clone(),
             address: k.address,
-            family: k.family,
             late: k.late,
             fingerprints: k.fingerprints.clone(),
         })
@@ -404,13 +407,13 @@ impl History {
             let in_window = |time: Time| time.saturating_sub(window) <= seen.time && seen.time < time;
             for fingerprint in seen.fingerprints.iter() {
                 for (time, indicator) in exact.get(&fingerprint).into_iter().flatten().filter(|(t, _)| in_window(*t)) {
-                    found.entry((*time, n)).or_insert_with(|| ((seen, id), Vec::new())).1.push(hit(indicator, indicator.value.clone()));
+                    found.entry((*time, n)).or_insert_with(|| ((seen, id), Vec::new())).1.push(IntelHit::of(indicator, &indicator.value));
                 }
             }
-            if let (Some((address, is_v6)), false) = (seen.address(), networks.is_empty()) {
+            if let (Some((address, is_v6)), false) = (seen.address.get(), networks.is_empty()) {
                 for (time, indicator, bits, v6, prefix) in &networks {
                     if *v6 == is_v6 && mask(address, *prefix, *v6) == *bits && in_window(*time) {
-                        found.entry((*time, n)).or_insert_with(|| ((seen, id), Vec::new())).1.push(hit(indicator, address_text(address, is_v6)));
+                        found.entry((*time, n)).or_insert_with(|| ((seen, id), Vec::new())).1.push(IntelHit::of(indicator, &address_text(address, is_v6)));
                     }
                 }
             }
@@ -420,18 +423,6 @@ impl History {
             decisions.entry(time).or_default().push(retro_decision(seen, id, time, hits));
         }
         decisions
-    }
-}
-
-/// An indicator's hit on an event's `matched` value.
-fn hit(indicator: &Indicator, matched: String) -> IntelHit {
-    IntelHit {
-        indicator: indicator.id.clone(),
-        kind: indicator.kind,
-        value: indicator.value.clone(),
-        matched,
-        source: indicator.source.clone(),
-        confidence: indicator.confidence,
     }
 }
 
@@ -503,7 +494,7 @@ pub fn intel_matched<'s>(
                 for mut event in data.drain(..) {
                     match fixed.as_deref() {
                         Some(index) => {
-                            let (hits, remembered) = observe(Some(index), &event, event.time, retro_window > 0);
+                            let (hits, remembered) = observe(index, &event, event.time, retro_window > 0);
                             if let Some(remembered) = remembered {
                                 seen.insert(&cap, event.time, Box::new(Seen::observed(&event, remembered)));
                             }
@@ -545,7 +536,7 @@ pub fn intel_matched<'s>(
                 let mut output = events_out.activate();
                 let mut session = output.session(cap);
                 for (time, mut event) in ready.drain(..) {
-                    let (hits, remembered) = observe(Some(index), &event, time, retro_window > 0);
+                    let (hits, remembered) = observe(index, &event, time, retro_window > 0);
                     if let Some(remembered) = remembered {
                         state.history.push(&event, remembered);
                     }
@@ -647,8 +638,7 @@ mod tests {
             ts: time,
             event_id: format!("event-{time:08}-with-a-long-id").into(),
             user: "ann".into(),
-            address: [0; 16],
-            family: 0,
+            address: PackedAddress::pack(None),
             late: false,
             fingerprints: Fingerprints::default(),
         }

@@ -155,7 +155,8 @@ pub struct IntelHit {
 }
 
 impl IntelHit {
-    fn of(indicator: &Indicator, matched: &str) -> IntelHit {
+    /// The hit of `indicator` on an event's `matched` value.
+    pub fn of(indicator: &Indicator, matched: &str) -> IntelHit {
         IntelHit {
             indicator: indicator.id.clone(),
             kind: indicator.kind,
@@ -285,8 +286,8 @@ pub fn address_hash(bits: u128, v6: bool) -> u64 {
 }
 
 /// `value` normalised as an event's value of `kind` is compared (no allocation when it already
-/// is): what [`value_hash`] is taken of; `None` when the value cannot be of that kind. Addresses
-/// are compared as bits ([`parse_address`], [`address_bits`]), not as text.
+/// is): what [`value_hash`] is taken of; `None` when the value cannot be of that kind, and for
+/// addresses, which are compared as bits ([`parse_address`], [`address_bits`]), not as text.
 pub fn event_normal(kind: IndicatorKind, value: &str) -> Option<std::borrow::Cow<'_, str>> {
     use std::borrow::Cow;
     let value = value.trim();
@@ -294,7 +295,7 @@ pub fn event_normal(kind: IndicatorKind, value: &str) -> Option<std::borrow::Cow
         return None;
     }
     Some(match kind {
-        IndicatorKind::Ip => Cow::Owned(parse_address(value)?.to_string()),
+        IndicatorKind::Ip => return None,
         IndicatorKind::Domain => {
             let value = value.trim_end_matches('.');
             match value.bytes().any(|b| b.is_ascii_uppercase()) {
