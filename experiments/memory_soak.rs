@@ -44,6 +44,9 @@ struct Args {
     /// Where the plot goes.
     #[arg(long, default_value = "docs/benchmarks/soak-rss.svg")]
     plot: PathBuf,
+    /// The engine (a copy keeps the soak running while `target/` is rebuilt).
+    #[arg(long, default_value = "target/release/threatflow")]
+    binary: PathBuf,
 }
 
 /// A child process killed when dropped.
@@ -68,6 +71,25 @@ fn rss_mb(pid: u32) -> Result<f64> {
     Ok(kb / 1024.0)
 }
 
+/// jemalloc's figures in MB (`allocated`, `active`, `resident`), scraped from the engine's
+/// `/metrics`: whether a rise is the heap itself or pages the allocator keeps.
+fn allocator_mb(metrics: std::net::SocketAddr) -> Result<[f64; 3]> {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(metrics).context("connecting to the engine's metrics")?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {metrics}\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).context("reading the engine's metrics")?;
+    let figure = |kind: &str| {
+        let prefix = format!("threatflow_allocator_bytes{{kind=\"{kind}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse::<f64>().ok()).map(|b| b / 1e6)
+    };
+    match (figure("allocated"), figure("active"), figure("resident")) {
+        (Some(a), Some(b), Some(c)) => Ok([a, b, c]),
+        _ => anyhow::bail!("the engine's metrics have no allocator figures"),
+    }
+}
+
 /// Least-squares slope and intercept of `y` over `x`.
 fn fit(points: &[(f64, f64)]) -> (f64, f64) {
     let n = points.len() as f64;
@@ -78,7 +100,7 @@ fn fit(points: &[(f64, f64)]) -> (f64, f64) {
     (slope, my - slope * mx)
 }
 
-fn plot(path: &Path, samples: &[(f64, f64)], warmup: f64, slope_per_hour: f64, intercept: f64) -> Result<()> {
+fn plot(path: &Path, samples: &[(f64, f64)], heap: &[(f64, f64)], warmup: f64, slope_per_hour: f64, intercept: f64) -> Result<()> {
     let root = SVGBackend::new(path, (720, 400)).into_drawing_area();
     root.fill(&WHITE)?;
     let max_x = samples.iter().map(|s| s.0).fold(1.0, f64::max);
@@ -91,6 +113,7 @@ fn plot(path: &Path, samples: &[(f64, f64)], warmup: f64, slope_per_hour: f64, i
         .build_cartesian_2d(0.0..max_x / 60.0, 0.0..max_y)?;
     chart.configure_mesh().x_desc("minutes").y_desc("RSS (MB)").draw()?;
     chart.draw_series(LineSeries::new(samples.iter().map(|(x, y)| (x / 60.0, *y)), RGBColor(31, 119, 180)))?.label("RSS");
+    chart.draw_series(LineSeries::new(heap.iter().map(|(x, y)| (x / 60.0, *y)), RGBColor(44, 160, 44)))?.label("heap (jemalloc allocated)");
     let line = [warmup, max_x].map(|x| (x / 60.0, intercept + slope_per_hour / 3600.0 * x));
     chart.draw_series(LineSeries::new(line, RGBColor(214, 39, 40)))?.label("fit after warm-up");
     chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw()?;
@@ -100,8 +123,9 @@ fn plot(path: &Path, samples: &[(f64, f64)], warmup: f64, slope_per_hour: f64, i
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let tf = Path::new("target/release/threatflow");
+    let tf = args.binary.as_path();
     ensure!(tf.exists(), "build first: cargo build --release");
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     std::fs::create_dir_all(&args.out)?;
     let work = tempfile::tempdir()?;
     let seconds = args.minutes * 60;
@@ -113,6 +137,8 @@ fn main() -> Result<()> {
         .arg("--checkpoint-dir")
         .arg(work.path().join("checkpoints"))
         .args(["--checkpoint-interval", "10s"])
+        .arg("--metrics-addr")
+        .arg(metrics.to_string())
         .env("RUST_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -128,7 +154,8 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let (mut fed, mut next_sample) = (0u64, 10.0);
     let mut samples = Vec::new();
-    let mut csv = String::from("seconds,rss_mb,events\n");
+    let mut csv = String::from("seconds,rss_mb,allocated_mb,active_mb,resident_mb,events\n");
+    let mut heap = Vec::new();
     while started.elapsed() < Duration::from_secs(seconds) {
         // Feed what the rate allows by now, in steps of 10 ms.
         let due = (started.elapsed().as_secs_f64() * args.rate as f64) as u64;
@@ -147,9 +174,11 @@ fn main() -> Result<()> {
         let at = started.elapsed().as_secs_f64();
         if at >= next_sample {
             let rss = rss_mb(pid)?;
+            let [allocated, active, resident] = allocator_mb(metrics)?;
             samples.push((at, rss));
-            csv.push_str(&format!("{at:.0},{rss:.1},{fed}\n"));
-            eprintln!("{at:>6.0} s  {rss:>8.1} MB  {fed:>10} events fed");
+            heap.push((at, allocated));
+            csv.push_str(&format!("{at:.0},{rss:.1},{allocated:.1},{active:.1},{resident:.1},{fed}\n"));
+            eprintln!("{at:>6.0} s  RSS {rss:>7.1} MB  heap {allocated:>7.1} MB  active {active:>7.1} MB  {fed:>10} events fed");
             next_sample += 10.0;
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -165,15 +194,18 @@ fn main() -> Result<()> {
     ensure!(steady.len() >= 2, "too few samples after the warm-up");
     let (slope, intercept) = fit(&steady);
     let slope_per_hour = slope * 3600.0;
+    let heap_steady: Vec<(f64, f64)> = heap.iter().copied().filter(|(x, _)| *x >= warmup).collect();
+    let heap_slope_per_hour = fit(&heap_steady).0 * 3600.0;
     let peak = samples.iter().map(|s| s.1).fold(0.0, f64::max);
     let summary = serde_json::json!({
         "minutes": args.minutes, "rate": args.rate, "users": args.users, "workers": args.workers,
         "samples": samples.len(), "events_fed": fed, "warmup_seconds": warmup, "peak_rss_mb": peak,
         "rss_at_warmup_mb": steady[0].1, "rss_at_end_mb": steady[steady.len() - 1].1,
-        "slope_mb_per_hour": slope_per_hour,
+        "slope_mb_per_hour": slope_per_hour, "heap_at_end_mb": heap_steady[heap_steady.len() - 1].1,
+        "heap_slope_mb_per_hour": heap_slope_per_hour,
     });
     std::fs::write(args.out.join("soak.json"), format!("{summary}\n"))?;
-    plot(&args.plot, &samples, warmup, slope_per_hour, intercept)?;
+    plot(&args.plot, &samples, &heap, warmup, slope_per_hour, intercept)?;
     println!("{summary}");
     Ok(())
 }

@@ -28,6 +28,7 @@ use crate::ingest::partition::{ErrorSlot, SourceConfig};
 use crate::job::{JobSpec, SourceSpec};
 use crate::kafka::sink::KafkaOutput;
 use crate::kafka::Role;
+use crate::output::webhooks::Deliveries;
 use crate::output::sinks::{initial_parts, restored_positions, JobReport, Sinks};
 use crate::output::{JsonLinesOutput, Output, OutputPaths, OutputPositions};
 use crate::render::{render, Parts};
@@ -228,12 +229,21 @@ fn run_worker(
         0 => open_outputs(job, control, restored.as_deref())?,
         _ => (Vec::new(), None, None),
     };
+    // The alerts file is open (cut back to a restored checkpoint): its deliveries can start.
+    let deliveries = match (index, &job.alert_deliveries, &job.alerts_path) {
+        (0, Some(spec), Some(alerts)) => {
+            let cursors = job.checkpoints.as_ref().map(|(dir, _)| dir.path.join("alert-deliveries"));
+            Some(Deliveries::start(spec, alerts, cursors.as_deref(), restored.is_some())?)
+        }
+        _ => None,
+    };
     let sinks = Sinks::new(outputs, Rc::clone(&errors), job.collect, matches!(job.source, SourceSpec::Generator(_)));
     let probe = ProbeHandle::new();
     let events_probe = ProbeHandle::new();
     let source = SourceConfig {
         allowed_lateness: job.allowed_lateness,
         batch: job.read_batch,
+        dead_letter_burst: job.dead_letter_burst,
         records_read: Arc::clone(progress),
         stop: Arc::clone(&job.stop),
         ..SourceConfig::default()
@@ -398,6 +408,10 @@ fn run_worker(
     sinks.finish();
     if let Some(error) = errors.borrow_mut().take() {
         return Err(error);
+    }
+    // The job ends once its alerts are delivered or set aside.
+    if let Some(deliveries) = deliveries {
+        deliveries.finish()?;
     }
     if index != 0 {
         return Ok(None);

@@ -603,6 +603,12 @@ impl DeadLetter {
         DeadLetter { reason: reason.to_string(), position, original, original_base64, truncated: kept < size, size: size as u64, sha256 }
     }
 
+    /// A dead letter standing for `bytes` bytes of records not kept one by one (see
+    /// [`crate::ingest::dead_letter_burst`]): no original, `truncated`.
+    pub fn summary(reason: String, position: Position, bytes: u64) -> Self {
+        DeadLetter { reason, position, original: None, original_base64: None, truncated: true, size: bytes, sha256: None }
+    }
+
     /// The original bytes (or the kept prefix).
     pub fn original_bytes(&self) -> Vec<u8> {
         match (&self.original, &self.original_base64) {

@@ -29,6 +29,8 @@ pub struct JobSpec {
     pub allowed_lateness: Time,
     /// Records a source reads at a time (see [`SourceConfig::batch`]).
     pub read_batch: usize,
+    /// Dead letters a partition gives whole at one time (see [`SourceConfig::dead_letter_burst`]).
+    pub dead_letter_burst: usize,
     /// How records become events (size limit, canonical or providers' formats).
     pub decoding: Decoding,
     /// Decisions as JSON lines.
@@ -37,6 +39,8 @@ pub struct JobSpec {
     pub dead_letters_path: Option<PathBuf>,
     /// Alerts as JSON lines.
     pub alerts_path: Option<PathBuf>,
+    /// Where the alerts are posted (read from the alerts file).
+    pub alert_deliveries: Option<crate::output::webhooks::DeliverySpec>,
     /// Revert and block commands as JSON lines.
     pub actions_path: Option<PathBuf>,
     /// Alerts of one rule (or the model) for one user are raised at most once per this many ms
@@ -70,10 +74,12 @@ impl JobSpec {
             control: ControlSpec::default(),
             allowed_lateness: 5_000,
             read_batch: SourceConfig::default().batch,
+            dead_letter_burst: SourceConfig::default().dead_letter_burst,
             decoding: Decoding::default(),
             decisions_path: None,
             dead_letters_path: None,
             alerts_path: None,
+            alert_deliveries: None,
             actions_path: None,
             alert_suppression: 0,
             block_for: crate::detect::verdicts::DEFAULT_BLOCK_FOR,

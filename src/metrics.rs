@@ -49,6 +49,9 @@ pub struct Metrics {
     pub alerts: IntCounter,
     /// Decisions naming each rule.
     pub rule_hits: IntCounterVec,
+    /// Alerts posted to each `--alerts-to` destination (by its digest), per outcome: `delivered`,
+    /// `retried` (an attempt failed), `undelivered` (set aside).
+    pub alerts_delivered: IntCounterVec,
     /// Per model version accepted, the event time it is in force from (ms since the epoch).
     pub model_effective_from: IntGaugeVec,
     /// The events' frontier on this process's worker 0 (ms, event time).
@@ -75,6 +78,8 @@ pub struct Metrics {
     pub finished: IntGauge,
     /// 1 once the process's job has restored its state and reads its input (`/readyz`).
     ready: IntGauge,
+    /// jemalloc's own figures, read when scraped (see [`allocator_bytes`]).
+    allocator: IntGaugeVec,
 }
 
 impl Metrics {
@@ -98,6 +103,13 @@ impl Metrics {
             decisions: counters("threatflow_decisions_total", "Decisions written, per verdict.", "verdict"),
             alerts: register(&registry, IntCounter::new("threatflow_alerts_total", "Alerts written (after suppression).")),
             rule_hits: counters("threatflow_rule_hits_total", "Decisions naming each rule.", "rule"),
+            alerts_delivered: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("threatflow_alert_deliveries_total", "Alerts posted per --alerts-to destination (a digest) and outcome: delivered, retried, undelivered."),
+                    &["destination", "outcome"],
+                ),
+            ),
             model_effective_from: gauges("threatflow_model_effective_from_milliseconds", "Per model version accepted, the event time it is in force from.", "version"),
             events_frontier: register(&registry, IntGauge::new("threatflow_events_frontier_milliseconds", "The events' frontier (event time, ms since the epoch).")),
             output_frontier: register(&registry, IntGauge::new("threatflow_output_frontier_milliseconds", "Every decision before this event time is written.")),
@@ -111,6 +123,11 @@ impl Metrics {
             kafka_errors: register(&registry, IntCounter::new("threatflow_kafka_client_errors_total", "Errors the Kafka client reported.")),
             finished: register(&registry, IntGauge::new("threatflow_job_finished", "1 once the job has ended: the values are final.")),
             ready: register(&registry, IntGauge::new("threatflow_ready", "1 once the job has restored its state and reads its input.")),
+            allocator: gauges(
+                "threatflow_allocator_bytes",
+                "jemalloc's figures: allocated (live heap), active (its pages), resident, mapped, retained (0 when the process uses another allocator).",
+                "kind",
+            ),
             registry,
         }
     }
@@ -171,8 +188,30 @@ impl Metrics {
         if last > 0.0 {
             self.checkpoint_age.set((now_seconds() - last).max(0.0));
         }
+        for (kind, bytes) in allocator_bytes() {
+            self.allocator.with_label_values(&[kind]).set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         self.registry.gather()
     }
+}
+
+/// jemalloc's figures now, in bytes: `allocated` is what the program holds, `active` the pages
+/// holding it (the difference is fragmentation), `resident` what the allocator keeps in memory
+/// (freed pages not yet returned included), `mapped` and `retained` its address space. They tell a
+/// growing heap from an allocator that keeps pages. Empty when the statistics cannot be read.
+pub fn allocator_bytes() -> Vec<(&'static str, usize)> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    if epoch::advance().is_err() {
+        return Vec::new();
+    }
+    let figures = [
+        ("allocated", stats::allocated::read()),
+        ("active", stats::active::read()),
+        ("resident", stats::resident::read()),
+        ("mapped", stats::mapped::read()),
+        ("retained", stats::retained::read()),
+    ];
+    figures.into_iter().filter_map(|(kind, value)| value.ok().map(|v| (kind, v))).collect()
 }
 
 /// The wall clock, in seconds since the epoch.

@@ -93,3 +93,84 @@ fn far_future_records_are_dead_letters_and_change_no_decision() {
         assert!(letter["reason"].as_str().unwrap().contains(reason), "{letter}");
     }
 }
+
+/// A flood of bad records at one watermark is kept whole up to `--dead-letter-burst`, then
+/// counted in one summary dead letter per watermark, so that a partition delivering nothing but
+/// bad records cannot fill memory. The dead letters are those an oracle derives from the file
+/// (watermark = greatest event time before the record minus the lateness), byte-identical however
+/// the input is read: batches of 64 (the least a partition reads at a time), 100 or the default, on one or two
+/// workers.
+#[test]
+fn a_flood_of_bad_records_is_summarized_per_watermark() {
+    const BURST: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let mut records = Vec::new();
+    for k in 0..60u64 {
+        for j in 0..[0, 1, 3, 4, 5, 9, 60][k as usize % 7] {
+            records.push(if j % 2 == 0 { format!("not json {k}-{j}") } else { format!(r#"{{"event_id":"bad-{k}-{j}","ts":"soon"}}"#) });
+        }
+        // Every third event is a second behind the one before: it does not move the watermark.
+        let ts = 1_700_000_000_000 + k * 1_000 - if k % 3 == 2 { 2_000 } else { 0 };
+        records.push(format!(r#"{{"event_id":"e{k}","ts":{ts},"user":"u{}","action":"login","country":"US"}}"#, k % 3));
+    }
+    let input = dir.path().join("flood.jsonl");
+    std::fs::write(&input, records.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+
+    // The oracle: runs of bad records by watermark, in file order.
+    let mut expected: Vec<serde_json::Value> = Vec::new();
+    let (mut max_ts, mut run): (Option<u64>, Option<(u64, Vec<usize>)>) = (None, None);
+    let close = |run: Option<(u64, Vec<usize>)>, expected: &mut Vec<serde_json::Value>| {
+        let Some((_, members)) = run else { return };
+        for &i in members.iter().take(BURST) {
+            expected.push(serde_json::json!({"record": i + 1, "original": records[i]}));
+        }
+        if members.len() > BURST {
+            let (first, last) = (members[BURST] + 1, members[members.len() - 1] + 1);
+            let reason = format!("{} more records rejected at this time are counted here, not kept one by one: records {first} to {last} of", members.len() - BURST);
+            expected.push(serde_json::json!({"record": first, "reason": reason}));
+        }
+    };
+    for (i, line) in records.iter().enumerate() {
+        match serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["ts"].as_u64()) {
+            Some(ts) => max_ts = Some(max_ts.map_or(ts, |m| m.max(ts))),
+            None => {
+                let watermark = max_ts.map_or(0, |m| m.saturating_sub(5_000));
+                if run.as_ref().is_some_and(|(at, _)| *at != watermark) {
+                    close(run.take(), &mut expected);
+                }
+                run.get_or_insert((watermark, Vec::new())).1.push(i);
+            }
+        }
+    }
+    close(run.take(), &mut expected);
+    assert!(expected.iter().filter(|e| e.get("reason").is_some()).count() >= 10, "the input has floods");
+
+    let mut outputs = Vec::new();
+    for (batch, workers) in [("1", "1"), ("100", "2"), ("32768", "2")] {
+        let dead = dir.path().join(format!("dead-{batch}-{workers}.jsonl"));
+        ok(threatflow()
+            .arg("replay")
+            .arg("--input")
+            .arg(&input)
+            .args(["--dead-letter-burst", &BURST.to_string(), "--read-batch", batch, "-w", workers, "--output", "/dev/null"])
+            .arg("--dead-letters")
+            .arg(&dead)
+            .output()
+            .expect("spawn"));
+        outputs.push(std::fs::read(&dead).unwrap());
+    }
+    assert!(outputs.iter().all(|o| *o == outputs[0]), "the dead letters depend on how the input was read");
+    let got = common::parse_lines(std::str::from_utf8(&outputs[0]).unwrap());
+    assert_eq!(got.len(), expected.len(), "{got:#?}");
+    for (letter, want) in got.iter().zip(&expected) {
+        assert_eq!(letter["position"]["record"], want["record"], "{letter}");
+        match want.get("reason") {
+            Some(reason) => {
+                assert!(letter["reason"].as_str().unwrap().starts_with(reason.as_str().unwrap()), "{letter} vs {reason}");
+                assert_eq!((letter["truncated"].as_bool(), letter["original"].as_str()), (Some(true), None), "{letter}");
+            }
+            None => assert_eq!(letter["original"], want["original"], "{letter}"),
+        }
+    }
+}
+

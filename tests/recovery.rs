@@ -19,7 +19,8 @@ fn input(dir: &Path) -> std::path::PathBuf {
     input_of(dir, 300_000)
 }
 
-/// `events` generated events (2,000 users) with malformed lines mixed in.
+/// `events` generated events (2,000 users) with malformed lines mixed in: single ones, and every
+/// 50,000 events a flood of 40 (more than the replay's dead-letter burst: a summary each).
 fn input_of(dir: &Path, count: u64) -> std::path::PathBuf {
     let events = dir.join("events.jsonl");
     ok(threatflow()
@@ -32,6 +33,9 @@ fn input_of(dir: &Path, count: u64) -> std::path::PathBuf {
     for (i, line) in text.lines().enumerate() {
         if i % 20_000 == 7 {
             mixed.push_str(&format!("not json {i}\n"));
+        }
+        if i % 50_000 == 25_011 {
+            (0..40).for_each(|j| mixed.push_str(&format!("flood {i}-{j}\n")));
         }
         mixed.push_str(line);
         mixed.push('\n');
@@ -118,6 +122,7 @@ fn replay(events: &Path, out: &Path, extra: &[&str]) -> Command {
         .arg(out.join("decisions.jsonl"))
         .arg("--dead-letters")
         .arg(out.join("dead.jsonl"))
+        .args(["--dead-letter-burst", "8"])
         .arg("--alerts")
         .arg(out.join("alerts.jsonl"))
         .arg("--actions")
@@ -176,7 +181,10 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (events, reference, took) = input_and_reference(dir.path());
     assert!(std::fs::read_to_string(reference.join("decisions.jsonl")).unwrap().lines().count() > 100);
-    assert_eq!(std::fs::read_to_string(reference.join("dead.jsonl")).unwrap().lines().count(), 15);
+    // 15 single malformed lines, and 6 floods of 40: 8 whole and a summary of 32 each.
+    let dead = lines(&reference.join("dead.jsonl"));
+    assert_eq!(dead.len(), 15 + 6 * 9);
+    assert_eq!(dead.iter().filter(|d| d["reason"].as_str().unwrap().starts_with("32 more records rejected")).count(), 6);
 
     let mut resumed_mid_stream = 0;
     for seed in 0..10u64 {

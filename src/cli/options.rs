@@ -209,6 +209,11 @@ pub struct JobArgs {
     /// Records longer than this many bytes are rejected.
     #[arg(long, default_value_t = crate::event::DEFAULT_MAX_RECORD_BYTES)]
     pub max_record_bytes: usize,
+    /// Dead letters a source partition keeps whole at one watermark: the rest, until the watermark
+    /// moves, are counted in one summary dead letter (their count, bytes and positions), so that
+    /// a flood of bad records cannot fill memory.
+    #[arg(long, default_value_t = crate::ingest::partition::DEFAULT_DEAD_LETTER_BURST)]
+    pub dead_letter_burst: usize,
     /// An event whose time is further than this ahead of when its record was written (a Kafka
     /// message's timestamp, an input file's modification time) is rejected to the dead letters:
     /// it would move its partition's watermark into the future.
@@ -231,6 +236,32 @@ pub struct JobArgs {
     /// and the model's contributions.
     #[arg(long)]
     pub alerts: Option<PathBuf>,
+    /// Post the alerts here (repeatable): `[json=|slack=|teams=]URL`, a generic JSON webhook
+    /// (`{"source", "alerts": [...]}`), a Slack or a Microsoft Teams incoming webhook. Needs
+    /// `--alerts FILE`, the outbox they are read from. URLs hold secrets: prefer
+    /// `--alerts-to-file` or `THREATFLOW_ALERTS_TO` (whitespace-separated).
+    #[arg(long)]
+    pub alerts_to: Vec<String>,
+    /// A file of alert destinations, one per line (`#` comments).
+    #[arg(long)]
+    pub alerts_to_file: Option<PathBuf>,
+    /// Alerts per request to a destination, at most.
+    #[arg(long, default_value_t = 50)]
+    pub alerts_to_batch: usize,
+    /// Requests per second to a destination, at most.
+    #[arg(long, default_value_t = 5.0)]
+    pub alerts_to_rate: f64,
+    /// Attempts per request (exponential backoff from 250 ms, or the receiver's `Retry-After`)
+    /// before its alerts are set aside in `--alerts-undelivered`.
+    #[arg(long, default_value_t = 6)]
+    pub alerts_to_attempts: u32,
+    /// One request's time limit.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub alerts_to_timeout: Duration,
+    /// Alerts a destination refused or did not take within the attempts, as JSON lines
+    /// `{destination, error, alert}` (default: beside the alerts file, `.undelivered.jsonl`).
+    #[arg(long)]
+    pub alerts_undelivered: Option<PathBuf>,
     /// Actions output (JSON lines): a revert or block command per such action of a decision.
     #[arg(long)]
     pub actions: Option<PathBuf>,
@@ -398,6 +429,33 @@ impl JobArgs {
         })
     }
 
+    /// Where the alerts are posted: `--alerts-to`, `--alerts-to-file` and `THREATFLOW_ALERTS_TO`.
+    fn alert_deliveries(&self) -> Result<Option<crate::output::webhooks::DeliverySpec>> {
+        let mut given: Vec<String> = self.alerts_to.clone();
+        if let Some(path) = &self.alerts_to_file {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading the alert destinations {}", path.display()))?;
+            given.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string));
+        }
+        if let Ok(text) = std::env::var("THREATFLOW_ALERTS_TO") {
+            given.extend(text.split_whitespace().map(str::to_string));
+        }
+        if given.is_empty() {
+            return Ok(None);
+        }
+        let destinations = given.iter().map(|d| d.parse()).collect::<Result<Vec<_>>>()?;
+        let Some(alerts) = &self.alerts else {
+            anyhow::bail!("--alerts-to needs --alerts FILE: the alerts file is the outbox the deliveries read and resume from");
+        };
+        Ok(Some(crate::output::webhooks::DeliverySpec {
+            destinations,
+            batch: self.alerts_to_batch,
+            rate: self.alerts_to_rate,
+            attempts: self.alerts_to_attempts,
+            timeout: self.alerts_to_timeout,
+            undelivered: self.alerts_undelivered.clone().unwrap_or_else(|| alerts.with_extension("undelivered.jsonl")),
+        }))
+    }
+
     /// The databases given on the command line.
     fn databases(&self) -> Vec<(crate::enrich::DatabaseKind, String, Option<String>)> {
         use crate::enrich::DatabaseKind;
@@ -411,9 +469,11 @@ impl JobArgs {
         job.control = control;
         job.allowed_lateness = ms(self.allowed_lateness);
         job.read_batch = self.read_batch.max(1);
+        job.dead_letter_burst = self.dead_letter_burst;
         job.decoding = Decoding { max_record_bytes: self.max_record_bytes, format, max_future_skew: ms(self.max_future_skew) };
         job.dead_letters_path = self.dead_letters.clone();
         job.alerts_path = self.alerts.clone();
+        job.alert_deliveries = self.alert_deliveries()?;
         job.actions_path = self.actions.clone();
         job.alert_suppression = ms(self.alert_suppression);
         job.block_for = ms(self.block_for);

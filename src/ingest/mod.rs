@@ -4,6 +4,7 @@
 //! events written as providers' raw records ([`provider_records`]). Kafka partitions are in
 //! [`crate::kafka::source`].
 
+pub mod dead_letter_burst;
 pub mod files;
 pub mod generator;
 pub mod lines;

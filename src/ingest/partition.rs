@@ -27,6 +27,7 @@ use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
 use crate::checkpoint::{Checkpoint, PartitionCheckpoint, PartitionPosition, PartitionStats};
 use crate::event::{parse_event, DeadLetter, Event, Position, RejectReason, Time};
+use crate::ingest::dead_letter_burst::DeadLetterRun;
 use crate::ingest::truth::Label;
 use crate::ingest::mapping::RecordFormat;
 
@@ -96,11 +97,17 @@ pub struct SourceConfig {
     /// Batches (of `batch` records) this worker may have in flight before the output probe
     /// catches up.
     pub max_batches_in_flight: usize,
+    /// Per partition and time, the dead letters given whole; the rest of that time's are counted
+    /// in one summary (see [`crate::ingest::dead_letter_burst`]).
+    pub dead_letter_burst: usize,
     /// Counts the records read (for a progress bar).
     pub records_read: Arc<AtomicU64>,
     /// Once set, every partition is treated as exhausted: the job drains and ends (SIGTERM).
     pub stop: Arc<AtomicBool>,
 }
+
+/// The dead letters a partition gives whole at one time by default: at most 256 MiB of originals.
+pub const DEFAULT_DEAD_LETTER_BURST: usize = 1_000;
 
 impl Default for SourceConfig {
     fn default() -> Self {
@@ -108,6 +115,7 @@ impl Default for SourceConfig {
             allowed_lateness: 5_000,
             batch: 32_768,
             max_batches_in_flight: 4,
+            dead_letter_burst: DEFAULT_DEAD_LETTER_BURST,
             records_read: Arc::default(),
             stop: Arc::default(),
         }
@@ -123,6 +131,8 @@ struct PartitionState {
     /// A restored partition re-reads from a batch start: records it had given before the
     /// checkpoint's frontier (time below it) are read again but not given.
     skip_before: Option<Time>,
+    /// The dead letters at the partition's current time.
+    dead_letter_run: DeadLetterRun,
 }
 
 /// Where a batch of records started, and the times its records were given at: a checkpoint at `F`
@@ -248,7 +258,7 @@ pub fn partitioned_source<'s>(
                 let _ = waker.activate();
             }));
             let stats = PartitionStats { partition: partition.name(), ..Default::default() };
-            let mut state = PartitionState { partition, max_ts: None, stats, batches: VecDeque::new(), skip_before: None };
+            let mut state = PartitionState { partition, max_ts: None, stats, batches: VecDeque::new(), skip_before: None, dead_letter_run: DeadLetterRun::default() };
             match restore.as_ref().and_then(|c| c.partitions.get(&state.stats.partition)) {
                 Some(part) => {
                     if let Err(error) = state.partition.seek(&part.position) {
@@ -378,7 +388,7 @@ pub fn partitioned_source<'s>(
                             if !skip(own_watermark) {
                                 let time = own_watermark.max(floor);
                                 max_time = max_time.max(Some(time));
-                                dead_letters.push((time, dead));
+                                state.dead_letter_run.admit(time, dead, config.dead_letter_burst, &mut dead_letters);
                             }
                         }
                         Item::Lost(dead) => {
@@ -403,10 +413,19 @@ pub fn partitioned_source<'s>(
                 }
             }
             for index in finished.into_iter().rev() {
-                let state = open.remove(index);
+                let mut state = open.remove(index);
                 tracing::debug!(partition = %state.stats.partition, events = state.stats.events, "partition exhausted");
+                state.dead_letter_run.close(&mut dead_letters);
                 side_session.give(SideRecord::Finished(state.stats.clone()));
                 done.push(state);
+            }
+            // The least watermark of the partitions still holding the frontier back; when all are
+            // idle, the frontier stays where it is. Dead-letter runs it passes end first.
+            let watermark = open.iter().filter(|s| !s.partition.idle()).map(|s| s.watermark(lateness)).min().unwrap_or(floor);
+            for state in open.iter_mut() {
+                if state.dead_letter_run.time().is_some_and(|time| time < watermark) {
+                    state.dead_letter_run.close(&mut dead_letters);
+                }
             }
             drop(events_session);
             drop(side_session);
@@ -417,9 +436,6 @@ pub fn partitioned_source<'s>(
                 caps = None;
                 return;
             }
-            // The least watermark of the partitions still holding the frontier back; when all are
-            // idle, the frontier stays where it is.
-            let watermark = open.iter().filter(|s| !s.partition.idle()).map(|s| s.watermark(lateness)).min().unwrap_or(floor);
             for cap in capabilities.iter_mut() {
                 if *cap.time() < watermark {
                     cap.downgrade(&watermark);

@@ -19,6 +19,7 @@ use crate::state::features::{FeatureName, Features};
 
 pub mod quality;
 pub mod sinks;
+pub mod webhooks;
 
 /// How many bytes of each output file are written, for checkpoints (outputs that can be cut back
 /// on recovery).
