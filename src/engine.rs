@@ -128,6 +128,7 @@ fn open_outputs(job: &JobSpec, control: &ControlLog, restored: Option<&Checkpoin
     let paths = OutputPaths {
         decisions: job.decisions_path.clone(),
         alerts: job.alerts_path.clone(),
+        alerts_format: job.alerts_format,
         actions: job.actions_path.clone(),
         dead_letters: job.dead_letters_path.clone(),
     };
@@ -136,7 +137,7 @@ fn open_outputs(job: &JobSpec, control: &ControlLog, restored: Option<&Checkpoin
     let mut control_feed = None;
     let restored_control = restored.and_then(|c| c.control.as_ref());
     if let Some(kafka) = &job.kafka {
-        let output = KafkaOutput::new(kafka, restored.map(|c| &c.async_outputs))?;
+        let output = KafkaOutput::new(kafka, restored.map(|c| &c.async_outputs))?.with_alerts_format(job.alerts_format);
         let view = output.checkpoint_view();
         if let (Some((dir, _)), None) = (&job.checkpoints, restored) {
             // What a run killed before its first checkpoint wrote must not be written again

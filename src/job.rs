@@ -39,6 +39,8 @@ pub struct JobSpec {
     pub dead_letters_path: Option<PathBuf>,
     /// Alerts as JSON lines.
     pub alerts_path: Option<PathBuf>,
+    /// How alerts are written (file and topic).
+    pub alerts_format: crate::output::AlertsFormat,
     /// Where the alerts are posted (read from the alerts file).
     pub alert_deliveries: Option<crate::output::webhooks::DeliverySpec>,
     /// Revert and block commands as JSON lines.
@@ -79,6 +81,7 @@ impl JobSpec {
             decisions_path: None,
             dead_letters_path: None,
             alerts_path: None,
+            alerts_format: Default::default(),
             alert_deliveries: None,
             actions_path: None,
             alert_suppression: 0,

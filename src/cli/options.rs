@@ -236,6 +236,10 @@ pub struct JobArgs {
     /// and the model's contributions.
     #[arg(long)]
     pub alerts: Option<PathBuf>,
+    /// How alerts are written (the file and the alerts topic): `json`, or `ocsf` (OCSF 1.8.0
+    /// Detection Findings, class 2004).
+    #[arg(long, value_enum, default_value_t = crate::output::AlertsFormat::Json)]
+    pub alerts_format: crate::output::AlertsFormat,
     /// Post the alerts here (repeatable): `[json=|slack=|teams=]URL`, a generic JSON webhook
     /// (`{"source", "alerts": [...]}`), a Slack or a Microsoft Teams incoming webhook. Needs
     /// `--alerts FILE`, the outbox they are read from. URLs hold secrets: prefer
@@ -473,6 +477,7 @@ impl JobArgs {
         job.decoding = Decoding { max_record_bytes: self.max_record_bytes, format, max_future_skew: ms(self.max_future_skew) };
         job.dead_letters_path = self.dead_letters.clone();
         job.alerts_path = self.alerts.clone();
+        job.alerts_format = self.alerts_format;
         job.alert_deliveries = self.alert_deliveries()?;
         job.actions_path = self.actions.clone();
         job.alert_suppression = ms(self.alert_suppression);

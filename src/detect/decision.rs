@@ -84,6 +84,9 @@ pub struct Decision {
     pub blocked_until: Option<Time>,
     /// Where the event was read (file or Kafka partition, and record), for `revert` commands.
     pub position: Option<Position>,
+    /// The event's source address, if it had one.
+    #[serde(default)]
+    pub src_ip: Option<String>,
     /// What the GeoIP/ASN databases said about the event's source address (absent when the job
     /// enriches nothing; see [`crate::enrich`]).
     #[serde(default)]
@@ -119,6 +122,7 @@ impl Decision {
             blocked_by: None,
             blocked_until: None,
             position: event.position.clone(),
+            src_ip: event.src_ip.as_deref().map(str::to_string),
             enrichment: event.enrichment.as_deref().cloned(),
             intel: event.intel.as_deref().cloned(),
         }

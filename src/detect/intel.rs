@@ -623,6 +623,7 @@ fn retro_decision(seen: &Kept, event_id: &str, time: Time, mut hits: Vec<IntelHi
         blocked_by: None,
         blocked_until: None,
         position: None,
+        src_ip: seen.address.get().map(|(bits, v6)| crate::enrich::intel::from_bits(bits, v6).to_string()),
         enrichment: None,
         intel: Some(hits),
     }

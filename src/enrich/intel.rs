@@ -231,7 +231,8 @@ pub fn address_bits(address: IpAddr) -> (u128, bool) {
     }
 }
 
-fn from_bits(bits: u128, v6: bool) -> IpAddr {
+/// The address of [`address_bits`]' bits.
+pub fn from_bits(bits: u128, v6: bool) -> IpAddr {
     if v6 {
         IpAddr::V6(bits.into())
     } else {

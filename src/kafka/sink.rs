@@ -30,7 +30,7 @@ use super::{KafkaConfig, LogContext, Role};
 use crate::checkpoint::coordinator::AsyncOutputs;
 use crate::detect::decision::Decision;
 use crate::event::{DeadLetter, Position, Time};
-use crate::output::{ActionCommand, Alert, Output};
+use crate::output::{ActionCommand, AlertsFormat, Output};
 use crate::detect::action::ThreatAction;
 
 /// Counts deliveries, keeps the first failure, and tracks what is acknowledged.
@@ -315,6 +315,7 @@ pub struct KafkaOutput {
     /// id): not written again, as many times.
     written_before: Rc<RefCell<HashMap<RecordId, Vec<WrittenRecord>>>>,
     suppressed: u64,
+    alerts_format: AlertsFormat,
 }
 
 /// What identifies an output record across runs: its role and its id in that role.
@@ -377,7 +378,14 @@ impl KafkaOutput {
             buffer: Vec::new(),
             written_before: Rc::new(RefCell::new(written_before)),
             suppressed: 0,
+            alerts_format: AlertsFormat::default(),
         })
+    }
+
+    /// Writes the alerts in `format`.
+    pub fn with_alerts_format(mut self, format: AlertsFormat) -> Self {
+        self.alerts_format = format;
+        self
     }
 
     /// What checkpoints need of these outputs.
@@ -425,13 +433,15 @@ impl KafkaOutput {
 fn record_id(role: Role, payload: &[u8]) -> Option<(String, Option<Time>)> {
     let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
     let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
-    let time = value.get("ts").and_then(serde_json::Value::as_u64);
+    // (An OCSF alert has its time in `time`.)
+    let time = value.get("ts").or_else(|| value.get("time")).and_then(serde_json::Value::as_u64);
     let id = match role {
         Role::DeadLetters => {
             let position: Position = serde_json::from_value(value.get("position")?.clone()).ok()?;
             dead_letter_id(&position)
         }
         Role::Actions => action_id(&text(value.get("decision_id")?)?, &serde_json::from_value(value.get("action")?.clone()).ok()?),
+        Role::Alerts => crate::output::alert_decision_id(&value)?.to_string(),
         _ => text(value.get("decision_id")?)?,
     };
     Some((id, time.filter(|_| role != Role::DeadLetters)))
@@ -464,9 +474,9 @@ impl Output for KafkaOutput {
         if !self.written_before(Role::Decisions, || decision.decision_id.clone()) {
             send_json(&mut self.producer, &mut self.buffer, &self.decisions, key, decision)?;
         }
-        if let Some(alert) = Alert::of(decision).filter(|_| alert) {
+        if let Some(record) = self.alerts_format.record(decision).filter(|_| alert) {
             if !self.written_before(Role::Alerts, || decision.decision_id.clone()) {
-                send_json(&mut self.producer, &mut self.buffer, &self.alerts, key, &alert)?;
+                send_json(&mut self.producer, &mut self.buffer, &self.alerts, key, &record)?;
             }
         }
         for command in ActionCommand::of(decision) {

@@ -17,6 +17,7 @@ use crate::detect::action::{Severity, ThreatAction};
 use crate::event::{DeadLetter, Position, Time};
 use crate::state::features::{FeatureName, Features};
 
+pub mod ocsf;
 pub mod quality;
 pub mod sinks;
 pub mod webhooks;
@@ -68,6 +69,9 @@ pub struct Alert {
     pub correlation_groups: Vec<(String, String)>,
     /// A `blocked` decision's or a blocking decision's end of the block.
     pub blocked_until: Option<Time>,
+    /// The event's source address (absent when it had none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_ip: Option<String>,
     /// The threat-intel indicators the event matched (absent when none did).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intel: Option<Vec<crate::enrich::intel::IntelHit>>,
@@ -114,10 +118,38 @@ impl Alert {
             contributions: d.contributions.clone(),
             correlation_groups: d.correlation_groups.clone(),
             blocked_until: d.blocked_until,
+            src_ip: d.src_ip.clone(),
             intel: d.intel.clone(),
             event_ts: d.event_ts,
         })
     }
+}
+
+/// How alerts are written, to files and to the alerts topic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AlertsFormat {
+    /// [`Alert`] as JSON.
+    #[default]
+    Json,
+    /// An OCSF Detection Finding (see [`ocsf`]).
+    Ocsf,
+}
+
+impl AlertsFormat {
+    /// The alert record `decision` raises, if its actions include `alert`.
+    pub fn record(self, decision: &Decision) -> Option<serde_json::Value> {
+        let alert = Alert::of(decision)?;
+        Some(match self {
+            AlertsFormat::Json => serde_json::to_value(&alert).unwrap_or_default(),
+            AlertsFormat::Ocsf => ocsf::finding(&alert, decision.position.as_ref(), decision.enrichment.as_ref()),
+        })
+    }
+}
+
+/// The decision id of an alert record in either format (`decision_id`, or an OCSF finding's
+/// `finding_info.uid`).
+pub fn alert_decision_id(record: &serde_json::Value) -> Option<&str> {
+    record.get("decision_id").or_else(|| record.pointer("/finding_info/uid"))?.as_str()
 }
 
 /// Alert fatigue: the alerts of one rule (or of the model) for one user, or of one correlation
@@ -259,6 +291,8 @@ pub struct OutputPaths {
     pub decisions: Option<PathBuf>,
     /// Alerts (decisions whose actions include `alert`).
     pub alerts: Option<PathBuf>,
+    /// How the alerts are written.
+    pub alerts_format: AlertsFormat,
     /// Revert and block commands.
     pub actions: Option<PathBuf>,
     /// Rejected records.
@@ -267,6 +301,7 @@ pub struct OutputPaths {
 
 /// Decisions, alerts, actions and dead letters as JSON-lines files.
 pub struct JsonLinesOutput {
+    alerts_format: AlertsFormat,
     decisions: Option<LinesFile>,
     alerts: Option<LinesFile>,
     actions: Option<LinesFile>,
@@ -305,6 +340,7 @@ impl JsonLinesOutput {
     /// Creates (truncates) the files that are named, or with `append` writes on at their ends.
     pub fn open(paths: &OutputPaths, append: bool) -> Result<Self> {
         Ok(JsonLinesOutput {
+            alerts_format: paths.alerts_format,
             decisions: open(paths.decisions.as_deref(), append)?,
             alerts: open(paths.alerts.as_deref(), append)?,
             actions: open(paths.actions.as_deref(), append)?,
@@ -317,8 +353,8 @@ impl JsonLinesOutput {
 impl Output for JsonLinesOutput {
     fn decision(&mut self, decision: &Decision, alert: bool) -> Result<()> {
         write_line(&mut self.decisions, &mut self.line, decision)?;
-        if let Some(alert) = Alert::of(decision).filter(|_| alert) {
-            write_line(&mut self.alerts, &mut self.line, &alert)?;
+        if let Some(record) = self.alerts_format.record(decision).filter(|_| alert && self.alerts.is_some()) {
+            write_line(&mut self.alerts, &mut self.line, &record)?;
         }
         for command in ActionCommand::of(decision) {
             write_line(&mut self.actions, &mut self.line, &command)?;
@@ -384,6 +420,7 @@ mod tests {
             blocked_by: None,
             blocked_until: None,
             position: None,
+            src_ip: None,
             enrichment: None,
             intel: None,
         }

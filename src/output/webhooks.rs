@@ -80,9 +80,10 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-/// One line on an alert for a chat message: severity, verdict, user, why, and its decision id.
+/// One line on an alert for a chat message: severity, verdict, user, why, and its decision id
+/// (from an alert as JSON or as an OCSF finding).
 fn summary(alert: &Value, bold: &str, code: &str) -> String {
-    let text = |name: &str| alert[name].as_str().unwrap_or("?").to_string();
+    let text = |names: [&str; 2]| names.iter().find_map(|n| alert.pointer(n)?.as_str()).unwrap_or("?").to_string();
     let mut why: Vec<String> = alert["rules"].as_array().into_iter().flatten().filter_map(|r| r.as_str().map(str::to_string)).collect();
     if let Some(score) = alert["score"].as_f64() {
         why.push(format!("model score {score:.2}"));
@@ -90,13 +91,16 @@ fn summary(alert: &Value, bold: &str, code: &str) -> String {
     for hit in alert["intel"].as_array().into_iter().flatten() {
         why.push(format!("indicator {}", hit["indicator"].as_str().unwrap_or("?")));
     }
+    if why.is_empty() {
+        why.push(alert.pointer("/finding_info/title").and_then(Value::as_str).unwrap_or("flagged").to_string());
+    }
     format!(
         "{bold}{}{bold} {} {code}{}{code}: {} ({code}{}{code})",
-        text("severity"),
-        text("verdict"),
-        text("user"),
-        if why.is_empty() { "flagged".to_string() } else { why.join(", ") },
-        text("decision_id")
+        text(["/severity", "/severity"]).to_lowercase(),
+        text(["/verdict", "/unmapped/verdict"]),
+        text(["/user", "/evidences/0/actor/user/name"]),
+        why.join(", "),
+        crate::output::alert_decision_id(alert).unwrap_or("?")
     )
 }
 
@@ -429,7 +433,7 @@ enum Failure {
 /// The `Idempotency-Key` of a batch: its alerts' decision ids, hashed (each alert carries its
 /// own in the body too).
 fn idempotency_key(alerts: &[Value]) -> String {
-    let ids: Vec<&str> = alerts.iter().map(|a| a["decision_id"].as_str().unwrap_or("")).collect();
+    let ids: Vec<&str> = alerts.iter().map(|a| crate::output::alert_decision_id(a).unwrap_or("")).collect();
     format!("{:032x}", xxhash_rust::xxh3::xxh3_128(ids.join("\n").as_bytes()))
 }
 

@@ -406,11 +406,25 @@ impl Present {
         }
     }
 
+    /// Removes a value. Room a burst of values made is given back as they expire (a list keeps
+    /// at most about twice what it holds, a map as small as a list becomes one again): what a
+    /// user's values take follows what they hold now, not the most they ever held, so memory
+    /// does not creep up as more users have their bursts over a long run.
     fn remove(&mut self, val: FeatureVal) {
         match self {
-            Present::Few(list) => list.retain(|(v, _)| *v != val),
+            Present::Few(list) => {
+                list.retain(|(v, _)| *v != val);
+                if list.capacity() > 2 * list.len() + 4 {
+                    list.shrink_to(list.len() + 2);
+                }
+            }
             Present::Many(map) => {
                 map.remove(&val);
+                if map.len() <= Self::FEW / 2 {
+                    *self = Present::Few(map.drain().collect());
+                } else if map.capacity() > 4 * map.len() {
+                    map.shrink_to(2 * map.len());
+                }
             }
         }
     }
@@ -673,6 +687,10 @@ impl WindowState {
                 self.pending.push(Reverse((until, key, val)));
             }
         }
+        // The users map gives back the room of users gone (as `Present` does for values).
+        if self.users.capacity() > 4 * self.users.len() + 1024 {
+            self.users.shrink_to(2 * self.users.len());
+        }
     }
 
     /// Applies `change` to a user's windows, and forgets the user once they are empty.
@@ -756,6 +774,31 @@ impl WindowState {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A burst of values makes a map; as they expire it becomes a short list again and gives
+    /// back its room, holding the same values throughout.
+    #[test]
+    fn present_values_give_back_the_room_of_a_burst() {
+        let mut present = Present::default();
+        for r in 0..200u64 {
+            present.insert(FeatureVal::Resource(r), r + 1_000);
+        }
+        assert!(matches!(present, Present::Many(_)));
+        for r in 0..190u64 {
+            present.remove(FeatureVal::Resource(r));
+            assert_eq!(present.get(FeatureVal::Resource(r)), None);
+        }
+        let Present::Few(list) = &present else { panic!("ten values make a list again") };
+        assert!(list.capacity() <= 2 * list.len() + 4, "{} of {}", list.len(), list.capacity());
+        for r in 190..200u64 {
+            assert_eq!(present.get(FeatureVal::Resource(r)), Some(r + 1_000));
+        }
+        for r in 190..199u64 {
+            present.remove(FeatureVal::Resource(r));
+        }
+        let Present::Few(list) = &present else { panic!("a list") };
+        assert!(list.len() == 1 && list.capacity() <= 6, "{}", list.capacity());
+    }
 
     /// An event of `user` at `ts` with an action, a country and a resource.
     fn event(id: usize, user: &str, ts: Time, action: &str, country: &str, resource: u32) -> Event {
