@@ -1,7 +1,8 @@
 //! Raw provider logs to canonical events, by declarative per-source mappings.
 //!
 //! Security engineers send their providers' own records (CloudTrail, Okta System Log, Google
-//! Workspace, Azure/Entra, Microsoft 365, GitHub audit). A mapping, one YAML file per source
+//! Workspace, Azure/Entra, Microsoft 365, GitHub audit, Azure Monitor activity, GCP audit, Slack
+//! audit, OneLogin, Duo administrator and authentication, Zoom operation, Box events). A mapping, one YAML file per source
 //! (`mappings/*.yaml`, shipped in the binary; more with `--mappings-dir`), says how to recognise a
 //! record of that source and where each canonical field comes from:
 //!
@@ -61,7 +62,7 @@ use serde_json::Value;
 use crate::event::{event_from_value, Event, Fields, RejectReason, Time, MAX_TIME};
 
 /// The mappings shipped with threatflow.
-const SHIPPED: [(&str, &str); 7] = [
+const SHIPPED: [(&str, &str); 15] = [
     ("aws_cloudtrail.yaml", include_str!("../../mappings/aws_cloudtrail.yaml")),
     ("okta_system_log.yaml", include_str!("../../mappings/okta_system_log.yaml")),
     ("google_workspace.yaml", include_str!("../../mappings/google_workspace.yaml")),
@@ -69,6 +70,14 @@ const SHIPPED: [(&str, &str); 7] = [
     ("azure_signin.yaml", include_str!("../../mappings/azure_signin.yaml")),
     ("m365_audit.yaml", include_str!("../../mappings/m365_audit.yaml")),
     ("github_audit.yaml", include_str!("../../mappings/github_audit.yaml")),
+    ("azure_activity.yaml", include_str!("../../mappings/azure_activity.yaml")),
+    ("gcp_audit.yaml", include_str!("../../mappings/gcp_audit.yaml")),
+    ("slack_audit.yaml", include_str!("../../mappings/slack_audit.yaml")),
+    ("onelogin_events.yaml", include_str!("../../mappings/onelogin_events.yaml")),
+    ("duo_administrator.yaml", include_str!("../../mappings/duo_administrator.yaml")),
+    ("duo_authentication.yaml", include_str!("../../mappings/duo_authentication.yaml")),
+    ("zoom_operation.yaml", include_str!("../../mappings/zoom_operation.yaml")),
+    ("box_events.yaml", include_str!("../../mappings/box_events.yaml")),
 ];
 
 /// One mapping file, as written.
