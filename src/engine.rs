@@ -234,7 +234,11 @@ fn run_worker(
     let deliveries = match (index, &job.alert_deliveries, &job.alerts_path) {
         (0, Some(spec), Some(alerts)) => {
             let cursors = job.checkpoints.as_ref().map(|(dir, _)| dir.path.join("alert-deliveries"));
-            Some(Deliveries::start(spec, alerts, cursors.as_deref(), restored.is_some())?)
+            let restored_alerts = match restored.as_deref() {
+                Some(checkpoint) => Some(restored_positions(checkpoint)?.alerts.unwrap_or(0)),
+                None => None,
+            };
+            Some(Deliveries::start(spec, alerts, cursors.as_deref(), restored_alerts, Arc::clone(&job.stop))?)
         }
         _ => None,
     };

@@ -128,3 +128,34 @@ fn alerts_as_ocsf_detection_findings_validate_and_say_what_the_json_alerts_say()
     let (valid, report) = validate(&broken);
     assert!(!valid && report.contains("line 1: <root>: 'finding_info' is a required property") && report.contains("line 2: evidences.0.src_endpoint.ip"), "{report}");
 }
+
+/// Raw CloudTrail with the SigmaHQ rules: findings name the rules, and a source address that is a
+/// service's name (`AWS Internal`, `ec2.amazonaws.com`: CloudTrail's for calls AWS makes itself)
+/// is the endpoint's `name`, not an invalid `ip`.
+#[test]
+fn sigma_findings_on_raw_cloudtrail_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = threatflow();
+    command.arg("replay");
+    let mut files: Vec<_> = std::fs::read_dir(format!("{ROOT}/tests/data/stratus-red-team/detonation-logs")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for file in &files {
+        command.arg("--input").arg(file);
+    }
+    let alerts = dir.path().join("alerts.jsonl");
+    ok(command
+        .args(["--format", "auto", "--rules-dir", &format!("{ROOT}/rules/sigma"), "--alerts-format", "ocsf", "--output"])
+        .arg(dir.path().join("decisions.jsonl"))
+        .arg("--alerts")
+        .arg(&alerts)
+        .output()
+        .expect("spawn"));
+    let findings = lines(&alerts);
+    assert!(findings.len() > 20, "{} findings", findings.len());
+    let (valid, report) = validate(&alerts);
+    assert!(valid, "{report}");
+    let named = findings.iter().filter(|f| f["evidences"][0]["src_endpoint"]["name"].is_string()).count();
+    let rules = findings.iter().filter(|f| f["finding_info"]["analytic"]["type_id"] == 1).count();
+    eprintln!("{} findings: {named} with a named (not addressed) source, {rules} from rules", findings.len());
+    assert!(named > 0 && rules == findings.len());
+}

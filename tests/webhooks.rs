@@ -180,7 +180,8 @@ fn every_alert_is_delivered_once_through_refusals_failures_and_delays() {
 }
 
 /// `kill -9` at random moments (while deciding or while delivering), then the same command until
-/// it finishes: every alert arrives, and each duplicate is the same alert, at most a batch per kill.
+/// it finishes: every alert arrives, and each duplicate is the same alert, at most one more copy
+/// per kill.
 #[test]
 fn kill_9_while_delivering_loses_no_alert() {
     let dir = tempfile::tempdir().unwrap();
@@ -208,8 +209,10 @@ fn kill_9_while_delivering_loses_no_alert() {
     assert_eq!(delivered.keys().cloned().collect::<BTreeSet<_>>(), ids, "an alert was lost");
     let duplicates: usize = delivered.values().map(|copies| copies.len() - 1).sum();
     eprintln!("{kills} kills, {duplicates} duplicates of {} alerts", alerts.len());
-    assert!(duplicates <= 4 * kills, "{duplicates} duplicates after {kills} kills");
+    // (A restart posts again what followed the checkpoint it resumed from: at most one more copy
+    // per kill.)
     for copies in delivered.values() {
+        assert!(copies.len() <= kills + 1, "{} copies after {kills} kills", copies.len());
         assert!(copies.iter().all(|c| c == &copies[0]), "a duplicate differs: {copies:?}");
     }
 }

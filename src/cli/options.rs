@@ -446,7 +446,10 @@ impl JobArgs {
         if given.is_empty() {
             return Ok(None);
         }
-        let destinations = given.iter().map(|d| d.parse()).collect::<Result<Vec<_>>>()?;
+        let mut destinations: Vec<crate::output::webhooks::Destination> = given.iter().map(|d| d.parse()).collect::<Result<_>>()?;
+        // The same destination given twice (the command line and the environment) is posted to once.
+        let mut keys = std::collections::BTreeSet::new();
+        destinations.retain(|d| keys.insert(d.key()));
         let Some(alerts) = &self.alerts else {
             anyhow::bail!("--alerts-to needs --alerts FILE: the alerts file is the outbox the deliveries read and resume from");
         };

@@ -107,6 +107,25 @@ struct MappingSpec {
     bytes: Vec<String>,
     #[serde(default)]
     user_agent: Vec<String>,
+    #[serde(default)]
+    text: Option<TextSpec>,
+}
+
+/// How a source that writes text lines rather than JSON is read (VPC flow logs, S3 server access
+/// logs): fields separated by spaces, a `"…"` or `[…]` being one field, `-` for none. A line
+/// becomes the object of the fields' names and texts, which the rest of the mapping reads.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextSpec {
+    /// The fields' names, in order.
+    fields: Vec<String>,
+    /// Lines with fewer fields are not of this source (default: every field; formats that grew
+    /// fields at the end over the years name the first version's count).
+    #[serde(default)]
+    min_fields: Option<usize>,
+    /// The header line the source writes at the top of a file: read, and not a record.
+    #[serde(default)]
+    header: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -171,6 +190,7 @@ pub struct Mapping {
     country: Vec<FieldPath>,
     bytes: Vec<FieldPath>,
     user_agent: Vec<FieldPath>,
+    text: Option<TextSpec>,
 }
 
 fn paths(list: &[String]) -> Vec<FieldPath> {
@@ -208,6 +228,7 @@ impl Mapping {
             country: paths(&spec.country),
             bytes: paths(&spec.bytes),
             user_agent: paths(&spec.user_agent),
+            text: spec.text,
             name: spec.name,
             description: spec.description,
         })
@@ -218,6 +239,21 @@ impl Mapping {
         self.all.iter().all(|p| present(record, p))
             && (self.any.is_empty() || self.any.iter().any(|p| present(record, p)))
             && holds(record, &self.equals)
+    }
+
+    /// The record a text line's `fields` make for this source, when it writes text and they are
+    /// of it; `Some(None)` for its header line.
+    fn text_record(&self, fields: &[&str]) -> Option<Option<Value>> {
+        let spec = self.text.as_ref()?;
+        if spec.header.as_deref().is_some_and(|header| header.split_whitespace().eq(fields.iter().copied())) {
+            return Some(None);
+        }
+        if fields.len() < spec.min_fields.unwrap_or(spec.fields.len()) {
+            return None;
+        }
+        let named = spec.fields.iter().zip(fields).filter(|(_, text)| **text != "-");
+        let record = Value::Object(named.map(|(name, text)| (name.clone(), Value::from(*text))).collect());
+        self.detects(&record).then_some(Some(record))
     }
 
     /// The canonical event of a record of this source; the record becomes the event's other
@@ -353,6 +389,25 @@ impl RecordFormat {
         }
     }
 
+    /// Reads a line that is not JSON with the mappings of sources that write text (only the
+    /// named one's for a single source): pushes its event to `out` and returns `true` when one
+    /// takes it (a header line pushes nothing), `false` when none does.
+    pub fn decode_text(&self, line: &str, out: &mut Vec<(Result<Event, RejectReason>, Option<String>)>) -> bool {
+        let (mappings, only) = match self {
+            RecordFormat::Canonical => return false,
+            RecordFormat::Auto(mappings) => (mappings, None),
+            RecordFormat::Source(mappings, index) => (mappings, Some(*index)),
+        };
+        let fields = text_fields(line);
+        let mut candidates = mappings.all.iter().enumerate().filter(|(index, _)| only.is_none_or(|o| o == *index));
+        match candidates.find_map(|(_, mapping)| Some((mapping, mapping.text_record(&fields)?))) {
+            Some((mapping, Some(record))) => out.push((mapping.map(record), None)),
+            Some((_, None)) => {}
+            None => return false,
+        }
+        true
+    }
+
     fn decode_one(&self, record: Value) -> Result<Event, RejectReason> {
         match self {
             RecordFormat::Canonical => event_from_value(record),
@@ -360,6 +415,29 @@ impl RecordFormat {
             RecordFormat::Auto(mappings) => mappings.auto(record),
         }
     }
+}
+
+/// A text line's fields: separated by spaces, a `"…"` or `[…]` being one field (without its
+/// quotes or brackets).
+///
+/// ```
+/// use threatflow::ingest::mapping::text_fields;
+/// let line = r#"owner bucket [06/Feb/2019:00:00:38 +0000] 192.0.2.3 - "GET /b?versioning HTTP/1.1" 200"#;
+/// assert_eq!(text_fields(line), ["owner", "bucket", "06/Feb/2019:00:00:38 +0000", "192.0.2.3", "-", "GET /b?versioning HTTP/1.1", "200"]);
+/// ```
+pub fn text_fields(line: &str) -> Vec<&str> {
+    let mut fields = Vec::new();
+    let mut rest = line.trim();
+    while !rest.is_empty() {
+        let (field, after) = match rest.as_bytes()[0] {
+            b'"' => rest[1..].split_once('"').unwrap_or((&rest[1..], "")),
+            b'[' => rest[1..].split_once(']').unwrap_or((&rest[1..], "")),
+            _ => rest.split_once(' ').unwrap_or((rest, "")),
+        };
+        fields.push(field);
+        rest = after.trim_start();
+    }
+    fields
 }
 
 /// The top-level keys of a record, for a reason that says what it looked like.
@@ -549,6 +627,10 @@ fn parse_any_time(value: &Value) -> Result<Time, String> {
             }
             if let Ok(n) = s.parse::<f64>() {
                 return parse_time(&Value::from(n));
+            }
+            // S3 server access logs: `06/Feb/2019:00:00:38 +0000`.
+            if let Ok(t) = chrono::DateTime::parse_from_str(s, "%d/%b/%Y:%H:%M:%S %z") {
+                return u64::try_from(t.timestamp_millis()).map_err(|_| format!("timestamp {s:?} before 1970"));
             }
             let normal = s.replacen(' ', "T", 1);
             for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S"] {

@@ -422,8 +422,9 @@ pub fn partitioned_source<'s>(
             // The least watermark of the partitions still holding the frontier back; when all are
             // idle, the frontier stays where it is. Dead-letter runs it passes end first.
             let watermark = open.iter().filter(|s| !s.partition.idle()).map(|s| s.watermark(lateness)).min().unwrap_or(floor);
+            let ending = errors.borrow().is_some();
             for state in open.iter_mut() {
-                if state.dead_letter_run.time().is_some_and(|time| time < watermark) {
+                if ending || state.dead_letter_run.time().is_some_and(|time| time < watermark) {
                     state.dead_letter_run.close(&mut dead_letters);
                 }
             }
@@ -540,12 +541,17 @@ pub fn decode_record(
     let parsed = std::str::from_utf8(bytes)
         .map_err(|e| RejectReason::InvalidUtf8(e.to_string()))
         .and_then(|text| serde_json::from_str(text).map_err(|e| RejectReason::Invalid(e.to_string())));
-    let record = match parsed {
-        Ok(record) => record,
-        Err(reason) => return out.push(reject(reason, bytes, size)),
-    };
     let mut decoded = Vec::new();
-    decoding.format.decode(record, &mut decoded);
+    match parsed {
+        Ok(record) => decoding.format.decode(record, &mut decoded),
+        // Sources that write text lines (flow logs, access logs) are read by their mappings.
+        Err(reason) => {
+            let text = std::str::from_utf8(bytes).unwrap_or_default();
+            if !decoding.format.decode_text(text, &mut decoded) {
+                return out.push(reject(reason, bytes, size));
+            }
+        }
+    }
     for (result, element) in decoded {
         out.push(match result.and_then(plausible) {
             Ok(event) => Item::Event(event),

@@ -474,7 +474,7 @@ impl Output for KafkaOutput {
         if !self.written_before(Role::Decisions, || decision.decision_id.clone()) {
             send_json(&mut self.producer, &mut self.buffer, &self.decisions, key, decision)?;
         }
-        if let Some(record) = self.alerts_format.record(decision).filter(|_| alert) {
+        if let Some(record) = alert.then(|| self.alerts_format.record(decision)).flatten() {
             if !self.written_before(Role::Alerts, || decision.decision_id.clone()) {
                 send_json(&mut self.producer, &mut self.buffer, &self.alerts, key, &record)?;
             }

@@ -137,13 +137,23 @@ pub enum AlertsFormat {
 
 impl AlertsFormat {
     /// The alert record `decision` raises, if its actions include `alert`.
-    pub fn record(self, decision: &Decision) -> Option<serde_json::Value> {
+    pub fn record(self, decision: &Decision) -> Option<AlertRecord> {
         let alert = Alert::of(decision)?;
         Some(match self {
-            AlertsFormat::Json => serde_json::to_value(&alert).unwrap_or_default(),
-            AlertsFormat::Ocsf => ocsf::finding(&alert, decision.position.as_ref(), decision.enrichment.as_ref()),
+            AlertsFormat::Json => AlertRecord::Json(alert),
+            AlertsFormat::Ocsf => AlertRecord::Ocsf(ocsf::finding(&alert, decision.position.as_ref(), decision.enrichment.as_ref())),
         })
     }
+}
+
+/// An alert as written: an [`Alert`] (its fields in their order) or an OCSF finding.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum AlertRecord {
+    /// `--alerts-format json`.
+    Json(Alert),
+    /// `--alerts-format ocsf`.
+    Ocsf(serde_json::Value),
 }
 
 /// The decision id of an alert record in either format (`decision_id`, or an OCSF finding's
@@ -353,7 +363,7 @@ impl JsonLinesOutput {
 impl Output for JsonLinesOutput {
     fn decision(&mut self, decision: &Decision, alert: bool) -> Result<()> {
         write_line(&mut self.decisions, &mut self.line, decision)?;
-        if let Some(record) = self.alerts_format.record(decision).filter(|_| alert && self.alerts.is_some()) {
+        if let Some(record) = (alert && self.alerts.is_some()).then(|| self.alerts_format.record(decision)).flatten() {
             write_line(&mut self.alerts, &mut self.line, &record)?;
         }
         for command in ActionCommand::of(decision) {

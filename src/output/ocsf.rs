@@ -72,7 +72,7 @@ pub fn finding(alert: &Alert, position: Option<&Position>, enrichment: Option<&E
         "data": {"event_id": alert.event_id, "position": position, "event_ts": alert.event_ts.unwrap_or(alert.ts)},
     });
     let mut observables = vec![json!({"name": "evidences[0].actor.user.name", "type_id": 4, "type": "User Name", "value": alert.user})];
-    if let Some(ip) = &alert.src_ip {
+    if let Some(ip) = alert.src_ip.as_ref().filter(|ip| is_address(ip)) {
         observables.push(json!({"name": "evidences[0].src_endpoint.ip", "type_id": 2, "type": "IP Address", "value": ip}));
     }
     let unmapped = json!({
@@ -140,8 +140,18 @@ fn analytics(alert: &Alert) -> Vec<Value> {
     analytics
 }
 
-/// The source endpoint: the address, and where the enrichment databases place it.
+/// Whether a source address, kept as the provider sent it, is an IP address (CloudTrail's is a
+/// service name for calls AWS makes itself: `AWS Internal`, `ec2.amazonaws.com`).
+fn is_address(text: &str) -> bool {
+    text.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// The source endpoint: the address (a name when it is not one), and where the enrichment
+/// databases place it.
 fn endpoint(ip: &str, enrichment: Option<&Enrichment>) -> Value {
+    if !is_address(ip) {
+        return json!({"name": ip});
+    }
     let Some(e) = enrichment else { return json!({"ip": ip}) };
     json!({
         "ip": ip,

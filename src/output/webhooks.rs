@@ -83,7 +83,7 @@ fn plural(n: usize) -> &'static str {
 /// One line on an alert for a chat message: severity, verdict, user, why, and its decision id
 /// (from an alert as JSON or as an OCSF finding).
 fn summary(alert: &Value, bold: &str, code: &str) -> String {
-    let text = |names: [&str; 2]| names.iter().find_map(|n| alert.pointer(n)?.as_str()).unwrap_or("?").to_string();
+    let text = |names: &[&str]| names.iter().find_map(|n| alert.pointer(n)?.as_str()).unwrap_or("?").to_string();
     let mut why: Vec<String> = alert["rules"].as_array().into_iter().flatten().filter_map(|r| r.as_str().map(str::to_string)).collect();
     if let Some(score) = alert["score"].as_f64() {
         why.push(format!("model score {score:.2}"));
@@ -96,9 +96,9 @@ fn summary(alert: &Value, bold: &str, code: &str) -> String {
     }
     format!(
         "{bold}{}{bold} {} {code}{}{code}: {} ({code}{}{code})",
-        text(["/severity", "/severity"]).to_lowercase(),
-        text(["/verdict", "/unmapped/verdict"]),
-        text(["/user", "/evidences/0/actor/user/name"]),
+        text(&["/severity"]).to_lowercase(),
+        text(&["/verdict", "/unmapped/verdict"]),
+        text(&["/user", "/evidences/0/actor/user/name"]),
         why.join(", "),
         crate::output::alert_decision_id(alert).unwrap_or("?")
     )
@@ -124,8 +124,10 @@ impl std::str::FromStr for Destination {
             Some(("teams", url)) => (BodyFormat::Teams, url),
             _ => (BodyFormat::Json, text),
         };
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            bail!("an alert destination is [json=|slack=|teams=]http(s)://…, not {:?}", redact(url));
+        let uri = url.parse::<ureq::http::Uri>().ok();
+        let http = uri.as_ref().is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty()));
+        if !http {
+            bail!("an alert destination is [json=|slack=|teams=]http(s)://HOST/…, not {:?}", redact(url));
         }
         Ok(Destination { url: url.to_string(), format })
     }
@@ -203,12 +205,15 @@ fn cursor_path(cursors: &Path, destination: &Destination) -> PathBuf {
 }
 
 impl Deliveries {
-    /// Starts delivering `alerts` (a file the job writes) to each destination, from the cursors in
-    /// `cursors` when the job resumed from a checkpoint (else from the start: the cursors of an
-    /// earlier run are removed).
-    pub fn start(spec: &DeliverySpec, alerts: &Path, cursors: Option<&Path>, resumed: bool) -> Result<Deliveries> {
+    /// Starts delivering `alerts` (a file the job writes) to each destination. A job resumed from
+    /// a checkpoint that recorded `restored` bytes of the alerts file starts from the cursors in
+    /// `cursors`, but not after those bytes: what follows them is written again, and may differ
+    /// (another version, other rules), so it is posted again. A job that starts afresh starts
+    /// from the beginning (the cursors of an earlier run are removed). `stop` (a signal) ends the
+    /// deliveries after the batch in flight when their cursors are kept.
+    pub fn start(spec: &DeliverySpec, alerts: &Path, cursors: Option<&Path>, restored: Option<u64>, stop: Arc<AtomicBool>) -> Result<Deliveries> {
         if let Some(dir) = cursors {
-            if !resumed && dir.exists() {
+            if restored.is_none() && dir.exists() {
                 std::fs::remove_dir_all(dir).with_context(|| format!("removing the old delivery cursors {}", dir.display()))?;
             }
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -220,13 +225,22 @@ impl Deliveries {
             let start = match &cursor {
                 Some(path) if path.exists() => {
                     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                    text.trim().parse::<u64>().with_context(|| format!("{} is not an offset", path.display()))?
+                    let at = text.trim().parse::<u64>().with_context(|| format!("{} is not an offset", path.display()))?;
+                    at.min(restored.unwrap_or(0))
                 }
                 _ => 0,
             };
-            let mut courier = Courier::new(spec, destination.clone(), alerts.to_path_buf(), cursor, start, Arc::clone(&done))?;
+            let mut courier = Courier::new(spec, destination.clone(), alerts.to_path_buf(), cursor, start, (Arc::clone(&done), Arc::clone(&stop)))?;
             let name = format!("alerts-to-{}", destination.key());
-            let thread = std::thread::Builder::new().name(name).spawn(move || courier.run()).context("starting an alert delivery thread")?;
+            let shown = destination.to_string();
+            let run = move || {
+                let result = courier.run();
+                if let Err(error) = &result {
+                    tracing::error!(destination = %shown, "alert delivery stopped: {error:#}");
+                }
+                result
+            };
+            let thread = std::thread::Builder::new().name(name).spawn(run).context("starting an alert delivery thread")?;
             tracing::info!(destination = %destination, from = start, "delivering alerts");
             threads.push((destination.clone(), thread));
         }
@@ -255,6 +269,7 @@ struct Courier {
     cursor_file: Option<PathBuf>,
     offset: u64,
     done: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
     batch: usize,
     attempts: u32,
     interval: Duration,
@@ -264,12 +279,19 @@ struct Courier {
 }
 
 impl Courier {
-    fn new(spec: &DeliverySpec, destination: Destination, alerts: PathBuf, cursor_file: Option<PathBuf>, offset: u64, done: Arc<AtomicBool>) -> Result<Courier> {
+    fn new(
+        spec: &DeliverySpec,
+        destination: Destination,
+        alerts: PathBuf,
+        cursor_file: Option<PathBuf>,
+        offset: u64,
+        (done, stop): (Arc<AtomicBool>, Arc<AtomicBool>),
+    ) -> Result<Courier> {
         use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
         let tls = TlsConfig::builder().provider(TlsProvider::NativeTls).root_certs(RootCerts::PlatformVerifier).build();
         let config = ureq::Agent::config_builder().timeout_global(Some(spec.timeout)).http_status_as_error(false).tls_config(tls).build();
-        if spec.rate <= 0.0 || spec.batch == 0 || spec.attempts == 0 {
-            bail!("alert delivery needs a positive rate, batch and number of attempts");
+        if !(spec.rate.is_finite() && spec.rate >= 0.001) || spec.batch == 0 || spec.attempts == 0 {
+            bail!("alert delivery needs a rate of at least 0.001 requests per second, and a positive batch and number of attempts");
         }
         Ok(Courier {
             destination,
@@ -278,6 +300,7 @@ impl Courier {
             cursor_file,
             offset,
             done,
+            stop,
             batch: spec.batch,
             attempts: spec.attempts,
             interval: Duration::from_secs_f64(1.0 / spec.rate),
@@ -290,6 +313,10 @@ impl Courier {
     /// Delivers until the job is done and every whole line of the file is delivered.
     fn run(&mut self) -> Result<Delivered> {
         loop {
+            // A stopped job with kept cursors resumes its deliveries when it restarts.
+            if self.stop.load(Ordering::Relaxed) && self.cursor_file.is_some() {
+                return Ok(self.delivered);
+            }
             // Read `done` first: a file complete before it was set is read whole below.
             let done = self.done.load(Ordering::Acquire);
             let (lines, end) = self.read_batch()?;
@@ -384,8 +411,18 @@ impl Courier {
         let request = self.agent.post(&self.destination.url).header("Content-Type", "application/json").header("Idempotency-Key", key);
         let response = match request.send(body) {
             Ok(response) => response,
-            // Connections refused or reset, timeouts: the receiver may come back.
-            Err(error) => return (Err(Failure::Retry(error.to_string())), None),
+            // Connections refused or reset, timeouts, names not found: the receiver may come back.
+            Err(
+                error @ (ureq::Error::Io(_)
+                | ureq::Error::Timeout(_)
+                | ureq::Error::HostNotFound
+                | ureq::Error::ConnectionFailed
+                | ureq::Error::Protocol(_)
+                | ureq::Error::BodyStalled),
+            ) => return (Err(Failure::Retry(error.to_string())), None),
+            // A certificate refused, a redirect to elsewhere…: another attempt fails the same way.
+            Err(ureq::Error::BadUri(_)) => return (Err(Failure::Refused("bad URI".into())), None),
+            Err(error) => return (Err(Failure::Refused(error.to_string())), None),
         };
         let status = response.status();
         let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
