@@ -157,3 +157,72 @@ fn replay_decides_raw_cloudtrail() {
     assert_eq!(dead.len(), 1);
     assert!(dead[0]["reason"].as_str().unwrap().contains("fits no mapping"), "{}", dead[0]);
 }
+
+/// Sources that write text lines, not JSON: VPC flow logs (default format, with the header line
+/// of an S3-delivered file) and S3 server access logs (quoted and bracketed fields, `-` for none,
+/// an anonymous requester, the 18-field form of older logs), in one file with `--format auto`:
+/// each line becomes the event its fields say; a flow record without traffic (`NODATA`) and a line
+/// of no known format are dead letters that say why.
+#[test]
+fn text_logs_of_vpc_flow_and_s3_access_become_events() {
+    let owner = "79a59df900b949e55d96a1e698fbacedfd6e09d98eacf8f8d5218e7cd47ef2be";
+    let records = [
+        "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status".to_string(),
+        "2 123456789010 eni-1235b8ca123456789 172.31.16.139 172.31.16.21 20641 22 6 20 4249 1418530010 1418530070 ACCEPT OK".into(),
+        "2 123456789010 eni-1235b8ca123456789 203.0.113.12 172.31.16.139 0 0 1 4 336 1432917027 1432917142 REJECT OK".into(),
+        "2 123456789010 eni-1235b8ca123456789 - - - - - - - 1431280876 1431280934 - NODATA".into(),
+        format!(r#"{owner} amzn-s3-demo-bucket1 [06/Feb/2019:00:00:38 +0000] 192.0.2.3 arn:aws:iam::123456789012:user/ann 3E57427F3EXAMPLE REST.GET.OBJECT photos/cat.jpg "GET /amzn-s3-demo-bucket1/photos/cat.jpg HTTP/1.1" 200 - 1048576 1048576 70 10 "-" "aws-cli/2.15.0 Python/3.11" - s9lzHYrFp76ZVxRcpX9+5cjAnEH2ROuNkd2BHfIa6UkFVdtjf5mKR3/eTPFvsiP/XV/VLi31234= SigV4 ECDHE-RSA-AES128-GCM-SHA256 AuthHeader amzn-s3-demo-bucket1.s3.us-west-1.amazonaws.com TLSv1.2 - -"#),
+        format!(r#"{owner} amzn-s3-demo-bucket1 [06/Feb/2019:00:01:00 +0000] 198.51.100.7 - 891CE47D2EXAMPLE REST.GET.OBJECT index.html "GET /index.html HTTP/1.1" 403 AccessDenied 243 - 5 - "-" "curl/8.5.0" -"#),
+        format!(r#"{owner} amzn-s3-demo-bucket1 [06/Feb/2019:00:02:00 +0000] 192.0.2.3 arn:aws:iam::123456789012:user/ann A1206F460EXAMPLE REST.PUT.ACL photos/cat.jpg "PUT /amzn-s3-demo-bucket1/photos/cat.jpg?acl HTTP/1.1" 200 - - - 30 - "-" "aws-cli/2.15.0 Python/3.11" - host SigV4 ECDHE-RSA-AES128-GCM-SHA256 AuthHeader amzn-s3-demo-bucket1.s3.us-west-1.amazonaws.com TLSv1.2 - -"#),
+        "an access log line of some other format".into(),
+    ];
+    // Each line through the mappings, as the source reads it.
+    let format = threatflow::ingest::mapping::RecordFormat::parse("auto", None).unwrap();
+    let mut events = Vec::new();
+    for line in &records {
+        let mut out = Vec::new();
+        let taken = format.decode_text(line, &mut out);
+        events.push((taken, out.into_iter().map(|(e, _)| e).collect::<Vec<_>>()));
+    }
+    assert!(events[0].0 && events[0].1.is_empty(), "the header line is read and skipped");
+    let event = |i: usize| events[i].1[0].as_ref().unwrap_or_else(|e| panic!("line {i}: {e}"));
+    let flow = event(1);
+    assert_eq!((flow.source.as_deref(), flow.user.as_str(), flow.action.as_str(), flow.ts), (Some("aws.vpcflow"), "eni-1235b8ca123456789", "ACCEPT", 1_418_530_010_000));
+    assert_eq!((flow.src_ip.as_deref(), flow.bytes, flow.resource.as_deref()), (Some("172.31.16.139"), Some(4249), Some("172.31.16.21")));
+    assert_eq!(event(2).action.as_str(), "REJECT");
+    let nodata = events[3].1[0].as_ref().expect_err("a flow record without traffic has no action");
+    assert!(nodata.to_string().contains("no `action`"), "{nodata}");
+    let get = event(4);
+    assert_eq!((get.source.as_deref(), get.user.as_str(), get.action.as_str(), get.ts), (Some("aws.s3access"), "arn:aws:iam::123456789012:user/ann", "download", 1_549_411_238_000));
+    assert_eq!((get.bytes, get.resource.as_deref(), get.user_agent.as_deref(), get.event_id.as_str()), (Some(1_048_576), Some("photos/cat.jpg"), Some("aws-cli/2.15.0 Python/3.11"), "3E57427F3EXAMPLE"));
+    assert_eq!(get.field("http_status").as_deref(), Some("200"));
+    let anonymous = event(5);
+    assert_eq!((anonymous.user.as_str(), anonymous.field("error_code").as_deref()), ("198.51.100.7", Some("AccessDenied")));
+    assert_eq!(event(6).action.as_str(), "share_external");
+    assert!(!events[7].0, "a line of no known format is no text source's");
+
+    // The same lines as a file through the engine: 5 events, the NODATA record and the unknown
+    // line as dead letters with their reasons.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("mixed.log");
+    std::fs::write(&input, records.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    let output = ok(threatflow()
+        .arg("replay")
+        .arg("--input")
+        .arg(&input)
+        .args(["--format", "auto", "--output"])
+        .arg(dir.path().join("decisions.jsonl"))
+        .arg("--dead-letters")
+        .arg(&dead)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("spawn"));
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("events=5 rejected=2"), "{log}");
+    let dead = lines(&dead);
+    assert_eq!(dead.len(), 2);
+    assert!(dead[0]["reason"].as_str().unwrap().contains("no `action`"), "{}", dead[0]);
+    assert!(dead[1]["reason"].as_str().unwrap().contains("expected value"), "{}", dead[1]);
+}

@@ -2,7 +2,8 @@
 //!
 //! Security engineers send their providers' own records (CloudTrail, Okta System Log, Google
 //! Workspace, Azure/Entra, Microsoft 365, GitHub audit, Azure Monitor activity, GCP audit, Slack
-//! audit, OneLogin, Duo administrator and authentication, Zoom operation, Box events). A mapping, one YAML file per source
+//! audit, OneLogin, Duo administrator and authentication, Zoom operation, Box events; VPC flow logs
+//! and S3 server access logs, which are text lines: see `text` below). A mapping, one YAML file per source
 //! (`mappings/*.yaml`, shipped in the binary; more with `--mappings-dir`), says how to recognise a
 //! record of that source and where each canonical field comes from:
 //!
@@ -25,6 +26,10 @@
 //! country: []
 //! bytes: [additionalEventData.bytesTransferredOut]
 //! user_agent: [userAgent]
+//! text:                           # only for sources that write text lines, not JSON:
+//!   fields: [version, account_id] # the fields' names in order (space-separated, `"…"`/`[…]` one
+//!   min_fields: 2                 # field each, `-` for none); fewer fields: not this source
+//!   header: version account-id    # a header line, read and skipped
 //! ```
 //!
 //! Paths are dotted (`userIdentity.sessionContext.sessionIssuer.type`; a number indexes an array);
@@ -62,7 +67,7 @@ use serde_json::Value;
 use crate::event::{event_from_value, Event, Fields, RejectReason, Time, MAX_TIME};
 
 /// The mappings shipped with threatflow.
-const SHIPPED: [(&str, &str); 15] = [
+const SHIPPED: [(&str, &str); 17] = [
     ("aws_cloudtrail.yaml", include_str!("../../mappings/aws_cloudtrail.yaml")),
     ("okta_system_log.yaml", include_str!("../../mappings/okta_system_log.yaml")),
     ("google_workspace.yaml", include_str!("../../mappings/google_workspace.yaml")),
@@ -78,6 +83,8 @@ const SHIPPED: [(&str, &str); 15] = [
     ("duo_authentication.yaml", include_str!("../../mappings/duo_authentication.yaml")),
     ("zoom_operation.yaml", include_str!("../../mappings/zoom_operation.yaml")),
     ("box_events.yaml", include_str!("../../mappings/box_events.yaml")),
+    ("aws_vpc_flow.yaml", include_str!("../../mappings/aws_vpc_flow.yaml")),
+    ("aws_s3_access.yaml", include_str!("../../mappings/aws_s3_access.yaml")),
 ];
 
 /// One mapping file, as written.
