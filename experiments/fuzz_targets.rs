@@ -114,6 +114,15 @@ pub fn seeds(target: &str, root: &Path) -> Vec<Vec<u8>> {
             let data = files("tests/data", &["json", "jsonl", "ndjson"]);
             let mut seeds = lines(data.clone());
             seeds.extend(data.into_iter().filter(|f| f.len() < 65_536));
+            // Text lines: VPC flow logs (and their header) and S3 server access logs.
+            seeds.extend(
+                [
+                    "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status",
+                    "2 123456789010 eni-1235b8ca123456789 172.31.16.139 172.31.16.21 20641 22 6 20 4249 1418530010 1418530070 ACCEPT OK",
+                    r#"79a59df9 bucket1 [06/Feb/2019:00:00:38 +0000] 192.0.2.3 arn:aws:iam::1:user/ann 3E57427F REST.GET.OBJECT a.jpg "GET /bucket1/a.jpg HTTP/1.1" 200 - 10 10 70 10 "-" "curl/8" - hostid SigV4 ECDHE AuthHeader host TLSv1.2 - -"#,
+                ]
+                .map(|line| line.as_bytes().to_vec()),
+            );
             seeds
         }
         "rules" => {

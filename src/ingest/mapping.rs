@@ -2,7 +2,8 @@
 //!
 //! Security engineers send their providers' own records (CloudTrail, Okta System Log, Google
 //! Workspace, Azure/Entra, Microsoft 365, GitHub audit, Azure Monitor activity, GCP audit, Slack
-//! audit, OneLogin, Duo administrator and authentication, Zoom operation, Box events; VPC flow logs
+//! audit, OneLogin, Duo administrator and authentication, Zoom operation, Box events, Microsoft 365
+//! Defender advanced hunting; VPC flow logs
 //! and S3 server access logs, which are text lines: see `text` below). A mapping, one YAML file per source
 //! (`mappings/*.yaml`, shipped in the binary; more with `--mappings-dir`), says how to recognise a
 //! record of that source and where each canonical field comes from:
@@ -67,7 +68,7 @@ use serde_json::Value;
 use crate::event::{event_from_value, Event, Fields, RejectReason, Time, MAX_TIME};
 
 /// The mappings shipped with threatflow.
-const SHIPPED: [(&str, &str); 17] = [
+const SHIPPED: [(&str, &str); 18] = [
     ("aws_cloudtrail.yaml", include_str!("../../mappings/aws_cloudtrail.yaml")),
     ("okta_system_log.yaml", include_str!("../../mappings/okta_system_log.yaml")),
     ("google_workspace.yaml", include_str!("../../mappings/google_workspace.yaml")),
@@ -83,6 +84,7 @@ const SHIPPED: [(&str, &str); 17] = [
     ("duo_authentication.yaml", include_str!("../../mappings/duo_authentication.yaml")),
     ("zoom_operation.yaml", include_str!("../../mappings/zoom_operation.yaml")),
     ("box_events.yaml", include_str!("../../mappings/box_events.yaml")),
+    ("m365_defender.yaml", include_str!("../../mappings/m365_defender.yaml")),
     ("aws_vpc_flow.yaml", include_str!("../../mappings/aws_vpc_flow.yaml")),
     ("aws_s3_access.yaml", include_str!("../../mappings/aws_s3_access.yaml")),
 ];

@@ -149,6 +149,8 @@ impl AlertsFormat {
 /// An alert as written: an [`Alert`] (its fields in their order) or an OCSF finding.
 #[derive(Serialize)]
 #[serde(untagged)]
+// Made and written at once, one at a time: boxing the alert would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum AlertRecord {
     /// `--alerts-format json`.
     Json(Alert),
