@@ -453,7 +453,7 @@ impl FieldMatcher {
     }
 
     pub(super) fn matches(&self, record: &Value) -> bool {
-        let found = field(record, &self.field);
+        let found = FieldTexts::of(&field(record, &self.field));
         let test = |m: &ValueMatcher| value_matches(m, &found, record);
         if self.all {
             self.values.iter().all(test)
@@ -463,18 +463,18 @@ impl FieldMatcher {
     }
 }
 
-pub(super) fn value_matches(matcher: &ValueMatcher, found: &[&Value], record: &Value) -> bool {
-    let present = found.iter().any(|v| !v.is_null());
+pub(super) fn value_matches(matcher: &ValueMatcher, found: &FieldTexts, record: &Value) -> bool {
     match matcher {
-        ValueMatcher::Null => !present,
-        ValueMatcher::Exists(wanted) => present == *wanted,
+        ValueMatcher::Null => !found.present,
+        ValueMatcher::Exists(wanted) => found.present == *wanted,
         ValueMatcher::FieldRef(other) => {
-            let theirs: Vec<String> = field(record, other).into_iter().flat_map(scalars).collect();
-            found.iter().flat_map(|v| scalars(v)).any(|x| theirs.iter().any(|y| x.eq_ignore_ascii_case(y)))
+            let theirs = FieldTexts::of(&field(record, other));
+            found.texts.iter().any(|x| theirs.texts.iter().any(|y| x.eq_ignore_ascii_case(y)))
         }
-        _ => found.iter().flat_map(|v| scalars(v)).any(|text| match matcher {
-            ValueMatcher::Pattern(p) => p.matches(&text),
-            ValueMatcher::Regex(r) => r.is_match(&text),
+        ValueMatcher::Pattern(p) if !p.cased => found.folded().iter().any(|text| matches_tokens(&p.tokens, text)),
+        _ => found.texts.iter().any(|text| match matcher {
+            ValueMatcher::Pattern(p) => matches_tokens(&p.tokens, text),
+            ValueMatcher::Regex(r) => r.is_match(text),
             ValueMatcher::Cidr(net, bits) => text.parse::<IpAddr>().is_ok_and(|ip| in_cidr(ip, *net, *bits)),
             ValueMatcher::Compare(ordering, equal, n) => text
                 .parse::<f64>()
@@ -484,15 +484,44 @@ pub(super) fn value_matches(matcher: &ValueMatcher, found: &[&Value], record: &V
     }
 }
 
-/// A value's texts: itself, or each element of an array.
-pub(super) fn scalars(value: &Value) -> Vec<String> {
-    match value {
-        Value::String(s) => vec![s.clone()],
-        Value::Number(n) => vec![n.to_string()],
-        Value::Bool(b) => vec![b.to_string()],
-        Value::Array(items) => items.iter().flat_map(scalars).collect(),
-        _ => Vec::new(),
+/// A field's texts for all of a matcher's values: each string borrowed from the record (an
+/// array's elements, numbers and booleans as written), and folded to lower case once, when a
+/// value that ignores case first asks, rather than once per value compared.
+pub(super) struct FieldTexts<'v> {
+    /// Whether the field holds anything but `null`.
+    present: bool,
+    texts: Vec<std::borrow::Cow<'v, str>>,
+    folded: std::cell::OnceCell<Vec<String>>,
+}
+
+impl<'v> FieldTexts<'v> {
+    pub(super) fn of(found: &[&'v Value]) -> FieldTexts<'v> {
+        let mut texts = Vec::new();
+        found.iter().for_each(|v| push_texts(v, &mut texts));
+        FieldTexts { present: found.iter().any(|v| !v.is_null()), texts, folded: std::cell::OnceCell::new() }
     }
+
+    fn folded(&self) -> &[String] {
+        self.folded.get_or_init(|| self.texts.iter().map(|t| t.to_lowercase()).collect())
+    }
+}
+
+/// A value's texts: itself, or each element of an array.
+fn push_texts<'v>(value: &'v Value, out: &mut Vec<std::borrow::Cow<'v, str>>) {
+    match value {
+        Value::String(s) => out.push(std::borrow::Cow::Borrowed(s)),
+        Value::Number(n) => out.push(std::borrow::Cow::Owned(n.to_string())),
+        Value::Bool(b) => out.push(std::borrow::Cow::Owned(b.to_string())),
+        Value::Array(items) => items.iter().for_each(|v| push_texts(v, out)),
+        _ => {}
+    }
+}
+
+/// A value's texts, owned: itself, or each element of an array.
+pub(super) fn scalars(value: &Value) -> Vec<String> {
+    let mut texts = Vec::new();
+    push_texts(value, &mut texts);
+    texts.into_iter().map(std::borrow::Cow::into_owned).collect()
 }
 
 /// A field's values by its Sigma name: a top-level key with that exact name, or the dotted path,
