@@ -3,10 +3,10 @@
 //! Security engineers send their providers' own records (CloudTrail, Okta System Log, Google
 //! Workspace, Azure/Entra, Microsoft 365, GitHub audit, Azure Monitor activity, GCP audit, Slack
 //! audit, OneLogin, Duo administrator and authentication, Zoom operation, Box events, Microsoft 365
-//! Defender advanced hunting; VPC flow logs
-//! and S3 server access logs, which are text lines: see `text` below). A mapping, one YAML file per source
-//! (`mappings/*.yaml`, shipped in the binary; more with `--mappings-dir`), says how to recognise a
-//! record of that source and where each canonical field comes from:
+//! Defender advanced hunting; VPC flow logs and S3 server access logs, which are text lines: see
+//! `text` below). A mapping, one YAML file per source (`mappings/*.yaml`, shipped in the binary;
+//! more with `--mappings-dir`), says how to recognise a record of that source and where each
+//! canonical field comes from:
 //!
 //! ```yaml
 //! name: aws.cloudtrail            # the source name (events' `source`, dead letters)

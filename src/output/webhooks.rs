@@ -212,6 +212,10 @@ impl Deliveries {
     /// from the beginning (the cursors of an earlier run are removed). `stop` (a signal) ends the
     /// deliveries after the batch in flight when their cursors are kept.
     pub fn start(spec: &DeliverySpec, alerts: &Path, cursors: Option<&Path>, restored: Option<u64>, stop: Arc<AtomicBool>) -> Result<Deliveries> {
+        // Checked once, before any thread starts.
+        if !(spec.rate.is_finite() && spec.rate >= 0.001) || spec.batch == 0 || spec.attempts == 0 {
+            bail!("alert delivery needs a rate of at least 0.001 requests per second, and a positive batch and number of attempts");
+        }
         if let Some(dir) = cursors {
             if restored.is_none() && dir.exists() {
                 std::fs::remove_dir_all(dir).with_context(|| format!("removing the old delivery cursors {}", dir.display()))?;
@@ -249,15 +253,13 @@ impl Deliveries {
 
     /// Says the alerts file is complete and waits until every destination has delivered it or
     /// set aside what it could not.
-    pub fn finish(self) -> Result<Vec<(Destination, Delivered)>> {
+    pub fn finish(self) -> Result<()> {
         self.done.store(true, Ordering::Release);
-        let mut results = Vec::new();
         for (destination, thread) in self.threads {
             let delivered = thread.join().map_err(|_| anyhow::anyhow!("the delivery thread of {destination} panicked"))??;
             tracing::info!(destination = %destination, alerts = delivered.alerts, undelivered = delivered.undelivered, "alerts delivered");
-            results.push((destination, delivered));
         }
-        Ok(results)
+        Ok(())
     }
 }
 
@@ -290,9 +292,6 @@ impl Courier {
         use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
         let tls = TlsConfig::builder().provider(TlsProvider::NativeTls).root_certs(RootCerts::PlatformVerifier).build();
         let config = ureq::Agent::config_builder().timeout_global(Some(spec.timeout)).http_status_as_error(false).tls_config(tls).build();
-        if !(spec.rate.is_finite() && spec.rate >= 0.001) || spec.batch == 0 || spec.attempts == 0 {
-            bail!("alert delivery needs a rate of at least 0.001 requests per second, and a positive batch and number of attempts");
-        }
         Ok(Courier {
             destination,
             agent: config.into(),

@@ -502,8 +502,17 @@ impl<'v> FieldTexts<'v> {
     }
 
     fn folded(&self) -> &[String] {
-        self.folded.get_or_init(|| self.texts.iter().map(|t| t.to_lowercase()).collect())
+        self.folded.get_or_init(|| fold(&self.texts))
     }
+
+    /// The texts folded to lower case, kept.
+    pub(super) fn into_folded(self) -> Vec<String> {
+        self.folded.into_inner().unwrap_or_else(|| fold(&self.texts))
+    }
+}
+
+fn fold(texts: &[std::borrow::Cow<'_, str>]) -> Vec<String> {
+    texts.iter().map(|t| t.to_lowercase()).collect()
 }
 
 /// A value's texts: itself, or each element of an array.
@@ -515,13 +524,6 @@ fn push_texts<'v>(value: &'v Value, out: &mut Vec<std::borrow::Cow<'v, str>>) {
         Value::Array(items) => items.iter().for_each(|v| push_texts(v, out)),
         _ => {}
     }
-}
-
-/// A value's texts, owned: itself, or each element of an array.
-pub(super) fn scalars(value: &Value) -> Vec<String> {
-    let mut texts = Vec::new();
-    push_texts(value, &mut texts);
-    texts.into_iter().map(std::borrow::Cow::into_owned).collect()
 }
 
 /// A field's values by its Sigma name: a top-level key with that exact name, or the dotted path,

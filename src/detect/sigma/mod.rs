@@ -297,7 +297,7 @@ pub fn parse_all(text: &str, placeholders: &Placeholders) -> Result<Vec<SigmaRul
 /// A field's texts in a record by its Sigma name, lower-cased: what a [`SigmaRule::requirement`]
 /// is checked against.
 pub fn field_texts(record: &Value, name: &str) -> Vec<String> {
-    detection::field(record, name).into_iter().flat_map(detection::scalars).map(|text| text.to_lowercase()).collect()
+    detection::FieldTexts::of(&detection::field(record, name)).into_folded()
 }
 
 /// The record an event came from: its own top-level fields (see [`crate::ingest::mapping`]),
