@@ -195,7 +195,7 @@ fn raw_logs(c: &mut Criterion) {
     // rule index (logsource, then the field a rule pins to exact values).
     let owned: Vec<Control> = rules
         .into_iter()
-        .map(|sigma| Control::Rule(Rule { id: sigma.id.clone(), when: Default::default(), features: Vec::new(), actions: Vec::new(), title: None, severity: Default::default(), sigma: Some(sigma) }))
+        .map(|sigma| Control::Rule(Rule::from_spec(&threatflow::detect::rules::RuleSpec::from_sigma(sigma)).expect("a Sigma rule is a valid rule")))
         .collect();
     let controls: Vec<(&Control, isize)> = owned.iter().map(|c| (c, 1)).collect();
     let features = Features::default();

@@ -150,7 +150,7 @@ fn measure(args: &Args, rate: f64) -> Result<Option<Report>> {
             let events = scheduled(scope, index, peers, rate, seconds, users, start);
             let checkpoints = threatflow::checkpoint::operator::StateCheckpoints::none(scope);
             let inputs = threatflow::dataflows::SharedInputs::build(scope, events, control_collection, &checkpoints, Default::default(), Default::default());
-            let decisions = threatflow::render::detections(&*dataflow, inputs, threatflow::detect::verdicts::DEFAULT_BLOCK_FOR);
+            let decisions = threatflow::render::detections(&*dataflow, inputs, threatflow::detect::verdicts::DEFAULT_BLOCK_FOR, None);
             decisions.probe_with(&probe);
             input
         });

@@ -48,6 +48,10 @@ pub struct JobSpec {
     /// Alerts of one rule (or the model) for one user are raised at most once per this many ms
     /// (0: every one).
     pub alert_suppression: Time,
+    /// Entity risk scoring, when on (see [`crate::detect::risk`]).
+    pub risk: Option<crate::detect::risk::RiskOptions>,
+    /// Detections below this severity raise no alert (`--risk-only-below`).
+    pub quiet_below: Option<crate::detect::action::Severity>,
     /// How long a decision whose actions include `block` blocks its user (ms of event time).
     pub block_for: Time,
     /// Kafka: control topics read while the job runs, and output topics written.
@@ -85,6 +89,8 @@ impl JobSpec {
             alert_deliveries: None,
             actions_path: None,
             alert_suppression: 0,
+            risk: None,
+            quiet_below: None,
             block_for: crate::detect::verdicts::DEFAULT_BLOCK_FOR,
             kafka: None,
             stop: Arc::default(),

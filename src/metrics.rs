@@ -78,6 +78,10 @@ pub struct Metrics {
     pub finished: IntGauge,
     /// 1 once the process's job has restored its state and reads its input (`/readyz`).
     ready: IntGauge,
+    /// Per keyed state (`new-terms`, `risk-scores`), the keys it holds on this process.
+    pub state_keys: IntGaugeVec,
+    /// Per keyed state, the bytes of its tables (capacity, not only what is filled).
+    pub state_table_bytes: IntGaugeVec,
     /// jemalloc's own figures, read when scraped (see [`allocator_bytes`]).
     allocator: IntGaugeVec,
 }
@@ -123,6 +127,8 @@ impl Metrics {
             kafka_errors: register(&registry, IntCounter::new("threatflow_kafka_client_errors_total", "Errors the Kafka client reported.")),
             finished: register(&registry, IntGauge::new("threatflow_job_finished", "1 once the job has ended: the values are final.")),
             ready: register(&registry, IntGauge::new("threatflow_ready", "1 once the job has restored its state and reads its input.")),
+            state_keys: gauges("threatflow_state_keys", "Keys held per keyed state (new-terms combinations, risk entities).", "part"),
+            state_table_bytes: gauges("threatflow_state_table_bytes", "Bytes of the tables of each keyed state, by their capacity.", "part"),
             allocator: gauges(
                 "threatflow_allocator_bytes",
                 "jemalloc's figures: allocated (live heap), active (its pages), resident, mapped, retained (0 when the process uses another allocator).",

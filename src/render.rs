@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! source ─events─► (enrichment) ─► (intel) ─► feature windows ─► the chosen dataflow ─┐
-//!    │                                  │            │  scored ───► correlation ─────────┼─► verdicts ─┬─► decision sink
-//!    │                                  │            └─ scored ──────────────────────────┘      ▲      │
+//!    │                                  │            │  scored ───► correlation ─────────┼─► verdicts ─┬─(risk)─► decision sink
+//!    │                                  │            │  scored ───► new terms ───────────┤      ▲      │
+//!    │                                  │            └─ scored ──────────────────────────┘      │      │
 //!    │                                  │    control (models, rules, marks, databases) ─────────┘      │
 //!    │                                  └─ retro decisions (indicators matched to past events) ───────┘
 //!    └─side records (dead letters, labels, counts)────────────────────────────────────────► side sink
@@ -36,11 +37,14 @@ use crate::detect::correlation::correlate;
 use crate::detect::decision::Decision;
 use crate::detect::enrichment::EnrichmentMode;
 use crate::detect::intel::IntelOptions;
+use crate::detect::new_terms::new_terms;
+use crate::detect::risk::{risk_decisions, RiskOptions};
 use crate::detect::verdicts::verdicts;
 use crate::event::Time;
 use crate::ingest::partition::{partitioned_source, ErrorSlot, Partition, PartitionPart, SourceCheckpoints, SourceConfig};
 use crate::job::JobSpec;
 use crate::output::sinks::{decision_sink, side_sink, Sinks};
+use crate::output::AlertGate;
 
 /// The handles of a rendered pipeline the worker loop drives.
 pub struct Rendered {
@@ -100,11 +104,13 @@ pub fn render<'s>(scope: Scope<'s, Time>, parts: Parts<'_>) -> Rendered {
     let inputs = SharedInputs::build(scope, events, control, &checkpoints, enrichment, intel);
     let unkept = inputs.clone();
 
-    // 3-5. The chosen dataflow, the correlation rules, the verdicts (and the retro decisions).
-    let decisions = detections(dataflow, inputs, job.block_for);
+    // 3-5. The chosen dataflow, the correlation and new-terms rules, the verdicts (and the retro
+    //      decisions), entity risk.
+    let decisions = detections(dataflow, inputs, job.block_for, job.risk.clone());
 
     // 6. The sinks, on worker 0.
-    decision_sink(decisions.probe_with(&output_probe), sinks, job.alert_suppression, &checkpoints);
+    let gate = AlertGate::new(job.alert_suppression, &[]).quiet_below(job.quiet_below);
+    decision_sink(decisions.probe_with(&output_probe), sinks, gate, &checkpoints);
     side_sink(side.probe_with(&output_probe), sinks, &checkpoints);
 
     // The checkpoint parts, gathered on worker 0.
@@ -112,11 +118,14 @@ pub fn render<'s>(scope: Scope<'s, Time>, parts: Parts<'_>) -> Rendered {
     Rendered { control: control_input, barriers: barrier_input, declared: checkpoints.declared(), unkept: unkept.unkept_state() }
 }
 
-/// A dataflow's decisions taken through the correlation rules and the verdict step (matches
-/// added, blocks applied): the job's decisions.
-pub fn detections<'s>(dataflow: &dyn Dataflow, inputs: SharedInputs<'s>, block_for: Time) -> StreamVec<'s, Time, Decision> {
+/// A dataflow's decisions taken through the correlation and new-terms rules and the verdict step
+/// (matches added, blocks applied), with the entities' risk decisions when `risk` is on: the job's
+/// decisions.
+pub fn detections<'s>(dataflow: &dyn Dataflow, inputs: SharedInputs<'s>, block_for: Time, risk: Option<RiskOptions>) -> StreamVec<'s, Time, Decision> {
     let decided = dataflow.build(inputs.clone());
-    let hits = correlate(inputs.scored.clone(), inputs.control.clone(), &inputs.checkpoints);
+    let correlated = correlate(inputs.scored.clone(), inputs.control.clone(), &inputs.checkpoints);
+    let first_seen = new_terms(inputs.scored.clone(), inputs.control.clone(), &inputs.checkpoints);
+    let hits = correlated.concat(first_seen);
     let unblocks = inputs
         .control
         .flat_map_ref(|_, control: &Control| match control {
@@ -124,8 +133,14 @@ pub fn detections<'s>(dataflow: &dyn Dataflow, inputs: SharedInputs<'s>, block_f
             _ => None,
         })
         .inner;
-    let decisions = verdicts(inputs.scored, decided, hits, unblocks, block_for, &inputs.checkpoints);
-    decisions.concat(inputs.retro)
+    let decisions = verdicts(inputs.scored, decided, hits, unblocks, block_for, &inputs.checkpoints).concat(inputs.retro);
+    match risk {
+        Some(options) => {
+            let raised = risk_decisions(decisions.clone(), options, &inputs.checkpoints);
+            decisions.concat(raised)
+        }
+        None => decisions,
+    }
 }
 
 /// The state parts of a restored checkpoint, given at its frontier by worker 0 (nothing elsewhere).

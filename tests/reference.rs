@@ -189,6 +189,8 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                     severity: None,
                     remove,
                     sigma: None,
+                    new_terms: None,
+                    risk_score: None,
                 }
             })
             .collect();
@@ -448,6 +450,8 @@ fn same_millisecond_events_see_each_other() {
             severity: None,
             remove: false,
             sigma: None,
+            new_terms: None,
+            risk_score: None,
         }],
         block_for: HOUR,
         unblocks: Vec::new(),
@@ -491,6 +495,8 @@ fn block_edges_are_exact() {
             severity: None,
             remove: false,
             sigma: None,
+            new_terms: None,
+            risk_score: None,
         }],
         block_for: 1_000,
         unblocks: vec![("bob".into(), t + 1_900)],

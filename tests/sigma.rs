@@ -469,7 +469,7 @@ fn the_rule_index_changes_no_decision() {
     let keyed = sigma_rules.iter().filter(|r| r.requirement().is_some()).count();
     let owned: Vec<Control> = sigma_rules
         .into_iter()
-        .map(|sigma| Control::Rule(Rule { id: sigma.id.clone(), when: Default::default(), features: Vec::new(), actions: Vec::new(), title: Some(sigma.title.clone()), severity: Default::default(), sigma: Some(sigma) }))
+        .map(|sigma| Control::Rule(Rule::from_spec(&threatflow::detect::rules::RuleSpec::from_sigma(sigma)).expect("a Sigma rule is a valid rule")))
         .collect();
     let controls: Vec<(&Control, isize)> = owned.iter().map(|c| (c, 1)).collect();
     let (indexed, scanning) = (ControlIndex::new(&controls), ControlIndex::scanning_every_rule(&controls));

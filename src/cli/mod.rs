@@ -1,23 +1,27 @@
 //! The command line: `run`, `replay`, `train`, `evaluate`, `model publish`, `generate`, `produce`,
-//! `consume`, `dataflows`, with timely's cluster options (`-w`, `-n`, `-p`, `-h`) merged into the
-//! same parser.
+//! `consume`, `test`, `backtest`, `dataflows`, with timely's cluster options (`-w`, `-n`, `-p`,
+//! `-h`) merged into the same parser.
 
+pub mod backtest;
 pub mod config;
 pub mod control;
 pub mod data;
 pub mod jobs;
 pub mod models;
 pub mod options;
+pub mod rule_tests;
 pub mod serve;
 
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use self::backtest::{backtest, BacktestArgs};
 use self::control::{mark, unblock, MarkArgs, UnblockArgs};
 use self::data::{consume, generate, produce, ConsumeArgs, GenerateArgs, ProduceArgs};
 use self::jobs::{replay, run_generated, ReplayArgs, RunArgs};
 use self::models::{evaluate, publish, train, EvaluateArgs, ModelCommand, TrainArgs};
+use self::rule_tests::{test_rules, TestArgs};
 
 /// threatflow: real-time threat detection for cloud-application activity streams.
 #[derive(Debug, Parser)]
@@ -87,6 +91,13 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Print or save the records of a Kafka topic.
     Consume(ConsumeArgs),
+    /// Test rules as code: run each test case of the rules under a directory (a rule's `tests:`
+    /// key, `*.tests.yml` files) through a job, compare the rule's detections with the expected
+    /// ones, and fail on any difference (`--junit FILE` for CI).
+    Test(TestArgs),
+    /// Compare a rule set with a baseline on the same history: per rule, hits, alerts per day, and
+    /// the events only one side flags.
+    Backtest(BacktestArgs),
     /// List the dataflows `--dataflow` can select.
     Dataflows,
     /// Sign a control update (a model update, a mark or unblock, rules) with the control key:
@@ -125,6 +136,8 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate(args),
         Command::Produce(args) => produce(args),
         Command::Consume(args) => consume(args),
+        Command::Test(args) => test_rules(args),
+        Command::Backtest(args) => backtest(args),
         Command::Dataflows => {
             for d in crate::dataflows::all() {
                 println!("{:<16} {}", d.name(), d.description());

@@ -1,7 +1,7 @@
 //! Option groups several commands share: the cluster (`-w`, `-n`, `-p`, `-h`), a job's inputs,
 //! outputs and checkpoints, Kafka, the generator, and the data `train` and `evaluate` read.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -273,6 +273,22 @@ pub struct JobArgs {
     /// this much event time (`0s`: every one); decisions are not affected.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub alert_suppression: Duration,
+    /// Entity risk (docs/semantics.md#entity-risk): an entity (see `--risk-entities`) whose
+    /// detections' risk scores over `--risk-window` add up to this raises one `risk` decision
+    /// listing them (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub risk_threshold: u64,
+    /// The window entity risk is summed over (event time); an entity raises at most one risk
+    /// decision per window.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub risk_window: Duration,
+    /// The entities risk is kept for.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [crate::detect::risk::Entity::User, crate::detect::risk::Entity::SrcIp])]
+    pub risk_entities: Vec<crate::detect::risk::Entity>,
+    /// Detections below this severity are building blocks: still decisions that add risk, but no
+    /// alerts (risk decisions and the other detections alert).
+    #[arg(long, value_enum)]
+    pub risk_only_below: Option<crate::detect::action::Severity>,
     /// How long a decision whose actions include `block` blocks its user: that user's events after
     /// the decision, up to this much event time later, are decided `blocked` (`threatflow unblock`
     /// lifts it earlier).
@@ -411,14 +427,7 @@ impl JobArgs {
             }
         }
         if let Some(dir) = &self.rules_dir {
-            let placeholders = match &self.sigma_placeholders {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                    serde_norway::from_str(&text).with_context(|| format!("{}: not a map of placeholder to values", path.display()))?
-                }
-                None => crate::detect::sigma::Placeholders::new(),
-            };
-            rules.push(RulesSource::SigmaDir(dir.clone(), placeholders));
+            rules.push(RulesSource::SigmaDir(dir.clone(), read_placeholders(self.sigma_placeholders.as_deref())?));
         }
         // Without Kafka the model-updates file is followed while the job runs (`model publish --to`).
         Ok(ControlSpec {
@@ -484,6 +493,12 @@ impl JobArgs {
         job.alert_deliveries = self.alert_deliveries()?;
         job.actions_path = self.actions.clone();
         job.alert_suppression = ms(self.alert_suppression);
+        job.risk = (self.risk_threshold > 0).then(|| crate::detect::risk::RiskOptions {
+            threshold: self.risk_threshold,
+            window: ms(self.risk_window).max(1),
+            entities: self.risk_entities.clone(),
+        });
+        job.quiet_below = self.risk_only_below;
         job.block_for = ms(self.block_for);
         job.retro_window = ms(self.retro_window);
         job.checkpoints = self.checkpoint_dir.as_ref().map(|path| {
@@ -493,8 +508,24 @@ impl JobArgs {
     }
 }
 
+/// The placeholder values of `--sigma-placeholders` (a YAML map of name to values); none without it.
+pub(super) fn read_placeholders(path: Option<&Path>) -> Result<crate::detect::sigma::Placeholders> {
+    let Some(path) = path else { return Ok(crate::detect::sigma::Placeholders::new()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_norway::from_str(&text).with_context(|| format!("{}: not a map of placeholder to values", path.display()))
+}
+
+/// A time given on the command line or in a test case: ms since the epoch, or RFC 3339.
 pub(super) fn parse_time(text: &str) -> Result<crate::event::Time, String> {
     text.parse::<u64>().or_else(|_| crate::event::parse_rfc3339_ms(text))
+}
+
+/// A time as RFC 3339 with milliseconds, in UTC (as ms when it is past what a date can say).
+pub(super) fn rfc3339(ts: crate::event::Time) -> String {
+    match i64::try_from(ts).ok().and_then(chrono::DateTime::from_timestamp_millis) {
+        Some(date) => date.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        None => ts.to_string(),
+    }
 }
 
 pub(super) fn ms(d: Duration) -> u64 {

@@ -16,7 +16,7 @@ pub enum ThreatAction {
 }
 
 /// How urgent an alert is (Sigma's levels).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     /// Sigma's `informational`.
@@ -58,6 +58,23 @@ impl Severity {
             30..=59 => Severity::Medium,
             60..=84 => Severity::High,
             _ => Severity::Critical,
+        }
+    }
+
+    /// What a detection of this severity adds to its entities' risk when its rule gives no
+    /// `risk_score` (docs/semantics.md#entity-risk).
+    ///
+    /// ```
+    /// use threatflow::detect::action::Severity;
+    /// assert_eq!(Severity::High.risk_score(), 50);
+    /// ```
+    pub fn risk_score(self) -> u32 {
+        match self {
+            Severity::Informational => 5,
+            Severity::Low => 15,
+            Severity::Medium => 25,
+            Severity::High => 50,
+            Severity::Critical => 90,
         }
     }
 }

@@ -26,7 +26,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use timely::dataflow::channels::pact::{Exchange as ExchangePact, Pipeline};
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::StreamVec;
@@ -35,7 +34,7 @@ use crate::checkpoint::operator::{CheckpointedOperator, CheckpointedState, State
 use crate::detect::control::{in_force, Control, ControlArrangement};
 use crate::detect::decision::CorrelationMatch;
 use crate::detect::action::{Severity, ThreatAction};
-use crate::detect::rules::Rule;
+use crate::detect::rules::{field_value, Rule};
 use crate::detect::sigma::correlation::{Correlation, CorrelationKind, CountCondition};
 use crate::event::{route, Event, Time, UserKey};
 use crate::state::as_of::{as_of_lookup, PerVersion, TimeStash};
@@ -54,6 +53,8 @@ pub struct CorrelationDef {
     pub severity: Severity,
     /// Its actions.
     pub actions: Vec<ThreatAction>,
+    /// What a match adds to its entities' risk.
+    pub risk_score: u32,
     /// Its type.
     pub kind: CorrelationKind,
     /// Window length (ms).
@@ -151,7 +152,9 @@ impl CorrelationIndex {
                 .rules
                 .iter()
                 .map(|reference| {
-                    let referred = |r: &&Rule| refers_to(r, reference) && r.sigma.as_ref().is_none_or(|s| s.correlation().is_none());
+                    let referred = |r: &&Rule| {
+                        refers_to(r, reference) && r.new_terms.is_none() && r.sigma.as_ref().is_none_or(|s| s.correlation().is_none())
+                    };
                     rules.iter().filter(|(_, r)| referred(r)).map(|(p, _)| *p).collect()
                 })
                 .collect();
@@ -174,8 +177,8 @@ pub fn observe(time: Time, event: &Event, features: &Features, controls: &[(&Con
                 continue;
             }
             let values: Vec<Option<String>> =
-                correlation.group_by.iter().map(|g| field_value(event, correlation.group_field(g, member))).collect();
-            let value = correlation.field.as_deref().and_then(|f| field_value(event, f));
+                correlation.group_by.iter().map(|g| field_value(event, correlation.group_field(g, member)).map(|v| v.into_owned())).collect();
+            let value = correlation.field.as_deref().and_then(|f| field_value(event, f)).map(|v| v.into_owned());
             found.push(Observation {
                 group: group_key(&def.id, &values),
                 rule: Arc::clone(def),
@@ -202,6 +205,7 @@ fn definition(rule: &Rule, correlation: &Correlation) -> CorrelationDef {
         title: rule.title.clone().unwrap_or_else(|| rule.id.clone()),
         severity: rule.severity,
         actions: rule.actions.clone(),
+        risk_score: rule.risk_score,
         kind: correlation.kind,
         timespan: correlation.timespan,
         condition: correlation.condition.clone(),
@@ -221,23 +225,6 @@ fn group_key(rule: &str, values: &[Option<String>]) -> UserKey {
         }
     }
     xxhash_rust::xxh3::xxh3_128(&bytes)
-}
-
-/// An event's value of a field: a canonical field, one of its record's top-level fields, or a
-/// dotted path into its record (raw logs). Strings as they are, other scalars as JSON text.
-fn field_value(event: &Event, name: &str) -> Option<String> {
-    if let Some(value) = event.field(name) {
-        return Some(value.into_owned());
-    }
-    let mut at = crate::detect::sigma::record_of(event);
-    for segment in name.split('.') {
-        at = at.get(segment)?;
-    }
-    match at {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    }
 }
 
 /// One group's window: its observations in time order (then by member and value).
@@ -423,6 +410,7 @@ fn observe_time(groups: &mut HashMap<UserKey, GroupWindow>, time: Time, observat
                         title: def.title.clone(),
                         severity: def.severity,
                         actions: def.actions.clone(),
+                        risk_score: def.risk_score,
                         group: group_label.clone(),
                     },
                 });
@@ -441,6 +429,7 @@ mod tests {
             title: "c".into(),
             severity: Severity::High,
             actions: vec![ThreatAction::Alert],
+            risk_score: 50,
             kind,
             timespan,
             condition: CountCondition { gte: Some(gte), ..Default::default() },

@@ -25,6 +25,8 @@ pub enum Verdict {
     /// indicator arrived (`ts`), naming the event and its own time (`event_ts`); see
     /// [`crate::detect::intel`].
     Retro,
+    /// An entity's accumulated risk reached the threshold (see [`crate::detect::risk`]).
+    Risk,
 }
 
 impl Verdict {
@@ -34,6 +36,7 @@ impl Verdict {
             Verdict::Threat => "threat",
             Verdict::Blocked => "blocked",
             Verdict::Retro => "retro",
+            Verdict::Risk => "risk",
         }
     }
 }
@@ -95,6 +98,46 @@ pub struct Decision {
     /// those that came into force at `ts`), absent when none did.
     #[serde(default)]
     pub intel: Option<Vec<IntelHit>>,
+    /// What the decision adds to its entities' risk (docs/semantics.md#entity-risk).
+    #[serde(default)]
+    pub risk_score: u32,
+    /// A `risk` decision's entity, score and contributions.
+    #[serde(default)]
+    pub risk: Option<RiskAlert>,
+}
+
+/// Why an entity raised a `risk` decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RiskAlert {
+    /// `user` or `src_ip`.
+    pub entity: String,
+    /// The user or the address.
+    pub value: String,
+    /// Its risk at the decision's time.
+    pub score: u64,
+    /// The threshold it reached.
+    pub threshold: u64,
+    /// The window risk is summed over (ms).
+    pub window: Time,
+    /// The detections in the window, in `(ts, decision_id)` order.
+    pub contributions: Vec<RiskContribution>,
+}
+
+/// A detection that added to an entity's risk.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RiskContribution {
+    /// Its time.
+    pub ts: Time,
+    /// Its decision.
+    pub decision_id: String,
+    /// The decided event.
+    pub event_id: String,
+    /// The event's user.
+    pub user: String,
+    /// The rules it matched.
+    pub rules: Vec<String>,
+    /// What it added.
+    pub score: u32,
 }
 
 impl Decision {
@@ -125,6 +168,8 @@ impl Decision {
             src_ip: event.src_ip.as_deref().map(str::to_string),
             enrichment: event.enrichment.as_deref().cloned(),
             intel: event.intel.as_deref().cloned(),
+            risk_score: 0,
+            risk: None,
         }
     }
 }
@@ -181,6 +226,10 @@ impl ControlIndex {
         let mut rules = RuleIndex::default();
         for (position, control) in in_force(controls) {
             if let Control::Rule(rule) = control {
+                // A new-terms rule chooses events for `crate::detect::new_terms`; it does not decide.
+                if rule.new_terms.is_some() {
+                    continue;
+                }
                 match rule.sigma {
                     Some(_) => rules.sigma.push(position),
                     None => rules.plain.push(position),
@@ -269,7 +318,7 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
     });
     let score = model.map(|m| m.score(features));
     let model_threat = matches!((model, score), (Some(m), Some(s)) if m.is_threat(s));
-    let mut rules: Vec<(String, String)> = Vec::new();
+    let mut rules: Vec<(String, String, u32)> = Vec::new();
     let mut actions = Vec::new();
     let mut severity = None;
     // The first mark (by id) whose fingerprint the event repeats.
@@ -284,7 +333,7 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
     let mut consider = |position: usize| {
         if let Some((Control::Rule(rule), _)) = controls.get(position) {
             if !is_hidden(rule, &index.hidden) && rule.matches(event, features) {
-                rules.push((rule.id.clone(), rule.title.clone().unwrap_or_else(|| rule.id.clone())));
+                rules.push((rule.id.clone(), rule.title.clone().unwrap_or_else(|| rule.id.clone()), rule.risk_score));
                 actions.extend(rule.actions.iter().copied());
                 severity = severity.max(Some(rule.severity));
             }
@@ -324,17 +373,27 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
     rules.dedup_by(|a, b| a.0 == b.0);
     actions.sort();
     actions.dedup();
+    let risk_score = rules.iter().map(|(_, _, risk)| *risk).sum::<u32>()
+        + if model_threat { Severity::Medium.risk_score() } else { 0 }
+        + if fingerprint_match.is_some() { Severity::High.risk_score() } else { 0 }
+        + intel_risk(intel.into_iter().flatten());
     Some(Decision {
         score,
         model_version: model.map(|m| m.version.clone()),
-        rule_titles: rules.iter().map(|(_, title)| title.clone()).collect(),
-        rules: rules.into_iter().map(|(id, _)| id).collect(),
+        rule_titles: rules.iter().map(|(_, title, _)| title.clone()).collect(),
+        rules: rules.into_iter().map(|(id, ..)| id).collect(),
+        risk_score,
         fingerprint_match: fingerprint_match.map(str::to_string),
         actions,
         severity: severity.unwrap_or_default(),
         contributions,
         ..Decision::for_event(time, event, features, Verdict::Threat)
     })
+}
+
+/// What matches with threat-intel indicators add to risk: each indicator's severity's score.
+pub fn intel_risk<'a>(hits: impl IntoIterator<Item = &'a IntelHit>) -> u32 {
+    hits.into_iter().map(|hit| Severity::of_confidence(hit.confidence).risk_score()).sum()
 }
 
 /// The rules that only feed correlations: those the correlation rules in force refer to (by id or
@@ -376,6 +435,8 @@ pub struct CorrelationMatch {
     pub severity: Severity,
     /// Its actions.
     pub actions: Vec<ThreatAction>,
+    /// What it adds to the event's entities' risk.
+    pub risk_score: u32,
     /// The group it matched for (`field=value, ...`).
     pub group: String,
 }
@@ -392,6 +453,9 @@ pub fn with_correlations(decision: Option<Decision>, time: Time, event: &Event, 
     });
     let mut rules: Vec<(String, String)> = d.rules.drain(..).zip(d.rule_titles.drain(..)).collect();
     for m in matches {
+        if !rules.iter().any(|(id, _)| *id == m.rule) {
+            d.risk_score += m.risk_score;
+        }
         rules.push((m.rule.clone(), m.title.clone()));
         d.actions.extend(m.actions.iter().copied());
         d.severity = d.severity.max(m.severity);

@@ -625,6 +625,8 @@ fn retro_decision(seen: &Kept, event_id: &str, time: Time, mut hits: Vec<IntelHi
         position: None,
         src_ip: seen.address.get().map(|(bits, v6)| crate::enrich::intel::from_bits(bits, v6).to_string()),
         enrichment: None,
+        risk_score: crate::detect::decision::intel_risk(&hits),
+        risk: None,
         intel: Some(hits),
     }
 }

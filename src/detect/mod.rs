@@ -1,7 +1,8 @@
 //! What decides: the actions a decision asks for ([`action`]), the model ([`model`]), threshold rules ([`rules`]), Sigma rules ([`sigma`]),
 //! marked threats ([`marks`]), threat-intel matching and retro-matching ([`intel`]), the control collection that carries them over event time
 //! ([`control`]), each event's decision ([`decision`]), Sigma correlation windows
-//! ([`correlation`]) and the final verdict step with blocking ([`verdicts`]).
+//! ([`correlation`]), new-terms rules ([`new_terms`]), the final verdict step with blocking
+//! ([`verdicts`]) and entity risk over the decisions ([`risk`]).
 
 pub mod action;
 pub mod control;
@@ -11,6 +12,9 @@ pub mod enrichment;
 pub mod intel;
 pub mod marks;
 pub mod model;
+pub mod new_terms;
+pub mod new_terms_spec;
+pub mod risk;
 pub mod rules;
 pub mod sigma;
 pub mod verdicts;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, Time};
 use crate::state::features::{FeatureName, Features};
+use crate::detect::new_terms_spec::NewTerms;
 use crate::detect::sigma::SigmaRule;
 use crate::detect::action::{Severity, ThreatAction};
 
@@ -71,6 +72,12 @@ pub struct RuleSpec {
     /// Removes the rule with this id.
     #[serde(default)]
     pub remove: bool,
+    /// Makes it a new-terms rule: its other conditions choose the events it looks at.
+    #[serde(default)]
+    pub new_terms: Option<NewTerms>,
+    /// What a match adds to its entities' risk (default: by severity).
+    #[serde(default)]
+    pub risk_score: Option<u32>,
     /// A Sigma detection the event must match too (rules from `--rules-dir`). (Always written:
     /// checkpoints use bincode, which cannot skip fields.)
     #[serde(default)]
@@ -89,6 +96,8 @@ impl RuleSpec {
             title: None,
             severity: None,
             remove: true,
+            new_terms: None,
+            risk_score: None,
             sigma: None,
         }
     }
@@ -104,6 +113,8 @@ impl RuleSpec {
             title: Some(rule.title.clone()),
             severity: rule.level.as_deref().map(Severity::of_level),
             remove: false,
+            new_terms: rule.new_terms.clone(),
+            risk_score: rule.risk_score,
             sigma: Some(rule),
         }
     }
@@ -126,6 +137,10 @@ pub struct Rule {
     pub severity: Severity,
     /// A Sigma detection the event must match too.
     pub sigma: Option<SigmaRule>,
+    /// A new-terms rule's combination: the rule then chooses events, it does not decide.
+    pub new_terms: Option<NewTerms>,
+    /// What a match adds to its entities' risk.
+    pub risk_score: u32,
 }
 
 impl Rule {
@@ -141,8 +156,12 @@ impl Rule {
                 Ok((feature, bounds.clone()))
             })
             .collect::<Result<Vec<_>>>()?;
+        if let Some(new_terms) = &spec.new_terms {
+            new_terms.validate().with_context(|| format!("rule {}", spec.id))?;
+            ensure!(spec.sigma.as_ref().is_none_or(|s| s.correlation().is_none()), "rule {}: a correlation rule cannot have `new_terms`", spec.id);
+        }
         ensure!(
-            !spec.when.is_empty() || !features.is_empty() || spec.sigma.is_some(),
+            !spec.when.is_empty() || !features.is_empty() || spec.sigma.is_some() || spec.new_terms.is_some(),
             "rule {} has neither `when` nor `features`: it would flag every event",
             spec.id
         );
@@ -151,7 +170,17 @@ impl Rule {
         actions.dedup();
         let title = spec.title.clone().or_else(|| spec.sigma.as_ref().map(|s| s.title.clone()));
         let severity = spec.severity.unwrap_or_default();
-        Ok(Rule { id: spec.id.clone(), when: spec.when.clone(), features, actions, title, severity, sigma: spec.sigma.clone() })
+        Ok(Rule {
+            id: spec.id.clone(),
+            when: spec.when.clone(),
+            features,
+            actions,
+            title,
+            severity,
+            sigma: spec.sigma.clone(),
+            new_terms: spec.new_terms.clone(),
+            risk_score: spec.risk_score.unwrap_or(severity.risk_score()),
+        })
     }
 
     /// Whether the rule matches an event with its features; `record` is the event's own record,
@@ -162,6 +191,24 @@ impl Rule {
                 event.field(field).is_some_and(|value| accepted.iter().any(|a| *a == *value))
             })
             && self.sigma.as_ref().is_none_or(|sigma| sigma.matches_event(event))
+    }
+}
+
+/// An event's value of a field, as rules compare it: a canonical field, one of its record's
+/// top-level fields, or a dotted path into its record (raw logs). Strings as they are, other
+/// scalars as JSON text; absent or `null`: none.
+pub fn field_value<'e>(event: &'e Event, name: &str) -> Option<std::borrow::Cow<'e, str>> {
+    if let Some(value) = event.field(name) {
+        return Some(value);
+    }
+    let mut at = crate::detect::sigma::record_of(event);
+    for segment in name.split('.') {
+        at = at.get(segment)?;
+    }
+    match at {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(std::borrow::Cow::Borrowed(s)),
+        other => Some(std::borrow::Cow::Owned(other.to_string())),
     }
 }
 
@@ -177,7 +224,9 @@ pub fn parse_rules(text: &str) -> Result<Vec<RuleSpec>> {
     if trimmed.starts_with('[') {
         return serde_json::from_str(trimmed).context("bad JSON rules array");
     }
-    if trimmed.starts_with('{') {
+    // JSON lines, perhaps after `#` comments.
+    let first_line = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'));
+    if first_line.is_some_and(|l| l.starts_with('{')) {
         let mut specs = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();

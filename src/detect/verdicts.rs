@@ -263,6 +263,7 @@ mod tests {
                 title: "r".into(),
                 severity: crate::detect::action::Severity::High,
                 actions: vec![ThreatAction::Block],
+                risk_score: 50,
                 group: String::new(),
             }],
         )

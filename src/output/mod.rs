@@ -173,6 +173,9 @@ pub fn alert_decision_id(record: &serde_json::Value) -> Option<&str> {
 #[derive(Clone, Debug, Default)]
 pub struct AlertGate {
     period: Time,
+    /// Detections below this severity raise no alert (they feed entity risk; `risk` decisions
+    /// always alert).
+    quiet_below: Option<crate::detect::action::Severity>,
     /// `(reason, user or correlation group)` to the time it last alerted.
     last: std::collections::BTreeMap<(String, String), Time>,
     /// When [`AlertGate::forget_before`] next looks for expired entries.
@@ -182,9 +185,14 @@ pub struct AlertGate {
 impl AlertGate {
     /// A gate with `period` (0: every alert is raised), resuming from a checkpoint's `state`.
     pub fn new(period: Time, state: &[(String, String, Time)]) -> Self {
-        let mut gate = AlertGate { period, last: Default::default(), next_sweep: 0 };
+        let mut gate = AlertGate { period, quiet_below: None, last: Default::default(), next_sweep: 0 };
         gate.restore(state);
         gate
+    }
+
+    /// The same gate raising no alert for the detections below `severity` (`--risk-only-below`).
+    pub fn quiet_below(self, severity: Option<crate::detect::action::Severity>) -> Self {
+        AlertGate { quiet_below: severity, ..self }
     }
 
     /// Resumes from a checkpoint's `state` ([`AlertGate::state`]).
@@ -196,6 +204,9 @@ impl AlertGate {
     /// `model`, or `intel:INDICATOR`) has not alerted for this user within the period.
     pub fn admit(&mut self, d: &Decision) -> bool {
         if !d.actions.contains(&ThreatAction::Alert) {
+            return false;
+        }
+        if d.verdict != crate::detect::decision::Verdict::Risk && self.quiet_below.is_some_and(|floor| d.severity < floor) {
             return false;
         }
         if self.period == 0 || d.fingerprint_match.is_some() {
@@ -435,6 +446,8 @@ mod tests {
             src_ip: None,
             enrichment: None,
             intel: None,
+            risk_score: 25,
+            risk: None,
         }
     }
 

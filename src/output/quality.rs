@@ -62,6 +62,20 @@ pub struct Quality {
     pub true_positives: u64,
     /// Malicious events.
     pub malicious: u64,
+    /// What the alerts (rather than every decision) caught.
+    pub alerts: AlertQuality,
+}
+
+/// What an analyst sees: the alerts, and per scenario the attack instances and malicious events
+/// they cover (a `risk` alert covers the events of its contributions).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AlertQuality {
+    /// Alerts raised.
+    pub alerts: u64,
+    /// Alerts covering at least one malicious event.
+    pub true_alerts: u64,
+    /// Per scenario: `(instances covered, malicious events covered)`.
+    pub scenarios: BTreeMap<Scenario, (u64, u64)>,
 }
 
 impl Quality {
@@ -100,6 +114,33 @@ impl Quality {
             }
         }
         quality
+    }
+
+    /// Adds what the alerts caught: each alert with the `(event_id)`s it covers.
+    pub fn with_alerts(mut self, labels: &[Label], alerts: &[Vec<String>]) -> Quality {
+        let by_event: HashMap<&str, &Label> = labels.iter().map(|l| (l.event_id.as_str(), l)).collect();
+        let mut instances: HashSet<u64> = HashSet::new();
+        let mut events: HashSet<&str> = HashSet::new();
+        let mut quality = AlertQuality { alerts: alerts.len() as u64, ..Default::default() };
+        for covered in alerts {
+            let malicious: Vec<&Label> = covered.iter().filter_map(|id| by_event.get(id.as_str()).copied()).collect();
+            quality.true_alerts += u64::from(!malicious.is_empty());
+            for label in malicious {
+                if instances.insert(label.instance) {
+                    quality.scenarios.entry(label.scenario).or_default().0 += 1;
+                }
+                if events.insert(label.event_id.as_str()) {
+                    quality.scenarios.entry(label.scenario).or_default().1 += 1;
+                }
+            }
+        }
+        self.alerts = quality;
+        self
+    }
+
+    /// Alerts per 1,000 events.
+    pub fn alerts_per_1000_alerted(&self) -> f64 {
+        ratio(self.alerts.alerts * 1000, self.events)
     }
 
     /// Overall precision.
@@ -143,6 +184,20 @@ impl Quality {
             self.recall(),
             self.alerts_per_1000()
         );
+        if self.alerts.alerts > 0 {
+            let _ = writeln!(out, "\n{:<22} {:>9} {:>8} {:>8} {:>8}", "alerts cover", "instances", "detected", "events", "flagged");
+            for (scenario, q) in &self.scenarios {
+                let (instances, flagged) = self.alerts.scenarios.get(scenario).copied().unwrap_or_default();
+                let _ = writeln!(out, "{:<22} {:>9} {:>8} {:>8} {:>8}", scenario.as_str(), q.instances, instances, q.events, flagged);
+            }
+            let _ = writeln!(
+                out,
+                "alerts: {} ({} covering an attack's event), {:.2} per 1,000 events",
+                self.alerts.alerts,
+                self.alerts.true_alerts,
+                self.alerts_per_1000_alerted()
+            );
+        }
         out
     }
 }
@@ -166,5 +221,8 @@ mod tests {
         assert_eq!(s.precision(), 0.5);
         assert_eq!(q.precision(), 1.0 / 3.0);
         assert_eq!(q.alerts_per_1000(), 3.0);
+        // One alert covering both of instance 0's events (a risk alert), one on nothing malicious.
+        let q = q.with_alerts(&labels, &[vec!["a".into(), "b".into(), "x".into()], vec!["y".into()]]);
+        assert_eq!((q.alerts.alerts, q.alerts.true_alerts, q.alerts.scenarios[&Scenario::MassDelete]), (2, 1, (1, 2)));
     }
 }

@@ -79,6 +79,8 @@ struct Results {
     report: JobReport,
     labels: Vec<Label>,
     decided: Vec<(String, String, Time)>,
+    /// Per alert, the events it covers.
+    alerted: Vec<Vec<String>>,
 }
 
 impl Sinks {
@@ -115,7 +117,8 @@ impl Sinks {
         let results = &mut *results;
         results.report.partitions.sort_by(|a, b| a.partition.cmp(&b.partition));
         if !results.labels.is_empty() {
-            results.report.quality = Some(Quality::compute(&results.labels, &results.decided, results.report.events));
+            let quality = Quality::compute(&results.labels, &results.decided, results.report.events);
+            results.report.quality = Some(quality.with_alerts(&results.labels, &results.alerted));
         }
         std::mem::take(&mut results.report)
     }
@@ -239,7 +242,16 @@ impl DecisionSink {
                 results.report.decisions += 1;
                 count_decision(&d, alert);
                 if self.sinks.labelled {
-                    results.decided.push((d.event_id.clone(), d.user.clone(), d.ts));
+                    if alert {
+                        let covered = match &d.risk {
+                            Some(risk) => risk.contributions.iter().map(|c| c.event_id.clone()).collect(),
+                            None => vec![d.event_id.clone()],
+                        };
+                        results.alerted.push(covered);
+                    }
+                    if d.risk.is_none() {
+                        results.decided.push((d.event_id.clone(), d.user.clone(), d.ts));
+                    }
                 }
                 if self.sinks.collect {
                     results.report.collected_decisions.push(d);
@@ -278,8 +290,8 @@ fn count_decision(d: &Decision, alert: bool) {
 /// The decision sink: gathers the decisions on worker 0 and writes them per completed time.
 /// Alerts of one rule (or the model) for one user are raised at most once per
 /// `alert_suppression` ms (see [`AlertGate`]).
-pub fn decision_sink<'s>(decisions: StreamVec<'s, Time, Decision>, sinks: &Sinks, alert_suppression: Time, checkpoints: &StateCheckpoints<'s>) {
-    let state = DecisionSink { sinks: sinks.clone(), gate: AlertGate::new(alert_suppression, &[]), pending: BTreeMap::new() };
+pub fn decision_sink<'s>(decisions: StreamVec<'s, Time, Decision>, sinks: &Sinks, gate: AlertGate, checkpoints: &StateCheckpoints<'s>) {
+    let state = DecisionSink { sinks: sinks.clone(), gate, pending: BTreeMap::new() };
     let mut op = CheckpointedOperator::new("DecisionSink", checkpoints, state);
     let mut decisions_in = op.new_input(decisions, Exchange::new(|_: &Decision| 0));
     let done = Rc::clone(&sinks.decisions_done);

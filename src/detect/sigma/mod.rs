@@ -80,6 +80,11 @@ pub struct SigmaRule {
     /// The threat actions of its matches (a top-level `actions` key threatflow reads: `alert`,
     /// `revert`, `block`), when it has one; alert otherwise.
     pub actions: Option<Vec<crate::detect::action::ThreatAction>>,
+    /// A top-level `new_terms` key threatflow reads: the rule is then a new-terms rule over the
+    /// records its detection matches (docs/semantics.md#new-terms-rules).
+    pub new_terms: Option<crate::detect::new_terms_spec::NewTerms>,
+    /// A top-level `risk_score` key threatflow reads: what a match adds to its entities' risk.
+    pub risk_score: Option<u32>,
     text: Arc<str>,
     /// The placeholders it was compiled with (kept to compile it again when deserialised).
     placeholders: Arc<Placeholders>,
@@ -190,6 +195,17 @@ impl SigmaRule {
             .get("actions")
             .map(|a| serde_json::from_value(a.clone()).context("`actions` is not a list of alert, revert, block"))
             .transpose()?;
+        let new_terms: Option<crate::detect::new_terms_spec::NewTerms> = value
+            .get("new_terms")
+            .map(|n| serde_json::from_value(n.clone()).context("`new_terms` is not {fields, history, learning}"))
+            .transpose()?;
+        if let Some(new_terms) = &new_terms {
+            new_terms.validate()?;
+        }
+        let risk_score = value
+            .get("risk_score")
+            .map(|r| r.as_u64().and_then(|r| u32::try_from(r).ok()).context("`risk_score` is not a whole number"))
+            .transpose()?;
         let doc = RuleDoc::deserialize(value).context("not a Sigma rule")?;
         let body = match (&doc.detection, &doc.correlation) {
             (Some(_), Some(_)) => bail!("rule {:?} has both `detection` and `correlation`", doc.title),
@@ -212,6 +228,8 @@ impl SigmaRule {
             service: doc.logsource.service.map(|s| s.to_lowercase()),
             effective_from,
             actions,
+            new_terms,
+            risk_score,
             text: Arc::from(text),
             placeholders: Arc::new(placeholders.clone()),
             body,
@@ -306,8 +324,15 @@ pub fn record_of(event: &crate::event::Event) -> &Value {
     event.extra.record()
 }
 
-/// Every rule file under `dir` (`*.yml`, `*.yaml`, recursively), sorted.
+/// Every rule file under `dir` (`*.yml`, `*.yaml`, recursively), sorted; rule test files
+/// (`*.tests.yml`, `*.tests.yaml`: see [`is_tests_file`]) are not rules.
 pub fn rule_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    yaml_files(dir).into_iter().filter(|path| !is_tests_file(path)).collect()
+}
+
+/// Every YAML file under `dir` (`*.yml`, `*.yaml`, recursively), sorted: rule files and rule
+/// test files.
+pub fn yaml_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
@@ -322,6 +347,18 @@ pub fn rule_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files.sort();
     files
+}
+
+/// Whether a file holds rule tests (`threatflow test`) rather than rules: its name ends in
+/// `.tests.yml` or `.tests.yaml`.
+///
+/// ```
+/// use threatflow::detect::sigma::is_tests_file;
+/// assert!(is_tests_file("rules/aws_login.tests.yml".as_ref()));
+/// assert!(!is_tests_file("rules/aws_login.yml".as_ref()) && !is_tests_file("rules/tests.yml".as_ref()));
+/// ```
+pub fn is_tests_file(path: &std::path::Path) -> bool {
+    path.file_name().and_then(|name| name.to_str()).is_some_and(|name| name.ends_with(".tests.yml") || name.ends_with(".tests.yaml"))
 }
 
 /// The rules of one file (`---` separates documents; see [`parse_all`]), and for each document
