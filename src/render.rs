@@ -38,6 +38,7 @@ use crate::detect::decision::Decision;
 use crate::detect::enrichment::EnrichmentMode;
 use crate::detect::intel::IntelOptions;
 use crate::detect::new_terms::new_terms;
+use crate::detect::observe::observe_stateful_rules;
 use crate::detect::risk::{risk_decisions, RiskOptions};
 use crate::detect::verdicts::verdicts;
 use crate::event::Time;
@@ -123,8 +124,9 @@ pub fn render<'s>(scope: Scope<'s, Time>, parts: Parts<'_>) -> Rendered {
 /// decisions.
 pub fn detections<'s>(dataflow: &dyn Dataflow, inputs: SharedInputs<'s>, block_for: Time, risk: Option<RiskOptions>) -> StreamVec<'s, Time, Decision> {
     let decided = dataflow.build(inputs.clone());
-    let correlated = correlate(inputs.scored.clone(), inputs.control.clone(), &inputs.checkpoints);
-    let first_seen = new_terms(inputs.scored.clone(), inputs.control.clone(), &inputs.checkpoints);
+    let (correlation_observations, new_terms_observations) = observe_stateful_rules(inputs.scored.clone(), inputs.control.clone());
+    let correlated = correlate(correlation_observations, &inputs.checkpoints);
+    let first_seen = new_terms(new_terms_observations, &inputs.checkpoints);
     let hits = correlated.concat(first_seen);
     let unblocks = inputs
         .control

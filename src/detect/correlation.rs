@@ -2,8 +2,9 @@
 //! that matched the rules it refers to, over event time.
 //!
 //! ```text
-//! events + features ──► Observe (as of each event's time: the correlations in force and the
-//!                       rules they refer to) ──(by rule and group)──► CorrelationWindows ──► matches
+//! events + features ──► StatefulRulesObserve (as of each event's time: the correlations in force
+//!                       and the rules they refer to; `crate::detect::observe`)
+//!                   ──(by rule and group)──► CorrelationWindows ──► matches
 //! ```
 //!
 //! An event matched by a referenced rule is an observation of `(correlation, group)`, the group
@@ -26,20 +27,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use timely::dataflow::channels::pact::{Exchange as ExchangePact, Pipeline};
-use timely::dataflow::operators::vec::Map;
+use timely::dataflow::channels::pact::Exchange as ExchangePact;
 use timely::dataflow::StreamVec;
 
 use crate::checkpoint::operator::{CheckpointedOperator, CheckpointedState, StateCheckpoints, Step};
-use crate::detect::control::{in_force, Control, ControlArrangement};
+use crate::detect::control::{in_force, Control};
 use crate::detect::decision::CorrelationMatch;
 use crate::detect::action::{Severity, ThreatAction};
 use crate::detect::rules::{field_value, Rule};
 use crate::detect::sigma::correlation::{Correlation, CorrelationKind, CountCondition};
 use crate::event::{route, Event, Time, UserKey};
-use crate::state::as_of::{as_of_lookup, PerVersion, TimeStash};
+use crate::state::as_of::TimeStash;
 use crate::state::features::Features;
-use crate::state::UserEvent;
 
 /// What a correlation window needs of its rule (carried by each observation, so a changed rule
 /// applies from the time it changed).
@@ -99,33 +98,6 @@ pub struct Hit {
     pub time: Time,
     /// What its decision gains.
     pub matched: CorrelationMatch,
-}
-
-/// The correlation rules matched at events: observes the events against the correlations in
-/// force at their time, keeps each group's window, and sends each match to the event's user's
-/// worker. The windows are checkpointed.
-pub fn correlate<'s>(
-    scored: StreamVec<'s, Time, (UserEvent, Features)>,
-    control: ControlArrangement<'s>,
-    checkpoints: &StateCheckpoints<'s>,
-) -> StreamVec<'s, Time, Hit> {
-    let observations = as_of_lookup(
-        scored,
-        control,
-        Pipeline,
-        "CorrelationObserve",
-        |_| (),
-        |(e, _): &(UserEvent, Features)| e.time,
-        {
-            let mut index = PerVersion::default();
-            move |time, (e, f), controls, version| {
-                let found = observe(time, &e, &f, controls, index.get(version, || CorrelationIndex::new(controls)));
-                (!found.is_empty()).then_some(found)
-            }
-        },
-    )
-    .flat_map(|found| found);
-    windows(observations, checkpoints)
 }
 
 /// The correlation rules in force (by their positions in the controls), each with its definition
@@ -335,8 +307,10 @@ impl CheckpointedState for Windows {
     }
 }
 
-/// The windows of every group routed to this worker, with checkpoints (see [`correlate`]).
-fn windows<'s>(observations: StreamVec<'s, Time, Observation>, checkpoints: &StateCheckpoints<'s>) -> StreamVec<'s, Time, Hit> {
+/// The correlation rules matched at events: keeps the window of every group routed to this worker
+/// from the observations ([`observe`], made by [`crate::detect::observe`]) and sends each match to
+/// the event's user's worker. The windows are checkpointed.
+pub fn correlate<'s>(observations: StreamVec<'s, Time, Observation>, checkpoints: &StateCheckpoints<'s>) -> StreamVec<'s, Time, Hit> {
     let mut op = CheckpointedOperator::new("CorrelationWindows", checkpoints, Windows::default());
     let mut observations_in = op.new_input(observations, ExchangePact::new(|o: &Observation| route(&o.group)));
     let (mut hits_out, hits) = op.new_output::<Hit>();

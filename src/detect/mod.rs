@@ -1,7 +1,9 @@
-//! What decides: the actions a decision asks for ([`action`]), the model ([`model`]), threshold rules ([`rules`]), Sigma rules ([`sigma`]),
-//! marked threats ([`marks`]), threat-intel matching and retro-matching ([`intel`]), the control collection that carries them over event time
+//! What decides: the actions a decision asks for ([`action`]), the model ([`model`]), threshold
+//! rules ([`rules`]), Sigma rules ([`sigma`]), marked threats ([`marks`]), threat-intel matching
+//! and retro-matching ([`intel`]), the control collection that carries them over event time
 //! ([`control`]), each event's decision ([`decision`]), Sigma correlation windows
-//! ([`correlation`]), new-terms rules ([`new_terms`]), the final verdict step with blocking
+//! ([`correlation`]), new-terms rules ([`new_terms`], written as [`new_terms_spec`]) with the one
+//! pass observing events for both ([`observe`]), the final verdict step with blocking
 //! ([`verdicts`]) and entity risk over the decisions ([`risk`]).
 
 pub mod action;
@@ -14,6 +16,7 @@ pub mod marks;
 pub mod model;
 pub mod new_terms;
 pub mod new_terms_spec;
+pub mod observe;
 pub mod risk;
 pub mod rules;
 pub mod sigma;

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //!                    ┌─ combinations with `user` (stay on the user's worker) ──────────┐
-//! events + features ─┤  NewTermsObserve (as of each event's time: the new-terms rules  ├─► NewTermsHistory ──► hits
-//!                    │  in force that choose it) ── other combinations (by key) ───────┤        ▲
+//! events + features ─┤  StatefulRulesObserve (as of each event's time: the new-terms   ├─► NewTermsHistory ──► hits
+//!                    │  rules in force that choose it) ── other combinations (by key) ─┤        ▲
 //!                    └─ first observations (by rule) ──► NewTermsFirstObserved ─(to all)┘────────┘
 //! ```
 //!
@@ -35,12 +35,12 @@ use timely::dataflow::StreamVec;
 
 use crate::checkpoint::operator::{CheckpointedOperator, CheckpointedState, StateCheckpoints, Step};
 use crate::detect::action::{Severity, ThreatAction};
-use crate::detect::control::{in_force, Control, ControlArrangement};
+use crate::detect::control::{in_force, Control};
 use crate::detect::correlation::Hit;
 use crate::detect::decision::CorrelationMatch;
 use crate::detect::rules::{field_value, Rule};
 use crate::event::{route, Event, Time, UserKey};
-use crate::state::as_of::{as_of_lookup, PerVersion, TimeStash};
+use crate::state::as_of::TimeStash;
 use crate::state::features::Features;
 use crate::state::UserEvent;
 
@@ -140,30 +140,11 @@ pub enum Observed {
     Sighting(String, Time),
 }
 
-/// The new-terms rules' hits: observes the events against the new-terms rules in force at their
-/// time, keeps each combination's history and each rule's first observation, and sends each hit
-/// to the event's user's worker. Both are checkpointed.
-pub fn new_terms<'s>(
-    scored: StreamVec<'s, Time, (UserEvent, Features)>,
-    control: ControlArrangement<'s>,
-    checkpoints: &StateCheckpoints<'s>,
-) -> StreamVec<'s, Time, Hit> {
-    let observed = as_of_lookup(
-        scored,
-        control,
-        Pipeline,
-        "NewTermsObserve",
-        |_| (),
-        |(e, _): &(UserEvent, Features)| e.time,
-        {
-            let mut index = PerVersion::default();
-            move |time, (e, f), controls, version| {
-                let found = observe(time, &e, &f, controls, index.get(version, || NewTermsIndex::new(controls)));
-                (!found.is_empty()).then_some(found)
-            }
-        },
-    )
-    .flat_map(|found| found);
+/// The new-terms rules' hits: from what observing the events against the new-terms rules in force
+/// at their time found ([`observe`], made by [`crate::detect::observe`]), keeps each
+/// combination's history and each rule's first observation, and sends each hit to the event's
+/// user's worker. Both are checkpointed.
+pub fn new_terms<'s>(observed: StreamVec<'s, Time, Observed>, checkpoints: &StateCheckpoints<'s>) -> StreamVec<'s, Time, Hit> {
     let mut parts = observed.partition(3, |o| {
         let part = match &o {
             Observed::Local(_) => 0,
