@@ -334,6 +334,33 @@ fn raw_provider_records_through_kafka_decide_as_replay_does() {
     eprintln!("{} raw records through Kafka on 2 workers: {:.0} records/s, {} decisions", report["events"], report["events_per_second"].as_f64().unwrap_or(0.0), decisions.len());
 }
 
+/// `backtest --kafka`: the activity topic read to its end, once per rule set, compares the rule
+/// sets exactly as `backtest --input` over the same partitions does.
+#[test]
+fn a_backtest_over_the_activity_topic_equals_one_over_files() {
+    let broker = Broker::start("memory");
+    let dir = tempfile::tempdir().unwrap();
+    let rendering = threatflow::ingest::provider_records::Rendering::Mixed;
+    let config = GeneratorConfig { seed: 12, users: 200, events: 20_000, partitions: 4, ..GeneratorConfig::default() };
+    let (parts, _labels) = generate_all(&config);
+    let parts: Vec<Vec<Vec<u8>>> = parts.iter().map(|events| events.iter().map(|e| rendering.render(e).into_bytes()).collect()).collect();
+    let files = write_files(dir.path(), "raw", &parts);
+    produce(&broker, "history", &files, &["--topic-partitions", "4"]);
+    let backtest = |source: &[String]| {
+        let output = ok(threatflow()
+            .args(["backtest", "--rules-dir", &format!("{ROOT}/rules"), "--baseline-rules-dir", &format!("{ROOT}/rules/sigma"), "--json", "-w", "2"])
+            .args(source)
+            .output()
+            .expect("spawn"));
+        serde_json::from_slice::<Value>(&output.stdout).expect("a JSON comparison")
+    };
+    let from_files = backtest(&files.iter().flat_map(|f| ["--input".to_string(), f.display().to_string()]).collect::<Vec<_>>());
+    let from_topic = backtest(&["--kafka".into(), broker.address(), "--topic".into(), "activity=history".into()]);
+    assert_eq!(from_topic, from_files);
+    let text = from_files.to_string();
+    assert!(text.contains("threatflow-new-terms-"), "the new-terms rules flag events only the new side has: {text}");
+}
+
 /// Splits partitions at event time `at`: the records before the first one at or after it, and the rest.
 /// Records per partition.
 type Partitions = Vec<Vec<Vec<u8>>>;
