@@ -159,3 +159,40 @@ fn sigma_findings_on_raw_cloudtrail_validate() {
     eprintln!("{} findings: {named} with a named (not addressed) source, {rules} from rules", findings.len());
     assert!(named > 0 && rules == findings.len());
 }
+
+/// Entity-risk alerts as findings: on the generator's raw CloudTrail with the SigmaHQ rules and
+/// `--risk-threshold`, every finding validates, and each risk decision's finding names the entity's
+/// risk as its analytic and carries the JSON alert's risk (entity, score, every contribution).
+#[test]
+fn risk_alerts_become_valid_findings_with_their_contributions() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |format: &str| {
+        let alerts = dir.path().join(format!("alerts-{format}.jsonl"));
+        ok(threatflow()
+            .args(["run", "--format", "aws.cloudtrail", "--rules-dir", &format!("{ROOT}/rules/sigma"), "--users", "2000", "--events", "100000"])
+            .args(["--risk-threshold", "150", "--risk-only-below", "high", "-w", "2", "--alerts-format", format, "--alerts"])
+            .arg(&alerts)
+            .output()
+            .expect("spawn"));
+        alerts
+    };
+    let (json_alerts, findings_file) = (lines(&run("json")), run("ocsf"));
+    let (valid, report) = validate(&findings_file);
+    assert!(valid, "{report}");
+    let findings: std::collections::BTreeMap<String, serde_json::Value> =
+        lines(&findings_file).into_iter().map(|f| (f["finding_info"]["uid"].as_str().unwrap().to_string(), f)).collect();
+    let risks: Vec<&serde_json::Value> = json_alerts.iter().filter(|a| a["verdict"] == "risk").collect();
+    assert!(risks.len() > 10 && findings.len() == json_alerts.len(), "{} risk alerts of {}; {} findings", risks.len(), json_alerts.len(), findings.len());
+    for alert in risks {
+        let finding = &findings[alert["decision_id"].as_str().unwrap()];
+        // (The finding leaves empty lists out: a contribution of the model alone names no rule.)
+        let (theirs, ours) = (&finding["unmapped"]["risk"], &alert["risk"]);
+        for key in ["entity", "value", "score", "threshold", "window"] {
+            assert_eq!(theirs[key], ours[key], "{key}: {finding}");
+        }
+        let ids = |risk: &serde_json::Value| risk["contributions"].as_array().unwrap().iter().map(|c| (c["decision_id"].clone(), c["score"].clone())).collect::<Vec<_>>();
+        assert_eq!(ids(theirs), ids(ours), "{finding}");
+        assert_eq!(finding["finding_info"]["analytic"]["uid"], format!("risk:{}", alert["risk"]["entity"].as_str().unwrap()));
+        assert!(alert["risk"]["score"].as_u64().unwrap() >= 150 && !alert["risk"]["contributions"].as_array().unwrap().is_empty());
+    }
+}

@@ -47,7 +47,7 @@ pub struct Alert {
     pub user: String,
     /// The time it was judged at.
     pub ts: Time,
-    /// `threat` or `blocked`.
+    /// `threat`, `blocked`, `retro` or `risk`.
     pub verdict: Verdict,
     /// The model score, if a model was in force.
     pub score: Option<f64>,
@@ -78,6 +78,10 @@ pub struct Alert {
     /// A `retro` (or late) decision's event's own time (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_ts: Option<Time>,
+    /// A `risk` decision's entity, its score and every detection that contributed (absent
+    /// otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk: Option<crate::detect::decision::RiskAlert>,
 }
 
 /// A command for an enforcement system: revert the event or block the user.
@@ -121,6 +125,7 @@ impl Alert {
             src_ip: d.src_ip.clone(),
             intel: d.intel.clone(),
             event_ts: d.event_ts,
+            risk: d.risk.clone(),
         })
     }
 }

@@ -86,6 +86,7 @@ pub fn finding(alert: &Alert, position: Option<&Position>, enrichment: Option<&E
         "blocked_until": alert.blocked_until,
         "intel": alert.intel,
         "enrichment": enrichment,
+        "risk": alert.risk,
     });
     let mut finding = json!({
         "activity_id": 1,
@@ -121,7 +122,7 @@ pub fn finding(alert: &Alert, position: Option<&Position>, enrichment: Option<&E
 }
 
 /// What flagged the alert, as OCSF analytics: its rules (by title), the marked threat it
-/// repeats, its threat-intel indicators, the model.
+/// repeats, its threat-intel indicators, an entity's risk, the model.
 fn analytics(alert: &Alert) -> Vec<Value> {
     let title = |i: usize| alert.rule_titles.get(i).filter(|t| !t.is_empty());
     let mut analytics: Vec<Value> = (alert.rules.iter().enumerate())
@@ -132,6 +133,10 @@ fn analytics(alert: &Alert) -> Vec<Value> {
     }
     for hit in alert.intel.iter().flatten() {
         analytics.push(json!({"uid": hit.indicator, "name": format!("Threat-intel indicator {} ({})", hit.value, hit.source), "type_id": 9, "type": "Exact Data Match"}));
+    }
+    if let Some(risk) = &alert.risk {
+        let name = format!("Entity risk of {} {}: {} over {} detections", risk.entity, risk.value, risk.score, risk.contributions.len());
+        analytics.push(json!({"uid": format!("risk:{}", risk.entity), "name": name, "type_id": 2, "type": "Behavioral"}));
     }
     if let Some(score) = alert.score.filter(|_| analytics.is_empty()) {
         let version = alert.model_version.as_deref().unwrap_or("model");
