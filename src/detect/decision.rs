@@ -145,9 +145,25 @@ impl Decision {
     /// (no score, rules, actions or mark; default severity): a dataflow fills in what decided it.
     pub fn for_event(time: Time, event: &Event, features: &Features, verdict: Verdict) -> Decision {
         Decision {
-            decision_id: decision_id(&event.event_id, verdict),
-            event_id: event.event_id.to_string(),
-            user: event.user.to_string(),
+            features: *features,
+            late: event.late,
+            event_ts: (event.ts != time).then_some(event.ts),
+            position: event.position.clone(),
+            src_ip: event.src_ip.as_deref().map(str::to_string),
+            enrichment: event.enrichment.as_deref().cloned(),
+            intel: event.intel.as_deref().cloned(),
+            ..Decision::about(decision_id(&event.event_id, verdict), event.event_id.to_string(), event.user.to_string(), time, verdict)
+        }
+    }
+
+    /// The decision `decision_id` with `verdict` at `time` about `event_id` of `user`, naming
+    /// nothing else (no score, rules, actions, features, position or address; default severity):
+    /// what a decision made away from its event (`retro`, `risk`) fills in.
+    pub fn about(decision_id: String, event_id: String, user: String, time: Time, verdict: Verdict) -> Decision {
+        Decision {
+            decision_id,
+            event_id,
+            user,
             ts: time,
             verdict,
             score: None,
@@ -155,19 +171,19 @@ impl Decision {
             rules: Vec::new(),
             rule_titles: Vec::new(),
             fingerprint_match: None,
-            features: *features,
+            features: Features::default(),
             actions: Vec::new(),
             severity: Severity::default(),
             contributions: Vec::new(),
-            late: event.late,
-            event_ts: (event.ts != time).then_some(event.ts),
+            late: false,
+            event_ts: None,
             correlation_groups: Vec::new(),
             blocked_by: None,
             blocked_until: None,
-            position: event.position.clone(),
-            src_ip: event.src_ip.as_deref().map(str::to_string),
-            enrichment: event.enrichment.as_deref().cloned(),
-            intel: event.intel.as_deref().cloned(),
+            position: None,
+            src_ip: None,
+            enrichment: None,
+            intel: None,
             risk_score: 0,
             risk: None,
         }

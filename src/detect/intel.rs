@@ -603,31 +603,14 @@ fn retro_decision(seen: &Kept, event_id: &str, time: Time, mut hits: Vec<IntelHi
     hits.sort();
     hits.dedup();
     Decision {
-        decision_id: decision_id(&format!("{event_id}\u{0}{time}"), Verdict::Retro),
-        event_id: event_id.to_string(),
-        user: seen.user.to_string(),
-        ts: time,
-        verdict: Verdict::Retro,
-        score: None,
-        model_version: None,
-        rules: Vec::new(),
-        rule_titles: Vec::new(),
-        fingerprint_match: None,
-        features: Default::default(),
         actions: vec![ThreatAction::Alert],
         severity: Severity::of_confidence(hits.iter().map(|h| h.confidence).max().unwrap_or(0)),
-        contributions: Vec::new(),
         late: seen.late,
         event_ts: Some(seen.ts),
-        correlation_groups: Vec::new(),
-        blocked_by: None,
-        blocked_until: None,
-        position: None,
         src_ip: seen.address.get().map(|(bits, v6)| crate::enrich::intel::from_bits(bits, v6).to_string()),
-        enrichment: None,
         risk_score: crate::detect::decision::intel_risk(&hits),
-        risk: None,
         intel: Some(hits),
+        ..Decision::about(decision_id(&format!("{event_id}\u{0}{time}"), Verdict::Retro), event_id.to_string(), seen.user.to_string(), time, Verdict::Retro)
     }
 }
 

@@ -242,31 +242,11 @@ impl Scores {
 /// The risk decision an entity raises at `time` with `score`, named after the contribution `by`.
 fn risk_decision(risk: &EntityRisk, by: &Contribution, time: Time, score: u64, options: &RiskOptions) -> Decision {
     let id = format!("{}\u{0}{}\u{0}{time}\u{0}risk", risk.entity.as_str(), risk.value);
+    let decision_id = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(id.as_bytes()));
     Decision {
-        decision_id: format!("{:032x}", xxhash_rust::xxh3::xxh3_128(id.as_bytes())),
-        event_id: by.detection.event_id.clone(),
-        user: by.detection.user.clone(),
-        ts: time,
-        verdict: Verdict::Risk,
-        score: None,
-        model_version: None,
-        rules: Vec::new(),
-        rule_titles: Vec::new(),
-        fingerprint_match: None,
-        features: Default::default(),
         actions: vec![ThreatAction::Alert],
         severity: Severity::High,
-        contributions: Vec::new(),
-        late: false,
-        event_ts: None,
-        correlation_groups: Vec::new(),
-        blocked_by: None,
-        blocked_until: None,
-        position: None,
         src_ip: by.src_ip.clone(),
-        enrichment: None,
-        intel: None,
-        risk_score: 0,
         risk: Some(RiskAlert {
             entity: risk.entity.as_str().to_string(),
             value: risk.value.clone(),
@@ -275,6 +255,7 @@ fn risk_decision(risk: &EntityRisk, by: &Contribution, time: Time, score: u64, o
             window: options.window,
             contributions: risk.window.iter().map(|(c, _)| c.clone()).collect(),
         }),
+        ..Decision::about(decision_id, by.detection.event_id.clone(), by.detection.user.clone(), time, Verdict::Risk)
     }
 }
 

@@ -428,31 +428,12 @@ mod tests {
 
     fn decision(id: &str, user: &str, ts: Time, rules: &[&str], mark: bool) -> Decision {
         Decision {
-            decision_id: id.into(),
-            event_id: id.into(),
-            user: user.into(),
-            ts,
-            verdict: Verdict::Threat,
-            score: None,
-            model_version: None,
             rules: rules.iter().map(|r| r.to_string()).collect(),
-            rule_titles: Vec::new(),
             fingerprint_match: mark.then(|| "mark:x".to_string()),
-            features: Features::default(),
             actions: vec![ThreatAction::Alert],
             severity: Severity::Medium,
-            contributions: Vec::new(),
-            late: false,
-            event_ts: None,
-            correlation_groups: Vec::new(),
-            blocked_by: None,
-            blocked_until: None,
-            position: None,
-            src_ip: None,
-            enrichment: None,
-            intel: None,
             risk_score: 25,
-            risk: None,
+            ..Decision::about(id.into(), id.into(), user.into(), ts, Verdict::Threat)
         }
     }
 
