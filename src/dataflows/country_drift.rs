@@ -87,6 +87,7 @@ impl Dataflow for CountryDrift {
             rule_titles: vec![RULE_ID.to_string()],
             actions: vec![ThreatAction::Alert],
             severity: Severity::Medium,
+            risk_score: Severity::Medium.risk_score(),
             ..Decision::for_event(e.time, &e, &features, Verdict::Threat)
         })
     }
