@@ -52,7 +52,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::options::{parse_time, read_placeholders, rfc3339, JobArgs};
-use crate::control::ControlSpec;
+use crate::control::{ControlSpec, RulesSource};
+use crate::detect::rules::RuleSpec;
 use crate::detect::decision::{Decision, Verdict};
 use crate::event::{Position, Time};
 use crate::job::SourceSpec;
@@ -379,21 +380,26 @@ fn cases_of_rule(rule: &str, cases: &Value, origin: &Path, suite: &Path) -> Vec<
 // ---------------------------------------------------------------------------------------------
 // Running a case.
 
-/// The rules every case runs with: their ids, and the rules refused (`FILE:LINE: reason`).
+/// The rules every case runs with, read once: the `--rules` files' updates, then the directory's
+/// Sigma rules (the order a job loads them in), their ids, and the rules refused
+/// (`FILE:LINE: reason`).
 struct LoadedRules {
+    specs: Vec<RuleSpec>,
     ids: BTreeSet<String>,
     refused: Vec<String>,
 }
 
 impl LoadedRules {
     fn load(args: &TestArgs) -> Result<LoadedRules> {
+        let mut specs = Vec::new();
+        for file in &args.rules {
+            specs.extend(crate::detect::rules::read_rules(file)?);
+        }
         let placeholders = read_placeholders(args.sigma_placeholders.as_deref())?;
         let (rules, refused) = crate::detect::sigma::read_dir(&args.rules_dir, &placeholders)?;
-        let mut ids: BTreeSet<String> = rules.into_iter().map(|rule| rule.id).collect();
-        for file in &args.rules {
-            ids.extend(crate::detect::rules::read_rules(file)?.into_iter().filter(|spec| !spec.remove).map(|spec| spec.id));
-        }
-        Ok(LoadedRules { ids, refused })
+        specs.extend(rules.into_iter().map(RuleSpec::from_sigma));
+        let ids = specs.iter().filter(|spec| !spec.remove).map(|spec| spec.id.clone()).collect();
+        Ok(LoadedRules { specs, ids, refused })
     }
 
     /// Why `rule` cannot be tested, when it is not loaded: the refusals of its file, if any.
@@ -416,7 +422,7 @@ fn run_case(case: &TestCase, args: &TestArgs, loaded: &LoadedRules) -> CaseResul
     let started = Instant::now();
     let outcome = match loaded.why_missing(&case.rule, &case.suite) {
         Some(why) => Outcome::Error(why),
-        None => match run_and_compare(case, args) {
+        None => match run_and_compare(case, args, loaded) {
             Ok(problems) if problems.is_empty() => Outcome::Passed,
             Ok(problems) => Outcome::Failed(problems),
             Err(error) => Outcome::Error(format!("{error:#}")),
@@ -433,8 +439,8 @@ fn run_case(case: &TestCase, args: &TestArgs, loaded: &LoadedRules) -> CaseResul
 }
 
 /// Runs the case's job; returns what differs from the expectations, a line each (none: passed).
-fn run_and_compare(case: &TestCase, args: &TestArgs) -> Result<Vec<String>> {
-    let report = run_case_job(case, args)?;
+fn run_and_compare(case: &TestCase, args: &TestArgs, loaded: &LoadedRules) -> Result<Vec<String>> {
+    let report = run_case_job(case, args, loaded)?;
     let mut problems: Vec<String> = report
         .collected_dead_letters
         .iter()
@@ -459,18 +465,12 @@ struct CaseJobOptions {
     job: JobArgs,
 }
 
-/// The options of a case's job: the format, the rules, the mappings, its lateness and risk.
+/// The options of a case's job: the format, the mappings, its lateness and risk (the rules are
+/// the ones read once, [`LoadedRules`]).
 fn job_arguments(case: &TestCase, args: &TestArgs) -> Vec<OsString> {
     let mut argv: Vec<OsString> = vec!["threatflow-test".into(), "--format".into(), case.format.clone().into()];
-    argv.extend(["--rules-dir".into(), args.rules_dir.clone().into_os_string()]);
-    for file in &args.rules {
-        argv.extend(["--rules".into(), file.clone().into_os_string()]);
-    }
     if let Some(dir) = &args.mappings_dir {
         argv.extend(["--mappings-dir".into(), dir.clone().into_os_string()]);
-    }
-    if let Some(path) = &args.sigma_placeholders {
-        argv.extend(["--sigma-placeholders".into(), path.clone().into_os_string()]);
     }
     if let Some(lateness) = &case.allowed_lateness {
         argv.extend(["--allowed-lateness".into(), lateness.clone().into()]);
@@ -491,11 +491,12 @@ fn job_arguments(case: &TestCase, args: &TestArgs) -> Vec<OsString> {
 }
 
 /// Runs the case's records through its job, collecting the decisions and dead letters.
-fn run_case_job(case: &TestCase, args: &TestArgs) -> Result<JobReport> {
+fn run_case_job(case: &TestCase, args: &TestArgs, loaded: &LoadedRules) -> Result<JobReport> {
     let records = case_records(case)?;
     let options = CaseJobOptions::try_parse_from(job_arguments(case, args)).map_err(|e| anyhow!("the case's job options: {e}"))?;
-    // Read once: nothing is followed while a case runs.
-    let control = ControlSpec { follow: false, ..options.job.control(false, false)? };
+    // Nothing is followed while a case runs.
+    let rules = vec![RulesSource::Specs(loaded.specs.clone())];
+    let control = ControlSpec { follow: false, rules, ..options.job.control(false, false)? };
     let mut job = options.job.job(SourceSpec::Memory(vec![records]), control)?;
     job.collect = true;
     crate::engine::run(timely::Config::thread(), job)
