@@ -323,8 +323,9 @@ pub struct JobArgs {
     pub linger: Duration,
     /// Records each worker's source reads at a time; at most four such batches are in flight
     /// before the outputs catch up (smaller: lower latency and finer checkpoints, less throughput).
-    #[arg(long, default_value_t = crate::ingest::partition::SourceConfig::default().batch)]
-    pub read_batch: usize,
+    /// By default 32768 canonical events, or 1024 providers' raw records (`--format`).
+    #[arg(long)]
+    pub read_batch: Option<usize>,
 }
 
 /// How to reach Kafka.
@@ -484,7 +485,11 @@ impl JobArgs {
         let mut job = JobSpec::new(&self.dataflow, source);
         job.control = control;
         job.allowed_lateness = ms(self.allowed_lateness);
-        job.read_batch = self.read_batch.max(1);
+        job.read_batch = match self.read_batch {
+            Some(batch) => batch.max(1),
+            None if format.is_canonical() => crate::ingest::partition::SourceConfig::default().batch,
+            None => crate::ingest::partition::RAW_RECORDS_BATCH,
+        };
         job.dead_letter_burst = self.dead_letter_burst;
         job.decoding = Decoding { max_record_bytes: self.max_record_bytes, format, max_future_skew: ms(self.max_future_skew) };
         job.dead_letters_path = self.dead_letters.clone();

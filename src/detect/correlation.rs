@@ -140,11 +140,12 @@ impl CorrelationIndex {
 /// refers to that the event matches. `index` is the controls' [`CorrelationIndex`].
 pub fn observe(time: Time, event: &Event, features: &Features, controls: &[(&Control, isize)], index: &CorrelationIndex) -> Vec<Observation> {
     let mut found = Vec::new();
+    let record = crate::detect::sigma::RecordView::new(crate::detect::sigma::record_of(event));
     for (position, def, members) in &index.correlations {
         let Some((Control::Rule(correlation_rule), _)) = controls.get(*position) else { continue };
         let Some(correlation) = correlation_rule.sigma.as_ref().and_then(|s| s.correlation()) else { continue };
         for (member, referred) in members.iter().enumerate() {
-            let matched = referred.iter().any(|p| matches!(controls.get(*p), Some((Control::Rule(r), _)) if r.matches(event, features)));
+            let matched = referred.iter().any(|p| matches!(controls.get(*p), Some((Control::Rule(r), _)) if r.matches_viewed(event, features, &record)));
             if !matched {
                 continue;
             }

@@ -278,7 +278,7 @@ struct RuleIndex {
     /// Rules with one.
     sigma: Vec<usize>,
     /// Per event source, its Sigma rules, indexed when the source is first seen.
-    by_source: std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<SourceRules>>>,
+    by_source: std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<SourceRules>, foldhash::fast::FixedState>>,
 }
 
 /// The Sigma rules that apply to one source.
@@ -287,7 +287,7 @@ struct SourceRules {
     /// Without a required field: tried on every event of the source.
     unkeyed: Vec<usize>,
     /// Per required field, the rules by each (lower-cased) value it must hold.
-    keyed: Vec<(String, std::collections::HashMap<String, Vec<usize>>)>,
+    keyed: Vec<(String, std::collections::HashMap<String, Vec<usize>, foldhash::fast::FixedState>)>,
 }
 
 impl RuleIndex {
@@ -346,9 +346,10 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
             _ => None,
         })
         .min();
+    let record = crate::detect::sigma::RecordView::new(crate::detect::sigma::record_of(event));
     let mut consider = |position: usize| {
         if let Some((Control::Rule(rule), _)) = controls.get(position) {
-            if !is_hidden(rule, &index.hidden) && rule.matches(event, features) {
+            if !is_hidden(rule, &index.hidden) && rule.matches_viewed(event, features, &record) {
                 rules.push((rule.id.clone(), rule.title.clone().unwrap_or_else(|| rule.id.clone()), rule.risk_score));
                 actions.extend(rule.actions.iter().copied());
                 severity = severity.max(Some(rule.severity));
@@ -359,12 +360,9 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
     if let Some(source) = event.source.as_deref() {
         let of_source = index.rules.for_source(source, controls);
         of_source.unkeyed.iter().for_each(|p| consider(*p));
-        if !of_source.keyed.is_empty() {
-            let record = crate::detect::sigma::record_of(event);
-            for (field, by_value) in &of_source.keyed {
-                for text in crate::detect::sigma::field_texts(record, field) {
-                    by_value.get(&text).into_iter().flatten().for_each(|p| consider(*p));
-                }
+        for (field, by_value) in &of_source.keyed {
+            for text in record.folded(field) {
+                by_value.get(text.as_ref()).into_iter().flatten().for_each(|p| consider(*p));
             }
         }
     }

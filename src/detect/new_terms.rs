@@ -198,9 +198,10 @@ impl NewTermsIndex {
 /// has not reported at a time so early.
 pub fn observe(time: Time, event: &UserEvent, features: &Features, controls: &[(&Control, isize)], index: &NewTermsIndex) -> Vec<Observed> {
     let mut found = Vec::new();
+    let record = crate::detect::sigma::RecordView::new(crate::detect::sigma::record_of(event));
     for ((position, def), reported) in index.rules.iter().zip(&index.reported) {
         let Some((Control::Rule(rule), _)) = controls.get(*position) else { continue };
-        if !rule.matches(event, features) {
+        if !rule.matches_viewed(event, features, &record) {
             continue;
         }
         let Some(combination) = combination_key(def, event) else { continue };

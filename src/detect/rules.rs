@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Event, Time};
 use crate::state::features::{FeatureName, Features};
 use crate::detect::new_terms_spec::NewTerms;
-use crate::detect::sigma::SigmaRule;
+use crate::detect::sigma::{RecordView, SigmaRule};
 use crate::detect::action::{Severity, ThreatAction};
 
 /// Bounds on one feature; all given bounds must hold.
@@ -186,11 +186,17 @@ impl Rule {
     /// Whether the rule matches an event with its features; `record` is the event's own record,
     /// made once per event for the Sigma rules that need it.
     pub fn matches(&self, event: &Event, features: &Features) -> bool {
+        self.matches_viewed(event, features, &RecordView::new(crate::detect::sigma::record_of(event)))
+    }
+
+    /// [`Rule::matches`] with the event's record read through `view`, shared by the rules an
+    /// event is compared with (see [`RecordView`]).
+    pub fn matches_viewed<'v>(&'v self, event: &Event, features: &Features, view: &RecordView<'v>) -> bool {
         self.features.iter().all(|(name, bounds)| bounds.holds(features.get(*name)))
             && self.when.iter().all(|(field, accepted)| {
                 event.field(field).is_some_and(|value| accepted.iter().any(|a| *a == *value))
             })
-            && self.sigma.as_ref().is_none_or(|sigma| sigma.matches_event(event))
+            && self.sigma.as_ref().is_none_or(|sigma| sigma.matches_viewed(event, view))
     }
 }
 

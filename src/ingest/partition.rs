@@ -106,6 +106,12 @@ pub struct SourceConfig {
     pub stop: Arc<AtomicBool>,
 }
 
+/// Records a source reads at a time by default when they are providers' raw records rather than
+/// canonical events: a raw record is about ten times larger and several kilobytes once parsed, and
+/// four batches of 32,768 of them in flight held 1.5 GB of parsed CloudTrail per worker and ran 30 %
+/// slower than batches of 1,024, which stay in the caches.
+pub const RAW_RECORDS_BATCH: usize = 1_024;
+
 /// The dead letters a partition gives whole at one time by default: at most 256 MiB of originals.
 pub const DEFAULT_DEAD_LETTER_BURST: usize = 1_000;
 

@@ -1,8 +1,18 @@
 //! A rule's `detection` compiled: searches (field maps, lists, keywords), value matchers with
 //! their modifiers, wildcard patterns, and how a record's fields are found by Sigma name.
+//!
+//! A field's list of `contains` values is one Aho-Corasick automaton and its list of `re` values one
+//! `RegexSet`, so a record's text is scanned once per list, not once per value; and a record is
+//! read through a [`RecordView`], which finds and case-folds each field once however many rules and
+//! values ask for it.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::rc::Rc;
+
+use aho_corasick::AhoCorasick;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
@@ -45,7 +55,12 @@ pub(super) enum ValueMatcher {
     /// The field is present (`true`) or absent (`false`).
     Exists(bool),
     Pattern(Pattern),
+    /// Any of several texts (a `contains` list, without other wildcards), in one automaton over
+    /// the lower-cased texts unless `cased`.
+    ContainsAny { automaton: AhoCorasick, cased: bool },
     Regex(regex::Regex),
+    /// Any of several regular expressions (an `re` list).
+    RegexAny(regex::RegexSet),
     Cidr(IpAddr, u8),
     /// Numeric comparison: `(ordering wanted, or-equal)`.
     Compare(std::cmp::Ordering, bool, f64),
@@ -216,7 +231,7 @@ impl Detection {
         self.searches.iter().filter(move |(name, _)| of_matches(pattern, name)).map(|(_, s)| s)
     }
 
-    pub(super) fn matches(&self, record: &Value) -> bool {
+    pub(super) fn matches<'v>(&'v self, record: &RecordView<'v>) -> bool {
         self.conditions.iter().any(|c| self.eval(c, record))
     }
 
@@ -240,7 +255,7 @@ impl Detection {
         }
     }
 
-    pub(super) fn eval(&self, condition: &Condition, record: &Value) -> bool {
+    pub(super) fn eval<'v>(&'v self, condition: &'v Condition, record: &RecordView<'v>) -> bool {
         match condition {
             Condition::Search(name) => self.searches.get(name).is_some_and(|s| s.matches(record)),
             Condition::Not(c) => !self.eval(c, record),
@@ -339,7 +354,38 @@ pub(super) fn compile_field(key: &str, value: &Value, placeholders: &Placeholder
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(FieldMatcher { field, all: has("all"), values })
+    let all = has("all");
+    let values = if all { values } else { combined(values, cased, &has).with_context(|| format!("field `{field}`"))? };
+    Ok(FieldMatcher { field, all, values })
+}
+
+/// Any-of values with several `contains` texts (no other wildcard) joined in one Aho-Corasick
+/// automaton, and several regular expressions in one `RegexSet`; the other values as they are.
+fn combined(values: Vec<ValueMatcher>, cased: bool, has: &dyn Fn(&str) -> bool) -> Result<Vec<ValueMatcher>> {
+    let contained = |value: &ValueMatcher| match value {
+        ValueMatcher::Pattern(Pattern { tokens, .. }) => match tokens.as_slice() {
+            [Token::Any, Token::Text(text), Token::Any] => Some(text.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let needles: Vec<String> = values.iter().filter_map(contained).collect();
+    let regexes: Vec<String> = values.iter().filter_map(|v| if let ValueMatcher::Regex(r) = v { Some(r.as_str().to_string()) } else { None }).collect();
+    if needles.len() < 2 && regexes.len() < 2 {
+        return Ok(values);
+    }
+    let mut kept: Vec<ValueMatcher> = values
+        .into_iter()
+        .filter(|v| !(needles.len() >= 2 && contained(v).is_some()) && !(regexes.len() >= 2 && matches!(v, ValueMatcher::Regex(_))))
+        .collect();
+    if needles.len() >= 2 {
+        kept.push(ValueMatcher::ContainsAny { automaton: AhoCorasick::new(&needles).context("too many `contains` values")?, cased });
+    }
+    if regexes.len() >= 2 {
+        let set = regex::RegexSetBuilder::new(&regexes).case_insensitive(has("i")).multi_line(has("m")).dot_matches_new_line(has("s")).build();
+        kept.push(ValueMatcher::RegexAny(set.context("bad regular expressions")?));
+    }
+    Ok(kept)
 }
 
 pub(super) fn comparison(has: &dyn Fn(&str) -> bool) -> Option<(std::cmp::Ordering, bool)> {
@@ -419,10 +465,10 @@ impl Search {
         })
     }
 
-    pub(super) fn matches(&self, record: &Value) -> bool {
+    pub(super) fn matches<'v>(&'v self, record: &RecordView<'v>) -> bool {
         match self {
             Search::Maps(groups) => groups.iter().any(|group| group.iter().all(|m| m.matches(record))),
-            Search::Keywords(patterns) => patterns.iter().any(|p| any_string(record, &|s| p.matches(s))),
+            Search::Keywords(patterns) => patterns.iter().any(|p| any_string(record.record, &|s| p.matches(s))),
         }
     }
 }
@@ -452,9 +498,9 @@ impl FieldMatcher {
         (!values.is_empty()).then(|| (self.field.clone(), values))
     }
 
-    pub(super) fn matches(&self, record: &Value) -> bool {
-        let found = FieldTexts::of(&field(record, &self.field));
-        let test = |m: &ValueMatcher| value_matches(m, &found, record);
+    pub(super) fn matches<'v>(&'v self, record: &RecordView<'v>) -> bool {
+        let found = record.field(&self.field);
+        let test = |m: &'v ValueMatcher| value_matches(m, &found, record);
         if self.all {
             self.values.iter().all(test)
         } else {
@@ -463,18 +509,21 @@ impl FieldMatcher {
     }
 }
 
-pub(super) fn value_matches(matcher: &ValueMatcher, found: &FieldTexts, record: &Value) -> bool {
+pub(super) fn value_matches<'v>(matcher: &'v ValueMatcher, found: &FieldTexts<'v>, record: &RecordView<'v>) -> bool {
     match matcher {
         ValueMatcher::Null => !found.present,
         ValueMatcher::Exists(wanted) => found.present == *wanted,
         ValueMatcher::FieldRef(other) => {
-            let theirs = FieldTexts::of(&field(record, other));
+            let theirs = record.field(other);
             found.texts.iter().any(|x| theirs.texts.iter().any(|y| x.eq_ignore_ascii_case(y)))
         }
         ValueMatcher::Pattern(p) if !p.cased => found.folded().iter().any(|text| matches_tokens(&p.tokens, text)),
+        ValueMatcher::ContainsAny { automaton, cased: false } => found.folded().iter().any(|text| automaton.is_match(text.as_ref())),
         _ => found.texts.iter().any(|text| match matcher {
             ValueMatcher::Pattern(p) => matches_tokens(&p.tokens, text),
+            ValueMatcher::ContainsAny { automaton, .. } => automaton.is_match(text.as_ref()),
             ValueMatcher::Regex(r) => r.is_match(text),
+            ValueMatcher::RegexAny(set) => set.is_match(text),
             ValueMatcher::Cidr(net, bits) => text.parse::<IpAddr>().is_ok_and(|ip| in_cidr(ip, *net, *bits)),
             ValueMatcher::Compare(ordering, equal, n) => text
                 .parse::<f64>()
@@ -484,14 +533,55 @@ pub(super) fn value_matches(matcher: &ValueMatcher, found: &FieldTexts, record: 
     }
 }
 
+/// A record as rules read it: each field is found (a dotted path walked, an array's elements
+/// gathered) and case-folded the first time a rule asks for it, and kept for every other rule and
+/// value that asks for the same field of the same record.
+///
+/// ```
+/// use threatflow::detect::sigma::RecordView;
+/// let record = serde_json::json!({"eventName": "ConsoleLogin", "tags": ["A", "b"]});
+/// let view = RecordView::new(&record);
+/// assert_eq!(view.folded("eventName"), ["consolelogin"]);
+/// assert_eq!(view.folded("tags"), ["a", "b"]);
+/// assert!(view.folded("absent").is_empty());
+/// ```
+pub struct RecordView<'v> {
+    record: &'v Value,
+    /// The fields asked for so far (a few per record: a list beats hashing).
+    found: RefCell<Vec<(&'v str, Rc<FieldTexts<'v>>)>>,
+}
+
+impl<'v> RecordView<'v> {
+    /// A view of `record`; nothing is looked up yet.
+    pub fn new(record: &'v Value) -> RecordView<'v> {
+        RecordView { record, found: RefCell::default() }
+    }
+
+    /// The field's texts by its Sigma name (see [`field`]).
+    pub(super) fn field(&self, name: &'v str) -> Rc<FieldTexts<'v>> {
+        if let Some((_, texts)) = self.found.borrow().iter().find(|(known, _)| *known == name) {
+            return Rc::clone(texts);
+        }
+        let texts = Rc::new(FieldTexts::of(&field(self.record, name)));
+        self.found.borrow_mut().push((name, Rc::clone(&texts)));
+        texts
+    }
+
+    /// The field's texts by its Sigma name, lower-cased: what a [`Requirement`] is checked
+    /// against.
+    pub fn folded(&self, name: &'v str) -> Vec<Cow<'v, str>> {
+        self.field(name).folded().to_vec()
+    }
+}
+
 /// A field's texts for all of a matcher's values: each string borrowed from the record (an
 /// array's elements, numbers and booleans as written), and folded to lower case once, when a
 /// value that ignores case first asks, rather than once per value compared.
 pub(super) struct FieldTexts<'v> {
     /// Whether the field holds anything but `null`.
     present: bool,
-    texts: Vec<std::borrow::Cow<'v, str>>,
-    folded: std::cell::OnceCell<Vec<String>>,
+    texts: Vec<Cow<'v, str>>,
+    folded: std::cell::OnceCell<Vec<Cow<'v, str>>>,
 }
 
 impl<'v> FieldTexts<'v> {
@@ -501,26 +591,25 @@ impl<'v> FieldTexts<'v> {
         FieldTexts { present: found.iter().any(|v| !v.is_null()), texts, folded: std::cell::OnceCell::new() }
     }
 
-    fn folded(&self) -> &[String] {
-        self.folded.get_or_init(|| fold(&self.texts))
-    }
-
-    /// The texts folded to lower case, kept.
-    pub(super) fn into_folded(self) -> Vec<String> {
-        self.folded.into_inner().unwrap_or_else(|| fold(&self.texts))
+    fn folded(&self) -> &[Cow<'v, str>] {
+        self.folded.get_or_init(|| self.texts.iter().map(fold).collect())
     }
 }
 
-fn fold(texts: &[std::borrow::Cow<'_, str>]) -> Vec<String> {
-    texts.iter().map(|t| t.to_lowercase()).collect()
+/// A text in lower case, borrowed when it already is (most values are lower-case ASCII).
+fn fold<'v>(text: &Cow<'v, str>) -> Cow<'v, str> {
+    match text {
+        Cow::Borrowed(t) if t.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) => Cow::Borrowed(t),
+        t => Cow::Owned(t.to_lowercase()),
+    }
 }
 
 /// A value's texts: itself, or each element of an array.
-fn push_texts<'v>(value: &'v Value, out: &mut Vec<std::borrow::Cow<'v, str>>) {
+fn push_texts<'v>(value: &'v Value, out: &mut Vec<Cow<'v, str>>) {
     match value {
-        Value::String(s) => out.push(std::borrow::Cow::Borrowed(s)),
-        Value::Number(n) => out.push(std::borrow::Cow::Owned(n.to_string())),
-        Value::Bool(b) => out.push(std::borrow::Cow::Owned(b.to_string())),
+        Value::String(s) => out.push(Cow::Borrowed(s)),
+        Value::Number(n) => out.push(Cow::Owned(n.to_string())),
+        Value::Bool(b) => out.push(Cow::Owned(b.to_string())),
         Value::Array(items) => items.iter().for_each(|v| push_texts(v, out)),
         _ => {}
     }

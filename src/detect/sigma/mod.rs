@@ -55,7 +55,7 @@ use serde_json::Value;
 use self::correlation::Correlation;
 pub use self::detection::Placeholders;
 use self::detection::Detection;
-pub use self::detection::Requirement;
+pub use self::detection::{RecordView, Requirement};
 use self::legacy::{is_legacy_aggregation, legacy_rules};
 
 /// A compiled Sigma rule: a detection rule or a correlation rule. Compared, hashed and serialised
@@ -263,7 +263,17 @@ impl SigmaRule {
     /// matches the event's record. Never for a correlation rule (see
     /// `crate::detect::correlation`).
     pub fn matches_event(&self, event: &crate::event::Event) -> bool {
-        event.source.as_deref().is_some_and(|source| self.applies_to(source)) && self.matches_record(record_of(event))
+        self.matches_viewed(event, &RecordView::new(record_of(event)))
+    }
+
+    /// [`SigmaRule::matches_event`] with the event's record read through `view`, which other
+    /// rules share: each field is found and case-folded once per event.
+    pub fn matches_viewed<'v>(&'v self, event: &crate::event::Event, view: &RecordView<'v>) -> bool {
+        event.source.as_deref().is_some_and(|source| self.applies_to(source))
+            && match &self.body {
+                Body::Detection(detection) => detection.matches(view),
+                Body::Correlation(_) => false,
+            }
     }
 
     /// A field the rule needs to hold one of a few exact (lower-cased) texts to match, when it
@@ -280,7 +290,7 @@ impl SigmaRule {
     /// for a correlation rule.
     pub fn matches_record(&self, record: &Value) -> bool {
         match &self.body {
-            Body::Detection(detection) => detection.matches(record),
+            Body::Detection(detection) => detection.matches(&RecordView::new(record)),
             Body::Correlation(_) => false,
         }
     }
@@ -310,12 +320,6 @@ pub fn parse_all(text: &str, placeholders: &Placeholders) -> Result<Vec<SigmaRul
             SigmaRule::parse(&text, placeholders).with_context(|| format!("the rule rewritten from a legacy aggregation:\n{text}"))
         })
         .collect()
-}
-
-/// A field's texts in a record by its Sigma name, lower-cased: what a [`SigmaRule::requirement`]
-/// is checked against.
-pub fn field_texts(record: &Value, name: &str) -> Vec<String> {
-    detection::FieldTexts::of(&detection::field(record, name)).into_folded()
 }
 
 /// The record an event came from: its own top-level fields (see [`crate::ingest::mapping`]),
@@ -463,6 +467,17 @@ mod tests {
         yes("  s: {eventName|re: '^Put[A-Z]'}\n  condition: s");
         no("  s: {eventName|re: '^put'}\n  condition: s");
         yes("  s: {eventName|re|i: '^put'}\n  condition: s");
+        // Lists: one automaton for `contains` texts, one set for regular expressions, beside the
+        // other values of the list.
+        yes("  s: {eventName|contains: [nothing, BUCKETP, zzz]}\n  condition: s");
+        no("  s: {eventName|contains: [nothing, zzz]}\n  condition: s");
+        yes("  s: {eventName|contains: [nothing, 'Put*olicy', zzz]}\n  condition: s");
+        no("  s: {eventName|contains|cased: [nothing, BUCKETP]}\n  condition: s");
+        yes("  s: {eventName|contains|cased: [nothing, BucketP]}\n  condition: s");
+        yes("  s: {tags|contains: [zz, b]}\n  condition: s");
+        yes("  s: {eventName|re: ['^x', 'Bucket', '^y']}\n  condition: s");
+        no("  s: {eventName|re: ['^x', 'bucket', '^y']}\n  condition: s");
+        yes("  s: {eventName|re|i: ['^x', 'bucket']}\n  condition: s");
         yes("  s: {src|cidr: 10.0.0.0/8}\n  condition: s");
         no("  s: {src|cidr: 192.168.0.0/16}\n  condition: s");
         yes("  s: {nested.Type: assumedrole, n: 42, tags: b}\n  condition: s");
