@@ -287,8 +287,11 @@ struct SourceRules {
     /// Without a required field: tried on every event of the source.
     unkeyed: Vec<usize>,
     /// Per required field, the rules by each (lower-cased) value it must hold.
-    keyed: Vec<(String, std::collections::HashMap<String, Vec<usize>, foldhash::fast::FixedState>)>,
+    keyed: Vec<(String, RulesByValue)>,
 }
+
+/// Rules by a (lower-cased) value their required field must hold.
+type RulesByValue = std::collections::HashMap<String, Vec<usize>, foldhash::fast::FixedState>;
 
 impl RuleIndex {
     fn for_source(&self, source: &str, controls: &[(&Control, isize)]) -> std::rc::Rc<SourceRules> {

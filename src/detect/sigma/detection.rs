@@ -374,10 +374,8 @@ fn combined(values: Vec<ValueMatcher>, cased: bool, has: &dyn Fn(&str) -> bool) 
     if needles.len() < 2 && regexes.len() < 2 {
         return Ok(values);
     }
-    let mut kept: Vec<ValueMatcher> = values
-        .into_iter()
-        .filter(|v| !(needles.len() >= 2 && contained(v).is_some()) && !(regexes.len() >= 2 && matches!(v, ValueMatcher::Regex(_))))
-        .collect();
+    let joined = |v: &ValueMatcher| (needles.len() >= 2 && contained(v).is_some()) || (regexes.len() >= 2 && matches!(v, ValueMatcher::Regex(_)));
+    let mut kept: Vec<ValueMatcher> = values.into_iter().filter(|v| !joined(v)).collect();
     if needles.len() >= 2 {
         kept.push(ValueMatcher::ContainsAny { automaton: AhoCorasick::new(&needles).context("too many `contains` values")?, cased });
     }
