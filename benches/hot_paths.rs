@@ -2,7 +2,8 @@
 //! (state updates and each event's features), reading features back from accumulated values, scoring, the
 //! whole decision, and the as-of lookup (a dataflow that arranges updates and looks events up in
 //! it, beside the same dataflow without the lookup); and providers' records (mapping, Sigma
-//! matching). Run with `cargo bench --bench hot_paths`.
+//! matching, and parsing a record with serde_json, sonic-rs and simd-json). Run with `cargo bench
+//! --bench hot_paths`.
 
 use std::hint::black_box;
 
@@ -168,12 +169,38 @@ fn raw_logs(c: &mut Criterion) {
     let (rules, _) = threatflow::detect::sigma::read_dir(rules_dir, &Default::default()).expect("rules");
     let mut group = c.benchmark_group("raw_logs");
     group.throughput(Throughput::Elements(records.len() as u64));
+    // Parsing alone, into each candidate document: serde_json's `Value` (what records were parsed
+    // into before), sonic-rs's (what `threatflow::event::Record` is), simd-json's borrowed value.
+    let parse_serde_json = |texts: &[String]| texts.iter().for_each(|t| drop(black_box(serde_json::from_str::<serde_json::Value>(t).expect("JSON"))));
+    let parse_sonic_rs = |texts: &[String]| texts.iter().for_each(|t| drop(black_box(sonic_rs::from_str::<sonic_rs::Value>(t).expect("JSON"))));
+    let parse_simd_json = |texts: &[String]| {
+        let mut buffer = Vec::new();
+        for text in texts {
+            buffer.clear();
+            buffer.extend_from_slice(text.as_bytes());
+            drop(black_box(simd_json::to_borrowed_value(&mut buffer).expect("JSON")));
+        }
+    };
+    group.bench_function("parse_serde_json_value", |b| b.iter(|| parse_serde_json(&texts)));
+    group.bench_function("parse_sonic_rs_value", |b| b.iter(|| parse_sonic_rs(&texts)));
+    group.bench_function("parse_simd_json_borrowed", |b| b.iter(|| parse_simd_json(&texts)));
+    let medians = alternated(&[&|| parse_serde_json(&texts), &|| parse_sonic_rs(&texts), &|| parse_simd_json(&texts)], 20);
+    let rate = |d: std::time::Duration| (20 * texts.len()) as f64 / d.as_secs_f64();
+    println!(
+        "raw_logs: parsing {} CloudTrail records: serde_json {:.0}, sonic-rs {:.0} ({:.2}x), simd-json {:.0} ({:.2}x) records/s",
+        texts.len(),
+        rate(medians[0]),
+        rate(medians[1]),
+        medians[0].as_secs_f64() / medians[1].as_secs_f64(),
+        rate(medians[2]),
+        medians[0].as_secs_f64() / medians[2].as_secs_f64()
+    );
     group.bench_function("cloudtrail_parse_and_map", |b| {
         let mut out = Vec::new();
         b.iter(|| {
             for text in &texts {
                 out.clear();
-                let value: serde_json::Value = serde_json::from_str(text).expect("JSON");
+                let value: threatflow::event::Record = sonic_rs::from_str(text).expect("JSON");
                 format.decode(value, &mut out);
                 black_box(&out);
             }
@@ -181,7 +208,7 @@ fn raw_logs(c: &mut Criterion) {
     });
     let mut decoded = Vec::new();
     for record in &records {
-        format.decode(record.clone(), &mut decoded);
+        format.decode(sonic_rs::to_value(record).expect("a record"), &mut decoded);
     }
     let events: Vec<_> = decoded.into_iter().filter_map(|(e, _)| e.ok()).collect();
     group.bench_function("sigma_282_rules", |b| {
@@ -221,33 +248,41 @@ fn raw_logs(c: &mut Criterion) {
     group.bench_function("rsigma_eval_engine", |b| b.iter(|| rsigma(&records)));
     group.finish();
 
-    // The ratio, in one run: alternating rounds of both, the median of each.
+    // The ratio, in one run.
     let index = ControlIndex::new(&controls);
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for _ in 0..31 {
-        let started = std::time::Instant::now();
-        for _ in 0..20 {
-            for event in &events {
-                black_box(decide(event.ts, event, &features, &controls, &index));
-            }
-        }
-        ours.push(started.elapsed());
-        let started = std::time::Instant::now();
-        for _ in 0..20 {
-            rsigma(&records);
-        }
-        theirs.push(started.elapsed());
-    }
-    ours.sort();
-    theirs.sort();
-    let per_record = |d: std::time::Duration| d.as_secs_f64() / (20 * records.len()) as f64;
+    let ours = || events.iter().for_each(|event| drop(black_box(decide(event.ts, event, &features, &controls, &index))));
+    let theirs = || rsigma(&records);
+    let medians = alternated(&[&ours, &theirs], 20);
+    let rate = |d: std::time::Duration| (20 * records.len()) as f64 / d.as_secs_f64();
     println!(
         "raw_logs: our decision step {:.0} records/s, rsigma-eval {:.0} records/s ({} rules): {:.2}x rsigma-eval",
-        1.0 / per_record(ours[15]),
-        1.0 / per_record(theirs[15]),
+        rate(medians[0]),
+        rate(medians[1]),
         engine.rule_count(),
-        theirs[15].as_secs_f64() / ours[15].as_secs_f64()
+        medians[1].as_secs_f64() / medians[0].as_secs_f64()
     );
+}
+
+/// The median time of `rounds` calls of each step, over 31 alternating turns (the host is noisy:
+/// figures compared within one run, side by side).
+fn alternated(steps: &[&dyn Fn()], rounds: usize) -> Vec<std::time::Duration> {
+    let mut times = vec![Vec::new(); steps.len()];
+    for _ in 0..31 {
+        for (step, times) in steps.iter().zip(&mut times) {
+            let started = std::time::Instant::now();
+            for _ in 0..rounds {
+                step();
+            }
+            times.push(started.elapsed());
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort();
+            t[15]
+        })
+        .collect()
 }
 
 criterion_group!(benches, hot_paths, as_of, raw_logs);

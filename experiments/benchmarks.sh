@@ -7,6 +7,7 @@
 #     then three runs at half of the saturation rate found (the one with the median p99 reported);
 #   - memory per active user at 100k and 1M users (peak RSS);
 #   - end to end through the Kafka-compatible broker (experiments/kafka_end_to_end.sh);
+#   - providers' raw records read back from files, per format (experiments/raw_path.sh);
 #   - where the time goes at saturation: a perf profile of `threatflow run -w 1`, when perf works.
 # Nothing else should run on the machine meanwhile.
 # Usage: experiments/benchmarks.sh [--quick]   (--quick: smaller runs, for checking the script)
@@ -21,9 +22,9 @@ cargo build --release --quiet --bins --examples
 tf=./target/release/threatflow
 
 if [ "$quick" = "--quick" ]; then
-  events=1000000 compare=1000000 runs=1 seconds=4 warmup=1 step=2 big_users=200000 big_events=1000000 kafka_events=100000 kafka_seconds=4
+  events=1000000 compare=1000000 runs=1 seconds=4 warmup=1 step=2 big_users=200000 big_events=1000000 kafka_events=100000 kafka_seconds=4 raw_events=100000
 else
-  events=10000000 compare=10000000 runs=3 seconds=10 warmup=2 step=1.25 big_users=1000000 big_events=10000000 kafka_events=1000000 kafka_seconds=10
+  events=10000000 compare=10000000 runs=3 seconds=10 warmup=2 step=1.25 big_users=1000000 big_events=10000000 kafka_events=1000000 kafka_seconds=10 raw_events=300000
 fi
 
 # `seconds` in a report is the dataflow's time; `process_seconds` the whole process's wall time.
@@ -75,6 +76,9 @@ done
 
 echo "== through the broker" >&2
 experiments/kafka_end_to_end.sh "$kafka_events" 2 "$kafka_seconds" 12500 25000 50000 100000 200000 >"$out/kafka.jsonl"
+
+echo "== providers' raw records" >&2
+experiments/raw_path.sh "$raw_events" "$runs" >/dev/null
 
 if perf stat -e task-clock true >/dev/null 2>&1; then
   echo "== where the time goes at saturation" >&2

@@ -253,6 +253,9 @@ fn main() -> Result<()> {
             )?;
         }
     }
+    if let Ok(raw_path) = std::fs::read_to_string("docs/benchmarks/raw-path.md") {
+        writeln!(md, "\n## Providers' raw records\n\n{raw_path}")?;
+    }
     writeln!(md, "\n## Latency (open loop)\n\n![latency vs offered load](docs/benchmarks/latency_vs_load.svg)\n![latency CCDF](docs/benchmarks/latency_ccdf.svg)\n")?;
     writeln!(md, "`cargo run --release --example openloop -- --sweep --rate R --step S -w W`: events are due at a fixed rate, stamped with their due millisecond, and their latency runs from the due time to the moment the output frontier passes it (coordinated omission cannot hide a stall). The dataflow is the real one (all features, the default model and rules, correlation and verdict steps); the events are the generator's, re-timed to the schedule.\n")?;
     writeln!(md, "| workers | offered/s | achieved/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---|---|---|---|---|---|")?;

@@ -8,6 +8,7 @@ use std::fmt;
 use base64::Engine as _;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
+use sonic_rs::{JsonContainerTrait, JsonValueMutTrait, JsonValueTrait};
 
 /// A user's key: a 128-bit fingerprint of the user name (xxh3), so that keys are small and
 /// fixed-size; two of a million users collide with probability about 1e-27.
@@ -128,6 +129,12 @@ impl ActionKind {
     }
 }
 
+/// A provider's record as parsed: sonic-rs's document, which keeps a record's nodes in one arena
+/// and parses CloudTrail records about four times as fast as a `serde_json::Value` does
+/// (BENCHMARKS.md, "Parsing a record"). The mappings read it, the rules read it, and the event
+/// keeps it.
+pub type Record = sonic_rs::Value;
+
 /// A record's fields beyond the canonical ones, parsed once: rules read them as a JSON object
 /// (Sigma's record) without parsing them again, and clones of an event share them.
 ///
@@ -135,55 +142,71 @@ impl ActionKind {
 /// order of events and their checkpointed form do not depend on how the fields are held.
 ///
 /// ```
+/// use sonic_rs::JsonValueTrait;
 /// use threatflow::event::Fields;
-/// let fields = Fields::new(serde_json::from_str(r#"{"risk": {"a": 1}, "note": "x"}"#)?);
-/// assert_eq!(fields.get("note"), Some(&serde_json::json!("x")));
-/// assert_eq!(fields.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), ["note", "risk"]);
-/// assert_eq!(fields.record()["risk"]["a"], 1);
-/// # Ok::<(), serde_json::Error>(())
+/// let fields = Fields::of_record(sonic_rs::from_str(r#"{"risk": {"a": 1}, "note": "x"}"#)?);
+/// assert_eq!(fields.get("note").and_then(|v| v.as_str()), Some("x"));
+/// assert_eq!(fields.pairs(), [("note", "\"x\"".to_string()), ("risk", r#"{"a":1}"#.to_string())]);
+/// assert_eq!(fields.record().pointer(["risk", "a"]).and_then(|v| v.as_u64()), Some(1));
+/// # Ok::<(), sonic_rs::Error>(())
 /// ```
 #[derive(Clone, Debug, Default)]
-pub struct Fields(Option<std::sync::Arc<serde_json::Value>>);
+pub struct Fields(Option<std::sync::Arc<Record>>);
 
 /// The record of an event without other fields: nothing a rule looks up is in it.
-static NO_FIELDS: serde_json::Value = serde_json::Value::Null;
+static NO_FIELDS: std::sync::LazyLock<Record> = std::sync::LazyLock::new(Record::default);
 
 impl Fields {
-    /// The fields of a parsed record (an object).
-    pub fn new(map: serde_json::Map<String, serde_json::Value>) -> Fields {
+    /// The fields of a parsed record (an object; anything else holds no fields).
+    pub fn of_record(record: Record) -> Fields {
+        match record.as_object() {
+            Some(object) if !object.is_empty() => Fields(Some(std::sync::Arc::new(record))),
+            _ => Fields::default(),
+        }
+    }
+
+    /// The fields of a `serde_json` object (a canonical event's extra fields).
+    pub fn of_json(map: &serde_json::Map<String, serde_json::Value>) -> Fields {
         if map.is_empty() {
             return Fields::default();
         }
-        Fields(Some(std::sync::Arc::new(serde_json::Value::Object(map))))
+        Fields::of_record(sonic_rs::to_value(map).unwrap_or_default())
     }
 
     /// A field's value.
-    pub fn get(&self, name: &str) -> Option<&serde_json::Value> {
-        self.0.as_deref().and_then(|record| record.get(name))
+    pub fn get(&self, name: &str) -> Option<&Record> {
+        self.0.as_deref().and_then(|record| record.as_object()).and_then(|object| object.get(&name))
     }
 
-    /// The fields in name order.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &serde_json::Value)> {
-        self.0.as_deref().and_then(serde_json::Value::as_object).into_iter().flatten()
+    /// Whether there are no fields.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// The fields in the record's order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Record)> {
+        self.0.as_deref().and_then(|record| record.as_object()).into_iter().flat_map(|object| object.iter())
     }
 
     /// Sets a field (the enrichment step adds `enrichment` to a provider's record), replacing one
     /// of the same name; the record is copied only when another event still shares it.
-    pub fn insert(&mut self, name: &str, value: serde_json::Value) {
-        let record = self.0.get_or_insert_with(|| std::sync::Arc::new(serde_json::Value::Object(serde_json::Map::new())));
-        if let serde_json::Value::Object(map) = std::sync::Arc::make_mut(record) {
-            map.insert(name.to_string(), value);
+    pub fn insert(&mut self, name: &str, value: Record) {
+        let record = self.0.get_or_insert_with(|| std::sync::Arc::new(sonic_rs::Object::new().into_value()));
+        if let Some(object) = std::sync::Arc::make_mut(record).as_object_mut() {
+            object.insert(name, value);
         }
     }
 
     /// The fields as a JSON object (`null` when there are none), for rules to read.
-    pub fn record(&self) -> &serde_json::Value {
+    pub fn record(&self) -> &Record {
         self.0.as_deref().unwrap_or(&NO_FIELDS)
     }
 
     /// The `(name, JSON text)` pairs in name order: how the fields compare and serialise.
-    fn pairs(&self) -> Vec<(&String, String)> {
-        self.iter().map(|(name, value)| (name, value.to_string())).collect()
+    pub fn pairs(&self) -> Vec<(&str, String)> {
+        let mut pairs: Vec<(&str, String)> = self.iter().map(|(name, value)| (name, value.to_string())).collect();
+        pairs.sort();
+        pairs
     }
 }
 
@@ -222,11 +245,11 @@ impl Serialize for Fields {
 impl<'de> Deserialize<'de> for Fields {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Fields, D::Error> {
         let pairs = Vec::<(String, String)>::deserialize(deserializer)?;
-        let map = pairs
-            .into_iter()
-            .map(|(name, text)| serde_json::from_str(&text).map(|value| (name, value)).map_err(de::Error::custom))
-            .collect::<Result<_, _>>()?;
-        Ok(Fields::new(map))
+        let mut object = sonic_rs::Object::with_capacity(pairs.len());
+        for (name, text) in pairs {
+            object.insert(&name, sonic_rs::from_str::<Record>(&text).map_err(de::Error::custom)?);
+        }
+        Ok(Fields::of_record(object.into_value()))
     }
 }
 
@@ -252,10 +275,13 @@ impl Event {
             "user_agent" => self.user_agent.as_deref().map(Cow::Borrowed),
             "bytes" => self.bytes.map(|b| Cow::Owned(b.to_string())),
             "ip_class" | "city" | "latitude" | "longitude" | "asn" | "as_org" => self.enrichment.as_ref()?.field(name).map(Cow::Owned),
-            _ => match self.extra.get(name)? {
-                serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
-                other => Some(Cow::Owned(other.to_string())),
-            },
+            _ => {
+                let value = self.extra.get(name)?;
+                match value.as_str() {
+                    Some(s) => Some(Cow::Borrowed(s)),
+                    None => Some(Cow::Owned(value.to_string())),
+                }
+            }
         }
     }
 
@@ -282,7 +308,7 @@ impl Event {
             map.insert("bytes".into(), b.into());
         }
         for (k, v) in self.extra.iter() {
-            map.insert(k.clone(), v.clone());
+            map.insert(k.to_string(), serde_json::to_value(v).unwrap_or_default());
         }
         serde_json::Value::Object(map).to_string()
     }
@@ -399,7 +425,7 @@ impl RawEvent {
             }
             None => None,
         };
-        let extra = Fields::new(self.extra);
+        let extra = Fields::of_json(&self.extra);
         let key = user_key(&user);
         Ok(Event {
             event_id,
@@ -646,7 +672,7 @@ mod tests {
         assert_eq!(e.ts, 1_767_607_200_250);
         assert_eq!(e.country.as_deref(), Some("DE"));
         assert_eq!(e.bytes, Some(42));
-        let pairs: Vec<(String, String)> = e.extra.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+        let pairs: Vec<(String, String)> = e.extra.pairs().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         assert_eq!(pairs, vec![("note".into(), "\"x\"".into()), ("risk".into(), "{\"a\":1}".into())]);
         // Checkpoints and other processes get the fields as `(name, JSON text)` pairs.
         let bytes = bincode::serialize(&e).unwrap();

@@ -22,7 +22,7 @@ fn decode_all(records: &[Value]) -> (BTreeMap<String, (u64, u64)>, Vec<String>) 
     let mut counts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut reasons = Vec::new();
     for record in records {
-        match mappings.auto(record.clone()) {
+        match mappings.auto(sonic_rs::to_value(record).unwrap()) {
             Ok(event) => counts.entry(event.source.unwrap_or_else(|| "canonical".into())).or_default().0 += 1,
             Err(reason) if reason.to_string().contains("fits no mapping") => counts.entry("none".into()).or_default().1 += 1,
             Err(reason) => {
@@ -231,5 +231,5 @@ fn text_logs_of_vpc_flow_and_s3_access_become_events() {
     let dead = lines(&dead);
     assert_eq!(dead.len(), 2);
     assert!(dead[0]["reason"].as_str().unwrap().contains("no `action`"), "{}", dead[0]);
-    assert!(dead[1]["reason"].as_str().unwrap().contains("expected value"), "{}", dead[1]);
+    assert!(dead[1]["reason"].as_str().unwrap().contains("not JSON: Invalid JSON value at line 1 column 1"), "{}", dead[1]);
 }

@@ -131,7 +131,7 @@ pub fn observables(event: &Event, mut each: impl FnMut(IndicatorKind, &str)) {
     if let Some(asn) = event.enrichment.as_ref().and_then(|e| e.asn) {
         value(IndicatorKind::Asn, &asn.to_string());
     }
-    if event.extra.iter().next().is_none() && event.resource.as_deref().is_none_or(|r| !r.contains("://")) {
+    if event.extra.is_empty() && event.resource.as_deref().is_none_or(|r| !r.contains("://")) {
         return; // no field of a domain or a hash (canonical events mostly)
     }
     for field in DOMAIN_FIELDS {

@@ -207,14 +207,15 @@ pub fn field_value<'e>(event: &'e Event, name: &str) -> Option<std::borrow::Cow<
     if let Some(value) = event.field(name) {
         return Some(value);
     }
+    use sonic_rs::JsonValueTrait;
     let mut at = crate::detect::sigma::record_of(event);
     for segment in name.split('.') {
         at = at.get(segment)?;
     }
-    match at {
-        serde_json::Value::Null => None,
-        serde_json::Value::String(s) => Some(std::borrow::Cow::Borrowed(s)),
-        other => Some(std::borrow::Cow::Owned(other.to_string())),
+    match at.as_str() {
+        Some(s) => Some(std::borrow::Cow::Borrowed(s)),
+        None if at.is_null() => None,
+        None => Some(std::borrow::Cow::Owned(at.to_string())),
     }
 }
 

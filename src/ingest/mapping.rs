@@ -42,7 +42,7 @@
 //! ```
 //! use threatflow::ingest::mapping::Mappings;
 //! let mappings = Mappings::shipped()?;
-//! let record = serde_json::json!({
+//! let record = sonic_rs::json!({
 //!     "eventVersion": "1.08", "eventSource": "signin.amazonaws.com", "eventName": "ConsoleLogin",
 //!     "eventTime": "2024-07-30T21:31:11Z", "eventID": "e-1", "sourceIPAddress": "08.1.250.216",
 //!     "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::1:user/ann"},
@@ -63,9 +63,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
-use serde_json::Value;
+use sonic_rs::{JsonContainerTrait, JsonValueTrait};
 
-use crate::event::{event_from_value, Event, Fields, RejectReason, Time, MAX_TIME};
+use crate::event::{event_from_value, Event, Fields, Record, RejectReason, Time, MAX_TIME};
 
 /// The mappings shipped with threatflow.
 const SHIPPED: [(&str, &str); 18] = [
@@ -244,15 +244,15 @@ impl Mapping {
     }
 
     /// Whether `record` is of this source.
-    pub fn detects(&self, record: &Value) -> bool {
+    pub fn detects(&self, record: &Record) -> bool {
         self.all.iter().all(|p| present(record, p))
             && (self.any.is_empty() || self.any.iter().any(|p| present(record, p)))
-            && holds(record, &self.equals)
+            && holds(&mut FoldedTexts::new(record), &self.equals)
     }
 
     /// The record a text line's `fields` make for this source, when it writes text and they are
     /// of it; `Some(None)` for its header line.
-    fn text_record(&self, fields: &[&str]) -> Option<Option<Value>> {
+    fn text_record(&self, fields: &[&str]) -> Option<Option<Record>> {
         let spec = self.text.as_ref()?;
         if spec.header.as_deref().is_some_and(|header| header.split_whitespace().eq(fields.iter().copied())) {
             return Some(None);
@@ -261,57 +261,56 @@ impl Mapping {
             return None;
         }
         let named = spec.fields.iter().zip(fields).filter(|(_, text)| **text != "-");
-        let record = Value::Object(named.map(|(name, text)| (name.clone(), Value::from(*text))).collect());
+        let mut record = sonic_rs::Object::new();
+        for (name, text) in named {
+            record.insert(name, *text);
+        }
+        let record = record.into_value();
         self.detects(&record).then_some(Some(record))
     }
 
     /// The canonical event of a record of this source; the record becomes the event's other
     /// fields, without being copied.
-    pub fn map(&self, owned: Value) -> Result<Event, RejectReason> {
+    pub fn map(&self, owned: Record) -> Result<Event, RejectReason> {
         let record = &owned;
         let invalid = |what: String| RejectReason::Invalid(format!("{} record: {what}", self.name));
         let missing = |field: &str, tried: &[FieldPath]| {
             let tried: Vec<String> = tried.iter().map(|p| p.join(".")).collect();
             invalid(format!("no `{field}` (looked at {})", tried.join(", ")))
         };
-        let user = first_text(record, &self.user).ok_or_else(|| missing("user", &self.user))?;
+        let text_of = |paths: &[FieldPath]| first_text(record, paths).map(|text| crate::event::Text::from(text.as_ref()));
+        let user = text_of(&self.user).ok_or_else(|| missing("user", &self.user))?;
         let ts_value = first(record, &self.ts).ok_or_else(|| missing("ts", &self.ts))?;
         let ts = parse_time(&ts_value).map_err(|e| invalid(format!("ts: {e}")))?;
         let action_name = first_text(record, &self.action_name).ok_or_else(|| missing("action", &self.action_name))?;
-        let action = self
+        let mut folded = FoldedTexts::new(record);
+        let action: crate::event::Text = self
             .actions
             .iter()
-            .find(|(_, when)| holds(record, when))
-            .map_or_else(|| action_name.clone(), |(category, _)| category.clone());
+            .find(|(_, when)| holds(&mut folded, when))
+            .map_or_else(|| action_name.as_ref().into(), |(category, _)| category.as_str().into());
         let event_id = match first_text(record, &self.event_id) {
-            Some(id) => id,
+            Some(id) => id.as_ref().into(),
             None => {
-                let bytes = serde_json::to_vec(record).unwrap_or_default();
-                format!("{}:{:032x}", self.name, xxhash_rust::xxh3::xxh3_128(&bytes))
+                let bytes = sonic_rs::to_vec(record).unwrap_or_default();
+                crate::event::Text::from(format!("{}:{:032x}", self.name, xxhash_rust::xxh3::xxh3_128(&bytes)))
             }
         };
         let country = first_text(record, &self.country)
             .filter(|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()))
             .map(|c| c.to_ascii_uppercase());
-        let bytes = first(record, &self.bytes).and_then(|v| match v.as_ref() {
-            Value::Number(n) => n.as_u64(),
-            Value::String(s) => s.trim().parse().ok(),
-            _ => None,
+        let bytes = first(record, &self.bytes).and_then(|v| match v.as_str() {
+            Some(s) => s.trim().parse().ok(),
+            None => v.as_u64(),
         });
-        let app = first_text(record, &self.app).map(Into::into);
-        let resource = first_text(record, &self.resource).map(Into::into);
-        let src_ip = first_text(record, &self.src_ip).map(Into::into);
-        let user_agent = first_text(record, &self.user_agent).map(Into::into);
-        let extra = match owned {
-            Value::Object(map) => Fields::new(map),
-            _ => Fields::default(),
-        };
+        let (app, resource, src_ip, user_agent) = (text_of(&self.app), text_of(&self.resource), text_of(&self.src_ip), text_of(&self.user_agent));
+        let extra = Fields::of_record(owned);
         let key = crate::event::user_key(&user);
         Ok(Event {
-            event_id: event_id.into(),
+            event_id,
             ts,
-            user: user.into(),
-            action: action.into(),
+            user,
+            action,
             app,
             resource,
             src_ip,
@@ -378,23 +377,18 @@ impl RecordFormat {
 
     /// The events of one parsed record (several for a `Records` list or an array), each an event
     /// or the reason it is not, with the element's JSON text when it is part of a list.
-    pub fn decode(&self, record: Value, out: &mut Vec<(Result<Event, RejectReason>, Option<String>)>) {
-        match record {
-            Value::Array(items) => {
-                for item in items {
-                    let text = item.to_string();
-                    out.push((self.decode_one(item), Some(text)));
-                }
-            }
-            Value::Object(mut map) if matches!(map.get("Records"), Some(Value::Array(_))) && map.len() == 1 => {
-                if let Some(Value::Array(items)) = map.remove("Records") {
-                    for item in items {
-                        let text = item.to_string();
-                        out.push((self.decode_one(item), Some(text)));
-                    }
-                }
-            }
-            other => out.push((self.decode_one(other), None)),
+    pub fn decode(&self, record: Record, out: &mut Vec<(Result<Event, RejectReason>, Option<String>)>) {
+        let list = |record: &Record| record.as_object().filter(|o| o.len() == 1).and_then(|o| o.get(&"Records")).is_some_and(|r| r.is_array());
+        let items = if record.is_array() {
+            record.into_array()
+        } else if list(&record) {
+            record.into_object().and_then(|mut o| o.remove(&"Records")).and_then(Record::into_array)
+        } else {
+            return out.push((self.decode_one(record), None));
+        };
+        for item in items.into_iter().flatten() {
+            let text = item.to_string();
+            out.push((self.decode_one(item), Some(text)));
         }
     }
 
@@ -417,9 +411,9 @@ impl RecordFormat {
         true
     }
 
-    fn decode_one(&self, record: Value) -> Result<Event, RejectReason> {
+    fn decode_one(&self, record: Record) -> Result<Event, RejectReason> {
         match self {
-            RecordFormat::Canonical => event_from_value(record),
+            RecordFormat::Canonical => canonical(&record),
             RecordFormat::Source(mappings, index) => mappings.all[*index].map(record),
             RecordFormat::Auto(mappings) => mappings.auto(record),
         }
@@ -450,16 +444,22 @@ pub fn text_fields(line: &str) -> Vec<&str> {
 }
 
 /// The top-level keys of a record, for a reason that says what it looked like.
-fn describe(record: &Value) -> String {
-    match record {
-        Value::Object(map) => {
-            let keys: Vec<&str> = map.keys().map(String::as_str).take(12).collect();
-            format!("fields {}{}", keys.join(", "), if map.len() > 12 { ", ..." } else { "" })
-        }
-        Value::Null => "null".into(),
-        Value::Bool(_) | Value::Number(_) | Value::String(_) => "not a JSON object".into(),
-        Value::Array(_) => "a nested array".into(),
+fn describe(record: &Record) -> String {
+    if let Some(object) = record.as_object() {
+        let keys: Vec<&str> = object.iter().map(|(key, _)| key).take(12).collect();
+        return format!("fields {}{}", keys.join(", "), if object.len() > 12 { ", ..." } else { "" });
     }
+    match record {
+        _ if record.is_null() => "null".into(),
+        _ if record.is_array() => "a nested array".into(),
+        _ => "not a JSON object".into(),
+    }
+}
+
+/// A canonical event given as a parsed record (`--format auto`).
+fn canonical(record: &Record) -> Result<Event, RejectReason> {
+    let value: serde_json::Value = sonic_rs::from_value(record).map_err(|e| RejectReason::Invalid(e.to_string()))?;
+    event_from_value(value)
 }
 
 /// Every mapping a job knows.
@@ -507,10 +507,9 @@ impl Mappings {
 
     /// A record's event: canonical when it has the canonical fields, else by the first mapping
     /// that detects it; a record that fits none is refused with its fields.
-    pub fn auto(&self, record: Value) -> Result<Event, RejectReason> {
-        let canonical = ["event_id", "ts", "user", "action"].iter().all(|k| record.get(k).is_some());
-        if canonical {
-            return event_from_value(record);
+    pub fn auto(&self, record: Record) -> Result<Event, RejectReason> {
+        if ["event_id", "ts", "user", "action"].iter().all(|k| record.get(k).is_some()) {
+            return canonical(&record);
         }
         match self.all.iter().find(|m| m.detects(&record)) {
             Some(mapping) => mapping.map(record),
@@ -525,12 +524,12 @@ impl Mappings {
 
 /// The value at a path: exact keys first, then ignoring case; numbers index arrays; a string
 /// holding JSON (as log-analytics exports nest objects) is looked into when the path goes on.
-fn lookup<'v>(record: &'v Value, path: &[String]) -> Option<Cow<'v, Value>> {
+fn lookup<'v>(record: &'v Record, path: &[String]) -> Option<Cow<'v, Record>> {
     let mut value = Cow::Borrowed(record);
     for segment in path {
-        if let Value::String(s) = value.as_ref() {
+        if let Some(s) = value.as_str() {
             if s.starts_with('{') || s.starts_with('[') {
-                value = Cow::Owned(serde_json::from_str(s).ok()?);
+                value = Cow::Owned(sonic_rs::from_str(s).ok()?);
             }
         }
         value = match value {
@@ -542,65 +541,92 @@ fn lookup<'v>(record: &'v Value, path: &[String]) -> Option<Cow<'v, Value>> {
 }
 
 /// One step of a path.
-fn child<'v>(value: &'v Value, segment: &str) -> Option<&'v Value> {
-    match value {
-        Value::Object(map) => map.get(segment).or_else(|| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(segment)).map(|(_, v)| v)),
-        Value::Array(items) => items.get(segment.parse::<usize>().ok()?),
-        _ => None,
+fn child<'v>(value: &'v Record, segment: &str) -> Option<&'v Record> {
+    if let Some(object) = value.as_object() {
+        return object.get(&segment).or_else(|| object.iter().find(|(k, _)| k.eq_ignore_ascii_case(segment)).map(|(_, v)| v));
     }
+    value.as_array()?.get(segment.parse::<usize>().ok()?)
 }
 
 /// The value at a path when it is present: not null, not an empty string.
-fn present_value<'v>(record: &'v Value, path: &[String]) -> Option<Cow<'v, Value>> {
-    lookup(record, path).filter(|v| !matches!(v.as_ref(), Value::Null) && v.as_ref() != &Value::String(String::new()))
+fn present_value<'v>(record: &'v Record, path: &[String]) -> Option<Cow<'v, Record>> {
+    lookup(record, path).filter(|v| !v.is_null() && v.as_str() != Some(""))
 }
 
-fn present(record: &Value, path: &[String]) -> bool {
+fn present(record: &Record, path: &[String]) -> bool {
     present_value(record, path).is_some()
 }
 
 /// The first present value among `paths`.
-fn first<'v>(record: &'v Value, paths: &[FieldPath]) -> Option<Cow<'v, Value>> {
+fn first<'v>(record: &'v Record, paths: &[FieldPath]) -> Option<Cow<'v, Record>> {
     paths.iter().find_map(|p| present_value(record, p))
 }
 
 /// A value as text: strings as they are, numbers and booleans as JSON; objects and arrays are not text.
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
+fn text<'v>(value: &Cow<'v, Record>) -> Option<Cow<'v, str>> {
+    if let Cow::Borrowed(borrowed) = value {
+        let borrowed: &'v Record = borrowed;
+        if let Some(s) = borrowed.as_str() {
+            return Some(Cow::Borrowed(s));
+        }
+    } else if let Some(s) = value.as_str() {
+        return Some(Cow::Owned(s.to_string()));
     }
+    (value.is_number() || value.is_boolean()).then(|| Cow::Owned(value.to_string()))
 }
 
 /// The first present value among `paths` that is text.
-fn first_text(record: &Value, paths: &[FieldPath]) -> Option<String> {
+fn first_text<'v>(record: &'v Record, paths: &[FieldPath]) -> Option<Cow<'v, str>> {
     paths.iter().filter_map(|p| present_value(record, p)).find_map(|v| text(&v))
 }
 
 /// Whether every condition holds.
-fn holds(record: &Value, conditions: &Conditions) -> bool {
-    conditions.iter().all(|(path, patterns)| {
-        lookup(record, path).and_then(|v| text(&v)).is_some_and(|t| {
-            let t = t.to_lowercase();
-            patterns.iter().any(|p| glob(p, &t))
-        })
-    })
+fn holds<'m>(record: &mut FoldedTexts<'m, '_>, conditions: &'m Conditions) -> bool {
+    conditions.iter().all(|(path, patterns)| record.text(path).is_some_and(|t| patterns.iter().any(|p| glob(p, t))))
+}
+
+/// A record's texts at the paths conditions test, each looked up and folded to lower case once
+/// per record however many conditions test it (CloudTrail's action categories test `eventName`
+/// up to nine times).
+struct FoldedTexts<'m, 'v> {
+    record: &'v Record,
+    found: Vec<(&'m [String], Option<Cow<'v, str>>)>,
+}
+
+impl<'m, 'v> FoldedTexts<'m, 'v> {
+    fn new(record: &'v Record) -> Self {
+        FoldedTexts { record, found: Vec::new() }
+    }
+
+    /// The text at `path`, lower-cased.
+    fn text(&mut self, path: &'m [String]) -> Option<&str> {
+        let index = match self.found.iter().position(|(known, _)| *known == path) {
+            Some(index) => index,
+            None => {
+                let folded = lookup(self.record, path).and_then(|v| text(&v)).map(|t| {
+                    if t.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+                        t
+                    } else {
+                        Cow::Owned(t.to_lowercase())
+                    }
+                });
+                self.found.push((path, folded));
+                self.found.len() - 1
+            }
+        };
+        self.found[index].1.as_deref()
+    }
 }
 
 /// `*`-wildcard match of lower-cased text.
 fn glob(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let (head, tail) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(head) || !text[head.len()..].ends_with(tail) || text.len() < head.len() + tail.len() {
+    let Some((head, after_head)) = pattern.split_once('*') else { return pattern == text };
+    let (middles, tail) = after_head.rsplit_once('*').unwrap_or(("", after_head));
+    if text.len() < head.len() + tail.len() || !text.starts_with(head) || !text.ends_with(tail) {
         return false;
     }
     let mut rest = &text[head.len()..text.len() - tail.len()];
-    for middle in &parts[1..parts.len() - 1] {
+    for middle in middles.split('*') {
         match rest.find(middle) {
             Some(i) => rest = &rest[i + middle.len()..],
             None => return false,
@@ -612,7 +638,7 @@ fn glob(pattern: &str, text: &str) -> bool {
 /// A timestamp: RFC 3339; `YYYY-MM-DD[T ]hh:mm:ss[.fraction]` without a zone, as UTC; or a number
 /// of seconds (below 10^11) or milliseconds since the epoch. Times after the year 9999
 /// ([`MAX_TIME`]) are errors.
-pub fn parse_time(value: &Value) -> Result<Time, String> {
+pub fn parse_time(value: &Record) -> Result<Time, String> {
     let time = parse_any_time(value)?;
     if time > MAX_TIME {
         return Err(format!("timestamp {value} is after the year 9999"));
@@ -620,22 +646,22 @@ pub fn parse_time(value: &Value) -> Result<Time, String> {
     Ok(time)
 }
 
-fn parse_any_time(value: &Value) -> Result<Time, String> {
-    match value {
-        Value::Number(n) => {
-            let x = n.as_f64().ok_or_else(|| format!("bad number {n}"))?;
-            if !(0.0..1e15).contains(&x) {
-                return Err(format!("timestamp {n} out of range"));
-            }
-            Ok(if x < 1e11 { (x * 1000.0).round() as Time } else { x.round() as Time })
+fn parse_any_time(value: &Record) -> Result<Time, String> {
+    let epoch = |x: f64, written: &dyn std::fmt::Display| {
+        if !(0.0..1e15).contains(&x) {
+            return Err(format!("timestamp {written} out of range"));
         }
-        Value::String(s) => {
+        Ok(if x < 1e11 { (x * 1000.0).round() as Time } else { x.round() as Time })
+    };
+    match value.as_str() {
+        None if value.is_number() => epoch(value.as_f64().ok_or_else(|| format!("bad number {value}"))?, value),
+        Some(s) => {
             let s = s.trim();
             if let Ok(ms) = crate::event::parse_rfc3339_ms(s) {
                 return Ok(ms);
             }
             if let Ok(n) = s.parse::<f64>() {
-                return parse_time(&Value::from(n));
+                return epoch(n, &n);
             }
             // S3 server access logs: `06/Feb/2019:00:00:38 +0000`.
             if let Ok(t) = chrono::DateTime::parse_from_str(s, "%d/%b/%Y:%H:%M:%S %z") {
@@ -649,7 +675,7 @@ fn parse_any_time(value: &Value) -> Result<Time, String> {
             }
             Err(format!("unrecognised timestamp {s:?}"))
         }
-        other => Err(format!("timestamp is not a string or number: {other}")),
+        None => Err(format!("timestamp is not a string or number: {value}")),
     }
 }
 
@@ -661,30 +687,30 @@ mod tests {
     fn times_in_every_shape() {
         let ms = 1_671_835_364_467;
         for v in [
-            Value::from("2022-12-23T22:42:44.467Z"),
-            Value::from("2022-12-23 22:42:44.467000000"),
-            Value::from("2022-12-23T22:42:44.467"),
-            Value::from(ms),
-            Value::from(1_671_835_364.467),
-            Value::from("1671835364467"),
+            Record::from("2022-12-23T22:42:44.467Z"),
+            Record::from("2022-12-23 22:42:44.467000000"),
+            Record::from("2022-12-23T22:42:44.467"),
+            Record::from(ms),
+            sonic_rs::json!(1_671_835_364.467),
+            Record::from("1671835364467"),
         ] {
             assert_eq!(parse_time(&v), Ok(ms), "{v}");
         }
-        assert_eq!(parse_time(&Value::from("2022-12-23 22:42:44")), Ok(1_671_835_364_000));
-        assert!(parse_time(&Value::from("yesterday")).is_err());
-        assert!(parse_time(&Value::Null).is_err());
+        assert_eq!(parse_time(&Record::from("2022-12-23 22:42:44")), Ok(1_671_835_364_000));
+        assert!(parse_time(&Record::from("yesterday")).is_err());
+        assert!(parse_time(&sonic_rs::json!(null)).is_err());
     }
 
     #[test]
     fn globs_and_paths() {
         assert!(glob("delete*", "deletebucket") && glob("*policy", "putuserpolicy") && glob("a*b*c", "axxbyyc"));
         assert!(!glob("delete*", "undelete") && !glob("a*b*c", "acb") && !glob("ab*ba", "aba"));
-        let record = serde_json::json!({"A": {"b": [{"C": 1}]}, "e": null});
+        let record = sonic_rs::json!({"A": {"b": [{"C": 1}]}, "e": null});
         let path = |p: &str| p.split('.').map(str::to_string).collect::<Vec<_>>();
-        assert_eq!(lookup(&record, &path("a.B.0.c")).as_deref(), Some(&Value::from(1)));
+        assert_eq!(lookup(&record, &path("a.B.0.c")).as_deref(), Some(&Record::from(1)));
         assert!(!present(&record, &path("e")) && !present(&record, &path("a.b.1")));
-        let nested = serde_json::json!({"InitiatedBy": "{\"user\":{\"userPrincipalName\":\"ann@x\"}}"});
-        assert_eq!(lookup(&nested, &path("InitiatedBy.user.userPrincipalName")).as_deref(), Some(&Value::from("ann@x")));
+        let nested = sonic_rs::json!({"InitiatedBy": "{\"user\":{\"userPrincipalName\":\"ann@x\"}}"});
+        assert_eq!(lookup(&nested, &path("InitiatedBy.user.userPrincipalName")).as_deref(), Some(&Record::from("ann@x")));
     }
 
     #[test]
@@ -701,12 +727,12 @@ mod tests {
     fn records_lists_and_arrays_expand() {
         let format = RecordFormat::parse("auto", None).unwrap();
         let ct = |id: &str| {
-            serde_json::json!({"eventVersion": "1", "eventSource": "s3.amazonaws.com", "eventName": "GetObject", "eventID": id,
+            sonic_rs::json!({"eventVersion": "1", "eventSource": "s3.amazonaws.com", "eventName": "GetObject", "eventID": id,
                 "eventTime": "2024-01-01T00:00:00Z", "userIdentity": {"arn": "arn:u"}})
         };
         let mut out = Vec::new();
-        format.decode(serde_json::json!({"Records": [ct("a"), ct("b"), {"x": 1}]}), &mut out);
-        format.decode(serde_json::json!([ct("c")]), &mut out);
+        format.decode(sonic_rs::json!({"Records": [ct("a"), ct("b"), {"x": 1}]}), &mut out);
+        format.decode(sonic_rs::json!([ct("c")]), &mut out);
         let ids: Vec<String> = out.iter().map(|(e, _)| e.as_ref().map(|e| e.event_id.to_string()).unwrap_or_else(|r| r.to_string())).collect();
         assert_eq!(ids[0], "a");
         assert_eq!(ids[1], "b");

@@ -493,6 +493,13 @@ impl Default for Decoding {
     }
 }
 
+/// Why a record is not JSON, on one line: sonic-rs's message goes on with an excerpt of the
+/// record, which the dead letter keeps whole anyway.
+fn not_json(error: &sonic_rs::Error) -> String {
+    let message = error.to_string();
+    format!("not JSON: {}", message.lines().next().unwrap_or_default())
+}
+
 /// A record's items: its events (several when it holds a list of provider records), or dead
 /// letters with the reason. `bytes` may hold only a prefix of a record of `size` bytes (an
 /// oversized one); `written` is when the record was written, when the source knows (events more
@@ -546,7 +553,7 @@ pub fn decode_record(
     }
     let parsed = std::str::from_utf8(bytes)
         .map_err(|e| RejectReason::InvalidUtf8(e.to_string()))
-        .and_then(|text| serde_json::from_str(text).map_err(|e| RejectReason::Invalid(e.to_string())));
+        .and_then(|text| sonic_rs::from_str::<crate::event::Record>(text).map_err(|e| RejectReason::Invalid(not_json(&e))));
     let mut decoded = Vec::new();
     match parsed {
         Ok(record) => decoding.format.decode(record, &mut decoded),

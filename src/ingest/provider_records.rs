@@ -29,9 +29,9 @@
 //! let record = Provider::CloudTrail.render(&event);
 //! assert_eq!(record["eventName"], "GetObject");
 //! assert_eq!(record["additionalEventData"]["bytesTransferredOut"], 5000000);
-//! // The shipped mapping reads it back.
+//! // The shipped mapping reads it back, as it reads a file's line.
 //! let mut decoded = Vec::new();
-//! RecordFormat::parse("aws.cloudtrail", None)?.decode(record, &mut decoded);
+//! RecordFormat::parse("aws.cloudtrail", None)?.decode(sonic_rs::from_str(&record.to_string())?, &mut decoded);
 //! let mapped = decoded.remove(0).0?;
 //! assert_eq!((mapped.event_id.as_str(), mapped.action.as_str(), mapped.bytes), ("e1", "download", Some(5_000_000)));
 //! # Ok::<(), Box<dyn std::error::Error>>(())

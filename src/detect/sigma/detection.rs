@@ -13,6 +13,9 @@ use std::net::IpAddr;
 use std::rc::Rc;
 
 use aho_corasick::AhoCorasick;
+use sonic_rs::{JsonContainerTrait, JsonValueTrait};
+
+use crate::event::Record;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
@@ -472,13 +475,17 @@ impl Search {
 }
 
 /// Whether any string (or number) in the record satisfies `test`.
-pub(super) fn any_string(value: &Value, test: &dyn Fn(&str) -> bool) -> bool {
-    match value {
-        Value::String(s) => test(s),
-        Value::Number(n) => test(&n.to_string()),
-        Value::Array(items) => items.iter().any(|v| any_string(v, test)),
-        Value::Object(map) => map.values().any(|v| any_string(v, test)),
-        _ => false,
+pub(super) fn any_string(value: &Record, test: &dyn Fn(&str) -> bool) -> bool {
+    if let Some(s) = value.as_str() {
+        test(s)
+    } else if value.is_number() {
+        test(&value.to_string())
+    } else if let Some(items) = value.as_array() {
+        items.iter().any(|v| any_string(v, test))
+    } else if let Some(object) = value.as_object() {
+        object.iter().any(|(_, v)| any_string(v, test))
+    } else {
+        false
     }
 }
 
@@ -537,21 +544,21 @@ pub(super) fn value_matches<'v>(matcher: &'v ValueMatcher, found: &FieldTexts<'v
 ///
 /// ```
 /// use threatflow::detect::sigma::RecordView;
-/// let record = serde_json::json!({"eventName": "ConsoleLogin", "tags": ["A", "b"]});
+/// let record = sonic_rs::json!({"eventName": "ConsoleLogin", "tags": ["A", "b"]});
 /// let view = RecordView::new(&record);
 /// assert_eq!(view.folded("eventName"), ["consolelogin"]);
 /// assert_eq!(view.folded("tags"), ["a", "b"]);
 /// assert!(view.folded("absent").is_empty());
 /// ```
 pub struct RecordView<'v> {
-    record: &'v Value,
+    record: &'v Record,
     /// The fields asked for so far (a few per record: a list beats hashing).
     found: RefCell<Vec<(&'v str, Rc<FieldTexts<'v>>)>>,
 }
 
 impl<'v> RecordView<'v> {
     /// A view of `record`; nothing is looked up yet.
-    pub fn new(record: &'v Value) -> RecordView<'v> {
+    pub fn new(record: &'v Record) -> RecordView<'v> {
         RecordView { record, found: RefCell::default() }
     }
 
@@ -583,7 +590,7 @@ pub(super) struct FieldTexts<'v> {
 }
 
 impl<'v> FieldTexts<'v> {
-    pub(super) fn of(found: &[&'v Value]) -> FieldTexts<'v> {
+    pub(super) fn of(found: &[&'v Record]) -> FieldTexts<'v> {
         let mut texts = Vec::new();
         found.iter().for_each(|v| push_texts(v, &mut texts));
         FieldTexts { present: found.iter().any(|v| !v.is_null()), texts, folded: std::cell::OnceCell::new() }
@@ -603,20 +610,20 @@ fn fold<'v>(text: &Cow<'v, str>) -> Cow<'v, str> {
 }
 
 /// A value's texts: itself, or each element of an array.
-fn push_texts<'v>(value: &'v Value, out: &mut Vec<Cow<'v, str>>) {
-    match value {
-        Value::String(s) => out.push(Cow::Borrowed(s)),
-        Value::Number(n) => out.push(Cow::Owned(n.to_string())),
-        Value::Bool(b) => out.push(Cow::Owned(b.to_string())),
-        Value::Array(items) => items.iter().for_each(|v| push_texts(v, out)),
-        _ => {}
+fn push_texts<'v>(value: &'v Record, out: &mut Vec<Cow<'v, str>>) {
+    if let Some(s) = value.as_str() {
+        out.push(Cow::Borrowed(s));
+    } else if value.is_number() || value.is_boolean() {
+        out.push(Cow::Owned(value.to_string()));
+    } else if let Some(items) = value.as_array() {
+        items.iter().for_each(|v| push_texts(v, out));
     }
 }
 
 /// A field's values by its Sigma name: a top-level key with that exact name, or the dotted path,
 /// where a segment that meets an array follows every element (a number indexes it).
-pub(super) fn field<'v>(record: &'v Value, name: &str) -> Vec<&'v Value> {
-    if let Some(v) = record.get(name) {
+pub(super) fn field<'v>(record: &'v Record, name: &str) -> Vec<&'v Record> {
+    if let Some(v) = record.as_object().and_then(|object| object.get(&name)) {
         return vec![v];
     }
     let mut values = vec![record];
@@ -630,14 +637,14 @@ pub(super) fn field<'v>(record: &'v Value, name: &str) -> Vec<&'v Value> {
     values
 }
 
-pub(super) fn step<'v>(value: &'v Value, segment: &str, out: &mut Vec<&'v Value>) {
-    match value {
-        Value::Object(map) => out.extend(map.get(segment)),
-        Value::Array(items) => match segment.parse::<usize>() {
+pub(super) fn step<'v>(value: &'v Record, segment: &str, out: &mut Vec<&'v Record>) {
+    if let Some(object) = value.as_object() {
+        out.extend(object.get(&segment));
+    } else if let Some(items) = value.as_array() {
+        match segment.parse::<usize>() {
             Ok(i) => out.extend(items.get(i)),
             Err(_) => items.iter().for_each(|item| step(item, segment, out)),
-        },
-        _ => {}
+        }
     }
 }
 

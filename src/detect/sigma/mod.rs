@@ -33,7 +33,7 @@
 //!   filter: {userIdentity.type: Root}
 //!   condition: selection and not filter
 //! "#, &Default::default())?;
-//! let record = serde_json::json!({"eventName": "ConsoleLogin", "additionalEventData": {"MFAUsed": "No"},
+//! let record = sonic_rs::json!({"eventName": "ConsoleLogin", "additionalEventData": {"MFAUsed": "No"},
 //!     "userIdentity": {"type": "IAMUser"}});
 //! assert!(rule.matches_record(&record));
 //! assert!(rule.applies_to("aws.cloudtrail") && !rule.applies_to("okta.okta"));
@@ -288,7 +288,7 @@ impl SigmaRule {
 
     /// Whether the rule's detection matches a record (its logsource is not checked here); never
     /// for a correlation rule.
-    pub fn matches_record(&self, record: &Value) -> bool {
+    pub fn matches_record(&self, record: &crate::event::Record) -> bool {
         match &self.body {
             Body::Detection(detection) => detection.matches(&RecordView::new(record)),
             Body::Correlation(_) => false,
@@ -324,7 +324,7 @@ pub fn parse_all(text: &str, placeholders: &Placeholders) -> Result<Vec<SigmaRul
 
 /// The record an event came from: its own top-level fields (see [`crate::ingest::mapping`]),
 /// parsed when it was read.
-pub fn record_of(event: &crate::event::Event) -> &Value {
+pub fn record_of(event: &crate::event::Event) -> &crate::event::Record {
     event.extra.record()
 }
 
@@ -455,7 +455,7 @@ mod tests {
 
     #[test]
     fn values_modifiers_and_conditions() {
-        let record = serde_json::json!({"eventName": "PutBucketPolicy", "src": "10.1.2.3", "n": 42, "tags": ["a", "B"],
+        let record = sonic_rs::json!({"eventName": "PutBucketPolicy", "src": "10.1.2.3", "n": 42, "tags": ["a", "B"],
             "nested": {"Type": "AssumedRole"}, "empty": null, "same1": "x", "same2": "X", "msg": "User ROOT did it"});
         let yes = |d: &str| assert!(rule(d).matches_record(&record), "{d}");
         let no = |d: &str| assert!(!rule(d).matches_record(&record), "{d}");
@@ -514,7 +514,7 @@ mod tests {
         assert!(err(&format!("{base}  s: {{a|expand: '%admins%'}}\n  condition: s")).contains("%admins% is not configured"));
         let placeholders = Placeholders::from([("admins".to_string(), vec!["ann".to_string(), "bob".to_string()])]);
         let expanded = SigmaRule::parse(&format!("{base}  s: {{a|expand: '%admins%'}}\n  condition: s"), &placeholders).unwrap();
-        assert!(expanded.matches_record(&serde_json::json!({"a": "BOB"})));
+        assert!(expanded.matches_record(&sonic_rs::json!({"a": "BOB"})));
         assert!(err("title: t\ncorrelation: {type: event_count}\n").contains("`correlation.rules` is missing"));
     }
 
@@ -568,7 +568,7 @@ correlation:
             generate: false,
         };
         assert_eq!(rule.correlation(), Some(&expected));
-        assert!(!rule.matches_record(&serde_json::json!({"ComputerName": "x"})));
+        assert!(!rule.matches_record(&sonic_rs::json!({"ComputerName": "x"})));
         let again: SigmaRule = serde_json::from_str(&serde_json::to_string(&rule).unwrap()).unwrap();
         assert_eq!(again.correlation(), Some(&expected));
 
@@ -631,7 +631,7 @@ correlation:
             assert_eq!(&again, rule);
             assert_eq!((&again.id, &again.title, &again.name, &again.level), (&rule.id, &rule.title, &rule.name, &rule.level));
             assert_eq!(again.correlation(), rule.correlation());
-            let record = serde_json::json!({"eventSource": "ec2.amazonaws.com", "eventName": "DescribeDhcpOptions", "x": 1});
+            let record = sonic_rs::json!({"eventSource": "ec2.amazonaws.com", "eventName": "DescribeDhcpOptions", "x": 1});
             assert_eq!(again.matches_record(&record), rule.matches_record(&record));
         }
     }
@@ -649,8 +649,8 @@ correlation:
         assert_eq!(base.title, "Potential Network Enumeration on AWS");
         assert_eq!(base.correlation(), None);
         assert!(base.applies_to("aws.cloudtrail"));
-        assert!(base.matches_record(&serde_json::json!({"eventSource": "ec2.amazonaws.com", "eventName": "DescribeDhcpOptions"})));
-        assert!(!base.matches_record(&serde_json::json!({"eventSource": "ec2.amazonaws.com", "eventName": "RunInstances"})));
+        assert!(base.matches_record(&sonic_rs::json!({"eventSource": "ec2.amazonaws.com", "eventName": "DescribeDhcpOptions"})));
+        assert!(!base.matches_record(&sonic_rs::json!({"eventSource": "ec2.amazonaws.com", "eventName": "RunInstances"})));
         assert_eq!(correlation.id, id);
         assert_eq!(correlation.title, "Potential Network Enumeration on AWS");
         assert_eq!(correlation.level.as_deref(), Some("low"));
@@ -680,7 +680,7 @@ correlation:
 
         let rules = legacy("  s: {a: 1}\n  f: {b: 2}\n  timeframe: 1h\n  condition: s and not f | count(userName) by ip, host >= 3\n").unwrap();
         assert_eq!(rules[0].id, "r:base");
-        assert!(rules[0].matches_record(&serde_json::json!({"a": 1})) && !rules[0].matches_record(&serde_json::json!({"a": 1, "b": 2})));
+        assert!(rules[0].matches_record(&sonic_rs::json!({"a": 1})) && !rules[0].matches_record(&sonic_rs::json!({"a": 1, "b": 2})));
         let c = rules[1].correlation().unwrap();
         assert_eq!((c.kind, c.field.as_deref(), c.group_by.clone()), (CorrelationKind::ValueCount, Some("userName"), vec!["ip".to_string(), "host".to_string()]));
         assert_eq!(c.condition, CountCondition { gte: Some(3), ..CountCondition::default() });
@@ -689,8 +689,8 @@ correlation:
         let rules = legacy("  a: {x: 1}\n  b: {y: 2}\n  timeframe: 5m\n  condition: a | near b\n").unwrap();
         let ids: Vec<&str> = rules.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["r:a", "r:b", "r"]);
-        assert!(rules[0].matches_record(&serde_json::json!({"x": 1})) && !rules[0].matches_record(&serde_json::json!({"y": 2})));
-        assert!(rules[1].matches_record(&serde_json::json!({"y": 2})));
+        assert!(rules[0].matches_record(&sonic_rs::json!({"x": 1})) && !rules[0].matches_record(&sonic_rs::json!({"y": 2})));
+        assert!(rules[1].matches_record(&sonic_rs::json!({"y": 2})));
         let c = rules[2].correlation().unwrap();
         assert_eq!((c.kind, &c.rules[..], c.timespan), (CorrelationKind::Temporal, &["r:a".to_string(), "r:b".to_string()][..], 300_000));
         assert_eq!((c.condition.gte, c.group_by.is_empty()), (Some(2), true));
