@@ -9,7 +9,8 @@
 //! Departures from the note: the pact is a parameter (arrangements built with `Pipeline`, such as
 //! the broadcast control collection, are read with `Pipeline`); each key's values are cloned once
 //! per activation and handed to a closure by reference, so a large value (a model) is not cloned
-//! per event; and events carry their own time, stashed under one capability per operator
+//! per event, and gathered again only when one of the key's updates falls between two events'
+//! times, so that 300 rules in force cost per update, not per event time; and events carry their own time, stashed under one capability per operator
 //! ([`TimeStash`]) rather than one per distinct time, since with millisecond times nearly every
 //! event has a time of its own and per-time capabilities made progress tracking the bottleneck.
 
@@ -96,14 +97,14 @@ where
     // Each event is taken out (`None`) when handed to `logic`.
     let mut work: Vec<(K, usize, Option<E>)> = Vec::new();
     let mut results: Vec<O> = Vec::new();
-    let mut times: Vec<(Time, BatchDiff<Tr>)> = Vec::new();
-    // The current key's values (each cloned once), and per distinct time of the key the
-    // accumulated values as `(index into key_vals, diff)`.
+    // The current key's values (each cloned once), their updates as `(time, index into key_vals,
+    // diff)`, and each value's accumulation so far.
     let mut key_vals: Vec<BatchValOwn<Tr>> = Vec::new();
-    let mut group_vals: Vec<Vec<(usize, BatchDiff<Tr>)>> = Vec::new();
-    let mut group_times: Vec<usize> = Vec::new();
+    let mut updates: Vec<(Time, usize, BatchDiff<Tr>)> = Vec::new();
+    let mut accumulated: Vec<Option<BatchDiff<Tr>>> = Vec::new();
     let mut key_con = <<C<Tr> as Cursor>::KeyContainer as BatchContainer>::with_capacity(1);
-    // Changes whenever the values handed to `logic` do.
+    // The values last handed to `logic`, and their version: it changes whenever they do.
+    let mut last_vals: Vec<(BatchValOwn<Tr>, BatchDiff<Tr>)> = Vec::new();
     let mut version: u64 = 0;
 
     events.binary_frontier::<_, CapacityContainerBuilder<Vec<O>>, _, _, _, _>(
@@ -146,66 +147,54 @@ where
                         while hi < work.len() && work[hi].0 == work[lo].0 {
                             hi += 1;
                         }
-                        // One group per distinct time: same-time events of a key share their values.
-                        group_times.clear();
-                        for w in &work[lo..hi] {
-                            if group_times.last().map(|g| times_of[*g]) != Some(times_of[w.1]) {
-                                group_times.push(w.1);
-                            }
-                        }
+                        // The key's values (each cloned once) and all their updates, by time.
                         key_vals.clear();
-                        group_vals.iter_mut().for_each(Vec::clear);
-                        group_vals.resize_with(group_times.len().max(group_vals.len()), Vec::new);
+                        updates.clear();
                         key_con.clear();
                         key_con.push_own(&work[lo].0);
                         cursor.seek_key(&storage, key_con.index(0));
                         if cursor.get_key(&storage) == Some(key_con.index(0)) {
                             while let Some(val) = cursor.get_val(&storage) {
-                                times.clear();
-                                cursor.map_times(&storage, |t, d| times.push((C::<Tr>::owned_time(t), C::<Tr>::owned_diff(d))));
-                                times.sort_by_key(|(t, _)| *t);
-                                // Sweep this key's times (ascending) and the value's updates together.
-                                let (mut acc, mut j): (Option<BatchDiff<Tr>>, usize) = (None, 0);
-                                let mut val_index = None;
-                                for (g, idx) in group_times.iter().enumerate() {
-                                    let t_ev = times_of[*idx];
-                                    while j < times.len() && times[j].0 <= t_ev {
-                                        match acc.as_mut() {
-                                            Some(a) => a.plus_equals(&times[j].1),
-                                            None => acc = Some(times[j].1.clone()),
-                                        }
-                                        j += 1;
-                                    }
-                                    if let Some(a) = acc.as_ref().filter(|a| !a.is_zero()) {
-                                        let i = *val_index.get_or_insert_with(|| {
-                                            key_vals.push(C::<Tr>::owned_val(val));
-                                            key_vals.len() - 1
-                                        });
-                                        group_vals[g].push((i, a.clone()));
-                                    }
-                                }
+                                let index = key_vals.len();
+                                key_vals.push(C::<Tr>::owned_val(val));
+                                cursor.map_times(&storage, |t, d| updates.push((C::<Tr>::owned_time(t), index, C::<Tr>::owned_diff(d))));
                                 cursor.step_val(&storage);
                             }
                         }
-                        let mut g = 0;
-                        let mut vals: Vec<(&BatchValOwn<Tr>, BatchDiff<Tr>)> = Vec::new();
-                        let mut built = None;
-                        for (_, idx, e) in &mut work[lo..hi] {
-                            while g + 1 < group_times.len() && times_of[group_times[g + 1]] <= times_of[*idx] {
-                                g += 1;
+                        updates.sort_by_key(|(t, _, _)| *t);
+                        // Sweep the events (ascending times) and the updates together: the values
+                        // are gathered again only when an update has passed, so that a key whose
+                        // values seldom change (the controls) costs per update, not per event
+                        // time times values.
+                        accumulated.clear();
+                        accumulated.resize(key_vals.len(), None);
+                        let (mut next, mut vals): (usize, Vec<(&BatchValOwn<Tr>, BatchDiff<Tr>)>) = (0, Vec::new());
+                        for (position, (_, idx, e)) in work[lo..hi].iter_mut().enumerate() {
+                            let time = times_of[*idx];
+                            let passed = next < updates.len() && updates[next].0 <= time;
+                            while next < updates.len() && updates[next].0 <= time {
+                                let (_, index, diff) = &updates[next];
+                                match accumulated[*index].as_mut() {
+                                    Some(a) => a.plus_equals(diff),
+                                    None => accumulated[*index] = Some(diff.clone()),
+                                }
+                                next += 1;
                             }
-                            if built != Some(g) {
-                                // Consecutive times of a key usually hold the same values: keep
-                                // them (and their version) unless they differ.
-                                if built.is_none_or(|b| group_vals[b] != group_vals[g]) {
-                                    vals.clear();
-                                    vals.extend(group_vals[g].iter().map(|(i, d)| (&key_vals[*i], d.clone())));
+                            if passed || position == 0 {
+                                vals.clear();
+                                vals.extend(
+                                    accumulated.iter().enumerate().filter_map(|(i, a)| a.as_ref().filter(|a| !a.is_zero()).map(|a| (&key_vals[i], a.clone()))),
+                                );
+                                // The version stays while the values handed out stay the same,
+                                // across events, activations and keys.
+                                let same = last_vals.len() == vals.len() && last_vals.iter().zip(&vals).all(|((v, d), (w, e))| v == *w && d == e);
+                                if !same {
+                                    last_vals = vals.iter().map(|(v, d)| ((*v).clone(), d.clone())).collect();
                                     version += 1;
                                 }
-                                built = Some(g);
                             }
                             let Some(e) = e.take() else { continue };
-                            if let Some(out) = logic(times_of[*idx], e, &vals, version) {
+                            if let Some(out) = logic(time, e, &vals, version) {
                                 results.push(out);
                             }
                         }
@@ -338,5 +327,56 @@ impl<E> TimeStash<E> {
     /// The least stashed time.
     pub fn least(&self) -> Option<Time> {
         self.least
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
+    use differential_dataflow::AsCollection;
+    use proptest::prelude::*;
+    use timely::dataflow::channels::pact::Pipeline;
+    use timely::dataflow::operators::{capture::Extract, Capture, ToStream};
+
+    use super::as_of_lookup;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Every event gets exactly the non-zero accumulations of its key's values over the
+        /// updates at or before its time (a brute-force oracle), and one version never stands for
+        /// two different sets of values.
+        #[test]
+        fn answers_as_the_oracle_and_versions_name_one_set_of_values(
+            updates in proptest::collection::vec(((0u64..3, 0u8..4), 0u64..20, prop_oneof![Just(1isize), Just(-1), Just(2)]), 0..30),
+            events in proptest::collection::vec((0u64..3, 0u64..25), 1..40),
+        ) {
+            let (sent_updates, sent_events) = (updates.clone(), events.clone());
+            let captured = timely::example(move |scope| {
+                let arranged = sent_updates.to_stream(scope).as_collection().arrange_by_key();
+                let events = sent_events.into_iter().enumerate().map(|(i, (k, t))| (k, t, i)).collect::<Vec<_>>().to_stream(scope);
+                as_of_lookup(events, arranged, Pipeline, "Lookup", |(k, _, _)| *k, |(_, t, _)| *t, |t, (k, _, i), vals, version| {
+                    Some((i, k, t, vals.iter().map(|(v, d)| (**v, *d)).collect::<Vec<_>>(), version))
+                })
+                .capture()
+            });
+            let seen: Vec<_> = captured.extract().into_iter().flat_map(|(_, d)| d).collect();
+            prop_assert_eq!(seen.len(), events.len());
+            let mut by_version: HashMap<u64, Vec<(u8, isize)>> = HashMap::new();
+            for (i, k, t, vals, version) in seen {
+                let mut accumulated: BTreeMap<u8, isize> = BTreeMap::new();
+                for ((key, value), time, diff) in &updates {
+                    if *key == k && *time <= t {
+                        *accumulated.entry(*value).or_default() += diff;
+                    }
+                }
+                let expected: Vec<(u8, isize)> = accumulated.into_iter().filter(|(_, d)| *d != 0).collect();
+                prop_assert_eq!(&vals, &expected, "event {} (key {}, time {})", i, k, t);
+                if let Some(before) = by_version.insert(version, vals.clone()) {
+                    prop_assert_eq!(before, vals, "version {} named two sets of values", version);
+                }
+            }
+        }
     }
 }
