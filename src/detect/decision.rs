@@ -349,6 +349,9 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
             _ => None,
         })
         .min();
+    // The Sigma rules of the event's source (before the view of its record, which borrows their
+    // field names and so must go first).
+    let of_source = event.source.as_deref().map(|source| index.rules.for_source(source, controls));
     let record = crate::detect::sigma::RecordView::new(crate::detect::sigma::record_of(event));
     let mut consider = |position: usize| {
         if let Some((Control::Rule(rule), _)) = controls.get(position) {
@@ -360,14 +363,13 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
         }
     };
     index.rules.plain.iter().for_each(|p| consider(*p));
-    if let Some(source) = event.source.as_deref() {
-        let of_source = index.rules.for_source(source, controls);
+    if let Some(of_source) = &of_source {
         of_source.unkeyed.iter().for_each(|p| consider(*p));
+        let mut candidates: Vec<usize> = Vec::new();
         for (field, by_value) in &of_source.keyed {
-            for text in record.folded(field) {
-                by_value.get(text.as_ref()).into_iter().flatten().for_each(|p| consider(*p));
-            }
+            record.each_folded(field, |text| candidates.extend(by_value.get(text).into_iter().flatten()));
         }
+        candidates.into_iter().for_each(consider);
     }
     let intel = event.intel.as_deref().filter(|hits| !hits.is_empty());
     if !model_threat && rules.is_empty() && fingerprint_match.is_none() && intel.is_none() {

@@ -29,6 +29,9 @@ use differential_dataflow::trace::{BatchCursor, BatchDiff, BatchValOwn, Cursor, 
 
 use crate::event::Time;
 
+/// The values handed to a lookup's logic: each with its accumulated difference.
+type Vals<'a, Tr> = Vec<(&'a BatchValOwn<Tr>, BatchDiff<Tr>)>;
+
 /// For each event `e` at time `t = time_of(&e)` (at or after its message's time), calls
 /// `logic(t, e, vals, version)` (the event by value: a logic that emits it changed moves it) once the arrangement's frontier has passed `t`, where `vals` are
 /// the non-zero accumulations of `key_of(&e)`'s values over all updates with time `<= t`, in value
@@ -168,7 +171,7 @@ where
                         // time times values.
                         accumulated.clear();
                         accumulated.resize(key_vals.len(), None);
-                        let (mut next, mut vals): (usize, Vec<(&BatchValOwn<Tr>, BatchDiff<Tr>)>) = (0, Vec::new());
+                        let (mut next, mut vals): (usize, Vals<Tr>) = (0, Vec::new());
                         for (position, (_, idx, e)) in work[lo..hi].iter_mut().enumerate() {
                             let time = times_of[*idx];
                             let passed = next < updates.len() && updates[next].0 <= time;

@@ -10,15 +10,14 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::rc::Rc;
 
 use aho_corasick::AhoCorasick;
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use serde_json::Value;
+use smallvec::SmallVec;
 use sonic_rs::{JsonContainerTrait, JsonValueTrait};
 
 use crate::event::Record;
-
-use anyhow::{anyhow, bail, ensure, Context, Result};
-use serde_json::Value;
 
 use super::condition::{parse_condition, Condition};
 
@@ -504,8 +503,15 @@ impl FieldMatcher {
     }
 
     pub(super) fn matches<'v>(&'v self, record: &RecordView<'v>) -> bool {
-        let found = record.field(&self.field);
-        let test = |m: &'v ValueMatcher| value_matches(m, &found, record);
+        // Every field the values read is found before the found ones are borrowed.
+        for value in &self.values {
+            if let ValueMatcher::FieldRef(other) = value {
+                record.load(other);
+            }
+        }
+        let index = record.load(&self.field);
+        let found = record.found.borrow();
+        let test = |m: &'v ValueMatcher| value_matches(m, &found[index].1, &found);
         if self.all {
             self.values.iter().all(test)
         } else {
@@ -514,13 +520,15 @@ impl FieldMatcher {
     }
 }
 
-pub(super) fn value_matches<'v>(matcher: &'v ValueMatcher, found: &FieldTexts<'v>, record: &RecordView<'v>) -> bool {
+/// Whether the texts `found` of a field satisfy `matcher`; a field reference reads the other
+/// field in `all`, the record's fields found so far.
+pub(super) fn value_matches<'v>(matcher: &'v ValueMatcher, found: &FieldTexts<'v>, all: &[(&'v str, FieldTexts<'v>)]) -> bool {
     match matcher {
         ValueMatcher::Null => !found.present,
         ValueMatcher::Exists(wanted) => found.present == *wanted,
         ValueMatcher::FieldRef(other) => {
-            let theirs = record.field(other);
-            found.texts.iter().any(|x| theirs.texts.iter().any(|y| x.eq_ignore_ascii_case(y)))
+            let theirs = all.iter().find(|(name, _)| name == other).map(|(_, texts)| texts.texts.as_slice()).unwrap_or_default();
+            found.texts.iter().any(|x| theirs.iter().any(|y| x.eq_ignore_ascii_case(y)))
         }
         ValueMatcher::Pattern(p) if !p.cased => found.folded().iter().any(|text| matches_tokens(&p.tokens, text)),
         ValueMatcher::ContainsAny { automaton, cased: false } => found.folded().iter().any(|text| automaton.is_match(text.as_ref())),
@@ -552,8 +560,9 @@ pub(super) fn value_matches<'v>(matcher: &'v ValueMatcher, found: &FieldTexts<'v
 /// ```
 pub struct RecordView<'v> {
     record: &'v Record,
-    /// The fields asked for so far (a few per record: a list beats hashing).
-    found: RefCell<Vec<(&'v str, Rc<FieldTexts<'v>>)>>,
+    /// The fields asked for so far (a few per record: a list beats hashing, and eight are kept
+    /// without allocating).
+    found: RefCell<SmallVec<[(&'v str, FieldTexts<'v>); 8]>>,
 }
 
 impl<'v> RecordView<'v> {
@@ -562,20 +571,30 @@ impl<'v> RecordView<'v> {
         RecordView { record, found: RefCell::default() }
     }
 
-    /// The field's texts by its Sigma name (see [`field`]).
-    pub(super) fn field(&self, name: &'v str) -> Rc<FieldTexts<'v>> {
-        if let Some((_, texts)) = self.found.borrow().iter().find(|(known, _)| *known == name) {
-            return Rc::clone(texts);
+    /// Where the field's texts (by its Sigma name: see [`field`]) are in `found`, finding them
+    /// the first time.
+    fn load(&self, name: &'v str) -> usize {
+        if let Some(index) = self.found.borrow().iter().position(|(known, _)| *known == name) {
+            return index;
         }
-        let texts = Rc::new(FieldTexts::of(&field(self.record, name)));
-        self.found.borrow_mut().push((name, Rc::clone(&texts)));
-        texts
+        let texts = FieldTexts::of(&field(self.record, name));
+        let mut found = self.found.borrow_mut();
+        found.push((name, texts));
+        found.len() - 1
     }
 
-    /// The field's texts by its Sigma name, lower-cased: what a [`Requirement`] is checked
-    /// against.
-    pub fn folded(&self, name: &'v str) -> Vec<Cow<'v, str>> {
-        self.field(name).folded().to_vec()
+    /// Calls `each` with every text of the field (by its Sigma name), lower-cased: what a
+    /// [`Requirement`] is checked against.
+    pub fn each_folded(&self, name: &'v str, mut each: impl FnMut(&str)) {
+        let index = self.load(name);
+        self.found.borrow()[index].1.folded().iter().for_each(|text| each(text));
+    }
+
+    /// The field's texts (by its Sigma name), lower-cased.
+    pub fn folded(&self, name: &'v str) -> Vec<String> {
+        let mut texts = Vec::new();
+        self.each_folded(name, |text| texts.push(text.to_string()));
+        texts
     }
 }
 
@@ -585,13 +604,16 @@ impl<'v> RecordView<'v> {
 pub(super) struct FieldTexts<'v> {
     /// Whether the field holds anything but `null`.
     present: bool,
-    texts: Vec<Cow<'v, str>>,
-    folded: std::cell::OnceCell<Vec<Cow<'v, str>>>,
+    texts: Texts<'v>,
+    folded: std::cell::OnceCell<Texts<'v>>,
 }
+
+/// A field's texts: most fields hold one, kept without allocating.
+type Texts<'v> = SmallVec<[Cow<'v, str>; 1]>;
 
 impl<'v> FieldTexts<'v> {
     pub(super) fn of(found: &[&'v Record]) -> FieldTexts<'v> {
-        let mut texts = Vec::new();
+        let mut texts = Texts::new();
         found.iter().for_each(|v| push_texts(v, &mut texts));
         FieldTexts { present: found.iter().any(|v| !v.is_null()), texts, folded: std::cell::OnceCell::new() }
     }
@@ -610,7 +632,7 @@ fn fold<'v>(text: &Cow<'v, str>) -> Cow<'v, str> {
 }
 
 /// A value's texts: itself, or each element of an array.
-fn push_texts<'v>(value: &'v Record, out: &mut Vec<Cow<'v, str>>) {
+fn push_texts<'v>(value: &'v Record, out: &mut Texts<'v>) {
     if let Some(s) = value.as_str() {
         out.push(Cow::Borrowed(s));
     } else if value.is_number() || value.is_boolean() {
@@ -622,13 +644,13 @@ fn push_texts<'v>(value: &'v Record, out: &mut Vec<Cow<'v, str>>) {
 
 /// A field's values by its Sigma name: a top-level key with that exact name, or the dotted path,
 /// where a segment that meets an array follows every element (a number indexes it).
-pub(super) fn field<'v>(record: &'v Record, name: &str) -> Vec<&'v Record> {
+pub(super) fn field<'v>(record: &'v Record, name: &str) -> Found<'v> {
     if let Some(v) = record.as_object().and_then(|object| object.get(&name)) {
-        return vec![v];
+        return smallvec::smallvec![v];
     }
-    let mut values = vec![record];
+    let mut values: Found<'v> = smallvec::smallvec![record];
     for segment in name.split('.') {
-        let mut next = Vec::new();
+        let mut next = Found::new();
         for value in values {
             step(value, segment, &mut next);
         }
@@ -637,7 +659,10 @@ pub(super) fn field<'v>(record: &'v Record, name: &str) -> Vec<&'v Record> {
     values
 }
 
-pub(super) fn step<'v>(value: &'v Record, segment: &str, out: &mut Vec<&'v Record>) {
+/// A field's values in a record: most fields have one, kept without allocating.
+pub(super) type Found<'v> = SmallVec<[&'v Record; 2]>;
+
+pub(super) fn step<'v>(value: &'v Record, segment: &str, out: &mut Found<'v>) {
     if let Some(object) = value.as_object() {
         out.extend(object.get(&segment));
     } else if let Some(items) = value.as_array() {
