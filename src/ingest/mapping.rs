@@ -449,10 +449,12 @@ fn describe(record: &Record) -> String {
         let keys: Vec<&str> = object.iter().map(|(key, _)| key).take(12).collect();
         return format!("fields {}{}", keys.join(", "), if object.len() > 12 { ", ..." } else { "" });
     }
-    match record {
-        _ if record.is_null() => "null".into(),
-        _ if record.is_array() => "a nested array".into(),
-        _ => "not a JSON object".into(),
+    if record.is_null() {
+        "null".into()
+    } else if record.is_array() {
+        "a nested array".into()
+    } else {
+        "not a JSON object".into()
     }
 }
 
