@@ -247,7 +247,7 @@ fn run_worker(
     let events_probe = ProbeHandle::new();
     let source = SourceConfig {
         allowed_lateness: job.allowed_lateness,
-        batch: job.read_batch,
+        batch: job.read_batch.unwrap_or_else(|| job.decoding.default_batch()),
         dead_letter_burst: job.dead_letter_burst,
         records_read: Arc::clone(progress),
         stop: Arc::clone(&job.stop),

@@ -135,6 +135,24 @@ impl ActionKind {
 /// and the event keeps it.
 pub type Record = sonic_rs::Value;
 
+/// A record's text in lower case, as rules and mappings compare it: borrowed when it already is
+/// (most values are lower-case ASCII).
+///
+/// ```
+/// use std::borrow::Cow;
+/// use threatflow::event::lower_case;
+/// assert!(matches!(lower_case(Cow::Borrowed("get")), Cow::Borrowed("get")));
+/// assert_eq!(lower_case(Cow::Borrowed("GetObject")), "getobject");
+/// assert_eq!(lower_case(Cow::Borrowed("ÉTÉ")), "été");
+/// ```
+pub fn lower_case(text: std::borrow::Cow<'_, str>) -> std::borrow::Cow<'_, str> {
+    if text.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+        text
+    } else {
+        std::borrow::Cow::Owned(text.to_lowercase())
+    }
+}
+
 /// A record's fields beyond the canonical ones, parsed once: rules read them as a JSON object
 /// (Sigma's record) without parsing them again, and clones of an event share them.
 ///

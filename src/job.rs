@@ -27,8 +27,9 @@ pub struct JobSpec {
     pub control: ControlSpec,
     /// Allowed lateness (ms).
     pub allowed_lateness: Time,
-    /// Records a source reads at a time (see [`SourceConfig::batch`]).
-    pub read_batch: usize,
+    /// Records a source reads at a time (see [`SourceConfig::batch`]); `None`: the
+    /// [`Decoding::default_batch`] of the job's format.
+    pub read_batch: Option<usize>,
     /// Dead letters a partition gives whole at one time (see [`SourceConfig::dead_letter_burst`]).
     pub dead_letter_burst: usize,
     /// How records become events (size limit, canonical or providers' formats).
@@ -79,7 +80,7 @@ impl JobSpec {
             source,
             control: ControlSpec::default(),
             allowed_lateness: 5_000,
-            read_batch: SourceConfig::default().batch,
+            read_batch: None,
             dead_letter_burst: SourceConfig::default().dead_letter_burst,
             decoding: Decoding::default(),
             decisions_path: None,

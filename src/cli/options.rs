@@ -485,11 +485,7 @@ impl JobArgs {
         let mut job = JobSpec::new(&self.dataflow, source);
         job.control = control;
         job.allowed_lateness = ms(self.allowed_lateness);
-        job.read_batch = match self.read_batch {
-            Some(batch) => batch.max(1),
-            None if format.is_canonical() => crate::ingest::partition::SourceConfig::default().batch,
-            None => crate::ingest::partition::RAW_RECORDS_BATCH,
-        };
+        job.read_batch = self.read_batch.map(|batch| batch.max(1));
         job.dead_letter_burst = self.dead_letter_burst;
         job.decoding = Decoding { max_record_bytes: self.max_record_bytes, format, max_future_skew: ms(self.max_future_skew) };
         job.dead_letters_path = self.dead_letters.clone();

@@ -123,7 +123,7 @@ fn enrich_with(mut event: Event, databases: &Databases, cache: &mut Cache) -> Ev
         event.country = enrichment.country.as_deref().map(Text::from);
     }
     if event.source.is_some() {
-        event.extra.insert("enrichment", sonic_rs::to_value(&*enrichment).unwrap_or_default());
+        event.extra.insert("enrichment", enrichment.to_value());
     }
     event.enrichment = Some(enrichment);
     event

@@ -174,9 +174,9 @@ impl Enrichment {
         }
     }
 
-    /// As a JSON object (what Sigma rules read under `enrichment`).
-    pub fn to_value(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    /// As a record's object (what Sigma rules read under `enrichment`).
+    pub fn to_value(&self) -> sonic_rs::Value {
+        sonic_rs::to_value(self).unwrap_or_default()
     }
 }
 

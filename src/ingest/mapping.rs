@@ -605,13 +605,7 @@ impl<'m, 'v> FoldedTexts<'m, 'v> {
         let index = match self.found.iter().position(|(known, _)| *known == path) {
             Some(index) => index,
             None => {
-                let folded = lookup(self.record, path).and_then(|v| text(&v)).map(|t| {
-                    if t.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
-                        t
-                    } else {
-                        Cow::Owned(t.to_lowercase())
-                    }
-                });
+                let folded = lookup(self.record, path).and_then(|v| text(&v)).map(crate::event::lower_case);
                 self.found.push((path, folded));
                 self.found.len() - 1
             }

@@ -480,6 +480,18 @@ pub struct Decoding {
     pub max_future_skew: Time,
 }
 
+impl Decoding {
+    /// Records a source reads at a time unless told (`--read-batch`): 32,768 canonical events, or
+    /// [`RAW_RECORDS_BATCH`] providers' raw records.
+    pub fn default_batch(&self) -> usize {
+        if self.format.is_canonical() {
+            SourceConfig::default().batch
+        } else {
+            RAW_RECORDS_BATCH
+        }
+    }
+}
+
 /// The default of [`Decoding::max_future_skew`]: 15 minutes.
 pub const DEFAULT_MAX_FUTURE_SKEW: Time = 15 * crate::event::MINUTE;
 

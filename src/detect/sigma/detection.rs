@@ -554,9 +554,14 @@ pub(super) fn value_matches<'v>(matcher: &'v ValueMatcher, found: &FieldTexts<'v
 /// use threatflow::detect::sigma::RecordView;
 /// let record = sonic_rs::json!({"eventName": "ConsoleLogin", "tags": ["A", "b"]});
 /// let view = RecordView::new(&record);
-/// assert_eq!(view.folded("eventName"), ["consolelogin"]);
-/// assert_eq!(view.folded("tags"), ["a", "b"]);
-/// assert!(view.folded("absent").is_empty());
+/// let folded = |name| {
+///     let mut texts = Vec::new();
+///     view.each_folded(name, |text| texts.push(text.to_string()));
+///     texts
+/// };
+/// assert_eq!(folded("eventName"), ["consolelogin"]);
+/// assert_eq!(folded("tags"), ["a", "b"]);
+/// assert!(folded("absent").is_empty());
 /// ```
 pub struct RecordView<'v> {
     record: &'v Record,
@@ -590,12 +595,6 @@ impl<'v> RecordView<'v> {
         self.found.borrow()[index].1.folded().iter().for_each(|text| each(text));
     }
 
-    /// The field's texts (by its Sigma name), lower-cased.
-    pub fn folded(&self, name: &'v str) -> Vec<String> {
-        let mut texts = Vec::new();
-        self.each_folded(name, |text| texts.push(text.to_string()));
-        texts
-    }
 }
 
 /// A field's texts for all of a matcher's values: each string borrowed from the record (an
@@ -619,15 +618,7 @@ impl<'v> FieldTexts<'v> {
     }
 
     fn folded(&self) -> &[Cow<'v, str>] {
-        self.folded.get_or_init(|| self.texts.iter().map(fold).collect())
-    }
-}
-
-/// A text in lower case, borrowed when it already is (most values are lower-case ASCII).
-fn fold<'v>(text: &Cow<'v, str>) -> Cow<'v, str> {
-    match text {
-        Cow::Borrowed(t) if t.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) => Cow::Borrowed(t),
-        t => Cow::Owned(t.to_lowercase()),
+        self.folded.get_or_init(|| self.texts.iter().cloned().map(crate::event::lower_case).collect())
     }
 }
 
