@@ -3,6 +3,8 @@
 #   - throughput vs workers: `threatflow run` (threat dataflow, generator) and the Flink comparison
 #     workload (`--example flink_compare`, the checksums of docs/flink-workload.md#reference-values checked), three runs each; the
 #     same workload on Apache Flink 2.3 (experiments/flink_compare.sh) when Java is installed;
+#   - the threat dataflow itself as a Flink job against `threatflow replay`, with the decisions
+#     compared (experiments/flink_real_job.sh), when Java is installed;
 #   - open-loop latency sweeps of the threat dataflow on 1 and 2 workers (experiments/openloop.rs),
 #     then three runs at half of the saturation rate found (the one with the median p99 reported);
 #   - memory per active user at 100k and 1M users (peak RSS);
@@ -22,9 +24,9 @@ cargo build --release --quiet --bins --examples
 tf=./target/release/threatflow
 
 if [ "$quick" = "--quick" ]; then
-  events=1000000 compare=1000000 runs=1 seconds=4 warmup=1 step=2 big_users=200000 big_events=1000000 kafka_events=100000 kafka_seconds=4 raw_events=100000
+  events=1000000 compare=1000000 runs=1 seconds=4 warmup=1 step=2 big_users=200000 big_events=1000000 kafka_events=100000 kafka_seconds=4 raw_events=100000 real_job_events=100000
 else
-  events=10000000 compare=10000000 runs=3 seconds=10 warmup=2 step=1.25 big_users=1000000 big_events=10000000 kafka_events=1000000 kafka_seconds=10 raw_events=300000
+  events=10000000 compare=10000000 runs=3 seconds=10 warmup=2 step=1.25 big_users=1000000 big_events=10000000 kafka_events=1000000 kafka_seconds=10 raw_events=300000 real_job_events=1000000
 fi
 
 # `seconds` in a report is the dataflow's time; `process_seconds` the whole process's wall time.
@@ -49,6 +51,8 @@ for line in sys.stdin:
     r = json.loads(line)
     r.update(workload='flink-compare on Apache Flink ' + r['flink_version'], workers=r['parallelism'])
     print(json.dumps(r))" >>"$out/throughput.jsonl"
+  echo "== the threat dataflow on Apache Flink" >&2
+  experiments/flink_real_job.sh "$real_job_events" 10000 "$runs" >/dev/null
 else
   echo "Java is not installed: the Flink side is left out" >&2
 fi

@@ -10,9 +10,7 @@
 #        USERS        default 100000
 #
 # What it does:
-#   1. Fetches Apache Flink 2.3.0 when missing: the jars come from the `apache-flink-libraries`
-#      package on PyPI (Apache License 2.0; the PyFlink packaging of the official Flink
-#      distribution). Only flink-dist and the log4j jars are extracted into $FLINK_CACHE/lib.
+#   1. Fetches Apache Flink 2.3.0 when missing (experiments/flink/env.sh).
 #   2. Compiles experiments/flink/ThreatBench.java with javac into $FLINK_CACHE/classes.
 #   3. Runs the job on a local MiniCluster (one JVM, P task slots, heap state backend, no
 #      checkpointing) for each P and prints one JSON line per run (process_seconds, added
@@ -30,77 +28,14 @@ PS=("$@")
 USERS=${USERS:-100000}
 RUNS=${RUNS:-1}
 STARTUP_RUN=${STARTUP_RUN:-1}
-FLINK_VERSION=2.3.0
-CACHE=${FLINK_CACHE:-$HOME/.cache/threatflow-flink}
-LIB=$CACHE/lib
-CLASSES=$CACHE/classes
 SRC=experiments/flink/ThreatBench.java
 
-# --- 1. Flink jars --------------------------------------------------------------------------
-if [ ! -f "$LIB/flink-dist-$FLINK_VERSION.jar" ]; then
-  echo "fetching apache-flink-libraries==$FLINK_VERSION from PyPI into $CACHE" >&2
-  mkdir -p "$CACHE/download" "$LIB"
-  pip download "apache-flink-libraries==$FLINK_VERSION" --no-deps -d "$CACHE/download" >&2
-  pkg=$(ls "$CACHE"/download/apache[-_]flink[-_]libraries-"$FLINK_VERSION"* | head -n 1)
-  case "$pkg" in
-    *.whl)      # wheel: pyflink/lib/*.jar
-      unzip -j -o -q "$pkg" "pyflink/lib/flink-dist-*.jar" "pyflink/lib/log4j-*.jar" -d "$LIB" ;;
-    *.tar.gz)   # sdist: <dir>/deps/lib/*.jar
-      tmp=$(mktemp -d "$CACHE/extract.XXXXXX")
-      tar -xzf "$pkg" -C "$tmp" --wildcards '*/deps/lib/flink-dist-*.jar' '*/deps/lib/log4j-*.jar'
-      find "$tmp" -name '*.jar' -exec mv {} "$LIB/" \;
-      rm -rf "$tmp" ;;
-    *) echo "unexpected download: $pkg" >&2; exit 1 ;;
-  esac
-  rm -f "$pkg"   # the package is ~330 MB; keep only the jars
-fi
+source experiments/flink/env.sh   # defines CACHE, LIB, FLINK_JVM_FLAGS, flink_compile
+CLASSES=$CACHE/classes
+flink_compile "$CLASSES" "$SRC"
 
-# log4j: warnings and errors to stderr, so stdout carries only the JSON lines
-if [ ! -f "$CACHE/log4j2.properties" ]; then
-  cat > "$CACHE/log4j2.properties" <<'EOF'
-rootLogger.level = WARN
-rootLogger.appenderRef.err.ref = err
-appender.err.type = Console
-appender.err.name = err
-appender.err.target = SYSTEM_ERR
-appender.err.layout.type = PatternLayout
-appender.err.layout.pattern = %d{HH:mm:ss,SSS} %-5p %c{1} - %m%n
-# harmless in a local MiniCluster
-logger.tokens.name = org.apache.flink.runtime.security.token.DefaultDelegationTokenManager
-logger.tokens.level = ERROR
-logger.web.name = org.apache.flink.runtime.webmonitor.WebMonitorUtils
-logger.web.level = ERROR
-EOF
-fi
-
-# --- 2. compile -----------------------------------------------------------------------------
-if [ ! -f "$CLASSES/ThreatBench.class" ] || [ "$SRC" -nt "$CLASSES/ThreatBench.class" ]; then
-  mkdir -p "$CLASSES"
-  javac -cp "$LIB/*" -d "$CLASSES" "$SRC"
-fi
-
-# --- 3. run ---------------------------------------------------------------------------------
-# Flink's defaults for env.java.opts.all (config.yaml in flink-dist), needed on Java 17.
-JVM_OPTS=(
-  -Xmx4g
-  --add-exports=java.base/sun.net.util=ALL-UNNAMED
-  --add-exports=java.rmi/sun.rmi.registry=ALL-UNNAMED
-  --add-exports=java.security.jgss/sun.security.krb5=ALL-UNNAMED
-  --add-opens=java.base/java.lang=ALL-UNNAMED
-  --add-opens=java.base/java.net=ALL-UNNAMED
-  --add-opens=java.base/java.io=ALL-UNNAMED
-  --add-opens=java.base/java.nio=ALL-UNNAMED
-  --add-opens=java.base/sun.nio.ch=ALL-UNNAMED
-  --add-opens=java.base/java.lang.reflect=ALL-UNNAMED
-  --add-opens=java.base/java.text=ALL-UNNAMED
-  --add-opens=java.base/java.time=ALL-UNNAMED
-  --add-opens=java.base/java.util=ALL-UNNAMED
-  --add-opens=java.base/java.util.concurrent=ALL-UNNAMED
-  --add-opens=java.base/java.util.concurrent.atomic=ALL-UNNAMED
-  --add-opens=java.base/java.util.concurrent.locks=ALL-UNNAMED
-  "-Dlog4j2.configurationFile=$CACHE/log4j2.properties"
-  -cp "$CLASSES:$LIB/*"
-)
+# --- run ------------------------------------------------------------------------------------
+JVM_OPTS=("${FLINK_JVM_FLAGS[@]}" -cp "$CLASSES:$LIB/*")
 
 # Reference decisions, docs/flink-workload.md#reference-values (USERS = 100000):
 # "flagged","per_version","checksum_idx","checksum_user" exactly as ThreatBench prints them.

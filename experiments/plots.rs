@@ -253,6 +253,9 @@ fn main() -> Result<()> {
             )?;
         }
     }
+    if let Ok(real_job) = std::fs::read_to_string("docs/benchmarks/flink-real-job.md") {
+        writeln!(md, "\n### The threat dataflow on Apache Flink\n\n{real_job}")?;
+    }
     if let Ok(raw_path) = std::fs::read_to_string("docs/benchmarks/raw-path.md") {
         writeln!(md, "\n## Providers' raw records\n\n{raw_path}")?;
     }
