@@ -5,7 +5,9 @@
 # Usage: experiments/kafka_end_to_end.sh [EVENTS] [WORKERS] [SECONDS] [RATE...]
 #
 # Throughput: EVENTS generated events are loaded into a 4-partition topic, then
-# `threatflow run --kafka --until-end` reads them; the engine reports events/s (JSON line).
+# `threatflow run --kafka --until-end` reads them; the engine reports events/s (JSON line). The
+# same for EVENTS raw CloudTrail records (`generate --format aws.cloudtrail`) with the SigmaHQ
+# rules (`run --format aws.cloudtrail --rules-dir rules/sigma`).
 # Latency, for each RATE (default 12500 25000 50000 100000 200000), on a fresh broker (its memory
 # storage keeps every record and slows down as it grows): the engine follows a topic while
 # `threatflow produce --retime --rate RATE` sends RATE x SECONDS generated events, each stamped
@@ -40,6 +42,16 @@ $tf produce $kafka --create-topics --topic-partitions 4 --topic bulk --events "$
 /usr/bin/time -f "%M" -o "$work/rss" \
   $tf run $kafka --create-topics --topic activity=bulk --topic decisions=bulk-decisions --until-end --json -w "$workers" >"$work/bulk.json"
 python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({'kind': 'kafka-throughput', 'workers': $workers, 'events': r['events'], 'events_per_second': r['events_per_second'], 'decisions': r['decisions'], 'peak_rss_kb': int(open(sys.argv[2]).read().split()[-1])}))" "$work/bulk.json" "$work/rss"
+
+echo "== throughput of providers' raw records: $events CloudTrail records in 4 partitions, the SigmaHQ rules, -w $workers" >&2
+$tf generate --format aws.cloudtrail --users 10000 --events "$events" --out "$work/cloudtrail.jsonl" 2>/dev/null
+# Each partition gets every fourth record, so each stays in time order.
+awk -v dir="$work" '{ print > (dir "/cloudtrail-" (NR % 4) ".jsonl") }' "$work/cloudtrail.jsonl"
+$tf produce $kafka --create-topics --topic-partitions 4 --topic raw-bulk $(for i in 0 1 2 3; do echo --input "$work/cloudtrail-$i.jsonl"; done) 2>/dev/null
+/usr/bin/time -f "%M" -o "$work/rss" \
+  $tf run $kafka --topic activity=raw-bulk --topic decisions=raw-bulk-decisions --create-topics --format aws.cloudtrail \
+    --rules-dir rules/sigma --until-end --json -w "$workers" >"$work/raw-bulk.json"
+python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({'kind': 'kafka-throughput', 'format': 'aws.cloudtrail', 'sigma_rules': True, 'workers': $workers, 'events': r['events'], 'events_per_second': r['events_per_second'], 'decisions': r['decisions'], 'peak_rss_kb': int(open(sys.argv[2]).read().split()[-1])}))" "$work/raw-bulk.json" "$work/rss"
 
 for rate in "${rates[@]}"; do
   scripts/broker stop >/dev/null

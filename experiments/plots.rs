@@ -297,7 +297,11 @@ fn main() -> Result<()> {
     }
     writeln!(md, "\n## Through the broker\n\n`experiments/kafka_end_to_end.sh` (nisshi, memory storage, on the same 2 cores as the producer, the engine and the consumer). Throughput: a bounded `run --kafka --until-end` over events pre-loaded in 4 partitions. Latency: `produce --retime --rate R` stamps each event with its send time, the engine follows the topic (`--allowed-lateness 0s`), and a decision's latency runs from its event's produce timestamp to the moment `consume --follow` received it.\n")?;
     for r in kafka.iter().filter(|r| r["kind"] == "kafka-throughput") {
-        writeln!(md, "Throughput: {} events, -w {}: {:.0} events/s, {} decisions, peak RSS {:.0} MB.\n", r["events"], r["workers"], f(&r["events_per_second"]), r["decisions"], f(&r["peak_rss_kb"]) / 1024.0)?;
+        let what = match r["format"].as_str() {
+            Some(format) => format!("raw {format} records with the SigmaHQ rules (`run --format {format} --rules-dir rules/sigma`)"),
+            None => "events".to_string(),
+        };
+        writeln!(md, "Throughput: {} {what}, -w {}: {:.0} events/s, {} decisions, peak RSS {:.0} MB.\n", r["events"], r["workers"], f(&r["events_per_second"]), r["decisions"], f(&r["peak_rss_kb"]) / 1024.0)?;
     }
     writeln!(md, "| workers | offered/s | produced/s | decisions measured | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | the broker alone (one hop): p50 / p99 / max ms |\n|---|---|---|---|---|---|---|---|---|---|")?;
     let latency: Vec<&Value> = kafka.iter().filter(|r| r["kind"] == "kafka-latency").collect();

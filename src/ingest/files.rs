@@ -88,7 +88,7 @@ impl JsonLinesPartition {
                 return Ok(any.then_some(total));
             }
             any = true;
-            let newline = if self.document { None } else { buf.iter().position(|b| *b == b'\n') };
+            let newline = if self.document { None } else { memchr::memchr(b'\n', buf) };
             let (chunk, done) = match newline {
                 Some(i) => (&buf[..i], Some(i + 1)),
                 None => (buf, None),

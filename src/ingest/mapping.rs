@@ -65,7 +65,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use sonic_rs::{JsonContainerTrait, JsonValueTrait};
 
-use crate::event::{event_from_value, Event, Fields, Record, RejectReason, Time, MAX_TIME};
+use crate::event::{event_from_value, Event, Fields, Record, RecordKeys, RejectReason, Time, MAX_TIME};
 
 /// The mappings shipped with threatflow.
 const SHIPPED: [(&str, &str); 18] = [
@@ -164,10 +164,10 @@ enum OneOrMany {
 }
 
 impl OneOrMany {
-    fn patterns(&self) -> Vec<String> {
+    fn patterns(&self) -> Vec<Glob> {
         match self {
-            OneOrMany::One(p) => vec![p.to_lowercase()],
-            OneOrMany::Many(ps) => ps.iter().map(|p| p.to_lowercase()).collect(),
+            OneOrMany::One(p) => vec![Glob::new(&p.to_lowercase())],
+            OneOrMany::Many(ps) => ps.iter().map(|p| Glob::new(&p.to_lowercase())).collect(),
         }
     }
 }
@@ -176,7 +176,7 @@ impl OneOrMany {
 type FieldPath = Vec<String>;
 
 /// Field conditions: every path's text must match one of its patterns.
-type Conditions = Vec<(FieldPath, Vec<String>)>;
+type Conditions = Vec<(FieldPath, Vec<Glob>)>;
 
 /// A compiled mapping.
 #[derive(Clone, Debug)]
@@ -245,9 +245,11 @@ impl Mapping {
 
     /// Whether `record` is of this source.
     pub fn detects(&self, record: &Record) -> bool {
-        self.all.iter().all(|p| present(record, p))
-            && (self.any.is_empty() || self.any.iter().any(|p| present(record, p)))
-            && holds(&mut FoldedTexts::new(record), &self.equals)
+        // A few paths per mapping: not worth indexing the keys.
+        let record = Keyed::unindexed(record);
+        self.all.iter().all(|p| present(&record, p))
+            && (self.any.is_empty() || self.any.iter().any(|p| present(&record, p)))
+            && holds(&mut FoldedTexts::new(&record), &self.equals)
     }
 
     /// The record a text line's `fields` make for this source, when it writes text and they are
@@ -272,7 +274,8 @@ impl Mapping {
     /// The canonical event of a record of this source; the record becomes the event's other
     /// fields, without being copied.
     pub fn map(&self, owned: Record) -> Result<Event, RejectReason> {
-        let record = &owned;
+        let keyed = Keyed::new(&owned);
+        let record = &keyed;
         let invalid = |what: String| RejectReason::Invalid(format!("{} record: {what}", self.name));
         let missing = |field: &str, tried: &[FieldPath]| {
             let tried: Vec<String> = tried.iter().map(|p| p.join(".")).collect();
@@ -292,7 +295,7 @@ impl Mapping {
         let event_id = match first_text(record, &self.event_id) {
             Some(id) => id.as_ref().into(),
             None => {
-                let bytes = sonic_rs::to_vec(record).unwrap_or_default();
+                let bytes = sonic_rs::to_vec(record.record).unwrap_or_default();
                 crate::event::Text::from(format!("{}:{:032x}", self.name, xxhash_rust::xxh3::xxh3_128(&bytes)))
             }
         };
@@ -304,6 +307,7 @@ impl Mapping {
             None => v.as_u64(),
         });
         let (app, resource, src_ip, user_agent) = (text_of(&self.app), text_of(&self.resource), text_of(&self.src_ip), text_of(&self.user_agent));
+        drop(keyed);
         let extra = Fields::of_record(owned);
         let key = crate::event::user_key(&user);
         Ok(Event {
@@ -524,6 +528,33 @@ impl Mappings {
     }
 }
 
+/// A record being mapped, its top-level keys indexed ([`record_keys`]): a mapping looks up a
+/// dozen or more paths per record, most of them at the top level.
+struct Keyed<'v> {
+    record: &'v Record,
+    keys: Option<RecordKeys<'v>>,
+}
+
+impl<'v> Keyed<'v> {
+    fn new(record: &'v Record) -> Self {
+        Keyed { record, keys: Some(RecordKeys::of(record)) }
+    }
+
+    fn unindexed(record: &'v Record) -> Self {
+        Keyed { record, keys: None }
+    }
+
+    /// The value at a path, as [`lookup`] finds it.
+    fn lookup(&self, path: &[String]) -> Option<Cow<'v, Record>> {
+        let (Some(keys), Some((head, rest))) = (&self.keys, path.split_first()) else { return lookup(self.record, path) };
+        let top = match keys.get(head) {
+            Some(value) => value,
+            None => self.record.as_object()?.iter().find(|(k, _)| k.eq_ignore_ascii_case(head)).map(|(_, v)| v)?,
+        };
+        lookup(top, rest)
+    }
+}
+
 /// The value at a path: exact keys first, then ignoring case; numbers index arrays; a string
 /// holding JSON (as log-analytics exports nest objects) is looked into when the path goes on.
 fn lookup<'v>(record: &'v Record, path: &[String]) -> Option<Cow<'v, Record>> {
@@ -551,16 +582,16 @@ fn child<'v>(value: &'v Record, segment: &str) -> Option<&'v Record> {
 }
 
 /// The value at a path when it is present: not null, not an empty string.
-fn present_value<'v>(record: &'v Record, path: &[String]) -> Option<Cow<'v, Record>> {
-    lookup(record, path).filter(|v| !v.is_null() && v.as_str() != Some(""))
+fn present_value<'v>(record: &Keyed<'v>, path: &[String]) -> Option<Cow<'v, Record>> {
+    record.lookup(path).filter(|v| !v.is_null() && v.as_str() != Some(""))
 }
 
-fn present(record: &Record, path: &[String]) -> bool {
+fn present(record: &Keyed<'_>, path: &[String]) -> bool {
     present_value(record, path).is_some()
 }
 
 /// The first present value among `paths`.
-fn first<'v>(record: &'v Record, paths: &[FieldPath]) -> Option<Cow<'v, Record>> {
+fn first<'v>(record: &Keyed<'v>, paths: &[FieldPath]) -> Option<Cow<'v, Record>> {
     paths.iter().find_map(|p| present_value(record, p))
 }
 
@@ -578,25 +609,25 @@ fn text<'v>(value: &Cow<'v, Record>) -> Option<Cow<'v, str>> {
 }
 
 /// The first present value among `paths` that is text.
-fn first_text<'v>(record: &'v Record, paths: &[FieldPath]) -> Option<Cow<'v, str>> {
+fn first_text<'v>(record: &Keyed<'v>, paths: &[FieldPath]) -> Option<Cow<'v, str>> {
     paths.iter().filter_map(|p| present_value(record, p)).find_map(|v| text(&v))
 }
 
 /// Whether every condition holds.
-fn holds<'m>(record: &mut FoldedTexts<'m, '_>, conditions: &'m Conditions) -> bool {
-    conditions.iter().all(|(path, patterns)| record.text(path).is_some_and(|t| patterns.iter().any(|p| glob(p, t))))
+fn holds<'m>(record: &mut FoldedTexts<'m, '_, '_>, conditions: &'m Conditions) -> bool {
+    conditions.iter().all(|(path, patterns)| record.text(path).is_some_and(|t| patterns.iter().any(|p| p.matches(t))))
 }
 
 /// A record's texts at the paths conditions test, each looked up and folded to lower case once
 /// per record however many conditions test it (CloudTrail's action categories test `eventName`
 /// up to nine times).
-struct FoldedTexts<'m, 'v> {
-    record: &'v Record,
+struct FoldedTexts<'m, 'r, 'v> {
+    record: &'r Keyed<'v>,
     found: Vec<(&'m [String], Option<Cow<'v, str>>)>,
 }
 
-impl<'m, 'v> FoldedTexts<'m, 'v> {
-    fn new(record: &'v Record) -> Self {
+impl<'m, 'r, 'v> FoldedTexts<'m, 'r, 'v> {
+    fn new(record: &'r Keyed<'v>) -> Self {
         FoldedTexts { record, found: Vec::new() }
     }
 
@@ -605,7 +636,7 @@ impl<'m, 'v> FoldedTexts<'m, 'v> {
         let index = match self.found.iter().position(|(known, _)| *known == path) {
             Some(index) => index,
             None => {
-                let folded = lookup(self.record, path).and_then(|v| text(&v)).map(crate::event::lower_case);
+                let folded = self.record.lookup(path).and_then(|v| text(&v)).map(crate::event::lower_case);
                 self.found.push((path, folded));
                 self.found.len() - 1
             }
@@ -614,21 +645,40 @@ impl<'m, 'v> FoldedTexts<'m, 'v> {
     }
 }
 
-/// `*`-wildcard match of lower-cased text.
-fn glob(pattern: &str, text: &str) -> bool {
-    let Some((head, after_head)) = pattern.split_once('*') else { return pattern == text };
-    let (middles, tail) = after_head.rsplit_once('*').unwrap_or(("", after_head));
-    if text.len() < head.len() + tail.len() || !text.starts_with(head) || !text.ends_with(tail) {
-        return false;
+/// A `*`-wildcard pattern of lower-cased text, split at its stars once, when the mapping is read.
+#[derive(Clone, Debug)]
+struct Glob {
+    head: String,
+    /// The texts between the inner stars, in order.
+    middles: Vec<String>,
+    /// The text after the last star; `None` for a pattern without stars.
+    tail: Option<String>,
+}
+
+impl Glob {
+    fn new(pattern: &str) -> Glob {
+        let Some((head, after_head)) = pattern.split_once('*') else {
+            return Glob { head: pattern.to_string(), middles: Vec::new(), tail: None };
+        };
+        let (middles, tail) = after_head.rsplit_once('*').unwrap_or(("", after_head));
+        let middles = middles.split('*').filter(|m| !m.is_empty()).map(str::to_string).collect();
+        Glob { head: head.to_string(), middles, tail: Some(tail.to_string()) }
     }
-    let mut rest = &text[head.len()..text.len() - tail.len()];
-    for middle in middles.split('*') {
-        match rest.find(middle) {
-            Some(i) => rest = &rest[i + middle.len()..],
-            None => return false,
+
+    fn matches(&self, text: &str) -> bool {
+        let Some(tail) = &self.tail else { return self.head == text };
+        if text.len() < self.head.len() + tail.len() || !text.starts_with(self.head.as_str()) || !text.ends_with(tail.as_str()) {
+            return false;
         }
+        let mut rest = &text[self.head.len()..text.len() - tail.len()];
+        for middle in &self.middles {
+            match rest.find(middle.as_str()) {
+                Some(i) => rest = &rest[i + middle.len()..],
+                None => return false,
+            }
+        }
+        true
     }
-    true
 }
 
 /// A timestamp: RFC 3339; `YYYY-MM-DD[T ]hh:mm:ss[.fraction]` without a zone, as UTC; or a number
@@ -699,14 +749,20 @@ mod tests {
 
     #[test]
     fn globs_and_paths() {
-        assert!(glob("delete*", "deletebucket") && glob("*policy", "putuserpolicy") && glob("a*b*c", "axxbyyc"));
+        let glob = |pattern: &str, text: &str| Glob::new(pattern).matches(text);
+        assert!(glob("delete*", "deletebucket") && glob("*policy", "putuserpolicy") && glob("a*b*c", "axxbyyc") && glob("a**b", "ab"));
+        assert!(glob("getobject", "getobject") && !glob("getobject", "getobjects"));
         assert!(!glob("delete*", "undelete") && !glob("a*b*c", "acb") && !glob("ab*ba", "aba"));
         let record = sonic_rs::json!({"A": {"b": [{"C": 1}]}, "e": null});
         let path = |p: &str| p.split('.').map(str::to_string).collect::<Vec<_>>();
-        assert_eq!(lookup(&record, &path("a.B.0.c")).as_deref(), Some(&Record::from(1)));
-        assert!(!present(&record, &path("e")) && !present(&record, &path("a.b.1")));
+        // Indexed or not, the same values: exact keys first, then ignoring case.
+        for keyed in [Keyed::new(&record), Keyed::unindexed(&record)] {
+            assert_eq!(keyed.lookup(&path("a.B.0.c")).as_deref(), Some(&Record::from(1)));
+            assert_eq!(keyed.lookup(&path("A.b.0.C")).as_deref(), Some(&Record::from(1)));
+            assert!(!present(&keyed, &path("e")) && !present(&keyed, &path("a.b.1")) && !present(&keyed, &path("x")));
+        }
         let nested = sonic_rs::json!({"InitiatedBy": "{\"user\":{\"userPrincipalName\":\"ann@x\"}}"});
-        assert_eq!(lookup(&nested, &path("InitiatedBy.user.userPrincipalName")).as_deref(), Some(&Record::from("ann@x")));
+        assert_eq!(Keyed::new(&nested).lookup(&path("InitiatedBy.user.userPrincipalName")).as_deref(), Some(&Record::from("ann@x")));
     }
 
     #[test]
