@@ -153,49 +153,6 @@ pub fn lower_case(text: std::borrow::Cow<'_, str>) -> std::borrow::Cow<'_, str> 
     }
 }
 
-/// A record's top-level values by key, for readers that look up many fields of one record (a
-/// mapping, Sigma's rules). `sonic_rs` finds a key by comparing it with each key in turn; here
-/// each key gets a tag (its length, first and last bytes) once, and a lookup compares tags, the
-/// texts only when they agree. The first of duplicate keys wins, as `sonic_rs` finds it; a record
-/// that is not an object has no keys.
-///
-/// ```
-/// use threatflow::event::{Record, RecordKeys};
-/// let record: Record = sonic_rs::from_str(r#"{"eventName": "GetObject", "eventName": "PutObject", "eventTime": 1}"#).unwrap();
-/// let keys = RecordKeys::of(&record);
-/// assert_eq!(keys.get("eventName").and_then(|v| sonic_rs::JsonValueTrait::as_str(v)), Some("GetObject"));
-/// assert!(keys.get("eventNames").is_none() && keys.get("absent").is_none());
-/// ```
-pub struct RecordKeys<'v> {
-    keys: smallvec::SmallVec<[(u64, &'v str, &'v Record); 32]>,
-}
-
-impl<'v> RecordKeys<'v> {
-    /// The keys of `record`, tagged.
-    pub fn of(record: &'v Record) -> RecordKeys<'v> {
-        let keys = record.as_object().map(|object| object.iter().map(|(key, value)| (key_tag(key), key, value)).collect());
-        RecordKeys { keys: keys.unwrap_or_default() }
-    }
-
-    /// The value of the first key equal to `key`.
-    pub fn get(&self, key: &str) -> Option<&'v Record> {
-        let tag = key_tag(key);
-        self.keys.iter().find(|(t, k, _)| *t == tag && *k == key).map(|(_, _, value)| *value)
-    }
-}
-
-/// A key's length, first four and last three bytes, in one word.
-fn key_tag(key: &str) -> u64 {
-    let bytes = key.as_bytes();
-    let mut tag = [0u8; 8];
-    let head = bytes.len().min(4);
-    tag[..head].copy_from_slice(&bytes[..head]);
-    let tail = bytes.len().saturating_sub(4).min(3);
-    tag[4..4 + tail].copy_from_slice(&bytes[bytes.len() - tail..]);
-    tag[7] = bytes.len() as u8;
-    u64::from_le_bytes(tag)
-}
-
 /// A record's fields beyond the canonical ones, parsed once: rules read them as a JSON object
 /// (Sigma's record) without parsing them again, and clones of an event share them.
 ///

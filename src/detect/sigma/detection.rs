@@ -7,7 +7,7 @@
 //! values ask for it.
 
 use std::borrow::Cow;
-use std::cell::{OnceCell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -17,7 +17,7 @@ use serde_json::Value;
 use smallvec::SmallVec;
 use sonic_rs::{JsonContainerTrait, JsonValueTrait};
 
-use crate::event::{Record, RecordKeys};
+use crate::event::Record;
 
 use super::condition::{parse_condition, Condition};
 
@@ -565,18 +565,15 @@ pub(super) fn value_matches<'v>(matcher: &'v ValueMatcher, found: &FieldTexts<'v
 /// ```
 pub struct RecordView<'v> {
     record: &'v Record,
-    /// The record's top-level keys, indexed when a rule first asks for a field: a provider's
-    /// record has a few dozen keys, and its rules ask for dozens of fields.
-    keys: OnceCell<RecordKeys<'v>>,
-    /// The fields asked for so far, with their texts (a list, looked through by name, beats
-    /// hashing the name; eight are kept without allocating).
+    /// The fields asked for so far (a few per record: a list beats hashing, and eight are kept
+    /// without allocating).
     found: RefCell<SmallVec<[(&'v str, FieldTexts<'v>); 8]>>,
 }
 
 impl<'v> RecordView<'v> {
     /// A view of `record`; nothing is looked up yet.
     pub fn new(record: &'v Record) -> RecordView<'v> {
-        RecordView { record, keys: OnceCell::new(), found: RefCell::default() }
+        RecordView { record, found: RefCell::default() }
     }
 
     /// Where the field's texts (by its Sigma name: see [`field`]) are in `found`, finding them
@@ -585,31 +582,10 @@ impl<'v> RecordView<'v> {
         if let Some(index) = self.found.borrow().iter().position(|(known, _)| *known == name) {
             return index;
         }
-        let texts = FieldTexts::of(&self.field(name));
+        let texts = FieldTexts::of(&field(self.record, name));
         let mut found = self.found.borrow_mut();
         found.push((name, texts));
         found.len() - 1
-    }
-
-    /// The field's values, as [`field`] finds them, through the index of the top-level keys.
-    fn field(&self, name: &str) -> Found<'v> {
-        if !self.record.is_object() {
-            return field(self.record, name);
-        }
-        let keys = self.keys.get_or_init(|| RecordKeys::of(self.record));
-        if let Some(value) = keys.get(name) {
-            return smallvec::smallvec![value];
-        }
-        let mut segments = name.split('.');
-        let mut values: Found<'v> = segments.next().and_then(|first| keys.get(first)).into_iter().collect();
-        for segment in segments {
-            let mut next = Found::new();
-            for value in values {
-                step(value, segment, &mut next);
-            }
-            values = next;
-        }
-        values
     }
 
     /// Calls `each` with every text of the field (by its Sigma name), lower-cased: what a
@@ -628,7 +604,7 @@ pub(super) struct FieldTexts<'v> {
     /// Whether the field holds anything but `null`.
     present: bool,
     texts: Texts<'v>,
-    folded: OnceCell<Texts<'v>>,
+    folded: std::cell::OnceCell<Texts<'v>>,
 }
 
 /// A field's texts: most fields hold one, kept without allocating.
@@ -638,7 +614,7 @@ impl<'v> FieldTexts<'v> {
     pub(super) fn of(found: &[&'v Record]) -> FieldTexts<'v> {
         let mut texts = Texts::new();
         found.iter().for_each(|v| push_texts(v, &mut texts));
-        FieldTexts { present: found.iter().any(|v| !v.is_null()), texts, folded: OnceCell::new() }
+        FieldTexts { present: found.iter().any(|v| !v.is_null()), texts, folded: std::cell::OnceCell::new() }
     }
 
     fn folded(&self) -> &[Cow<'v, str>] {
