@@ -4,12 +4,13 @@
 // package, no build tool (Xxh3.java names the decisions):
 //
 //   javac -cp 'LIB/*' -d OUT ThreatJob.java Xxh3.java
-//   java <flags of experiments/flink/env.sh> -cp "OUT:LIB/*" ThreatJob EVENTS MODEL UPDATES RULES OUT_DIR P
+//   java <flags of experiments/flink/env.sh> -cp "OUT:LIB/*" ThreatJob EVENTS MODEL UPDATES RULES CENTERS OUT_DIR P
 //
 //   EVENTS   canonical events, JSON lines (one file: one partition)
 //   MODEL    the model artifact in force from time 0
 //   UPDATES  model updates, JSON lines {version, uri, sha256, effective_from}
 //   RULES    threshold rules: a JSON array or JSON lines (docs/semantics.md#threshold-rules)
+//   CENTERS  the country centres, src/enrich/data/country-centers.csv (places for the travel speed)
 //   OUT_DIR  where each subtask writes decisions-<subtask>.jsonl
 //
 // Job:  Partition (the file, parallelism 1: parse, validate, lateness -> judged time and watermark)
@@ -220,7 +221,7 @@ public class ThreatJob {
         public String[] whenFields;       // names; values per field below
         public String[][] whenValues;
         public int[] boundFeatures;       // feature index per bound
-        public double[] boundLow, boundHigh;  // inclusive/exclusive folded below
+        public double[] boundLow, boundHigh;  // each bound, -inf/+inf when absent
         public boolean[] lowStrict, highStrict;
         public String[] actions;
         public Control() {}
@@ -409,15 +410,17 @@ public class ThreatJob {
 
     // ---------------------------------------------------------------- places (docs/semantics.md#feature-windows)
 
-    static final Map<String, Integer> COUNTRY_CENTERS = new HashMap<>();
     static final double EARTH_RADIUS_KM = 6371.0088;
 
-    static void loadCountryCenters(String csv) throws IOException {
+    /** The country centres (threatflow's src/enrich/data/country-centers.csv), as places. */
+    static Map<String, Integer> countryCenters(String csv) throws IOException {
+        final Map<String, Integer> centers = new HashMap<>();
         for (String line : Files.readAllLines(Paths.get(csv))) {
             if (line.startsWith("#") || line.startsWith("code,")) continue;
             final String[] f = line.split(",");
-            COUNTRY_CENTERS.put(f[0].toUpperCase(), place(Double.parseDouble(f[1]), Double.parseDouble(f[2])));
+            centers.put(f[0].toUpperCase(), place(Double.parseDouble(f[1]), Double.parseDouble(f[2])));
         }
+        return centers;
     }
 
     /** Rust's f64::round: halves away from zero. */
@@ -453,13 +456,14 @@ public class ThreatJob {
         final String countryCenters;
         transient ValueState<UserState> state;
         transient ControlIndex index;
+        transient Map<String, Integer> centers;
 
         Detect(String[] ruleFields, String countryCenters) { this.ruleFields = ruleFields; this.countryCenters = countryCenters; }
 
         @Override
         public void open(OpenContext ctx) throws IOException {
             state = getRuntimeContext().getState(new ValueStateDescriptor<>("user", TypeInformation.of(UserState.class)));
-            if (COUNTRY_CENTERS.isEmpty()) synchronized (COUNTRY_CENTERS) { if (COUNTRY_CENTERS.isEmpty()) loadCountryCenters(countryCenters); }
+            centers = countryCenters(countryCenters);
         }
 
         @Override
@@ -491,7 +495,7 @@ public class ThreatJob {
             for (int i = 0; i < events.size(); i++) {
                 final Event e = events.get(i);
                 newCountry[i] = e.country != null && !s.countriesSeen.seen(e.country, t) ? 1 : 0;
-                final Integer p = e.country == null ? null : COUNTRY_CENTERS.get(e.country);
+                final Integer p = e.country == null ? null : centers.get(e.country);
                 places[i] = p != null && isLogin(e.action) ? p : -1;
                 if (places[i] >= 0 && s.travelTime >= 0 && s.travelTime > t - DAY) {
                     final double hours = (t - s.travelTime) / (double) HOUR;

@@ -563,7 +563,7 @@ fn key_tag(key: &str) -> u64 {
     u64::from_le_bytes(tag)
 }
 
-/// A record being mapped, its top-level keys indexed ([`record_keys`]): a mapping looks up a
+/// A record being mapped, its top-level keys indexed ([`RecordKeys`]): a mapping looks up a
 /// dozen or more paths per record, most of them at the top level.
 struct Keyed<'v> {
     record: &'v Record,
