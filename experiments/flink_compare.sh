@@ -30,12 +30,12 @@ RUNS=${RUNS:-1}
 STARTUP_RUN=${STARTUP_RUN:-1}
 SRC=experiments/flink/ThreatBench.java
 
-source experiments/flink/env.sh   # defines CACHE, LIB, FLINK_JVM_FLAGS, flink_compile
-CLASSES=$CACHE/classes
+source experiments/flink/env.sh   # defines FLINK_CACHE, FLINK_LIB, FLINK_JVM_FLAGS, flink_compile
+CLASSES=$FLINK_CACHE/classes
 flink_compile "$CLASSES" "$SRC"
 
 # --- run ------------------------------------------------------------------------------------
-JVM_OPTS=("${FLINK_JVM_FLAGS[@]}" -cp "$CLASSES:$LIB/*")
+JVM_OPTS=("${FLINK_JVM_FLAGS[@]}" -cp "$CLASSES:$FLINK_LIB/*")
 
 # Reference decisions, docs/flink-workload.md#reference-values (USERS = 100000):
 # "flagged","per_version","checksum_idx","checksum_user" exactly as ThreatBench prints them.
@@ -46,7 +46,7 @@ reference() {
     5000000)  echo '"flagged":36439,"per_version":[4537,9232,9876,12794],"checksum_idx":107786028509,"checksum_user":5163019889' ;;
     10000000) echo '"flagged":86551,"per_version":[11932,23226,25344,26049],"checksum_idx":492324420241,"checksum_user":13014825624' ;;
     *)        # not in the table: the plain sequential reference loop in ThreatBench.java
-              java -cp "$CLASSES:$LIB/*" ThreatBench --check-seq "$1" "$USERS" \
+              java -cp "$CLASSES:$FLINK_LIB/*" ThreatBench --check-seq "$1" "$USERS" \
                 | grep -o '"flagged":.*"checksum_user":[0-9]*' ;;
   esac
 }
@@ -55,7 +55,7 @@ failures=0
 run() {  # run N P
   local n=$1 p=$2 t0 t1 line expected
   if [ "$USERS" = 100000 ]; then expected=$(reference "$n"); else
-    expected=$(java -cp "$CLASSES:$LIB/*" ThreatBench --check-seq "$n" "$USERS" \
+    expected=$(java -cp "$CLASSES:$FLINK_LIB/*" ThreatBench --check-seq "$n" "$USERS" \
                  | grep -o '"flagged":.*"checksum_user":[0-9]*'); fi
   t0=$(date +%s.%N)
   line=$(java "${JVM_OPTS[@]}" ThreatBench "$n" "$p" "$USERS")

@@ -539,7 +539,7 @@ public class ThreatJob {
                 x[3] = newCountry[i];
                 x[9] = travel[i];
                 if (blocked) {
-                    out.collect(decision(e, "blocked", x, null, Double.NaN, List.of(), List.of()));
+                    out.collect(decision(e, "blocked", x, null, Double.NaN, List.of(), List.of(), s.blockedBy, s.blockUntil));
                     continue;
                 }
                 double score = Double.NaN;
@@ -557,8 +557,9 @@ public class ThreatJob {
                 }
                 if (flagged) actions.add("alert");
                 if (!flagged && rules.isEmpty()) continue;
-                out.collect(decision(e, "threat", x, inForce.model, score, rules, actions));
-                if (actions.contains("block") && (blocker == null || e.eventId.compareTo(blocker) < 0)) blocker = e.eventId;
+                final boolean blocks = actions.contains("block");
+                out.collect(decision(e, "threat", x, inForce.model, score, rules, actions, null, blocks ? t + BLOCK_FOR : null));
+                if (blocks && (blocker == null || e.eventId.compareTo(blocker) < 0)) blocker = e.eventId;
             }
             if (blocker != null) { s.blockFrom = t; s.blockUntil = t + BLOCK_FOR; s.blockedBy = blocker; }
         }
@@ -579,7 +580,8 @@ public class ThreatJob {
 
     /** A decision as a JSON line, with the fields the comparison checks. */
     static String decision(Event e, String verdict, long[] x, Control model, double score,
-                           java.util.Collection<String> rules, java.util.Collection<String> actions) {
+                           java.util.Collection<String> rules, java.util.Collection<String> actions,
+                           String blockedBy, Long blockedUntil) {
         final ObjectNode d = JSON.createObjectNode();
         d.put("decision_id", Xxh3.hex128((e.eventId + "\0" + verdict).getBytes(StandardCharsets.UTF_8)));
         d.put("event_id", e.eventId);
@@ -595,6 +597,8 @@ public class ThreatJob {
         final ArrayNode a = d.putArray("actions");
         actions.forEach(a::add);
         d.put("late", e.late);
+        d.put("blocked_by", blockedBy);
+        d.put("blocked_until", blockedUntil);
         return d.toString();
     }
 

@@ -4,15 +4,16 @@
 Usage: compare_decisions.py EXPECTED_FILE... -- ACTUAL_FILE...
 
 Decisions are matched by decision_id; for each, the event, user, judged ts, verdict, model
-version, rules, actions, late flag and the ten features must be equal, and the scores within
-1e-12 (Java and Rust may print a double's last digit differently). Prints one JSON line: the
-number of decisions, per verdict, and the checksum (the XOR of all decision ids, 32 hex digits).
+version, rules, actions, late flag, block (blocked_by, blocked_until) and the ten features must be
+equal, and the scores within 1e-12 (Java and Rust may print a double's last digit differently).
+Prints one JSON line: the number of decisions, per verdict, and the checksum (the XOR of all
+decision ids, 32 hex digits).
 Exits 1 on any difference, naming the first few.
 """
 import json
 import sys
 
-FIELDS = ("event_id", "user", "ts", "verdict", "model_version", "rules", "actions", "late", "features")
+FIELDS = ("event_id", "user", "ts", "verdict", "model_version", "rules", "actions", "late", "features", "blocked_by", "blocked_until")
 
 
 def load(paths):

@@ -11,22 +11,20 @@
 FLINK_VERSION=2.3.0
 FLINK_CACHE=${FLINK_CACHE:-$HOME/.cache/threatflow-flink}
 FLINK_LIB=$FLINK_CACHE/lib
-CACHE=$FLINK_CACHE
-LIB=$FLINK_LIB
 
 # --- Flink jars -----------------------------------------------------------------------------
-if [ ! -f "$LIB/flink-dist-$FLINK_VERSION.jar" ]; then
-  echo "fetching apache-flink-libraries==$FLINK_VERSION from PyPI into $CACHE" >&2
-  mkdir -p "$CACHE/download" "$LIB"
-  pip download "apache-flink-libraries==$FLINK_VERSION" --no-deps -d "$CACHE/download" >&2
-  pkg=$(ls "$CACHE"/download/apache[-_]flink[-_]libraries-"$FLINK_VERSION"* | head -n 1)
+if [ ! -f "$FLINK_LIB/flink-dist-$FLINK_VERSION.jar" ]; then
+  echo "fetching apache-flink-libraries==$FLINK_VERSION from PyPI into $FLINK_CACHE" >&2
+  mkdir -p "$FLINK_CACHE/download" "$FLINK_LIB"
+  pip download "apache-flink-libraries==$FLINK_VERSION" --no-deps -d "$FLINK_CACHE/download" >&2
+  pkg=$(ls "$FLINK_CACHE"/download/apache[-_]flink[-_]libraries-"$FLINK_VERSION"* | head -n 1)
   case "$pkg" in
     *.whl)      # wheel: pyflink/lib/*.jar
-      unzip -j -o -q "$pkg" "pyflink/lib/flink-dist-*.jar" "pyflink/lib/log4j-*.jar" -d "$LIB" ;;
+      unzip -j -o -q "$pkg" "pyflink/lib/flink-dist-*.jar" "pyflink/lib/log4j-*.jar" -d "$FLINK_LIB" ;;
     *.tar.gz)   # sdist: <dir>/deps/lib/*.jar
-      tmp=$(mktemp -d "$CACHE/extract.XXXXXX")
+      tmp=$(mktemp -d "$FLINK_CACHE/extract.XXXXXX")
       tar -xzf "$pkg" -C "$tmp" --wildcards '*/deps/lib/flink-dist-*.jar' '*/deps/lib/log4j-*.jar'
-      find "$tmp" -name '*.jar' -exec mv {} "$LIB/" \;
+      find "$tmp" -name '*.jar' -exec mv {} "$FLINK_LIB/" \;
       rm -rf "$tmp" ;;
     *) echo "unexpected download: $pkg" >&2; exit 1 ;;
   esac
@@ -34,8 +32,8 @@ if [ ! -f "$LIB/flink-dist-$FLINK_VERSION.jar" ]; then
 fi
 
 # log4j: warnings and errors to stderr, so stdout carries only the JSON lines
-if [ ! -f "$CACHE/log4j2.properties" ]; then
-  cat > "$CACHE/log4j2.properties" <<'EOF'
+if [ ! -f "$FLINK_CACHE/log4j2.properties" ]; then
+  cat > "$FLINK_CACHE/log4j2.properties" <<'EOF'
 rootLogger.level = WARN
 rootLogger.appenderRef.err.ref = err
 appender.err.type = Console
@@ -69,7 +67,7 @@ FLINK_JVM_FLAGS=(
   --add-opens=java.base/java.util.concurrent=ALL-UNNAMED
   --add-opens=java.base/java.util.concurrent.atomic=ALL-UNNAMED
   --add-opens=java.base/java.util.concurrent.locks=ALL-UNNAMED
-  "-Dlog4j2.configurationFile=$CACHE/log4j2.properties"
+  "-Dlog4j2.configurationFile=$FLINK_CACHE/log4j2.properties"
 )
 
 # flink_compile CLASSES SOURCE...: compile the sources into CLASSES when any is newer.

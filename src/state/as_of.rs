@@ -10,9 +10,10 @@
 //! the broadcast control collection, are read with `Pipeline`); each key's values are cloned once
 //! per activation and handed to a closure by reference, so a large value (a model) is not cloned
 //! per event, and gathered again only when one of the key's updates falls between two events'
-//! times, so that 300 rules in force cost per update, not per event time; and events carry their own time, stashed under one capability per operator
-//! ([`TimeStash`]) rather than one per distinct time, since with millisecond times nearly every
-//! event has a time of its own and per-time capabilities made progress tracking the bottleneck.
+//! times, so that 300 rules in force cost per update, not per event time; and events carry their
+//! own time, stashed under one capability per operator ([`TimeStash`]) rather than one per
+//! distinct time, since with millisecond times nearly every event has a time of its own and
+//! per-time capabilities made progress tracking the bottleneck.
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{ParallelizationContract, Pipeline};
@@ -174,7 +175,7 @@ where
                         let (mut next, mut vals): (usize, Vals<Tr>) = (0, Vec::new());
                         for (position, (_, idx, e)) in work[lo..hi].iter_mut().enumerate() {
                             let time = times_of[*idx];
-                            let passed = next < updates.len() && updates[next].0 <= time;
+                            let before = next;
                             while next < updates.len() && updates[next].0 <= time {
                                 let (_, index, diff) = &updates[next];
                                 match accumulated[*index].as_mut() {
@@ -183,7 +184,7 @@ where
                                 }
                                 next += 1;
                             }
-                            if passed || position == 0 {
+                            if next > before || position == 0 {
                                 vals.clear();
                                 vals.extend(
                                     accumulated.iter().enumerate().filter_map(|(i, a)| a.as_ref().filter(|a| !a.is_zero()).map(|a| (&key_vals[i], a.clone()))),

@@ -594,7 +594,6 @@ impl<'v> RecordView<'v> {
         let index = self.load(name);
         self.found.borrow()[index].1.folded().iter().for_each(|text| each(text));
     }
-
 }
 
 /// A field's texts for all of a matcher's values: each string borrowed from the record (an
