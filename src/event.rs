@@ -169,7 +169,53 @@ pub fn lower_case(text: std::borrow::Cow<'_, str>) -> std::borrow::Cow<'_, str> 
 /// # Ok::<(), sonic_rs::Error>(())
 /// ```
 #[derive(Clone, Debug, Default)]
-pub struct Fields(Option<std::sync::Arc<Record>>);
+pub struct Fields(Option<std::sync::Arc<TaggedRecord>>);
+
+self_cell::self_cell!(
+    /// A record with an index of its top-level keys, made once when the record is read.
+    /// `sonic_rs` finds a key by comparing it with each key in turn; the mapping and the rules
+    /// look up dozens of fields per record, and a lookup here compares one-word tags (see
+    /// [`key_tag`]), the texts only when they agree.
+    struct TaggedRecord {
+        owner: Record,
+        #[covariant]
+        dependent: KeyIndex,
+    }
+    impl {Debug}
+);
+
+/// A record's top-level keys in its order: each key's tag, the key and its value.
+type KeyIndex<'r> = Vec<(u64, &'r str, &'r Record)>;
+
+impl TaggedRecord {
+    fn of(record: Record) -> TaggedRecord {
+        TaggedRecord::new(record, |record| {
+            let Some(object) = record.as_object() else { return Vec::new() };
+            // (The object's iterator does not tell `collect` its length.)
+            let mut keys = Vec::with_capacity(object.len());
+            keys.extend(object.iter().map(|(key, value)| (key_tag(key), key, value)));
+            keys
+        })
+    }
+
+    /// The value of the first key equal to `key`, as `sonic_rs` finds it.
+    fn get(&self, key: &str) -> Option<&Record> {
+        let tag = key_tag(key);
+        self.borrow_dependent().iter().find(|(t, k, _)| *t == tag && *k == key).map(|(_, _, value)| *value)
+    }
+}
+
+/// A key's length, first four and last three bytes, in one word.
+fn key_tag(key: &str) -> u64 {
+    let bytes = key.as_bytes();
+    let mut tag = [0u8; 8];
+    let head = bytes.len().min(4);
+    tag[..head].copy_from_slice(&bytes[..head]);
+    let tail = bytes.len().saturating_sub(4).min(3);
+    tag[4..4 + tail].copy_from_slice(&bytes[bytes.len() - tail..]);
+    tag[7] = bytes.len() as u8;
+    u64::from_le_bytes(tag)
+}
 
 /// The record of an event without other fields: nothing a rule looks up is in it.
 static NO_FIELDS: std::sync::LazyLock<Record> = std::sync::LazyLock::new(Record::default);
@@ -178,7 +224,7 @@ impl Fields {
     /// The fields of a parsed record (an object; anything else holds no fields).
     pub fn of_record(record: Record) -> Fields {
         match record.as_object() {
-            Some(object) if !object.is_empty() => Fields(Some(std::sync::Arc::new(record))),
+            Some(object) if !object.is_empty() => Fields(Some(std::sync::Arc::new(TaggedRecord::of(record)))),
             _ => Fields::default(),
         }
     }
@@ -191,9 +237,9 @@ impl Fields {
         Fields::of_record(sonic_rs::to_value(map).unwrap_or_default())
     }
 
-    /// A field's value.
+    /// A top-level field's value (the first of duplicate keys).
     pub fn get(&self, name: &str) -> Option<&Record> {
-        self.0.as_deref().and_then(|record| record.as_object()).and_then(|object| object.get(&name))
+        self.0.as_deref()?.get(name)
     }
 
     /// Whether there are no fields.
@@ -203,21 +249,25 @@ impl Fields {
 
     /// The fields in the record's order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Record)> {
-        self.0.as_deref().and_then(|record| record.as_object()).into_iter().flat_map(|object| object.iter())
+        self.record().as_object().into_iter().flat_map(|object| object.iter())
     }
 
     /// Sets a field (the enrichment step adds `enrichment` to a provider's record), replacing one
     /// of the same name; the record is copied only when another event still shares it.
     pub fn insert(&mut self, name: &str, value: Record) {
-        let record = self.0.get_or_insert_with(|| std::sync::Arc::new(sonic_rs::Object::new().into_value()));
-        if let Some(object) = std::sync::Arc::make_mut(record).as_object_mut() {
+        let mut record = match self.0.take() {
+            Some(tagged) => std::sync::Arc::try_unwrap(tagged).map_or_else(|shared| shared.borrow_owner().clone(), TaggedRecord::into_owner),
+            None => sonic_rs::Object::new().into_value(),
+        };
+        if let Some(object) = record.as_object_mut() {
             object.insert(name, value);
         }
+        self.0 = Some(std::sync::Arc::new(TaggedRecord::of(record)));
     }
 
     /// The fields as a JSON object (`null` when there are none), for rules to read.
     pub fn record(&self) -> &Record {
-        self.0.as_deref().unwrap_or(&NO_FIELDS)
+        self.0.as_deref().map_or(&NO_FIELDS, TaggedRecord::borrow_owner)
     }
 
     /// The `(name, JSON text)` pairs in name order: how the fields compare and serialise.

@@ -140,7 +140,7 @@ impl CorrelationIndex {
 /// refers to that the event matches. `index` is the controls' [`CorrelationIndex`].
 pub fn observe(time: Time, event: &Event, features: &Features, controls: &[(&Control, isize)], index: &CorrelationIndex) -> Vec<Observation> {
     let mut found = Vec::new();
-    let record = crate::detect::sigma::RecordView::new(crate::detect::sigma::record_of(event));
+    let record = crate::detect::sigma::RecordView::of_fields(&event.extra);
     for (position, def, members) in &index.correlations {
         let Some((Control::Rule(correlation_rule), _)) = controls.get(*position) else { continue };
         let Some(correlation) = correlation_rule.sigma.as_ref().and_then(|s| s.correlation()) else { continue };

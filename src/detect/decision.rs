@@ -352,7 +352,7 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
     // The Sigma rules of the event's source (before the view of its record, which borrows their
     // field names and so must go first).
     let of_source = event.source.as_deref().map(|source| index.rules.for_source(source, controls));
-    let record = crate::detect::sigma::RecordView::new(crate::detect::sigma::record_of(event));
+    let record = crate::detect::sigma::RecordView::of_fields(&event.extra);
     let mut consider = |position: usize| {
         if let Some((Control::Rule(rule), _)) = controls.get(position) {
             if !is_hidden(rule, &index.hidden) && rule.matches_viewed(event, features, &record) {

@@ -198,7 +198,7 @@ impl NewTermsIndex {
 /// has not reported at a time so early.
 pub fn observe(time: Time, event: &UserEvent, features: &Features, controls: &[(&Control, isize)], index: &NewTermsIndex) -> Vec<Observed> {
     let mut found = Vec::new();
-    let record = crate::detect::sigma::RecordView::new(crate::detect::sigma::record_of(event));
+    let record = crate::detect::sigma::RecordView::of_fields(&event.extra);
     for ((position, def), reported) in index.rules.iter().zip(&index.reported) {
         let Some((Control::Rule(rule), _)) = controls.get(*position) else { continue };
         if !rule.matches_viewed(event, features, &record) {

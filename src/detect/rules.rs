@@ -186,7 +186,7 @@ impl Rule {
     /// Whether the rule matches an event with its features; `record` is the event's own record,
     /// made once per event for the Sigma rules that need it.
     pub fn matches(&self, event: &Event, features: &Features) -> bool {
-        self.matches_viewed(event, features, &RecordView::new(crate::detect::sigma::record_of(event)))
+        self.matches_viewed(event, features, &RecordView::of_fields(&event.extra))
     }
 
     /// [`Rule::matches`] with the event's record read through `view`, shared by the rules an
@@ -208,8 +208,9 @@ pub fn field_value<'e>(event: &'e Event, name: &str) -> Option<std::borrow::Cow<
         return Some(value);
     }
     use sonic_rs::JsonValueTrait;
-    let mut at = crate::detect::sigma::record_of(event);
-    for segment in name.split('.') {
+    let mut segments = name.split('.');
+    let mut at = event.extra.get(segments.next()?)?;
+    for segment in segments {
         at = at.get(segment)?;
     }
     match at.as_str() {

@@ -274,8 +274,15 @@ impl Mapping {
     /// The canonical event of a record of this source; the record becomes the event's other
     /// fields, without being copied.
     pub fn map(&self, owned: Record) -> Result<Event, RejectReason> {
-        let keyed = Keyed::new(&owned);
-        let record = &keyed;
+        if !owned.is_object() {
+            return self.map_keyed(&Keyed::unindexed(&owned), Fields::default());
+        }
+        let extra = Fields::of_record(owned);
+        self.map_keyed(&Keyed::new(&extra), extra.clone())
+    }
+
+    /// The event of a record read through `record`, whose fields are `extra`.
+    fn map_keyed(&self, record: &Keyed<'_>, extra: Fields) -> Result<Event, RejectReason> {
         let invalid = |what: String| RejectReason::Invalid(format!("{} record: {what}", self.name));
         let missing = |field: &str, tried: &[FieldPath]| {
             let tried: Vec<String> = tried.iter().map(|p| p.join(".")).collect();
@@ -307,8 +314,6 @@ impl Mapping {
             None => v.as_u64(),
         });
         let (app, resource, src_ip, user_agent) = (text_of(&self.app), text_of(&self.resource), text_of(&self.src_ip), text_of(&self.user_agent));
-        drop(keyed);
-        let extra = Fields::of_record(owned);
         let key = crate::event::user_key(&user);
         Ok(Event {
             event_id,
@@ -528,61 +533,26 @@ impl Mappings {
     }
 }
 
-/// A record's top-level values by key. `sonic_rs` finds a key by comparing it with each key in
-/// turn; here each key gets a tag (its length, first and last bytes) once, and a lookup compares
-/// tags, the texts only when they agree. The first of duplicate keys wins, as `sonic_rs` finds
-/// it. (Sigma's rules ask an event for fewer fields,
-/// and scanning wins there: criterion's `raw_logs` ratio against rsigma-eval fell from 3.2x to
-/// 2.3x with this index.)
-struct RecordKeys<'v> {
-    keys: smallvec::SmallVec<[(u64, &'v str, &'v Record); 32]>,
-}
-
-impl<'v> RecordKeys<'v> {
-    fn of(record: &'v Record) -> RecordKeys<'v> {
-        let keys = record.as_object().map(|object| object.iter().map(|(key, value)| (key_tag(key), key, value)).collect());
-        RecordKeys { keys: keys.unwrap_or_default() }
-    }
-
-    /// The value of the first key equal to `key`.
-    fn get(&self, key: &str) -> Option<&'v Record> {
-        let tag = key_tag(key);
-        self.keys.iter().find(|(t, k, _)| *t == tag && *k == key).map(|(_, _, value)| *value)
-    }
-}
-
-/// A key's length, first four and last three bytes, in one word.
-fn key_tag(key: &str) -> u64 {
-    let bytes = key.as_bytes();
-    let mut tag = [0u8; 8];
-    let head = bytes.len().min(4);
-    tag[..head].copy_from_slice(&bytes[..head]);
-    let tail = bytes.len().saturating_sub(4).min(3);
-    tag[4..4 + tail].copy_from_slice(&bytes[bytes.len() - tail..]);
-    tag[7] = bytes.len() as u8;
-    u64::from_le_bytes(tag)
-}
-
-/// A record being mapped, its top-level keys indexed ([`RecordKeys`]): a mapping looks up a
-/// dozen or more paths per record, most of them at the top level.
+/// A record being mapped: through its [`Fields`], whose top-level keys are tagged for lookups (a
+/// mapping looks up a dozen or more paths per record, most of them at the top level), or as it is.
 struct Keyed<'v> {
     record: &'v Record,
-    keys: Option<RecordKeys<'v>>,
+    fields: Option<&'v Fields>,
 }
 
 impl<'v> Keyed<'v> {
-    fn new(record: &'v Record) -> Self {
-        Keyed { record, keys: record.is_object().then(|| RecordKeys::of(record)) }
+    fn new(fields: &'v Fields) -> Self {
+        Keyed { record: fields.record(), fields: Some(fields) }
     }
 
     fn unindexed(record: &'v Record) -> Self {
-        Keyed { record, keys: None }
+        Keyed { record, fields: None }
     }
 
     /// The value at a path, as [`lookup`] finds it.
     fn lookup(&self, path: &[String]) -> Option<Cow<'v, Record>> {
-        let (Some(keys), Some((head, rest))) = (&self.keys, path.split_first()) else { return lookup(self.record, path) };
-        let top = match keys.get(head) {
+        let (Some(fields), Some((head, rest))) = (self.fields, path.split_first()) else { return lookup(self.record, path) };
+        let top = match fields.get(head) {
             Some(value) => value,
             None => key_ignoring_case(self.record.as_object()?, head)?,
         };
@@ -794,20 +764,21 @@ mod tests {
         assert!(glob("getobject", "getobject") && !glob("getobject", "getobjects"));
         assert!(!glob("delete*", "undelete") && !glob("a*b*c", "acb") && !glob("ab*ba", "aba"));
         let record = sonic_rs::json!({"A": {"b": [{"C": 1}]}, "e": null});
+        let fields = Fields::of_record(record.clone());
         let path = |p: &str| p.split('.').map(str::to_string).collect::<Vec<_>>();
         // Indexed or not, the same values: exact keys first, then ignoring case.
-        for keyed in [Keyed::new(&record), Keyed::unindexed(&record)] {
+        for keyed in [Keyed::new(&fields), Keyed::unindexed(&record)] {
             assert_eq!(keyed.lookup(&path("a.B.0.c")).as_deref(), Some(&Record::from(1)));
             assert_eq!(keyed.lookup(&path("A.b.0.C")).as_deref(), Some(&Record::from(1)));
             assert!(!present(&keyed, &path("e")) && !present(&keyed, &path("a.b.1")) && !present(&keyed, &path("x")));
         }
         let duplicated: Record = sonic_rs::from_str(r#"{"eventName": "GetObject", "eventName": "PutObject", "eventNames": 1}"#).unwrap();
-        let keys = RecordKeys::of(&duplicated);
+        let keys = Fields::of_record(duplicated);
         assert_eq!(keys.get("eventName").and_then(|v| v.as_str()), Some("GetObject"));
         assert_eq!(keys.get("eventNames").and_then(|v| v.as_u64()), Some(1));
         assert!(keys.get("eventNam").is_none() && keys.get("").is_none());
         let nested = sonic_rs::json!({"InitiatedBy": "{\"user\":{\"userPrincipalName\":\"ann@x\"}}"});
-        assert_eq!(Keyed::new(&nested).lookup(&path("InitiatedBy.user.userPrincipalName")).as_deref(), Some(&Record::from("ann@x")));
+        assert_eq!(Keyed::new(&Fields::of_record(nested)).lookup(&path("InitiatedBy.user.userPrincipalName")).as_deref(), Some(&Record::from("ann@x")));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use serde_json::Value;
 use smallvec::SmallVec;
 use sonic_rs::{JsonContainerTrait, JsonValueTrait};
 
-use crate::event::Record;
+use crate::event::{Fields, Record};
 
 use super::condition::{parse_condition, Condition};
 
@@ -565,6 +565,9 @@ pub(super) fn value_matches<'v>(matcher: &'v ValueMatcher, found: &FieldTexts<'v
 /// ```
 pub struct RecordView<'v> {
     record: &'v Record,
+    /// The record's fields with their keys tagged, when the view was made from them: top-level
+    /// keys are found through the tags.
+    fields: Option<&'v Fields>,
     /// The fields asked for so far (a few per record: a list beats hashing, and eight are kept
     /// without allocating).
     found: RefCell<SmallVec<[(&'v str, FieldTexts<'v>); 8]>>,
@@ -573,7 +576,12 @@ pub struct RecordView<'v> {
 impl<'v> RecordView<'v> {
     /// A view of `record`; nothing is looked up yet.
     pub fn new(record: &'v Record) -> RecordView<'v> {
-        RecordView { record, found: RefCell::default() }
+        RecordView { record, fields: None, found: RefCell::default() }
+    }
+
+    /// A view of an event's fields (see [`Fields`]).
+    pub fn of_fields(fields: &'v Fields) -> RecordView<'v> {
+        RecordView { record: fields.record(), fields: Some(fields), found: RefCell::default() }
     }
 
     /// Where the field's texts (by its Sigma name: see [`field`]) are in `found`, finding them
@@ -582,7 +590,11 @@ impl<'v> RecordView<'v> {
         if let Some(index) = self.found.borrow().iter().position(|(known, _)| *known == name) {
             return index;
         }
-        let texts = FieldTexts::of(&field(self.record, name));
+        let found = match self.fields {
+            Some(fields) => field_with(self.record, |key| fields.get(key), name),
+            None => field(self.record, name),
+        };
+        let texts = FieldTexts::of(&found);
         let mut found = self.found.borrow_mut();
         found.push((name, texts));
         found.len() - 1
@@ -635,11 +647,23 @@ fn push_texts<'v>(value: &'v Record, out: &mut Texts<'v>) {
 /// A field's values by its Sigma name: a top-level key with that exact name, or the dotted path,
 /// where a segment that meets an array follows every element (a number indexes it).
 pub(super) fn field<'v>(record: &'v Record, name: &str) -> Found<'v> {
-    if let Some(v) = record.as_object().and_then(|object| object.get(&name)) {
+    field_with(record, |key| record.as_object().and_then(|object| object.get(&key)), name)
+}
+
+/// [`field`], with `top` finding the record's top-level keys.
+fn field_with<'v>(record: &'v Record, top: impl Fn(&str) -> Option<&'v Record>, name: &str) -> Found<'v> {
+    if let Some(v) = top(name) {
         return smallvec::smallvec![v];
     }
     let mut values: Found<'v> = smallvec::smallvec![record];
-    for segment in name.split('.') {
+    let mut segments = name.split('.');
+    if record.is_object() {
+        // The first segment is a top-level key (the whole name, looked up above, was not).
+        let Some((first, _)) = name.split_once('.') else { return Found::new() };
+        values = top(first).into_iter().collect();
+        segments.next();
+    }
+    for segment in segments {
         let mut next = Found::new();
         for value in values {
             step(value, segment, &mut next);

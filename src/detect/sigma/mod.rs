@@ -263,7 +263,7 @@ impl SigmaRule {
     /// matches the event's record. Never for a correlation rule (see
     /// `crate::detect::correlation`).
     pub fn matches_event(&self, event: &crate::event::Event) -> bool {
-        self.matches_viewed(event, &RecordView::new(record_of(event)))
+        self.matches_viewed(event, &RecordView::of_fields(&event.extra))
     }
 
     /// [`SigmaRule::matches_event`] with the event's record read through `view`, which other
@@ -320,12 +320,6 @@ pub fn parse_all(text: &str, placeholders: &Placeholders) -> Result<Vec<SigmaRul
             SigmaRule::parse(&text, placeholders).with_context(|| format!("the rule rewritten from a legacy aggregation:\n{text}"))
         })
         .collect()
-}
-
-/// The record an event came from: its own top-level fields (see [`crate::ingest::mapping`]),
-/// parsed when it was read.
-pub fn record_of(event: &crate::event::Event) -> &crate::event::Record {
-    event.extra.record()
 }
 
 /// Every rule file under `dir` (`*.yml`, `*.yaml`, recursively), sorted; rule test files
