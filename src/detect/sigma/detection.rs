@@ -655,15 +655,14 @@ fn field_with<'v>(record: &'v Record, top: impl Fn(&str) -> Option<&'v Record>, 
     if let Some(v) = top(name) {
         return smallvec::smallvec![v];
     }
-    let mut values: Found<'v> = smallvec::smallvec![record];
-    let mut segments = name.split('.');
-    if record.is_object() {
+    let (mut values, rest): (Found<'v>, &str) = if record.is_object() {
         // The first segment is a top-level key (the whole name, looked up above, was not).
-        let Some((first, _)) = name.split_once('.') else { return Found::new() };
-        values = top(first).into_iter().collect();
-        segments.next();
-    }
-    for segment in segments {
+        let Some((first, rest)) = name.split_once('.') else { return Found::new() };
+        (top(first).into_iter().collect(), rest)
+    } else {
+        (smallvec::smallvec![record], name)
+    };
+    for segment in rest.split('.') {
         let mut next = Found::new();
         for value in values {
             step(value, segment, &mut next);
