@@ -203,6 +203,11 @@ impl TaggedRecord {
         let tag = key_tag(key);
         self.borrow_dependent().iter().find(|(t, k, _)| *t == tag && *k == key).map(|(_, _, value)| *value)
     }
+
+    /// The value of the first key equal to `key` ignoring ASCII case.
+    fn get_ignoring_case(&self, key: &str) -> Option<&Record> {
+        self.borrow_dependent().iter().find(|(_, k, _)| k.eq_ignore_ascii_case(key)).map(|(_, _, value)| *value)
+    }
 }
 
 /// A key's length, first four and last three bytes, in one word.
@@ -240,6 +245,12 @@ impl Fields {
     /// A top-level field's value (the first of duplicate keys).
     pub fn get(&self, name: &str) -> Option<&Record> {
         self.0.as_deref()?.get(name)
+    }
+
+    /// A top-level field's value by its name ignoring ASCII case (the first that fits), as
+    /// mappings find a key that is not there as they spell it.
+    pub fn get_ignoring_case(&self, name: &str) -> Option<&Record> {
+        self.0.as_deref()?.get_ignoring_case(name)
     }
 
     /// Whether there are no fields.

@@ -552,10 +552,7 @@ impl<'v> Keyed<'v> {
     /// The value at a path, as [`lookup`] finds it.
     fn lookup(&self, path: &[String]) -> Option<Cow<'v, Record>> {
         let (Some(fields), Some((head, rest))) = (self.fields, path.split_first()) else { return lookup(self.record, path) };
-        let top = match fields.get(head) {
-            Some(value) => value,
-            None => key_ignoring_case(self.record.as_object()?, head)?,
-        };
+        let top = fields.get(head).or_else(|| fields.get_ignoring_case(head))?;
         lookup(top, rest)
     }
 }
