@@ -578,14 +578,9 @@ fn lookup<'v>(record: &'v Record, path: &[String]) -> Option<Cow<'v, Record>> {
 /// One step of a path.
 fn child<'v>(value: &'v Record, segment: &str) -> Option<&'v Record> {
     if let Some(object) = value.as_object() {
-        return object.get(&segment).or_else(|| key_ignoring_case(object, segment));
+        return object.get(&segment).or_else(|| object.iter().find(|(k, _)| k.eq_ignore_ascii_case(segment)).map(|(_, v)| v));
     }
     value.as_array()?.get(segment.parse::<usize>().ok()?)
-}
-
-/// The value of the first key equal to `segment` ignoring ASCII case.
-fn key_ignoring_case<'v>(object: &'v sonic_rs::Object, segment: &str) -> Option<&'v Record> {
-    object.iter().find(|(k, _)| k.eq_ignore_ascii_case(segment)).map(|(_, v)| v)
 }
 
 /// The value at a path when it is present: not null, not an empty string.
