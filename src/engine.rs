@@ -24,7 +24,7 @@ use crate::detect::control::ControlLog;
 use crate::detect::intel::{IntelMode, IntelOptions};
 use crate::detect::enrichment::EnrichmentMode;
 use crate::event::Time;
-use crate::ingest::partition::{ErrorSlot, SourceConfig};
+use crate::ingest::partition::{Decoding, ErrorSlot, SourceConfig};
 use crate::job::{JobSpec, SourceSpec};
 use crate::kafka::sink::KafkaOutput;
 use crate::kafka::Role;
@@ -223,7 +223,9 @@ fn run_worker(
     let index = worker.index();
     let peers = worker.peers();
     let dataflow: Box<dyn Dataflow> = crate::dataflows::find(&job.dataflow).ok_or_else(|| anyhow!("unknown dataflow {}", job.dataflow))?;
-    let partitions = job.source.partitions(index, peers, &job.decoding, restored.as_deref())?;
+    // Providers' raw records are decoded on every worker, whichever reads them.
+    let decoding = Decoding { defer: true, ..job.decoding.clone() };
+    let partitions = job.source.partitions(index, peers, &decoding, restored.as_deref())?;
     let errors: ErrorSlot = Rc::new(RefCell::new(None));
     let control = &controls.log;
     let (outputs, mut async_outputs, mut control_feed) = match index {
@@ -251,6 +253,7 @@ fn run_worker(
         dead_letter_burst: job.dead_letter_burst,
         records_read: Arc::clone(progress),
         stop: Arc::clone(&job.stop),
+        decoding,
         ..SourceConfig::default()
     };
     let gathered: Rc<RefCell<Gathered>> = Rc::default();

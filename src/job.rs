@@ -153,7 +153,7 @@ impl SourceSpec {
             }
             SourceSpec::Files(paths) => {
                 for path in paths.iter().enumerate().filter_map(|(i, path)| mine(i).then_some(path)) {
-                    parts.push(Box::new(JsonLinesPartition::open(path, decoding.clone())?));
+                    parts.push(JsonLinesPartition::open_input(path, decoding.clone())?);
                 }
             }
             SourceSpec::Memory(inputs) => {

@@ -69,7 +69,8 @@ fn the_shared_feature_arrangement_agrees_with_the_features_events_carry() {
     use threatflow::state::features::Features;
     use threatflow::ingest::generator::GeneratorConfig;
     use threatflow::state::with_features;
-    use threatflow::ingest::partition::{partitioned_source, Decoding, SourceConfig};
+    use threatflow::ingest::partition::{Decoding, SourceConfig};
+    use threatflow::ingest::source::partitioned_source;
     use timely::dataflow::channels::pact::Pipeline;
     use timely::dataflow::operators::{Operator, Probe};
     use timely::dataflow::ProbeHandle;

@@ -487,7 +487,7 @@ impl JobArgs {
         job.allowed_lateness = ms(self.allowed_lateness);
         job.read_batch = self.read_batch.map(|batch| batch.max(1));
         job.dead_letter_burst = self.dead_letter_burst;
-        job.decoding = Decoding { max_record_bytes: self.max_record_bytes, format, max_future_skew: ms(self.max_future_skew) };
+        job.decoding = Decoding { max_record_bytes: self.max_record_bytes, format, max_future_skew: ms(self.max_future_skew), ..Decoding::default() };
         job.dead_letters_path = self.dead_letters.clone();
         job.alerts_path = self.alerts.clone();
         job.alerts_format = self.alerts_format;

@@ -3,12 +3,13 @@
 
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 
 use crate::checkpoint::PartitionPosition;
 use crate::event::{Position, Time};
-use crate::ingest::partition::{decode_record, Decoding, Item, Partition};
+use crate::ingest::partition::{Decoding, Item, Partition};
 
 /// A buffered reader that can also seek (files, memory).
 pub trait SeekBufRead: BufRead + Seek {}
@@ -68,6 +69,23 @@ impl JsonLinesPartition {
         };
         let reader: Box<dyn SeekBufRead> = Box::new(BufReader::with_capacity(1 << 20, file));
         Ok(JsonLinesPartition { written, ..Self::new(format!("file:{}", path.display()), reader, decoding) })
+    }
+
+    /// Opens an input for a source: a regular file as [`JsonLinesPartition::open`] does; a pipe
+    /// or a device (standard input) is read on a thread of its own ([`StreamPartition`]), so that
+    /// waiting for its next record never stops the worker.
+    pub fn open_input(path: &Path, decoding: Decoding) -> Result<Box<dyn Partition>> {
+        let file = std::fs::File::open(path).with_context(|| format!("opening input {}", path.display()))?;
+        let metadata = file.metadata().with_context(|| format!("reading the metadata of {}", path.display()))?;
+        if metadata.is_file() {
+            return Ok(Box::new(Self::open(path, decoding)?));
+        }
+        let name = format!("file:{}", path.display());
+        let stream = StreamPartition::spawn(name.clone(), move || {
+            let reader: Box<dyn SeekBufRead> = Box::new(BufReader::with_capacity(1 << 20, file));
+            JsonLinesPartition { written: Written::AsRead, ..Self::new(name, reader, decoding) }
+        })?;
+        Ok(Box::new(stream))
     }
 
     /// Reads lines from memory (tests, embedding).
@@ -156,9 +174,90 @@ impl Partition for JsonLinesPartition {
                 Written::At(time) => Some(time),
                 Written::AsRead => Some(unix_millis(std::time::SystemTime::now())),
             };
-            decode_record(&self.record, len, &self.decoding, written, position, out);
+            self.decoding.read(&self.record, len, written, position, None, out);
         }
         Ok(true)
+    }
+}
+
+/// A partition whose reads may wait (a pipe, a device), read record by record on a thread of its
+/// own: its poll gives what has arrived and returns at once. It cannot seek, as a pipe cannot.
+pub struct StreamPartition {
+    name: String,
+    /// Each record's items (or the error that ended reading), whether more may come, and the
+    /// position after it.
+    records: std::sync::mpsc::Receiver<(Result<Vec<Item>>, bool, Option<PartitionPosition>)>,
+    position: Option<PartitionPosition>,
+    /// Called when a record arrives, once the source asks.
+    waker: Arc<Mutex<Option<Arc<dyn Fn() + Send + Sync>>>>,
+}
+
+/// Records a stream's thread may read ahead of its poll.
+const STREAM_READ_AHEAD: usize = 4_096;
+
+impl StreamPartition {
+    /// Reads the partition `open` makes on a new thread.
+    pub fn spawn<P: Partition + 'static>(name: String, open: impl FnOnce() -> P + Send + 'static) -> Result<Self> {
+        let (sender, records) = std::sync::mpsc::sync_channel(STREAM_READ_AHEAD);
+        let waker: Arc<Mutex<Option<Arc<dyn Fn() + Send + Sync>>>> = Arc::default();
+        let wake = Arc::clone(&waker);
+        std::thread::Builder::new()
+            .name(format!("read {name}"))
+            .spawn(move || {
+                let mut partition = open();
+                let mut more = true;
+                while more {
+                    let mut items = Vec::new();
+                    let polled = partition.poll(1, &mut items);
+                    more = matches!(polled, Ok(true));
+                    // The source has gone when the record cannot be sent.
+                    if sender.send((polled.map(|_| items), more, partition.position())).is_err() {
+                        return;
+                    }
+                    if let Some(wake) = wake.lock().ok().and_then(|w| w.clone()) {
+                        wake();
+                    }
+                }
+            })
+            .with_context(|| format!("starting the thread that reads {name}"))?;
+        Ok(StreamPartition { name, records, position: None, waker })
+    }
+}
+
+impl Partition for StreamPartition {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn poll(&mut self, max: usize, out: &mut Vec<Item>) -> Result<bool> {
+        for _ in 0..max {
+            match self.records.try_recv() {
+                Ok((items, more, position)) => {
+                    out.extend(items?);
+                    self.position = position;
+                    if !more {
+                        return Ok(false);
+                    }
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => anyhow::bail!("the thread reading {} ended", self.name),
+            }
+        }
+        Ok(true)
+    }
+
+    fn wake_on_arrival(&mut self, wake: Arc<dyn Fn() + Send + Sync>) -> bool {
+        match self.waker.lock() {
+            Ok(mut waker) => {
+                *waker = Some(wake);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn position(&self) -> Option<PartitionPosition> {
+        self.position.clone()
     }
 }
 

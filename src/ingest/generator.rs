@@ -21,7 +21,7 @@ use crate::event::{DAY, HOUR, MINUTE};
 use crate::ingest::truth::{Label, Scenario};
 use crate::checkpoint::PartitionPosition;
 use crate::event::Position;
-use crate::ingest::partition::{decode_record, Decoding, Item, Partition};
+use crate::ingest::partition::{Decoding, Item, Partition};
 use crate::ingest::provider_records::Rendering;
 
 /// 2026-01-05T00:00:00Z, a Monday.
@@ -640,7 +640,7 @@ impl GeneratorPartition {
             chunk.copy_from_slice(&n.to_le_bytes());
         }
         let event_id = hex_id(xxhash_rust::xxh3::xxh3_128(&seed));
-        let mut label = draft.label.map(|(scenario, instance)| Label { event_id: event_id.to_string(), scenario, instance, user: user.to_string(), ts: draft.ts });
+        let label = draft.label.map(|(scenario, instance)| Label { event_id: event_id.to_string(), scenario, instance, user: user.to_string(), ts: draft.ts });
         let event = Event {
             event_id,
             ts: draft.ts,
@@ -669,14 +669,7 @@ impl GeneratorPartition {
             Some((rendering, decoding)) => {
                 let record = rendering.render(&event);
                 let position = || Position { source: self.name(), record: seq, offset: 0 };
-                let first = out.len();
-                decode_record(record.as_bytes(), record.len(), decoding, None, position, out);
-                // Ground truth names the user as the provider's record does (an ARN in CloudTrail);
-                // it follows the record's event here.
-                if let (Some(label), Some(Item::Event(mapped))) = (label.as_mut(), out.get(first)) {
-                    label.user = mapped.user.to_string();
-                }
-                out.extend(label.map(Item::Label));
+                decoding.read(record.as_bytes(), record.len(), None, position, label, out);
             }
         }
     }
@@ -772,7 +765,7 @@ pub fn generate_all(config: &GeneratorConfig) -> (Vec<Vec<Event>>, Vec<Label>) {
                 match item {
                     Item::Event(e) => events.push(e),
                     Item::Label(l) => labels.push(l),
-                    Item::Rejected(_) | Item::Lost(_) => {}
+                    Item::Rejected(_) | Item::Lost(_) | Item::Record(_) => {}
                 }
             }
             if !more {

@@ -1,40 +1,28 @@
-//! Partitioned sources with per-partition watermarks.
+//! What partitions are and what they yield: the [`Partition`] trait, its [`Item`]s, and how a
+//! record is decoded into them ([`Decoding`], [`decode_record`]). The operators that read
+//! partitions and give their events times are in [`crate::ingest::source`].
 //!
-//! A partition is a unit of order (an input file, a generator partition, later a Kafka partition).
+//! A partition is a unit of order (an input file, a generator partition, a Kafka partition).
 //! Partitions are fixed independently of the number of workers, and each is read by one worker, so
 //! which events are late, and hence every decision, does not depend on how many workers run.
-//!
-//! Per partition the watermark is the greatest event time seen minus the allowed lateness. An event
-//! behind its partition's watermark is not dropped: it takes the watermark as its time and is marked
-//! late. The source holds its capability at the least watermark of its open partitions; an exhausted
-//! partition stops holding anything back.
 
-use std::collections::VecDeque;
-
-use std::rc::Rc;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::OutputBuilder;
-use timely::dataflow::operators::Exchange;
-use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
-use crate::checkpoint::{Checkpoint, PartitionCheckpoint, PartitionPosition, PartitionStats};
+use crate::checkpoint::{PartitionPosition, PartitionStats};
 use crate::event::{parse_event, DeadLetter, Event, Position, RejectReason, Time};
-use crate::ingest::dead_letter_burst::DeadLetterRun;
 use crate::ingest::truth::Label;
 use crate::ingest::mapping::RecordFormat;
 
 /// What a partition yields.
 // Events are nearly every item: boxing them would cost an allocation each.
 #[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Item {
     /// A valid event.
     Event(Event),
@@ -45,6 +33,31 @@ pub enum Item {
     Lost(DeadLetter),
     /// Ground truth for an event (generator only; never seen by detectors).
     Label(Label),
+    /// A provider's record read but not decoded yet ([`Decoding::defer`]): the source has it
+    /// decoded on any worker.
+    Record(RawRecord),
+}
+
+/// A record as read, with what decoding it needs to know (see [`decode_record`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RawRecord {
+    /// The record, or the first [`Decoding::max_record_bytes`] of an oversized one.
+    pub bytes: Vec<u8>,
+    /// Its whole length.
+    pub size: usize,
+    /// When it was written, when the source knows.
+    pub written: Option<Time>,
+    /// Where it was read.
+    pub position: Position,
+    /// The ground truth of the generated event it renders (the embedded generator only).
+    pub label: Option<Label>,
+}
+
+impl RawRecord {
+    /// The record's items, as [`Decoding::read`] would have given them.
+    pub fn decode(self, decoding: &Decoding, out: &mut Vec<Item>) {
+        decode_labelled(&self.bytes, self.size, decoding, self.written, || self.position.clone(), self.label, out);
+    }
 }
 
 /// A partition of a source.
@@ -87,6 +100,9 @@ pub enum SideRecord {
     Finished(PartitionStats),
 }
 
+/// A shared slot for the first error a source hits (an I/O error ends the job with that error).
+pub type ErrorSlot = Rc<RefCell<Option<anyhow::Error>>>;
+
 /// How a source paces itself.
 #[derive(Clone, Debug)]
 pub struct SourceConfig {
@@ -104,6 +120,9 @@ pub struct SourceConfig {
     pub records_read: Arc<AtomicU64>,
     /// Once set, every partition is treated as exhausted: the job drains and ends (SIGTERM).
     pub stop: Arc<AtomicBool>,
+    /// How the partitions decode their records: those they leave undecoded
+    /// ([`Decoding::defers`]) are decoded on every worker.
+    pub decoding: Decoding,
 }
 
 /// Records a source reads at a time by default when they are providers' raw records rather than
@@ -124,345 +143,9 @@ impl Default for SourceConfig {
             dead_letter_burst: DEFAULT_DEAD_LETTER_BURST,
             records_read: Arc::default(),
             stop: Arc::default(),
+            decoding: Decoding::default(),
         }
     }
-}
-
-struct PartitionState {
-    partition: Box<dyn Partition>,
-    max_ts: Option<Time>,
-    stats: PartitionStats,
-    /// The batches read that the barriers' frontier may still need, oldest first (checkpoints only).
-    batches: VecDeque<Batch>,
-    /// A restored partition re-reads from a batch start: records it had given before the
-    /// checkpoint's frontier (time below it) are read again but not given.
-    skip_before: Option<Time>,
-    /// The dead letters at the partition's current time.
-    dead_letter_run: DeadLetterRun,
-}
-
-/// Where a batch of records started, and the times its records were given at: a checkpoint at `F`
-/// resumes a partition at the start of its first batch with a record at or after `F`.
-struct Batch {
-    position: PartitionPosition,
-    max_ts: Option<Time>,
-    stats: PartitionStats,
-    /// The greatest time of its records.
-    max_time: Time,
-}
-
-impl PartitionState {
-    fn watermark(&self, lateness: Time) -> Time {
-        self.max_ts.map_or(0, |m| m.saturating_sub(lateness))
-    }
-
-    /// The partition's part of a checkpoint at `frontier`: the start of the first batch with a
-    /// record at or after it, or where it is now.
-    fn checkpoint(&self, frontier: Time, finished: bool) -> Option<PartitionCheckpoint> {
-        match self.batches.iter().find(|b| b.max_time >= frontier) {
-            Some(batch) => Some(PartitionCheckpoint {
-                position: batch.position.clone(),
-                max_ts: batch.max_ts,
-                stats: batch.stats.clone(),
-                finished: false,
-            }),
-            None => Some(PartitionCheckpoint {
-                position: self.partition.position()?,
-                max_ts: self.max_ts,
-                stats: self.stats.clone(),
-                finished,
-            }),
-        }
-    }
-}
-
-/// Adds what a partition read since `(events, late)` to the live metrics and sets its position
-/// and watermark there.
-fn record_partition_metrics(state: &PartitionState, (events, late): (u64, u64), lateness: Time) {
-    let metrics = &crate::metrics::METRICS;
-    let name = [state.stats.partition.as_str()];
-    metrics.events.with_label_values(&name).inc_by(state.stats.events - events);
-    metrics.late.with_label_values(&name).inc_by(state.stats.late - late);
-    let position = match state.partition.position() {
-        Some(PartitionPosition::Bytes { offset, .. } | PartitionPosition::Items(offset)) => i64::try_from(offset).ok(),
-        Some(PartitionPosition::Offset(offset)) => Some(offset),
-        None => None,
-    };
-    if let Some(position) = position {
-        metrics.position.with_label_values(&name).set(position);
-    }
-    metrics.watermark.with_label_values(&name).set(i64::try_from(state.watermark(lateness)).unwrap_or(i64::MAX));
-}
-
-/// How a source takes part in checkpoints.
-pub struct SourceCheckpoints<'s> {
-    /// Checkpoint barriers (broadcast): a record `F` asks for every partition's part at `F`.
-    pub barriers: StreamVec<'s, Time, Time>,
-    /// The checkpoint the job resumes from.
-    pub restore: Option<Arc<Checkpoint>>,
-}
-
-/// A partition's part of a checkpoint: `(F, partition name, part)`.
-pub type PartitionPart = (Time, String, PartitionCheckpoint);
-
-/// A shared slot for the first error a source hits (an I/O error ends the job with that error).
-pub type ErrorSlot = Rc<RefCell<Option<anyhow::Error>>>;
-
-/// Builds a source reading `partitions` (this worker's share); returns the events, the side
-/// records, and the partitions' checkpoint parts (on worker 0).
-///
-/// Events are sent in messages at the source's capability and carry their own time in
-/// [`Event::time`] (at or after the message's time), as differential updates do.
-/// `probe` is the job's output probe, used to bound the batches in flight. With checkpoints, the
-/// source notes where each batch it read started (position, watermark, counts) and the greatest
-/// time it gave its records, and on a barrier `F` sends, per partition, the start of the first
-/// batch with a record at or after `F`. A restored partition seeks there and reads on, giving only
-/// the records at or after `F` (their times are a function of the partition's records before
-/// them, so they are the times they had).
-#[allow(clippy::too_many_arguments)]
-pub fn partitioned_source<'s>(
-    scope: Scope<'s, Time>,
-    name: &str,
-    partitions: Vec<Box<dyn Partition>>,
-    config: SourceConfig,
-    probe: ProbeHandle<Time>,
-    errors: ErrorSlot,
-    checkpoints: Option<SourceCheckpoints<'s>>,
-) -> (StreamVec<'s, Time, Event>, StreamVec<'s, Time, SideRecord>, StreamVec<'s, Time, PartitionPart>) {
-    let mut builder = OperatorBuilder::new(name.to_owned(), scope);
-    let info = builder.operator_info();
-    let logging = checkpoints.is_some();
-    let (barriers, restore) = match checkpoints {
-        Some(c) => (c.barriers, c.restore),
-        None => (timely::dataflow::operators::generic::operator::empty(scope), None),
-    };
-    let (events_out, events) = builder.new_output::<Vec<Event>>();
-    let (side_out, side) = builder.new_output::<Vec<SideRecord>>();
-    let (parts_out, parts) = builder.new_output::<Vec<PartitionPart>>();
-    let mut events_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Event>>>::from(events_out);
-    let mut side_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<SideRecord>>>::from(side_out);
-    let mut parts_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<PartitionPart>>>::from(parts_out);
-    // Barriers hold back the side records (so that the dead letters written when a checkpoint is
-    // cut are exactly those before it) and the parts, but not the events: the barriers follow the
-    // events' frontier.
-    let identity = || timely::progress::Antichain::from_elem(Default::default());
-    let not_events = [(1, identity()), (2, identity())];
-    let mut barriers_in = builder.new_input_connection(barriers, timely::dataflow::channels::pact::Pipeline, not_events);
-    let activator = scope.activator_for(Rc::clone(&info.address));
-    let waker = scope.worker().sync_activator_for(info.address.to_vec());
-
-    builder.build(move |mut capabilities| {
-        // The parts output answers barriers with their own capabilities.
-        capabilities.pop();
-        let mut open: Vec<PartitionState> = Vec::new();
-        let mut done: Vec<PartitionState> = Vec::new();
-        let mut all_wake = true;
-        for mut partition in partitions {
-            let waker = waker.clone();
-            // An error only means the worker has gone.
-            all_wake &= partition.wake_on_arrival(Arc::new(move || {
-                let _ = waker.activate();
-            }));
-            let stats = PartitionStats { partition: partition.name(), ..Default::default() };
-            let mut state = PartitionState { partition, max_ts: None, stats, batches: VecDeque::new(), skip_before: None, dead_letter_run: DeadLetterRun::default() };
-            match restore.as_ref().and_then(|c| c.partitions.get(&state.stats.partition)) {
-                Some(part) => {
-                    if let Err(error) = state.partition.seek(&part.position) {
-                        errors.borrow_mut().get_or_insert(error.context(format!("restoring partition {}", state.stats.partition)));
-                    }
-                    state.max_ts = part.max_ts;
-                    state.stats = part.stats.clone();
-                    state.skip_before = restore.as_ref().map(|c| c.frontier);
-                    if part.finished {
-                        done.push(state);
-                    } else {
-                        open.push(state);
-                    }
-                }
-                None => open.push(state),
-            }
-        }
-        // A restored job starts at the checkpoint's frontier.
-        if let Some(frontier) = restore.as_ref().map(|c| c.frontier) {
-            for cap in capabilities.iter_mut() {
-                cap.downgrade(&frontier);
-            }
-        }
-        let mut caps = Some(capabilities);
-        // An operator with an input is scheduled by its input; a source must start by itself.
-        activator.activate();
-        // Records sent per watermark not yet passed by the output: `(watermark, records)`.
-        let mut in_flight: VecDeque<(Time, usize)> = VecDeque::new();
-        let max_in_flight = config.batch * config.max_batches_in_flight;
-        let mut items = Vec::new();
-        move |frontiers| {
-            // Checkpoint barriers: every partition's part, then forget what no barrier can need.
-            barriers_in.for_each(|cap, data| {
-                let mut handle = parts_out.activate();
-                for at in data.drain(..) {
-                    let cap = cap.delayed(&at, 2);
-                    let mut session = handle.session(&cap);
-                    let parts = open.iter().map(|s| (s, false)).chain(done.iter().map(|s| (s, true)));
-                    for (state, finished) in parts {
-                        match state.checkpoint(at, finished) {
-                            Some(part) => session.give((at, state.stats.partition.clone(), part)),
-                            None => tracing::warn!(partition = %state.stats.partition, "this partition cannot resume from a checkpoint"),
-                        }
-                    }
-                }
-            });
-            if logging {
-                let keep_from = frontiers[0].frontier().first().copied();
-                for state in open.iter_mut().chain(done.iter_mut()) {
-                    while state.batches.front().is_some_and(|b| keep_from.is_none_or(|k| b.max_time < k)) {
-                        state.batches.pop_front();
-                    }
-                }
-            }
-            let Some(capabilities) = caps.as_mut() else { return };
-            // Back-pressure: wait until the output has caught up with older records.
-            while let Some((t, _)) = in_flight.front() {
-                if probe.less_than(t) {
-                    break;
-                }
-                in_flight.pop_front();
-            }
-            if in_flight.iter().map(|(_, n)| n).sum::<usize>() >= max_in_flight {
-                activator.activate_after(Duration::from_micros(100));
-                return;
-            }
-            let mut events_handle = events_out.activate();
-            let mut side_handle = side_out.activate();
-            let mut events_session = events_handle.session(&capabilities[0]);
-            let mut side_session = side_handle.session(&capabilities[1]);
-            let lateness = config.allowed_lateness;
-            // Events are never stamped before the capability; only idle partitions that wake up
-            // behind it (the others hold it back) see it above their own watermark.
-            let floor = *capabilities[0].time();
-            let stopping = config.stop.load(Ordering::Relaxed);
-            let mut read = 0;
-            let mut dead_letters: Vec<(Time, DeadLetter)> = Vec::new();
-            let mut finished = Vec::new();
-            let per_partition = config.batch.div_ceil(open.len().max(1)).max(64);
-            for (index, state) in open.iter_mut().enumerate() {
-                items.clear();
-                let start = logging.then(|| (state.partition.position(), state.max_ts, state.stats.clone()));
-                let (events_before, late_before) = (state.stats.events, state.stats.late);
-                let polled = if stopping { Ok(false) } else { state.partition.poll(per_partition, &mut items) };
-                let more = match polled {
-                    Ok(more) => more,
-                    Err(error) => {
-                        let error = error.context(format!("reading partition {}", state.stats.partition));
-                        tracing::error!("{error:#}");
-                        errors.borrow_mut().get_or_insert(error);
-                        false
-                    }
-                };
-                config.records_read.fetch_add(items.len() as u64, Ordering::Relaxed);
-                read += items.len();
-                let mut max_time = None;
-                for item in items.drain(..) {
-                    // The time a record is given at, from its partition's records before it; a
-                    // restored partition re-reading records it gave before the checkpoint skips them.
-                    let own_watermark = state.watermark(lateness);
-                    let skip = |time: Time| state.skip_before.is_some_and(|f| time < f);
-                    match item {
-                        Item::Event(mut event) => {
-                            // (A record given before the checkpoint was judged against its own
-                            // partition's watermark: the floor only matters after an idle spell.)
-                            let skipped = skip(event.ts.max(own_watermark));
-                            let watermark = if skipped { own_watermark } else { own_watermark.max(floor) };
-                            if event.ts < watermark {
-                                event.time = watermark;
-                                event.late = true;
-                                state.stats.late += 1;
-                            } else {
-                                event.time = event.ts;
-                                state.max_ts = Some(state.max_ts.map_or(event.ts, |m| m.max(event.ts)));
-                            }
-                            state.stats.events += 1;
-                            if !skipped {
-                                max_time = max_time.max(Some(event.time));
-                                events_session.give(event);
-                            }
-                        }
-                        Item::Rejected(dead) => {
-                            state.stats.rejected += 1;
-                            // At its partition's watermark: a function of the partition's records
-                            // before it, so the dead-letter output's order does not depend on how
-                            // reading was batched (or resumed).
-                            if !skip(own_watermark) {
-                                let time = own_watermark.max(floor);
-                                max_time = max_time.max(Some(time));
-                                state.dead_letter_run.admit(time, dead, config.dead_letter_burst, &mut dead_letters);
-                            }
-                        }
-                        Item::Lost(dead) => {
-                            state.stats.rejected += 1;
-                            let time = own_watermark.max(floor).max(state.skip_before.unwrap_or(0));
-                            max_time = max_time.max(Some(time));
-                            dead_letters.push((time, dead));
-                        }
-                        Item::Label(label) => {
-                            if !skip(label.ts) {
-                                side_session.give(SideRecord::Label(label));
-                            }
-                        }
-                    }
-                }
-                record_partition_metrics(state, (events_before, late_before), lateness);
-                if let (Some((Some(position), max_ts, stats)), Some(max_time)) = (start, max_time) {
-                    state.batches.push_back(Batch { position, max_ts, stats, max_time });
-                }
-                if !more {
-                    finished.push(index);
-                }
-            }
-            for index in finished.into_iter().rev() {
-                let mut state = open.remove(index);
-                tracing::debug!(partition = %state.stats.partition, events = state.stats.events, "partition exhausted");
-                state.dead_letter_run.close(&mut dead_letters);
-                side_session.give(SideRecord::Finished(state.stats.clone()));
-                done.push(state);
-            }
-            // The least watermark of the partitions still holding the frontier back; when all are
-            // idle, the frontier stays where it is. Dead-letter runs it passes end first.
-            let watermark = open.iter().filter(|s| !s.partition.idle()).map(|s| s.watermark(lateness)).min().unwrap_or(floor);
-            let ending = errors.borrow().is_some();
-            for state in open.iter_mut() {
-                if ending || state.dead_letter_run.time().is_some_and(|time| time < watermark) {
-                    state.dead_letter_run.close(&mut dead_letters);
-                }
-            }
-            drop(events_session);
-            drop(side_session);
-            for (time, dead) in dead_letters.drain(..) {
-                side_handle.session(&capabilities[1].delayed(&time)).give(SideRecord::DeadLetter(dead));
-            }
-            if open.is_empty() || errors.borrow().is_some() {
-                caps = None;
-                return;
-            }
-            for cap in capabilities.iter_mut() {
-                if *cap.time() < watermark {
-                    cap.downgrade(&watermark);
-                }
-            }
-            match in_flight.back_mut() {
-                Some((t, n)) if *t == watermark => *n += read,
-                _ => in_flight.push_back((watermark, read)),
-            }
-            if read > 0 {
-                activator.activate();
-            } else {
-                // Nothing to read right now (a caught-up Kafka partition): look again shortly
-                // instead of spinning, or, when every partition wakes the source on arrival, only
-                // to notice idleness and stops.
-                activator.activate_after(Duration::from_millis(if all_wake { 10 } else { 1 }));
-            }
-        }
-    });
-    (events, side, parts.exchange(|_| 0))
 }
 
 /// How a source turns records into events.
@@ -478,6 +161,11 @@ pub struct Decoding {
     /// watermark into the future and make every later event late. Both times are read from the
     /// record's source, so a re-read after a restore decides the same.
     pub max_future_skew: Time,
+    /// Whether partitions leave providers' raw records undecoded ([`Item::Record`]) for the
+    /// source to decode on every worker: parsing and mapping cost most of reading them, and one
+    /// partition's worker would do it alone. Canonical events are decoded as they are read, which
+    /// costs less than sending them.
+    pub defer: bool,
 }
 
 impl Decoding {
@@ -490,6 +178,37 @@ impl Decoding {
             RAW_RECORDS_BATCH
         }
     }
+
+    /// Whether partitions leave their records undecoded (see [`Decoding::defer`]).
+    pub fn defers(&self) -> bool {
+        self.defer && !self.format.is_canonical()
+    }
+
+    /// Gives a record a partition read: its items (see [`decode_record`]), or the record itself
+    /// when decoding is deferred. `label` is the ground truth of the generated event it renders;
+    /// it follows the record's items.
+    pub fn read(&self, bytes: &[u8], size: usize, written: Option<Time>, position: impl Fn() -> Position, label: Option<Label>, out: &mut Vec<Item>) {
+        if self.defers() {
+            let bytes = bytes[..bytes.len().min(self.max_record_bytes)].to_vec();
+            out.push(Item::Record(RawRecord { bytes, size, written, position: position(), label }));
+        } else {
+            decode_labelled(bytes, size, self, written, position, label, out);
+        }
+    }
+}
+
+/// [`decode_record`], then the ground truth of the generated event the record renders. The label
+/// names the user as the provider's record does (an ARN in CloudTrail): it follows the record's
+/// event.
+fn decode_labelled(bytes: &[u8], size: usize, decoding: &Decoding, written: Option<Time>, position: impl Fn() -> Position, label: Option<Label>, out: &mut Vec<Item>) {
+    let first = out.len();
+    decode_record(bytes, size, decoding, written, position, out);
+    if let Some(mut label) = label {
+        if let Some(Item::Event(mapped)) = out.get(first) {
+            label.user = mapped.user.to_string();
+        }
+        out.push(Item::Label(label));
+    }
 }
 
 /// The default of [`Decoding::max_future_skew`]: 15 minutes.
@@ -501,6 +220,7 @@ impl Default for Decoding {
             max_record_bytes: crate::event::DEFAULT_MAX_RECORD_BYTES,
             format: RecordFormat::Canonical,
             max_future_skew: DEFAULT_MAX_FUTURE_SKEW,
+            defer: false,
         }
     }
 }

@@ -22,7 +22,7 @@ use rdkafka::Offset;
 use super::{assign, KafkaConfig, LogContext, Role};
 use crate::checkpoint::{Checkpoint, PartitionPosition};
 use crate::event::{DeadLetter, Position, RejectReason, Time};
-use crate::ingest::partition::{decode_record, Decoding, Item, Partition};
+use crate::ingest::partition::{Decoding, Item, Partition};
 
 /// The activity topic as a source.
 #[derive(Clone, Debug)]
@@ -182,7 +182,7 @@ impl KafkaPartition {
         let bytes = payload.unwrap_or_default();
         let position = || Position { source: self.name.clone(), record: offset as u64, offset: offset as u64 };
         let mut items = Vec::with_capacity(1);
-        decode_record(bytes, bytes.len(), &self.decoding, written, position, &mut items);
+        self.decoding.read(bytes, bytes.len(), written, position, None, &mut items);
         items
     }
 }

@@ -136,7 +136,7 @@ fn generated(config: GeneratorConfig, topic_partitions: usize) -> impl Iterator<
                 *open = partition.poll(1024, &mut items).unwrap_or(false);
                 buffer.extend(items.drain(..).filter_map(|item| match item {
                     Item::Event(event) => Some(event),
-                    Item::Rejected(_) | Item::Lost(_) | Item::Label(_) => None,
+                    Item::Rejected(_) | Item::Lost(_) | Item::Label(_) | Item::Record(_) => None,
                 }));
             }
         }

@@ -22,7 +22,8 @@ use crate::dataflows::SharedInputs;
 use crate::detect::control::Control;
 use crate::event::Time;
 use crate::state::features::{FeatureName, Features};
-use crate::ingest::partition::{partitioned_source, Decoding, ErrorSlot, SideRecord, SourceConfig};
+use crate::ingest::partition::{Decoding, ErrorSlot, SideRecord, SourceConfig};
+use crate::ingest::source::partitioned_source;
 use crate::job::SourceSpec;
 
 /// One event's features, as served (ordered by time, then id).
