@@ -7,6 +7,7 @@ use timely::dataflow::StreamVec;
 use crate::detect::control::{in_force, Control, ControlArrangement};
 use crate::detect::marks::MarkIndex;
 use crate::detect::action::{Severity, ThreatAction};
+use crate::detect::sigma::FieldName;
 use crate::enrich::intel::IntelHit;
 use crate::event::{Event, Position, Time};
 use crate::state::as_of::{as_of_lookup, PerVersion};
@@ -287,7 +288,7 @@ struct SourceRules {
     /// Without a required field: tried on every event of the source.
     unkeyed: Vec<usize>,
     /// Per required field, the rules by each (lower-cased) value it must hold.
-    keyed: Vec<(String, RulesByValue)>,
+    keyed: Vec<(FieldName, RulesByValue)>,
 }
 
 /// Rules by a (lower-cased) value their required field must hold.
@@ -305,10 +306,11 @@ impl RuleIndex {
             match sigma.requirement() {
                 None => rules.unkeyed.push(position),
                 Some((field, values)) => {
-                    let slot = match rules.keyed.iter().position(|(f, _)| f == field) {
+                    let field = FieldName::new(field);
+                    let slot = match rules.keyed.iter().position(|(f, _)| *f == field) {
                         Some(slot) => slot,
                         None => {
-                            rules.keyed.push((field.clone(), Default::default()));
+                            rules.keyed.push((field, Default::default()));
                             rules.keyed.len() - 1
                         }
                     };
@@ -367,7 +369,7 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
         of_source.unkeyed.iter().for_each(|p| consider(*p));
         let mut candidates: Vec<usize> = Vec::new();
         for (field, by_value) in &of_source.keyed {
-            record.each_folded(field, |text| candidates.extend(by_value.get(text).into_iter().flatten()));
+            record.each_folded(*field, |text| candidates.extend(by_value.get(text).into_iter().flatten()));
         }
         candidates.into_iter().for_each(consider);
     }

@@ -189,8 +189,11 @@ pub struct StreamPartition {
     records: std::sync::mpsc::Receiver<(Result<Vec<Item>>, bool, Option<PartitionPosition>)>,
     position: Option<PartitionPosition>,
     /// Called when a record arrives, once the source asks.
-    waker: Arc<Mutex<Option<Arc<dyn Fn() + Send + Sync>>>>,
+    waker: SharedWaker,
 }
+
+/// What a stream's thread calls when a record arrives, once the source has said.
+type SharedWaker = Arc<Mutex<Option<Arc<dyn Fn() + Send + Sync>>>>;
 
 /// Records a stream's thread may read ahead of its poll.
 const STREAM_READ_AHEAD: usize = 4_096;
@@ -199,7 +202,7 @@ impl StreamPartition {
     /// Reads the partition `open` makes on a new thread.
     pub fn spawn<P: Partition + 'static>(name: String, open: impl FnOnce() -> P + Send + 'static) -> Result<Self> {
         let (sender, records) = std::sync::mpsc::sync_channel(STREAM_READ_AHEAD);
-        let waker: Arc<Mutex<Option<Arc<dyn Fn() + Send + Sync>>>> = Arc::default();
+        let waker = SharedWaker::default();
         let wake = Arc::clone(&waker);
         std::thread::Builder::new()
             .name(format!("read {name}"))

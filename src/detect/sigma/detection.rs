@@ -44,7 +44,7 @@ pub(super) enum Search {
 
 #[derive(Debug)]
 pub(super) struct FieldMatcher {
-    field: String,
+    field: FieldName,
     /// Every value must match (`|all`), or any.
     all: bool,
     values: Vec<ValueMatcher>,
@@ -67,7 +67,7 @@ pub(super) enum ValueMatcher {
     /// Numeric comparison: `(ordering wanted, or-equal)`.
     Compare(std::cmp::Ordering, bool, f64),
     /// Equal to another field's value.
-    FieldRef(String),
+    FieldRef(FieldName),
 }
 
 /// A wildcard pattern over text (lower-cased unless cased).
@@ -347,7 +347,7 @@ pub(super) fn compile_field(key: &str, value: &Value, placeholders: &Placeholder
                 let (ip, bits) = parse_cidr(&text).with_context(|| format!("field `{field}`: bad CIDR {text:?}"))?;
                 ValueMatcher::Cidr(ip, bits)
             } else if has("fieldref") {
-                ValueMatcher::FieldRef(text)
+                ValueMatcher::FieldRef(FieldName::new(&text))
             } else if let Some((ordering, equal)) = comparison(&has) {
                 let number = text.parse::<f64>().with_context(|| format!("field `{field}`: {text:?} is not a number"))?;
                 ValueMatcher::Compare(ordering, equal, number)
@@ -358,7 +358,7 @@ pub(super) fn compile_field(key: &str, value: &Value, placeholders: &Placeholder
         .collect::<Result<Vec<_>>>()?;
     let all = has("all");
     let values = if all { values } else { combined(values, cased, &has).with_context(|| format!("field `{field}`"))? };
-    Ok(FieldMatcher { field, all, values })
+    Ok(FieldMatcher { field: FieldName::new(&field), all, values })
 }
 
 /// Any-of values with several `contains` texts (no other wildcard) joined in one Aho-Corasick
@@ -499,17 +499,17 @@ impl FieldMatcher {
             _ => None,
         };
         let values = self.values.iter().map(exact).collect::<Option<BTreeSet<String>>>()?;
-        (!values.is_empty()).then(|| (self.field.clone(), values))
+        (!values.is_empty()).then(|| (self.field.as_str().to_string(), values))
     }
 
     pub(super) fn matches<'v>(&'v self, record: &RecordView<'v>) -> bool {
         // Every field the values read is found before the found ones are borrowed.
         for value in &self.values {
             if let ValueMatcher::FieldRef(other) = value {
-                record.load(other);
+                record.load(*other);
             }
         }
-        let index = record.load(&self.field);
+        let index = record.load(self.field);
         let found = record.found.borrow();
         let test = |m: &'v ValueMatcher| value_matches(m, &found[index].1, &found);
         if self.all {
@@ -522,7 +522,7 @@ impl FieldMatcher {
 
 /// Whether the texts `found` of a field satisfy `matcher`; a field reference reads the other
 /// field in `all`, the record's fields found so far.
-pub(super) fn value_matches<'v>(matcher: &'v ValueMatcher, found: &FieldTexts<'v>, all: &[(&'v str, FieldTexts<'v>)]) -> bool {
+pub(super) fn value_matches<'v>(matcher: &'v ValueMatcher, found: &FieldTexts<'v>, all: &[(FieldName, FieldTexts<'v>)]) -> bool {
     match matcher {
         ValueMatcher::Null => !found.present,
         ValueMatcher::Exists(wanted) => found.present == *wanted,
@@ -546,17 +546,70 @@ pub(super) fn value_matches<'v>(matcher: &'v ValueMatcher, found: &FieldTexts<'v
     }
 }
 
+/// A field's Sigma name (see [`field`]), interned: equal names are one allocation, so that a
+/// [`RecordView`] finds a field it has looked up already by comparing addresses, and a dotted name
+/// is split once, when its rule is compiled rather than for every record. The distinct names of
+/// every rule ever loaded are kept for the life of the process: a few hundred for SigmaHQ.
+///
+/// ```
+/// use threatflow::detect::sigma::FieldName;
+/// assert_eq!(FieldName::new("userIdentity.arn"), FieldName::new("userIdentity.arn"));
+/// assert_ne!(FieldName::new("userIdentity.arn"), FieldName::new("userIdentity.ARN"));
+/// assert_eq!(FieldName::new("userIdentity.arn").as_str(), "userIdentity.arn");
+/// ```
+#[derive(Clone, Copy)]
+pub struct FieldName(&'static FieldPath);
+
+/// A field's name and, when it is dotted, its first segment and the others.
+struct FieldPath {
+    name: String,
+    dotted: Option<(String, Vec<String>)>,
+}
+
+impl FieldName {
+    /// The interned name.
+    pub fn new(name: &str) -> FieldName {
+        static NAMES: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, &'static FieldPath>>> = std::sync::LazyLock::new(Default::default);
+        // A panic elsewhere while the names were locked leaves them whole: each insertion is one step.
+        let mut names = NAMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let path = *names.entry(name.to_string()).or_insert_with(|| {
+            let dotted = name.split_once('.').map(|(first, rest)| (first.to_string(), rest.split('.').map(str::to_string).collect()));
+            Box::leak(Box::new(FieldPath { name: name.to_string(), dotted }))
+        });
+        FieldName(path)
+    }
+
+    /// The name as written.
+    pub fn as_str(&self) -> &'static str {
+        &self.0.name
+    }
+}
+
+impl PartialEq for FieldName {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.0, other.0)
+    }
+}
+
+impl Eq for FieldName {}
+
+impl std::fmt::Debug for FieldName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 /// A record as rules read it: each field is found (a dotted path walked, an array's elements
 /// gathered) and case-folded the first time a rule asks for it, and kept for every other rule and
 /// value that asks for the same field of the same record.
 ///
 /// ```
-/// use threatflow::detect::sigma::RecordView;
+/// use threatflow::detect::sigma::{FieldName, RecordView};
 /// let record = sonic_rs::json!({"eventName": "ConsoleLogin", "tags": ["A", "b"]});
 /// let view = RecordView::new(&record);
 /// let folded = |name| {
 ///     let mut texts = Vec::new();
-///     view.each_folded(name, |text| texts.push(text.to_string()));
+///     view.each_folded(FieldName::new(name), |text| texts.push(text.to_string()));
 ///     texts
 /// };
 /// assert_eq!(folded("eventName"), ["consolelogin"]);
@@ -570,7 +623,7 @@ pub struct RecordView<'v> {
     fields: Option<&'v Fields>,
     /// The fields asked for so far (a few per record: a list beats hashing, and eight are kept
     /// without allocating).
-    found: RefCell<SmallVec<[(&'v str, FieldTexts<'v>); 8]>>,
+    found: RefCell<SmallVec<[(FieldName, FieldTexts<'v>); 8]>>,
 }
 
 impl<'v> RecordView<'v> {
@@ -586,13 +639,14 @@ impl<'v> RecordView<'v> {
 
     /// Where the field's texts (by its Sigma name: see [`field`]) are in `found`, finding them
     /// the first time.
-    fn load(&self, name: &'v str) -> usize {
+    fn load(&self, name: FieldName) -> usize {
         if let Some(index) = self.found.borrow().iter().position(|(known, _)| *known == name) {
             return index;
         }
+        let record = self.record;
         let found = match self.fields {
-            Some(fields) => field_with(self.record, |key| fields.get(key), name),
-            None => field(self.record, name),
+            Some(fields) => field_with(record, |key| fields.get(key), name.0),
+            None => field_with(record, |key| record.as_object().and_then(|object| object.get(&key)), name.0),
         };
         let texts = FieldTexts::of(&found);
         let mut found = self.found.borrow_mut();
@@ -602,7 +656,7 @@ impl<'v> RecordView<'v> {
 
     /// Calls `each` with every text of the field (by its Sigma name), lower-cased: what a
     /// [`Requirement`] is checked against.
-    pub fn each_folded(&self, name: &'v str, mut each: impl FnMut(&str)) {
+    pub fn each_folded(&self, name: FieldName, mut each: impl FnMut(&str)) {
         let index = self.load(name);
         self.found.borrow()[index].1.folded().iter().for_each(|text| each(text));
     }
@@ -644,25 +698,25 @@ fn push_texts<'v>(value: &'v Record, out: &mut Texts<'v>) {
     }
 }
 
-/// A field's values by its Sigma name: a top-level key with that exact name, or the dotted path,
-/// where a segment that meets an array follows every element (a number indexes it).
-pub(super) fn field<'v>(record: &'v Record, name: &str) -> Found<'v> {
-    field_with(record, |key| record.as_object().and_then(|object| object.get(&key)), name)
-}
-
-/// [`field`], with `top` finding the record's top-level keys.
-fn field_with<'v>(record: &'v Record, top: impl Fn(&str) -> Option<&'v Record>, name: &str) -> Found<'v> {
-    if let Some(v) = top(name) {
+/// A field's values by its Sigma name, with `top` finding the record's top-level keys: a top-level
+/// key with that exact name, or the dotted path, where a segment that meets an array follows every
+/// element (a number indexes it).
+fn field_with<'v>(record: &'v Record, top: impl Fn(&str) -> Option<&'v Record>, path: &FieldPath) -> Found<'v> {
+    if let Some(v) = top(&path.name) {
         return smallvec::smallvec![v];
     }
-    let (mut values, rest): (Found<'v>, &str) = if record.is_object() {
-        // The first segment is a top-level key (the whole name, looked up above, was not).
-        let Some((first, rest)) = name.split_once('.') else { return Found::new() };
-        (top(first).into_iter().collect(), rest)
-    } else {
-        (smallvec::smallvec![record], name)
+    let (first, rest): (&str, &[String]) = match &path.dotted {
+        Some((first, rest)) => (first, rest),
+        None => (&path.name, &[]),
     };
-    for segment in rest.split('.') {
+    let mut values = Found::new();
+    match record.is_object() {
+        // The first segment is a top-level key (the whole name, looked up above, was not).
+        true if path.dotted.is_some() => values.extend(top(first)),
+        true => {}
+        false => step(record, first, &mut values),
+    }
+    for segment in rest {
         let mut next = Found::new();
         for value in values {
             step(value, segment, &mut next);

@@ -55,7 +55,7 @@ use serde_json::Value;
 use self::correlation::Correlation;
 pub use self::detection::Placeholders;
 use self::detection::Detection;
-pub use self::detection::{RecordView, Requirement};
+pub use self::detection::{FieldName, RecordView, Requirement};
 use self::legacy::{is_legacy_aggregation, legacy_rules};
 
 /// A compiled Sigma rule: a detection rule or a correlation rule. Compared, hashed and serialised
