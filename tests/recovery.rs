@@ -169,10 +169,15 @@ fn input_and_reference(dir: &Path) -> (PathBuf, PathBuf, Duration) {
 }
 
 fn same_outputs(reference: &Path, out: &Path) {
-    for file in ["decisions.jsonl", "dead.jsonl", "alerts.jsonl", "actions.jsonl"] {
+    same_files(reference, out, &["decisions.jsonl", "dead.jsonl", "alerts.jsonl", "actions.jsonl"]);
+}
+
+/// Each of `files` in `out` is byte for byte the one in `reference`.
+fn same_files(reference: &Path, out: &Path, files: &[&str]) {
+    for file in files {
         let expected = std::fs::read(reference.join(file)).unwrap();
         let got = std::fs::read(out.join(file)).unwrap();
-        assert!(expected == got, "{file} differs from the uninterrupted run ({} vs {} bytes)", got.len(), expected.len());
+        assert!(expected == got, "{} differs from the uninterrupted run ({} vs {} bytes)", out.join(file).display(), got.len(), expected.len());
     }
 }
 
@@ -417,25 +422,20 @@ fn raw_records_decoded_on_every_worker_resume_exactly_after_kill_9() {
         let out = dir.path().join(format!("seed-{seed}"));
         std::fs::create_dir_all(&out).unwrap();
         let checkpoints = out.join("checkpoints");
-        let options = |workers: &'static str| ["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval", "100ms", "-w", workers].map(str::to_string);
+        let options = |workers| ["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval", "100ms", "-w", workers];
         let mut rng = random(seed);
         for attempt in 0..2 {
             let workers = if (seed + attempt) % 2 == 0 { "1" } else { "2" };
-            let extra = options(workers);
             let delay = took.mul_f64(0.3 + (rng.next().unwrap() % 600) as f64 / 1_000.0);
-            if run_and_kill(&mut replay(&out, &extra.each_ref().map(String::as_str)), || std::thread::sleep(delay)) {
+            if run_and_kill(&mut replay(&out, &options(workers)), || std::thread::sleep(delay)) {
                 break;
             }
         }
-        let extra = options(if seed % 2 == 0 { "2" } else { "1" });
-        let output = ok(replay(&out, &extra.each_ref().map(String::as_str)).env("NO_COLOR", "1").env("RUST_LOG", "info").output().expect("spawn"));
+        let output = ok(replay(&out, &options(if seed % 2 == 0 { "2" } else { "1" })).env("NO_COLOR", "1").env("RUST_LOG", "info").output().expect("spawn"));
         if String::from_utf8_lossy(&output.stderr).contains("resuming from a checkpoint") {
             resumed_mid_stream += 1;
         }
-        for file in ["decisions.jsonl", "dead.jsonl"] {
-            let (expected, got) = (std::fs::read(reference.join(file)).unwrap(), std::fs::read(out.join(file)).unwrap());
-            assert!(expected == got, "seed {seed}: {file} differs from the uninterrupted run ({} vs {} bytes)", got.len(), expected.len());
-        }
+        same_files(&reference, &out, &["decisions.jsonl", "dead.jsonl"]);
     }
     assert!(resumed_mid_stream >= 2, "only {resumed_mid_stream} of 4 runs resumed mid-stream");
 
@@ -447,8 +447,5 @@ fn raw_records_decoded_on_every_worker_resume_exactly_after_kill_9() {
     let p1 = process("1").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("spawn");
     ok(process("0").output().expect("spawn"));
     assert!(p1.wait_with_output().expect("process 1").status.success());
-    for file in ["decisions.jsonl", "dead.jsonl"] {
-        let (expected, got) = (std::fs::read(reference.join(file)).unwrap(), std::fs::read(out.join(file)).unwrap());
-        assert!(expected == got, "two processes: {file} differs from one process's run ({} vs {} bytes)", got.len(), expected.len());
-    }
+    same_files(&reference, &out, &["decisions.jsonl", "dead.jsonl"]);
 }

@@ -306,7 +306,7 @@ impl RuleIndex {
             match sigma.requirement() {
                 None => rules.unkeyed.push(position),
                 Some((field, values)) => {
-                    let field = FieldName::new(field);
+                    let field = *field;
                     let slot = match rules.keyed.iter().position(|(f, _)| *f == field) {
                         Some(slot) => slot,
                         None => {

@@ -61,30 +61,30 @@ impl JsonLinesPartition {
     /// Opens a file. Its records were written at the latest at its modification time; a pipe's
     /// or a device's as they are read.
     pub fn open(path: &Path, decoding: Decoding) -> Result<Self> {
-        let file = std::fs::File::open(path).with_context(|| format!("opening input {}", path.display()))?;
-        let metadata = file.metadata().with_context(|| format!("reading the metadata of {}", path.display()))?;
+        let (file, metadata) = open_file(path)?;
+        Ok(Self::of_file(path, file, &metadata, decoding))
+    }
+
+    /// Reads an open file, which `metadata` describes.
+    fn of_file(path: &Path, file: std::fs::File, metadata: &std::fs::Metadata, decoding: Decoding) -> Self {
         let written = match metadata.modified() {
             Ok(modified) if metadata.is_file() => Written::At(unix_millis(modified)),
             _ => Written::AsRead,
         };
         let reader: Box<dyn SeekBufRead> = Box::new(BufReader::with_capacity(1 << 20, file));
-        Ok(JsonLinesPartition { written, ..Self::new(format!("file:{}", path.display()), reader, decoding) })
+        JsonLinesPartition { written, ..Self::new(format!("file:{}", path.display()), reader, decoding) }
     }
 
     /// Opens an input for a source: a regular file as [`JsonLinesPartition::open`] does; a pipe
     /// or a device (standard input) is read on a thread of its own ([`StreamPartition`]), so that
     /// waiting for its next record never stops the worker.
     pub fn open_input(path: &Path, decoding: Decoding) -> Result<Box<dyn Partition>> {
-        let file = std::fs::File::open(path).with_context(|| format!("opening input {}", path.display()))?;
-        let metadata = file.metadata().with_context(|| format!("reading the metadata of {}", path.display()))?;
+        let (file, metadata) = open_file(path)?;
         if metadata.is_file() {
-            return Ok(Box::new(Self::open(path, decoding)?));
+            return Ok(Box::new(Self::of_file(path, file, &metadata, decoding)));
         }
-        let name = format!("file:{}", path.display());
-        let stream = StreamPartition::spawn(name.clone(), move || {
-            let reader: Box<dyn SeekBufRead> = Box::new(BufReader::with_capacity(1 << 20, file));
-            JsonLinesPartition { written: Written::AsRead, ..Self::new(name, reader, decoding) }
-        })?;
+        let path = path.to_path_buf();
+        let stream = StreamPartition::spawn(format!("file:{}", path.display()), move || Self::of_file(&path, file, &metadata, decoding))?;
         Ok(Box::new(stream))
     }
 
@@ -121,6 +121,13 @@ impl JsonLinesPartition {
             }
         }
     }
+}
+
+/// An input file, open, and its metadata.
+fn open_file(path: &Path) -> Result<(std::fs::File, std::fs::Metadata)> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening input {}", path.display()))?;
+    let metadata = file.metadata().with_context(|| format!("reading the metadata of {}", path.display()))?;
+    Ok((file, metadata))
 }
 
 /// Whether an input is one JSON document rather than JSON lines: it starts with `[`, or its first

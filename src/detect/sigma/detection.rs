@@ -437,7 +437,7 @@ pub(super) fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
 /// necessary condition, so that rules can be indexed by it (most cloud rules pin `eventName`,
 /// `eventType` or `operationName` to a few exact values). A field holding a list satisfies it
 /// when one of its elements does.
-pub type Requirement = (String, BTreeSet<String>);
+pub type Requirement = (FieldName, BTreeSet<String>);
 
 /// The requirement of an `or`: every part must have one, on the same field; their values joined.
 fn union(parts: impl Iterator<Item = Option<Requirement>>) -> Option<Requirement> {
@@ -499,7 +499,7 @@ impl FieldMatcher {
             _ => None,
         };
         let values = self.values.iter().map(exact).collect::<Option<BTreeSet<String>>>()?;
-        (!values.is_empty()).then(|| (self.field.as_str().to_string(), values))
+        (!values.is_empty()).then_some((self.field, values))
     }
 
     pub(super) fn matches<'v>(&'v self, record: &RecordView<'v>) -> bool {
@@ -546,7 +546,8 @@ pub(super) fn value_matches<'v>(matcher: &'v ValueMatcher, found: &FieldTexts<'v
     }
 }
 
-/// A field's Sigma name (see [`field`]), interned: equal names are one allocation, so that a
+/// A field's Sigma name (a top-level key with that exact name, or a dotted path: see
+/// [`RecordView`]), interned: equal names are one allocation, so that a
 /// [`RecordView`] finds a field it has looked up already by comparing addresses, and a dotted name
 /// is split once, when its rule is compiled rather than for every record. The distinct names of
 /// every rule ever loaded are kept for the life of the process: a few hundred for SigmaHQ.
@@ -637,7 +638,7 @@ impl<'v> RecordView<'v> {
         RecordView { record: fields.record(), fields: Some(fields), found: RefCell::default() }
     }
 
-    /// Where the field's texts (by its Sigma name: see [`field`]) are in `found`, finding them
+    /// Where the field's texts (by its Sigma name: see [`field_with`]) are in `found`, finding them
     /// the first time.
     fn load(&self, name: FieldName) -> usize {
         if let Some(index) = self.found.borrow().iter().position(|(known, _)| *known == name) {
