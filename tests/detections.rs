@@ -913,7 +913,7 @@ fn new_terms_and_risk_match_a_brute_force_oracle_on_one_and_two_workers() {
     assert!(total.threats < total.events, "not every event is a threat: {total:?}");
 }
 
-/// A 20,000-event log read 64 records at a time, killed with `kill -9` up to three times at
+/// A 40,000-event log read 64 records at a time, killed with `kill -9` up to three times at
 /// random moments (the first kill after a checkpoint at least) while checkpointing every 100 ms,
 /// on one and two workers, then run to the end: the decisions are the uninterrupted run's, byte
 /// for byte (the new-terms history and the entities' risk are restored, not rebuilt), and the
@@ -921,7 +921,7 @@ fn new_terms_and_risk_match_a_brute_force_oracle_on_one_and_two_workers() {
 #[test]
 fn kill_9_at_random_moments_changes_no_decision() {
     let dir = tempfile::tempdir().unwrap();
-    let events = generate(11, 20_000);
+    let events = generate(11, 40_000);
     let rules = rules_for(&events);
     let (input, rules_file) = write_inputs(dir.path(), "kill", &events, &rules, false);
     let slow = ["--read-batch", "64"];
