@@ -71,7 +71,7 @@ pub struct Event {
     /// (see [`crate::ingest::mapping`]) these are all of its own top-level fields.
     pub extra: Fields,
     /// The provider log the record came from (a mapping's name), `None` for canonical events.
-    pub source: Option<String>,
+    pub source: Option<Text>,
     /// What the GeoIP/ASN databases in force at the event's time say about `src_ip` (`None`
     /// when the job enriches nothing or the event has no `src_ip`; see [`crate::enrich`]).
     pub enrichment: Option<std::sync::Arc<crate::enrich::Enrichment>>,
@@ -146,10 +146,11 @@ pub type Record = sonic_rs::Value;
 /// assert_eq!(lower_case(Cow::Borrowed("ÉTÉ")), "été");
 /// ```
 pub fn lower_case(text: std::borrow::Cow<'_, str>) -> std::borrow::Cow<'_, str> {
-    if text.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
-        text
-    } else {
-        std::borrow::Cow::Owned(text.to_lowercase())
+    match text.is_ascii() {
+        true if !text.bytes().any(|b| b.is_ascii_uppercase()) => text,
+        // (The same as `to_lowercase` on ASCII, without its per-character Unicode tables.)
+        true => std::borrow::Cow::Owned(text.to_ascii_lowercase()),
+        false => std::borrow::Cow::Owned(text.to_lowercase()),
     }
 }
 
@@ -184,42 +185,71 @@ self_cell::self_cell!(
     impl {Debug}
 );
 
-/// A record's top-level keys in its order: each key's tag, the key and its value.
-type KeyIndex<'r> = Vec<(u64, &'r str, &'r Record)>;
+/// A record's top-level keys in its order: each key's tag (see [`key_tag`]), and apart from the
+/// tags the key and its value. A lookup scans the tags, which sit beside the record in one
+/// allocation and take a few cache lines (a record is cold by the time its rules read it), and
+/// touches the entry whose tag agrees.
+#[derive(Debug)]
+struct KeyIndex<'r> {
+    tags: smallvec::SmallVec<[u64; 32]>,
+    entries: Vec<(&'r str, &'r Record)>,
+}
 
 impl TaggedRecord {
     fn of(record: Record) -> TaggedRecord {
         TaggedRecord::new(record, |record| {
-            let Some(object) = record.as_object() else { return Vec::new() };
+            let Some(object) = record.as_object() else { return KeyIndex { tags: smallvec::SmallVec::new(), entries: Vec::new() } };
             // (The object's iterator does not tell `collect` its length.)
-            let mut keys = Vec::with_capacity(object.len());
-            keys.extend(object.iter().map(|(key, value)| (key_tag(key), key, value)));
-            keys
+            let mut index = KeyIndex { tags: smallvec::SmallVec::with_capacity(object.len()), entries: Vec::with_capacity(object.len()) };
+            for (key, value) in object.iter() {
+                index.tags.push(key_tag(key));
+                index.entries.push((key, value));
+            }
+            index
         })
     }
 
     /// The value of the first key equal to `key`, as `sonic_rs` finds it.
     fn get(&self, key: &str) -> Option<&Record> {
         let tag = key_tag(key);
-        self.borrow_dependent().iter().find(|(t, k, _)| *t == tag && *k == key).map(|(_, _, value)| *value)
+        let index = self.borrow_dependent();
+        let mut from = 0;
+        while let Some(offset) = index.tags[from..].iter().position(|t| *t == tag) {
+            let (known, value) = index.entries[from + offset];
+            if known == key {
+                return Some(value);
+            }
+            from += offset + 1;
+        }
+        None
     }
 
     /// The value of the first key equal to `key` ignoring ASCII case.
     fn get_ignoring_case(&self, key: &str) -> Option<&Record> {
-        self.borrow_dependent().iter().find(|(_, k, _)| k.eq_ignore_ascii_case(key)).map(|(_, _, value)| *value)
+        self.borrow_dependent().entries.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, value)| *value)
     }
 }
 
-/// A key's length, first four and last three bytes, in one word.
+/// A key's length, first four and last three bytes, in one word (read with loads of fixed
+/// width: a copy of variable length would call `memcpy`, dearer than the rest).
 fn key_tag(key: &str) -> u64 {
     let bytes = key.as_bytes();
-    let mut tag = [0u8; 8];
-    let head = bytes.len().min(4);
-    tag[..head].copy_from_slice(&bytes[..head]);
-    let tail = bytes.len().saturating_sub(4).min(3);
-    tag[4..4 + tail].copy_from_slice(&bytes[bytes.len() - tail..]);
-    tag[7] = bytes.len() as u8;
-    u64::from_le_bytes(tag)
+    let n = bytes.len();
+    let at = |i: usize| u64::from(bytes[i]);
+    let head = match n {
+        0 => 0,
+        1 => at(0),
+        2 => at(0) | at(1) << 8,
+        3 => at(0) | at(1) << 8 | at(2) << 16,
+        _ => at(0) | at(1) << 8 | at(2) << 16 | at(3) << 24,
+    };
+    let tail = match n {
+        0..=4 => 0,
+        5 => at(n - 1),
+        6 => at(n - 2) | at(n - 1) << 8,
+        _ => at(n - 3) | at(n - 2) << 8 | at(n - 1) << 16,
+    };
+    head | tail << 32 | u64::from(n as u8) << 56
 }
 
 /// The record of an event without other fields: nothing a rule looks up is in it.
@@ -655,7 +685,7 @@ impl<'de> Deserialize<'de> for RawEvent {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Position {
     /// Source name, e.g. `file:events.jsonl` or `memory:0`.
-    pub source: String,
+    pub source: std::sync::Arc<str>,
     /// 1-based line number (files) or record index.
     pub record: u64,
     /// Byte offset of the record in its source.
@@ -743,6 +773,28 @@ fn escaped_prefix(text: &str, limit: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The tag is the key's length, first four and last three bytes, as a byte array says it;
+        /// a lookup finds the first key equal to the one asked, whatever tags collide.
+        #[test]
+        fn key_tags_and_lookups(keys in proptest::collection::vec("[ab]{0,9}", 1..40), asked in "[ab]{0,9}") {
+            for key in keys.iter().chain([&asked]) {
+                let bytes = key.as_bytes();
+                let mut tag = [0u8; 8];
+                let head = bytes.len().min(4);
+                tag[..head].copy_from_slice(&bytes[..head]);
+                let tail = bytes.len().saturating_sub(4).min(3);
+                tag[4..4 + tail].copy_from_slice(&bytes[bytes.len() - tail..]);
+                tag[7] = bytes.len() as u8;
+                proptest::prop_assert_eq!(key_tag(key), u64::from_le_bytes(tag));
+            }
+            let text = format!("{{{}}}", keys.iter().enumerate().map(|(i, k)| format!("{k:?}: {i}")).collect::<Vec<_>>().join(", "));
+            let fields = Fields::of_record(sonic_rs::from_str(&text).unwrap());
+            let expected = keys.iter().position(|k| *k == asked);
+            proptest::prop_assert_eq!(fields.get(&asked).and_then(|v| v.as_u64()), expected.map(|i| i as u64));
+        }
+    }
 
     #[test]
     fn parses_a_full_event_and_keeps_unknown_fields() {

@@ -128,7 +128,7 @@ fn mixed_records_are_detected_per_provider() {
         let mapped = decoded.remove(0).0.expect("detected and mapped");
         let source = mapped.source.clone().unwrap();
         assert_eq!(source, rendering.provider(event).mapping());
-        per_user.entry(event.user.to_string()).or_default().insert(source.clone());
+        per_user.entry(event.user.to_string()).or_default().insert(source.to_string());
         sources.insert(source);
     }
     assert_eq!(sources.len(), 4, "{sources:?}");

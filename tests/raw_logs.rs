@@ -23,7 +23,7 @@ fn decode_all(records: &[Value]) -> (BTreeMap<String, (u64, u64)>, Vec<String>) 
     let mut reasons = Vec::new();
     for record in records {
         match mappings.auto(sonic_rs::to_value(record).unwrap()) {
-            Ok(event) => counts.entry(event.source.unwrap_or_else(|| "canonical".into())).or_default().0 += 1,
+            Ok(event) => counts.entry(event.source.map_or_else(|| "canonical".into(), String::from)).or_default().0 += 1,
             Err(reason) if reason.to_string().contains("fits no mapping") => counts.entry("none".into()).or_default().1 += 1,
             Err(reason) => {
                 reasons.push(reason.to_string());

@@ -38,7 +38,7 @@ fn unix_millis(time: std::time::SystemTime) -> Time {
 /// Records longer than the limit are skipped to the next newline without being buffered whole;
 /// their dead letter keeps the first `limit` bytes. Blank lines are not records.
 pub struct JsonLinesPartition {
-    name: String,
+    name: std::sync::Arc<str>,
     reader: Box<dyn SeekBufRead>,
     decoding: Decoding,
     /// The whole input is one record.
@@ -55,7 +55,7 @@ impl JsonLinesPartition {
     /// Reads `reader`, naming the partition `name`.
     pub fn new(name: impl Into<String>, mut reader: Box<dyn SeekBufRead>, decoding: Decoding) -> Self {
         let document = !decoding.format.is_canonical() && is_document(&mut *reader);
-        JsonLinesPartition { name: name.into(), reader, decoding, document, written: Written::Unknown, line: 0, offset: 0, record: Vec::new() }
+        JsonLinesPartition { name: name.into().into(), reader, decoding, document, written: Written::Unknown, line: 0, offset: 0, record: Vec::new() }
     }
 
     /// Opens a file. Its records were written at the latest at its modification time; a pipe's
@@ -147,7 +147,7 @@ fn is_document(reader: &mut dyn SeekBufRead) -> bool {
 
 impl Partition for JsonLinesPartition {
     fn name(&self) -> String {
-        self.name.clone()
+        self.name.to_string()
     }
 
     fn position(&self) -> Option<PartitionPosition> {
@@ -175,7 +175,7 @@ impl Partition for JsonLinesPartition {
             if self.record.iter().all(u8::is_ascii_whitespace) && len == self.record.len() {
                 continue;
             }
-            let position = || Position { source: self.name.clone(), record: self.line, offset: start };
+            let position = || Position { source: std::sync::Arc::clone(&self.name), record: self.line, offset: start };
             let written = match self.written {
                 Written::Unknown => None,
                 Written::At(time) => Some(time),

@@ -668,7 +668,7 @@ impl GeneratorPartition {
             }
             Some((rendering, decoding)) => {
                 let record = rendering.render(&event);
-                let position = || Position { source: self.name(), record: seq, offset: 0 };
+                let position = || Position { source: self.name().into(), record: seq, offset: 0 };
                 decoding.read(record.as_bytes(), record.len(), None, position, label, out);
             }
         }

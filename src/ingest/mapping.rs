@@ -327,7 +327,7 @@ impl Mapping {
             bytes,
             user_agent,
             extra,
-            source: Some(self.name.clone()),
+            source: Some(self.name.as_str().into()),
             enrichment: None,
             intel: None,
             key,
@@ -386,25 +386,25 @@ impl RecordFormat {
 
     /// The events of one parsed record (several for a `Records` list or an array), each an event
     /// or the reason it is not, with the element's JSON text when it is part of a list.
-    pub fn decode(&self, record: Record, out: &mut Vec<(Result<Event, RejectReason>, Option<String>)>) {
+    pub fn decode(&self, record: Record, out: &mut impl Extend<(Result<Event, RejectReason>, Option<String>)>) {
         let list = |record: &Record| record.as_object().filter(|o| o.len() == 1).and_then(|o| o.get(&"Records")).is_some_and(|r| r.is_array());
         let items = if record.is_array() {
             record.into_array()
         } else if list(&record) {
             record.into_object().and_then(|mut o| o.remove(&"Records")).and_then(Record::into_array)
         } else {
-            return out.push((self.decode_one(record), None));
+            return out.extend([(self.decode_one(record), None)]);
         };
-        for item in items.into_iter().flatten() {
+        out.extend(items.into_iter().flatten().map(|item| {
             let text = item.to_string();
-            out.push((self.decode_one(item), Some(text)));
-        }
+            (self.decode_one(item), Some(text))
+        }));
     }
 
     /// Reads a line that is not JSON with the mappings of sources that write text (only the
     /// named one's for a single source): pushes its event to `out` and returns `true` when one
     /// takes it (a header line pushes nothing), `false` when none does.
-    pub fn decode_text(&self, line: &str, out: &mut Vec<(Result<Event, RejectReason>, Option<String>)>) -> bool {
+    pub fn decode_text(&self, line: &str, out: &mut impl Extend<(Result<Event, RejectReason>, Option<String>)>) -> bool {
         let (mappings, only) = match self {
             RecordFormat::Canonical => return false,
             RecordFormat::Auto(mappings) => (mappings, None),
@@ -413,7 +413,7 @@ impl RecordFormat {
         let fields = text_fields(line);
         let mut candidates = mappings.all.iter().enumerate().filter(|(index, _)| only.is_none_or(|o| o == *index));
         match candidates.find_map(|(_, mapping)| Some((mapping, mapping.text_record(&fields)?))) {
-            Some((mapping, Some(record))) => out.push((mapping.map(record), None)),
+            Some((mapping, Some(record))) => out.extend([(mapping.map(record), None)]),
             Some((_, None)) => {}
             None => return false,
         }
@@ -620,17 +620,20 @@ fn holds<'m>(record: &mut FoldedTexts<'m, '_, '_>, conditions: &'m Conditions) -
     conditions.iter().all(|(path, patterns)| record.text(path).is_some_and(|t| patterns.iter().any(|p| p.matches(t))))
 }
 
+/// A path a condition tests and the record's text there, lower-cased.
+type FoldedText<'m, 'v> = (&'m [String], Option<Cow<'v, str>>);
+
 /// A record's texts at the paths conditions test, each looked up and folded to lower case once
 /// per record however many conditions test it (CloudTrail's action categories test `eventName`
 /// up to nine times).
 struct FoldedTexts<'m, 'r, 'v> {
     record: &'r Keyed<'v>,
-    found: Vec<(&'m [String], Option<Cow<'v, str>>)>,
+    found: smallvec::SmallVec<[FoldedText<'m, 'v>; 4]>,
 }
 
 impl<'m, 'r, 'v> FoldedTexts<'m, 'r, 'v> {
     fn new(record: &'r Keyed<'v>) -> Self {
-        FoldedTexts { record, found: Vec::new() }
+        FoldedTexts { record, found: smallvec::SmallVec::new() }
     }
 
     /// The text at `path`, lower-cased.

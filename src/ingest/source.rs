@@ -225,6 +225,9 @@ struct Handoff {
     /// Emptied item buffers, handed back to the reader: a batch of canonical events fills
     /// megabytes, which are not worth allocating (and faulting in) again for every batch.
     spare: RefCell<Vec<Vec<Item>>>,
+    /// The reader, woken by the judge when it has judged a batch, rather than polling while it
+    /// waits.
+    reader: RefCell<Option<timely::scheduling::Activator>>,
 }
 
 impl Handoff {
@@ -295,6 +298,7 @@ fn read_partitions<'s>(
     let config = config.clone();
     timely::dataflow::operators::generic::operator::source(scope, name, move |capability, info| {
         let activator = scope.activator_for(Rc::clone(&info.address));
+        *handoff.reader.borrow_mut() = Some(scope.activator_for(Rc::clone(&info.address)));
         let waker = scope.worker().sync_activator_for(info.address.to_vec());
         let mut all_wake = true;
         for (_, partition) in open.iter_mut() {
@@ -316,7 +320,8 @@ fn read_partitions<'s>(
             let Some(cap) = capability.as_ref() else { return };
             let stopping = config.stop.load(Ordering::Relaxed) || errors.borrow().is_some();
             if handoff.unjudged.get() >= max_unjudged && !stopping {
-                activator.activate_after(Duration::from_micros(100));
+                // The judge wakes the reader; this is only a safety net.
+                activator.activate_after(Duration::from_millis(10));
                 return;
             }
             let mut session = output.session(cap);
@@ -487,6 +492,9 @@ impl Judge {
                         state.next += 1;
                         judged += batch.items.len();
                         handoff.unjudged.set(handoff.unjudged.get() - batch.read);
+                        if let Some(reader) = handoff.reader.borrow().as_ref() {
+                            reader.activate();
+                        }
                         let (events, side) = (&mut |event| events_session.give(event), &mut |record| side_session.give(record));
                         let items = judge_batch(state, batch, &config, floor, logging, &mut dead_letters, events, side);
                         handoff.give_back(items);

@@ -109,7 +109,7 @@ impl KafkaSource {
                 .split_partition_queue(&topic, p as i32)
                 .with_context(|| format!("no queue for partition {topic}/{p}"))?;
             parts.push(Box::new(KafkaPartition {
-                name: name(p),
+                name: name(p).into(),
                 partition: p as i32,
                 consumer: Arc::clone(&consumer),
                 queue,
@@ -137,7 +137,7 @@ type EarlyMessage = (i64, Option<Time>, Option<Vec<u8>>);
 
 /// One topic partition.
 pub struct KafkaPartition {
-    name: String,
+    name: std::sync::Arc<str>,
     consumer: Arc<BaseConsumer<LogContext>>,
     queue: rdkafka::consumer::base_consumer::PartitionQueue<LogContext>,
     partition: i32,
@@ -180,7 +180,7 @@ impl KafkaPartition {
     /// written at `written`.
     fn items(&self, offset: i64, written: Option<Time>, payload: Option<&[u8]>) -> Vec<Item> {
         let bytes = payload.unwrap_or_default();
-        let position = || Position { source: self.name.clone(), record: offset as u64, offset: offset as u64 };
+        let position = || Position { source: std::sync::Arc::clone(&self.name), record: offset as u64, offset: offset as u64 };
         let mut items = Vec::with_capacity(1);
         self.decoding.read(bytes, bytes.len(), written, position, None, &mut items);
         items
@@ -189,12 +189,12 @@ impl KafkaPartition {
 
 impl Partition for KafkaPartition {
     fn name(&self) -> String {
-        self.name.clone()
+        self.name.to_string()
     }
 
     fn poll(&mut self, max: usize, out: &mut Vec<Item>) -> Result<bool> {
         if let Some((from, to)) = self.lost.take() {
-            let position = Position { source: self.name.clone(), record: from as u64, offset: from as u64 };
+            let position = Position { source: std::sync::Arc::clone(&self.name), record: from as u64, offset: from as u64 };
             let reason = RejectReason::Lost { from, to };
             crate::metrics::METRICS.rejected.with_label_values(&[reason.class()]).inc();
             out.push(Item::Lost(DeadLetter::new(&reason, position, &[], 0)));
