@@ -120,7 +120,9 @@ impl Rendering {
 
     /// The record of an event, as JSON text.
     pub fn render(self, event: &Event) -> String {
-        self.provider(event).render(event).to_string()
+        // (sonic-rs writes the same text as `serde_json`, in a third of the time.)
+        let record = self.provider(event).render(event);
+        sonic_rs::to_string(&record).unwrap_or_else(|_| record.to_string())
     }
 }
 
@@ -131,8 +133,15 @@ fn hash(text: &str) -> u64 {
 
 /// RFC 3339 in UTC, with milliseconds or (CloudTrail) whole seconds.
 fn iso(ts: Time, millis: bool) -> String {
-    let time = chrono::DateTime::from_timestamp_millis(i64::try_from(ts).unwrap_or(i64::MAX)).unwrap_or_default();
-    time.format(if millis { "%Y-%m-%dT%H:%M:%S%.3fZ" } else { "%Y-%m-%dT%H:%M:%SZ" }).to_string()
+    use chrono::{Datelike, Timelike};
+    let t = chrono::DateTime::from_timestamp_millis(i64::try_from(ts).unwrap_or(i64::MAX)).unwrap_or_default();
+    // (Written field by field: a `strftime` pattern is parsed again for every record.)
+    let (date, time) = ((t.year(), t.month(), t.day()), (t.hour(), t.minute(), t.second()));
+    let whole = format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", date.0, date.1, date.2, time.0, time.1, time.2);
+    match millis {
+        true => format!("{whole}.{:03}Z", t.timestamp_subsec_millis()),
+        false => whole + "Z",
+    }
 }
 
 /// An event's optional text field, or a default.

@@ -335,8 +335,12 @@ pub fn yaml_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-            if path.is_dir() {
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            // (The entry's type comes with the directory listing: no `stat` per file, which a
+            // followed directory of hundreds of rules would pay every scan. Links are followed.)
+            let is_dir = entry.file_type().is_ok_and(|kind| kind.is_dir() || (kind.is_symlink() && path.is_dir()));
+            if is_dir {
                 pending.push(path);
             } else if path.extension().is_some_and(|x| x == "yml" || x == "yaml") {
                 files.push(path);
