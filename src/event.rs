@@ -199,7 +199,6 @@ impl TaggedRecord {
     fn of(record: Record) -> TaggedRecord {
         TaggedRecord::new(record, |record| {
             let Some(object) = record.as_object() else { return KeyIndex { tags: smallvec::SmallVec::new(), entries: Vec::new() } };
-            // (The object's iterator does not tell `collect` its length.)
             let mut index = KeyIndex { tags: smallvec::SmallVec::with_capacity(object.len()), entries: Vec::with_capacity(object.len()) };
             for (key, value) in object.iter() {
                 index.tags.push(key_tag(key));
@@ -213,15 +212,7 @@ impl TaggedRecord {
     fn get(&self, key: &str) -> Option<&Record> {
         let tag = key_tag(key);
         let index = self.borrow_dependent();
-        let mut from = 0;
-        while let Some(offset) = index.tags[from..].iter().position(|t| *t == tag) {
-            let (known, value) = index.entries[from + offset];
-            if known == key {
-                return Some(value);
-            }
-            from += offset + 1;
-        }
-        None
+        index.tags.iter().zip(&index.entries).find(|(t, (known, _))| **t == tag && *known == key).map(|(_, (_, value))| *value)
     }
 
     /// The value of the first key equal to `key` ignoring ASCII case.
