@@ -386,25 +386,25 @@ impl RecordFormat {
 
     /// The events of one parsed record (several for a `Records` list or an array), each an event
     /// or the reason it is not, with the element's JSON text when it is part of a list.
-    pub fn decode(&self, record: Record, out: &mut impl Extend<(Result<Event, RejectReason>, Option<String>)>) {
+    pub fn decode(&self, record: Record, out: &mut Vec<(Result<Event, RejectReason>, Option<String>)>) {
         let list = |record: &Record| record.as_object().filter(|o| o.len() == 1).and_then(|o| o.get(&"Records")).is_some_and(|r| r.is_array());
         let items = if record.is_array() {
             record.into_array()
         } else if list(&record) {
             record.into_object().and_then(|mut o| o.remove(&"Records")).and_then(Record::into_array)
         } else {
-            return out.extend([(self.decode_one(record), None)]);
+            return out.push((self.decode_one(record), None));
         };
-        out.extend(items.into_iter().flatten().map(|item| {
+        for item in items.into_iter().flatten() {
             let text = item.to_string();
-            (self.decode_one(item), Some(text))
-        }));
+            out.push((self.decode_one(item), Some(text)));
+        }
     }
 
     /// Reads a line that is not JSON with the mappings of sources that write text (only the
     /// named one's for a single source): pushes its event to `out` and returns `true` when one
     /// takes it (a header line pushes nothing), `false` when none does.
-    pub fn decode_text(&self, line: &str, out: &mut impl Extend<(Result<Event, RejectReason>, Option<String>)>) -> bool {
+    pub fn decode_text(&self, line: &str, out: &mut Vec<(Result<Event, RejectReason>, Option<String>)>) -> bool {
         let (mappings, only) = match self {
             RecordFormat::Canonical => return false,
             RecordFormat::Auto(mappings) => (mappings, None),
@@ -413,7 +413,7 @@ impl RecordFormat {
         let fields = text_fields(line);
         let mut candidates = mappings.all.iter().enumerate().filter(|(index, _)| only.is_none_or(|o| o == *index));
         match candidates.find_map(|(_, mapping)| Some((mapping, mapping.text_record(&fields)?))) {
-            Some((mapping, Some(record))) => out.extend([(mapping.map(record), None)]),
+            Some((mapping, Some(record))) => out.push((mapping.map(record), None)),
             Some((_, None)) => {}
             None => return false,
         }

@@ -286,8 +286,7 @@ pub fn decode_record(
     let parsed = std::str::from_utf8(bytes)
         .map_err(|e| RejectReason::InvalidUtf8(e.to_string()))
         .and_then(|text| sonic_rs::from_str::<crate::event::Record>(text).map_err(|e| RejectReason::Invalid(not_json(&e))));
-    // (Most records are one event: kept without allocating.)
-    let mut decoded: smallvec::SmallVec<[_; 1]> = smallvec::SmallVec::new();
+    let mut decoded = Vec::new();
     match parsed {
         Ok(record) => decoding.format.decode(record, &mut decoded),
         // Sources that write text lines (flow logs, access logs) are read by their mappings.
