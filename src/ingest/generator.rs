@@ -558,8 +558,9 @@ pub struct GeneratorPartition {
     items_out: u64,
     /// Items generated past a seek target, handed out first.
     carry: Vec<Item>,
-    /// Providers' raw records instead of canonical events: how they are written and read back.
-    records: Option<(Rendering, Decoding)>,
+    /// Providers' raw records instead of canonical events: how they are written and read back,
+    /// and the partition's name for their positions.
+    records: Option<(Rendering, Decoding, std::sync::Arc<str>)>,
 }
 
 impl GeneratorPartition {
@@ -607,7 +608,8 @@ impl GeneratorPartition {
     /// through that format's mapping, as a source of real logs would (see
     /// [`crate::ingest::provider_records`]); canonical events stay as they are.
     pub fn with_records(mut self, decoding: &Decoding) -> anyhow::Result<Self> {
-        self.records = Rendering::for_format(&decoding.format)?.map(|rendering| (rendering, decoding.clone()));
+        let name: std::sync::Arc<str> = self.name().into();
+        self.records = Rendering::for_format(&decoding.format)?.map(|rendering| (rendering, decoding.clone(), name));
         Ok(self)
     }
 
@@ -666,9 +668,9 @@ impl GeneratorPartition {
                 out.extend(label.map(Item::Label));
                 out.push(Item::Event(event));
             }
-            Some((rendering, decoding)) => {
+            Some((rendering, decoding, name)) => {
                 let record = rendering.render(&event);
-                let position = || Position { source: self.name().into(), record: seq, offset: 0 };
+                let position = || Position { source: std::sync::Arc::clone(name), record: seq, offset: 0 };
                 decoding.read(record.as_bytes(), record.len(), None, position, label, out);
             }
         }
