@@ -120,8 +120,8 @@ pub struct SourceConfig {
     pub records_read: Arc<AtomicU64>,
     /// Once set, every partition is treated as exhausted: the job drains and ends (SIGTERM).
     pub stop: Arc<AtomicBool>,
-    /// How the partitions decode their records: those they leave undecoded
-    /// ([`Decoding::defers`]) are decoded on every worker.
+    /// How the partitions decode their records (their own [`Decoding`]): those they leave
+    /// undecoded ([`Decoding::defers`]) are decoded on every worker.
     pub decoding: Decoding,
 }
 

@@ -298,7 +298,7 @@ fn read_partitions<'s>(
     let config = config.clone();
     timely::dataflow::operators::generic::operator::source(scope, name, move |capability, info| {
         let activator = scope.activator_for(Rc::clone(&info.address));
-        *handoff.reader.borrow_mut() = Some(scope.activator_for(Rc::clone(&info.address)));
+        *handoff.reader.borrow_mut() = Some(activator.clone());
         let waker = scope.worker().sync_activator_for(info.address.to_vec());
         let mut all_wake = true;
         for (_, partition) in open.iter_mut() {
@@ -544,7 +544,7 @@ impl Judge {
 #[allow(clippy::too_many_arguments)]
 fn judge_batch(
     state: &mut PartitionState,
-    batch: ReadBatch,
+    mut batch: ReadBatch,
     config: &SourceConfig,
     floor: Time,
     logging: bool,
@@ -553,6 +553,9 @@ fn judge_batch(
     side: &mut impl FnMut(SideRecord),
 ) -> Vec<Item> {
     let lateness = config.allowed_lateness;
+    // The decode operator has done this when the records were deferred; a record still undecoded
+    // is decoded here rather than lost.
+    batch.decode(&config.decoding);
     config.records_read.fetch_add(batch.items.len() as u64, Ordering::Relaxed);
     let start = logging.then(|| (batch.start, state.max_ts, state.stats.clone()));
     let (events_before, late_before) = (state.stats.events, state.stats.late);
@@ -605,7 +608,7 @@ fn judge_batch(
                     side(SideRecord::Label(label));
                 }
             }
-            // Decoded before the judge (see `ReadBatch::decode`).
+            // Decoded above.
             Item::Record(_) => {}
         }
     }
