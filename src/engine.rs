@@ -22,9 +22,10 @@ use crate::control::feed::ControlFeed;
 use crate::dataflows::Dataflow;
 use crate::detect::control::ControlLog;
 use crate::detect::intel::{IntelMode, IntelOptions};
+use crate::detect::sigma_set::LatestSigmaSet;
 use crate::detect::enrichment::EnrichmentMode;
 use crate::event::Time;
-use crate::ingest::partition::{Decoding, ErrorSlot, SourceConfig};
+use crate::ingest::partition::{Decoding, EarlyMatching, ErrorSlot, SourceConfig};
 use crate::job::{JobSpec, SourceSpec};
 use crate::kafka::sink::KafkaOutput;
 use crate::kafka::Role;
@@ -172,6 +173,10 @@ struct Controls {
     log: ControlLog,
     enrichment: EnrichmentMode,
     intel: IntelOptions,
+    /// The Sigma rules in force, for the decoders to match providers' records early; only when
+    /// nothing else reads a record's fields after decoding (no enrichment, no indicators), so
+    /// that keeping its text rather than its parsed form pays.
+    latest_sigma: Option<Arc<LatestSigmaSet>>,
 }
 
 impl Controls {
@@ -186,7 +191,9 @@ impl Controls {
             (true, _) => EnrichmentMode::InForce,
         };
         let intel = IntelOptions { mode: intel_mode(job, &log), retro_window: job.retro_window };
-        Ok(Controls { log, enrichment, intel })
+        let early_matching = matches!(enrichment, EnrichmentMode::Off) && matches!(intel.mode, IntelMode::Off);
+        let latest_sigma = early_matching.then(LatestSigmaSet::new);
+        Ok(Controls { log, enrichment, intel, latest_sigma })
     }
 }
 
@@ -224,7 +231,8 @@ fn run_worker(
     let peers = worker.peers();
     let dataflow: Box<dyn Dataflow> = crate::dataflows::find(&job.dataflow).ok_or_else(|| anyhow!("unknown dataflow {}", job.dataflow))?;
     // Providers' raw records are decoded on every worker, whichever reads them.
-    let decoding = Decoding { defer: true, ..job.decoding.clone() };
+    let early_matching = controls.latest_sigma.clone().map(|latest| latest as Arc<dyn EarlyMatching>);
+    let decoding = Decoding { defer: true, early_matching, ..job.decoding.clone() };
     let partitions = job.source.partitions(index, peers, &decoding, restored.as_deref())?;
     let errors: ErrorSlot = Rc::new(RefCell::new(None));
     let control = &controls.log;
@@ -271,6 +279,7 @@ fn run_worker(
             errors: Rc::clone(&errors),
             enrichment: controls.enrichment.clone(),
             intel: controls.intel.clone(),
+            latest_sigma: controls.latest_sigma.clone(),
         };
         render(scope, parts)
     });

@@ -157,6 +157,12 @@ pub fn lower_case(text: std::borrow::Cow<'_, str>) -> std::borrow::Cow<'_, str> 
 /// A record's fields beyond the canonical ones, parsed once: rules read them as a JSON object
 /// (Sigma's record) without parsing them again, and clones of an event share them.
 ///
+/// A provider's record whose Sigma rules were matched when it was decoded ([`Fields::settle`])
+/// keeps its text instead of its parsed form, and the [`EarlyMatches`]: the parsed form, several
+/// times larger, is freed while still in the caches, and made again from the text only when
+/// something reads a field later (a rule set that changed since, a threshold rule on a raw field,
+/// a checkpoint).
+///
 /// Compared, hashed and serialised as the `(name, JSON text)` pairs in name order, so that the
 /// order of events and their checkpointed form do not depend on how the fields are held.
 ///
@@ -170,7 +176,43 @@ pub fn lower_case(text: std::borrow::Cow<'_, str>) -> std::borrow::Cow<'_, str> 
 /// # Ok::<(), sonic_rs::Error>(())
 /// ```
 #[derive(Clone, Debug, Default)]
-pub struct Fields(Option<std::sync::Arc<TaggedRecord>>);
+pub struct Fields(Option<std::sync::Arc<HeldRecord>>);
+
+/// A record as an event holds it: parsed, or its text (parsed again on first read).
+#[derive(Debug)]
+struct HeldRecord {
+    /// The record's text, when it was settled ([`Fields::settle`]).
+    text: Option<Box<str>>,
+    parsed: std::sync::OnceLock<TaggedRecord>,
+    /// The Sigma rules it matched when decoded.
+    early: Option<EarlyMatches>,
+}
+
+impl HeldRecord {
+    fn parsed(record: TaggedRecord) -> HeldRecord {
+        HeldRecord { text: None, parsed: std::sync::OnceLock::from(record), early: None }
+    }
+
+    /// The parsed record: kept, or made from the text, which parsed into an object when the
+    /// record was decoded and so does again.
+    fn tagged(&self) -> &TaggedRecord {
+        self.parsed.get_or_init(|| TaggedRecord::of(sonic_rs::from_str(self.text.as_deref().unwrap_or("{}")).unwrap_or_default()))
+    }
+}
+
+/// The Sigma rules a provider's record matched when it was decoded, while it was still in the
+/// caches (see `crate::detect::early`): which rule set (a fingerprint of its rules, in order) and
+/// the positions in it of the rules whose detections matched. The decision step uses them when
+/// the same rule set is in force at the event's time, and matches the record itself otherwise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EarlyMatches {
+    /// The fingerprint of the rule set the record was matched against.
+    pub rules: u128,
+    /// The source (mapping) the record was matched as.
+    pub source: Text,
+    /// The positions of the matching rules in the set, ascending.
+    pub matched: smallvec::SmallVec<[u32; 4]>,
+}
 
 self_cell::self_cell!(
     /// A record with an index of its top-level keys, made once when the record is read.
@@ -250,7 +292,7 @@ impl Fields {
     /// The fields of a parsed record (an object; anything else holds no fields).
     pub fn of_record(record: Record) -> Fields {
         match record.as_object() {
-            Some(object) if !object.is_empty() => Fields(Some(std::sync::Arc::new(TaggedRecord::of(record)))),
+            Some(object) if !object.is_empty() => Fields(Some(std::sync::Arc::new(HeldRecord::parsed(TaggedRecord::of(record))))),
             _ => Fields::default(),
         }
     }
@@ -265,13 +307,13 @@ impl Fields {
 
     /// A top-level field's value (the first of duplicate keys).
     pub fn get(&self, name: &str) -> Option<&Record> {
-        self.0.as_deref()?.get(name)
+        self.0.as_deref()?.tagged().get(name)
     }
 
     /// A top-level field's value by its name ignoring ASCII case (the first that fits), as
     /// mappings find a key that is not there as they spell it.
     pub fn get_ignoring_case(&self, name: &str) -> Option<&Record> {
-        self.0.as_deref()?.get_ignoring_case(name)
+        self.0.as_deref()?.tagged().get_ignoring_case(name)
     }
 
     /// Whether there are no fields.
@@ -288,18 +330,41 @@ impl Fields {
     /// of the same name; the record is copied only when another event still shares it.
     pub fn insert(&mut self, name: &str, value: Record) {
         let mut record = match self.0.take() {
-            Some(tagged) => std::sync::Arc::try_unwrap(tagged).map_or_else(|shared| shared.borrow_owner().clone(), TaggedRecord::into_owner),
+            Some(held) => match std::sync::Arc::try_unwrap(held) {
+                Ok(mut owned) => match owned.parsed.take() {
+                    Some(tagged) => tagged.into_owner(),
+                    None => owned.tagged().borrow_owner().clone(),
+                },
+                Err(shared) => shared.tagged().borrow_owner().clone(),
+            },
             None => sonic_rs::Object::new().into_value(),
         };
         if let Some(object) = record.as_object_mut() {
             object.insert(name, value);
         }
-        self.0 = Some(std::sync::Arc::new(TaggedRecord::of(record)));
+        // (A changed record is matched again: its early matches are not kept.)
+        self.0 = Some(std::sync::Arc::new(HeldRecord::parsed(TaggedRecord::of(record))));
+    }
+
+    /// Keeps the Sigma rules the record matched when decoded, and `text` instead of the parsed
+    /// record (freed now: see [`Fields`]). `text` must be what the record was parsed from; fields
+    /// shared with another event are left as they are.
+    pub fn settle(&mut self, text: &str, early: EarlyMatches) {
+        if let Some(held) = self.0.as_mut().and_then(std::sync::Arc::get_mut) {
+            held.text = Some(text.into());
+            held.early = Some(early);
+            drop(held.parsed.take());
+        }
+    }
+
+    /// The Sigma rules the record matched when decoded ([`Fields::settle`]), if it was.
+    pub fn early_matches(&self) -> Option<&EarlyMatches> {
+        self.0.as_deref()?.early.as_ref()
     }
 
     /// The fields as a JSON object (`null` when there are none), for rules to read.
     pub fn record(&self) -> &Record {
-        self.0.as_deref().map_or(&NO_FIELDS, TaggedRecord::borrow_owner)
+        self.0.as_deref().map_or(&NO_FIELDS, |held| held.tagged().borrow_owner())
     }
 
     /// The `(name, JSON text)` pairs in name order: how the fields compare and serialise.

@@ -40,6 +40,7 @@ use crate::detect::intel::IntelOptions;
 use crate::detect::new_terms::new_terms;
 use crate::detect::observe::observe_stateful_rules;
 use crate::detect::risk::{risk_decisions, RiskOptions};
+use crate::detect::sigma_set::LatestSigmaSet;
 use crate::detect::verdicts::verdicts;
 use crate::event::Time;
 use crate::ingest::partition::{ErrorSlot, Partition, SourceConfig};
@@ -86,11 +87,14 @@ pub struct Parts<'a> {
     pub enrichment: EnrichmentMode,
     /// How they are matched against threat-intel indicators.
     pub intel: IntelOptions,
+    /// Where the decision step publishes the Sigma rules in force, when the source's decoders
+    /// match records against them early (see [`crate::detect::sigma_set`]).
+    pub latest_sigma: Option<Arc<LatestSigmaSet>>,
 }
 
 /// Builds the job's pipeline in `scope` (see the module doc).
 pub fn render<'s>(scope: Scope<'s, Time>, parts: Parts<'_>) -> Rendered {
-    let Parts { job, dataflow, partitions, source, restored, sinks, output_probe, events_probe, gathered, errors, enrichment, intel } = parts;
+    let Parts { job, dataflow, partitions, source, restored, sinks, output_probe, events_probe, gathered, errors, enrichment, intel, latest_sigma } = parts;
     let (control_input, control) = scope.new_collection();
     let (barrier_input, barriers) = scope.new_input::<Vec<Time>>();
     let barriers = barriers.broadcast();
@@ -103,7 +107,7 @@ pub fn render<'s>(scope: Scope<'s, Time>, parts: Parts<'_>) -> Rendered {
 
     // 2. The control arrangement, enrichment (when the job has databases), threat-intel
     //    matching (when it has indicators) and the feature windows: what every dataflow reads.
-    let inputs = SharedInputs::build(scope, events, control, &checkpoints, enrichment, intel);
+    let inputs = SharedInputs::build(scope, events, control, &checkpoints, enrichment, intel).with_early_matching(latest_sigma);
     let unkept = inputs.clone();
 
     // 3-5. The chosen dataflow, the correlation and new-terms rules, the verdicts (and the retro

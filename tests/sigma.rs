@@ -455,12 +455,21 @@ fn legacy_count_rules_fire_as_a_window_oracle_says() {
 /// decision: over every real record and 20,000 generated raw records of each provider, with every
 /// SigmaHQ cloud rule in force, `decide` names the same rules as when every rule is tried on every
 /// event.
+///
+/// Nor does matching records early, as they are decoded (`crate::detect::sigma_set`): each record
+/// decoded with the rule set in force published keeps its matches and its text only, and `decide`
+/// names the same rules from those matches; with another rule set in force (one rule fewer), it
+/// matches the record again from its text and names what scanning that set names.
 #[test]
-fn the_rule_index_changes_no_decision() {
+fn the_rule_index_and_early_matching_change_no_decision() {
     use threatflow::detect::control::Control;
     use threatflow::detect::decision::{decide, ControlIndex};
     use threatflow::detect::rules::Rule;
-    use threatflow::ingest::mapping::Mappings;
+    use std::sync::Arc;
+    use threatflow::detect::sigma_set::LatestSigmaSet;
+    use threatflow::event::{Event, Position};
+    use threatflow::ingest::mapping::RecordFormat;
+    use threatflow::ingest::partition::{decode_record, Decoding, EarlyMatching, Item};
     use threatflow::ingest::provider_records::Provider;
     use threatflow::state::features::Features;
 
@@ -476,23 +485,45 @@ fn the_rule_index_changes_no_decision() {
     let controls: Vec<(&Control, isize)> = owned.iter().map(|c| (c, 1)).collect();
     let (indexed, scanning) = (ControlIndex::new(&controls), ControlIndex::scanning_every_rule(&controls));
 
-    let mappings = Mappings::shipped().unwrap();
-    let mut events: Vec<_> = all_records().into_iter().filter_map(|r| mappings.auto(sonic_rs::to_value(&r).unwrap()).ok()).collect();
+    // One rule fewer: a set the early matches were not made against.
+    let fewer: Vec<(&Control, isize)> = controls[1..].to_vec();
+    let (fewer_indexed, fewer_scanning) = (ControlIndex::new(&fewer), ControlIndex::scanning_every_rule(&fewer));
+    assert_ne!(fewer_indexed.sigma_set().fingerprint(), indexed.sigma_set().fingerprint());
+
+    let mut texts: Vec<String> = all_records().iter().map(|r| serde_json::to_string(r).unwrap()).collect();
     let config = threatflow::ingest::generator::GeneratorConfig { users: 500, events: 20_000, partitions: 2, events_per_attack: 4_000, ..Default::default() };
     let generated: Vec<_> = threatflow::ingest::generator::generate_all(&config).0.into_iter().flatten().collect();
     for provider in Provider::ALL {
-        events.extend(generated.iter().filter_map(|e| mappings.auto(sonic_rs::to_value(&provider.render(e)).unwrap()).ok()));
+        texts.extend(generated.iter().map(|e| serde_json::to_string(&provider.render(e)).unwrap()));
     }
+    let latest = LatestSigmaSet::new();
+    latest.publish(indexed.sigma_set());
+    let plain = Decoding { format: RecordFormat::parse("auto", None).unwrap(), ..Decoding::default() };
+    let early = Decoding { early_matching: Some(latest as Arc<dyn EarlyMatching>), ..plain.clone() };
+    let decoded = |decoding: &Decoding, text: &str| {
+        let mut items = Vec::new();
+        decode_record(text.as_bytes(), text.len(), decoding, None, || Position { source: "test".into(), record: 0, offset: 0 }, &mut items);
+        match items.as_slice() {
+            [Item::Event(event)] => Some(event.clone()),
+            _ => None,
+        }
+    };
+    let events: Vec<(Event, Event)> = texts.iter().filter_map(|text| Some((decoded(&plain, text)?, decoded(&early, text)?))).collect();
     assert!(events.len() > 80_000, "{}", events.len());
+    let settled = events.iter().filter(|(_, e)| e.extra.early_matches().is_some_and(|m| m.rules == indexed.sigma_set().fingerprint())).count();
+    assert!(settled >= events.len() - events.len() / 100, "most records are matched early: {settled} of {}", events.len());
     let features = Features::default();
     let mut flagged = 0;
-    for event in &events {
-        let rules = |index: &ControlIndex| decide(event.ts, event, &features, &controls, index).map(|d| d.rules);
-        let with_index = rules(&indexed);
-        assert_eq!(with_index, rules(&scanning), "{}", event.to_json());
+    for (event, matched_early) in &events {
+        let rules = |event: &Event, controls: &[(&Control, isize)], index: &ControlIndex| decide(event.ts, event, &features, controls, index).map(|d| d.rules);
+        let with_index = rules(event, &controls, &indexed);
+        assert_eq!(with_index, rules(event, &controls, &scanning), "{}", event.to_json());
+        assert_eq!(rules(matched_early, &controls, &indexed), with_index, "matched early: {}", event.to_json());
+        assert_eq!(rules(matched_early, &fewer, &fewer_indexed), rules(event, &fewer, &fewer_scanning), "another set: {}", event.to_json());
+        assert_eq!(matched_early, event, "the same fields, parsed again from the text");
         flagged += usize::from(with_index.is_some());
     }
-    println!("{keyed} of {} rules indexed by a field; {flagged} of {} events flagged", owned.len(), events.len());
+    println!("{keyed} of {} rules indexed by a field; {flagged} of {} events flagged; {settled} matched early", owned.len(), events.len());
     assert!(keyed * 10 >= owned.len() * 7, "most cloud rules pin a field: {keyed} of {}", owned.len());
     assert!(flagged > 500, "{flagged}");
 }

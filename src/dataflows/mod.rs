@@ -15,6 +15,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::trace::implementations::{ValBatcher, ValSpine};
@@ -31,6 +32,7 @@ use crate::detect::control::{Control, ControlArrangement};
 use crate::detect::decision::Decision;
 use crate::detect::enrichment::EnrichmentMode;
 use crate::detect::intel::IntelOptions;
+use crate::detect::sigma_set::LatestSigmaSet;
 use crate::enrich::intel::Indicator;
 use crate::event::{route, Event, Time, UserKey};
 use crate::state::windowed::{windowed_by_user, Window};
@@ -85,6 +87,9 @@ pub struct SharedInputs<'s> {
     /// `retro` decisions: events of the past that an indicator arriving later matches
     /// ([`crate::detect::intel`]); added to the job's decisions after the verdict step.
     pub retro: StreamVec<'s, Time, Decision>,
+    /// Where the decision step publishes the Sigma rules in force for the decoders to match
+    /// records early, when they do ([`SharedInputs::with_early_matching`]).
+    pub latest_sigma: Option<Arc<LatestSigmaSet>>,
     /// The feature windows' updates, arranged by [`SharedInputs::features`] on first use.
     feature_updates: FeatureUpdates<'s>,
     features: Rc<RefCell<Option<FeatureArrangement<'s>>>>,
@@ -129,11 +134,18 @@ impl<'s> SharedInputs<'s> {
             control,
             checkpoints: checkpoints.clone(),
             retro,
+            latest_sigma: None,
             feature_updates,
             features: Rc::default(),
             features_wanted,
             unkept: Rc::default(),
         }
+    }
+
+    /// The same inputs with the decoders matching records against the Sigma rules `latest`
+    /// holds (see [`crate::detect::sigma_set`]).
+    pub fn with_early_matching(self, latest: Option<Arc<LatestSigmaSet>>) -> Self {
+        SharedInputs { latest_sigma: latest, ..self }
     }
 
     /// The standard feature aggregates per user, as a differential arrangement that any dataflow

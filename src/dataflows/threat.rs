@@ -29,6 +29,6 @@ impl Dataflow for Threat {
     }
 
     fn build<'s>(&self, inputs: SharedInputs<'s>) -> StreamVec<'s, Time, Decision> {
-        decide_as_of(inputs.scored, inputs.control)
+        decide_as_of(inputs.scored, inputs.control, inputs.latest_sigma)
     }
 }

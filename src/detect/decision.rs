@@ -1,5 +1,7 @@
 //! Threat decisions: how an event, its features and the control collection at its time decide.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::StreamVec;
@@ -7,7 +9,8 @@ use timely::dataflow::StreamVec;
 use crate::detect::control::{in_force, Control, ControlArrangement};
 use crate::detect::marks::MarkIndex;
 use crate::detect::action::{Severity, ThreatAction};
-use crate::detect::sigma::FieldName;
+use crate::detect::sigma::RecordView;
+use crate::detect::sigma_set::{LatestSigmaSet, SigmaSet, SourceRules};
 use crate::enrich::intel::IntelHit;
 use crate::event::{Event, Position, Time};
 use crate::state::as_of::{as_of_lookup, PerVersion};
@@ -201,9 +204,12 @@ pub fn decision_id(event_id: &str, verdict: Verdict) -> String {
 }
 
 /// Decides events with their features against the models, rules and marks in force at their time.
+/// Each set of Sigma rules in force it builds becomes `latest`'s, for decoders to match records
+/// against early (see [`crate::detect::sigma_set`]).
 pub fn decide_as_of<'s>(
     scored: StreamVec<'s, Time, (UserEvent, Features)>,
     control: ControlArrangement<'s>,
+    latest: Option<Arc<LatestSigmaSet>>,
 ) -> StreamVec<'s, Time, Decision> {
     as_of_lookup(
         scored,
@@ -214,7 +220,16 @@ pub fn decide_as_of<'s>(
         |(e, _): &(UserEvent, Features)| e.time,
         {
             let mut index = PerVersion::default();
-            move |time, (e, f), controls, version| decide(time, &e, &f, controls, index.get(version, || ControlIndex::new(controls)))
+            move |time, (e, f), controls, version| {
+                let index = index.get(version, || {
+                    let index = ControlIndex::new(controls);
+                    if let Some(latest) = &latest {
+                        latest.publish(index.sigma_set());
+                    }
+                    index
+                });
+                decide(time, &e, &f, controls, index)
+            }
         },
     )
 }
@@ -240,89 +255,79 @@ impl ControlIndex {
             Control::Mark(mark) => Some((position, mark)),
             Control::Model(_) | Control::Rule(_) | Control::Unblock(_) | Control::Database(_) | Control::Indicator(_) => None,
         }));
-        let mut rules = RuleIndex::default();
+        let mut plain = Vec::new();
+        let mut sigma = Vec::new();
         for (position, control) in in_force(controls) {
             if let Control::Rule(rule) = control {
                 // A new-terms rule chooses events for `crate::detect::new_terms`; it does not decide.
                 if rule.new_terms.is_some() {
                     continue;
                 }
-                match rule.sigma {
-                    Some(_) => rules.sigma.push(position),
-                    None => rules.plain.push(position),
+                match &rule.sigma {
+                    Some(detection) => sigma.push((position, detection.clone())),
+                    None => plain.push(position),
                 }
             }
         }
+        let (sigma_positions, sigma_rules) = sigma.into_iter().unzip();
+        let rules = RuleIndex { plain, sigma_positions, sigma: Arc::new(SigmaSet::new(sigma_rules)), by_source: Default::default() };
         let model = in_force(controls).filter(|(_, control)| matches!(control, Control::Model(_))).map(|(position, _)| position).next_back();
         let hidden = correlated_only(controls).into_iter().map(str::to_string).collect();
         ControlIndex { model, hidden, marks, rules }
+    }
+
+    /// The Sigma rules in force as one set (see [`crate::detect::sigma_set`]).
+    pub fn sigma_set(&self) -> &Arc<SigmaSet> {
+        &self.rules.sigma
     }
 
     /// The same controls with every rule tried on every event (the rules not indexed): what the
     /// index must agree with, for tests and benchmarks.
     pub fn scanning_every_rule(controls: &[(&Control, isize)]) -> ControlIndex {
         let mut index = ControlIndex::new(controls);
-        index.rules.plain.append(&mut index.rules.sigma);
+        index.rules.plain.append(&mut index.rules.sigma_positions);
+        index.rules.sigma = Arc::default();
         index
     }
 }
 
-/// The rules in force by the events they can match. A Sigma rule applies to its logsource's
-/// events only, and most pin a field (`eventName`, `eventType`, ...) to a few exact values (its
-/// [`SigmaRule::requirement`](crate::detect::sigma::SigmaRule::requirement)): an event is
-/// compared with the rules of its source that have no such field and those whose field holds the
-/// event's value. The candidates are then matched in full, so the index changes no outcome.
+/// The rules in force by the events they can match: the Sigma rules as one [`SigmaSet`], which
+/// compares an event with the rules of its source that may match it (and gives the matches made
+/// when its record was decoded: see [`crate::detect::sigma_set`]); the others are tried on every
+/// event.
 #[derive(Debug, Default)]
 struct RuleIndex {
-    /// Rules without a Sigma detection: tried on every event.
+    /// Rules without a Sigma detection.
     plain: Vec<usize>,
-    /// Rules with one.
-    sigma: Vec<usize>,
+    /// The positions of the rules with one, in the order of `sigma`.
+    sigma_positions: Vec<usize>,
+    /// Their detections.
+    sigma: Arc<SigmaSet>,
     /// Per event source, its Sigma rules, indexed when the source is first seen.
     by_source: std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<SourceRules>, foldhash::fast::FixedState>>,
 }
 
-/// The Sigma rules that apply to one source.
-#[derive(Debug, Default)]
-struct SourceRules {
-    /// Without a required field: tried on every event of the source.
-    unkeyed: Vec<usize>,
-    /// Per required field, the rules by each (lower-cased) value it must hold.
-    keyed: Vec<(FieldName, RulesByValue)>,
-}
-
-/// Rules by a (lower-cased) value their required field must hold.
-type RulesByValue = std::collections::HashMap<String, Vec<usize>, foldhash::fast::FixedState>;
-
 impl RuleIndex {
-    fn for_source(&self, source: &str, controls: &[(&Control, isize)]) -> std::rc::Rc<SourceRules> {
+    fn for_source(&self, source: &str) -> std::rc::Rc<SourceRules> {
         if let Some(rules) = self.by_source.borrow().get(source) {
             return std::rc::Rc::clone(rules);
         }
-        let mut rules = SourceRules::default();
-        for &position in &self.sigma {
-            let Some((Control::Rule(rule), _)) = controls.get(position) else { continue };
-            let Some(sigma) = rule.sigma.as_ref().filter(|s| s.applies_to(source) && s.correlation().is_none()) else { continue };
-            match sigma.requirement() {
-                None => rules.unkeyed.push(position),
-                Some((field, values)) => {
-                    let field = *field;
-                    let slot = match rules.keyed.iter().position(|(f, _)| *f == field) {
-                        Some(slot) => slot,
-                        None => {
-                            rules.keyed.push((field, Default::default()));
-                            rules.keyed.len() - 1
-                        }
-                    };
-                    for value in values {
-                        rules.keyed[slot].1.entry(value.clone()).or_default().push(position);
-                    }
-                }
-            }
-        }
-        let rules = std::rc::Rc::new(rules);
+        let rules = std::rc::Rc::new(self.sigma.for_source(source));
         self.by_source.borrow_mut().insert(source.to_string(), std::rc::Rc::clone(&rules));
         rules
+    }
+
+    /// The positions (in the controls) of the Sigma rules whose detections match the event's
+    /// record: those found when it was decoded, when the set in force is the one it was matched
+    /// against, else matched now.
+    fn sigma_matches<'v>(&'v self, event: &Event, record: &RecordView<'v>) -> Vec<usize> {
+        let Some(source) = event.source.as_deref() else { return Vec::new() };
+        let early = event.extra.early_matches().filter(|early| early.rules == self.sigma.fingerprint() && early.source == source);
+        let matched = match early {
+            Some(early) => early.matched.clone(),
+            None => self.sigma.matched(&self.for_source(source), record),
+        };
+        matched.into_iter().filter_map(|position| self.sigma_positions.get(position as usize).copied()).collect()
     }
 }
 
@@ -351,28 +356,23 @@ pub fn decide(time: Time, event: &Event, features: &Features, controls: &[(&Cont
             _ => None,
         })
         .min();
-    // The Sigma rules of the event's source (before the view of its record, which borrows their
-    // field names and so must go first).
-    let of_source = event.source.as_deref().map(|source| index.rules.for_source(source, controls));
-    let record = crate::detect::sigma::RecordView::of_fields(&event.extra);
-    let mut consider = |position: usize| {
+    let record = RecordView::of_fields(&event.extra);
+    // A rule matches when its conditions hold and its Sigma detection, if any, matches.
+    let mut consider = |position: usize, detection_matched: bool| {
         if let Some((Control::Rule(rule), _)) = controls.get(position) {
-            if !is_hidden(rule, &index.hidden) && rule.matches_viewed(event, features, &record) {
+            let matched = match detection_matched {
+                true => rule.holds_conditions(event, features),
+                false => rule.matches_viewed(event, features, &record),
+            };
+            if matched && !is_hidden(rule, &index.hidden) {
                 rules.push((rule.id.clone(), rule.title.clone().unwrap_or_else(|| rule.id.clone()), rule.risk_score));
                 actions.extend(rule.actions.iter().copied());
                 severity = severity.max(Some(rule.severity));
             }
         }
     };
-    index.rules.plain.iter().for_each(|p| consider(*p));
-    if let Some(of_source) = &of_source {
-        of_source.unkeyed.iter().for_each(|p| consider(*p));
-        let mut candidates: Vec<usize> = Vec::new();
-        for (field, by_value) in &of_source.keyed {
-            record.each_folded(*field, |text| candidates.extend(by_value.get(text).into_iter().flatten()));
-        }
-        candidates.into_iter().for_each(consider);
-    }
+    index.rules.plain.iter().for_each(|p| consider(*p, false));
+    index.rules.sigma_matches(event, &record).into_iter().for_each(|p| consider(p, true));
     let intel = event.intel.as_deref().filter(|hits| !hits.is_empty());
     if !model_threat && rules.is_empty() && fingerprint_match.is_none() && intel.is_none() {
         return None;

@@ -1,5 +1,5 @@
 //! What decides: the actions a decision asks for ([`action`]), the model ([`model`]), threshold
-//! rules ([`rules`]), Sigma rules ([`sigma`]), marked threats ([`marks`]), threat-intel matching
+//! rules ([`rules`]), Sigma rules ([`sigma`]) and the set of those in force ([`sigma_set`]), marked threats ([`marks`]), threat-intel matching
 //! and retro-matching ([`intel`]), the control collection that carries them over event time
 //! ([`control`]), each event's decision ([`decision`]), Sigma correlation windows
 //! ([`correlation`]), new-terms rules ([`new_terms`], written as [`new_terms_spec`]) with the one
@@ -20,4 +20,5 @@ pub mod observe;
 pub mod risk;
 pub mod rules;
 pub mod sigma;
+pub mod sigma_set;
 pub mod verdicts;

@@ -192,11 +192,14 @@ impl Rule {
     /// [`Rule::matches`] with the event's record read through `view`, shared by the rules an
     /// event is compared with (see [`RecordView`]).
     pub fn matches_viewed<'v>(&'v self, event: &Event, features: &Features, view: &RecordView<'v>) -> bool {
+        self.holds_conditions(event, features) && self.sigma.as_ref().is_none_or(|sigma| sigma.matches_viewed(event, view))
+    }
+
+    /// Whether the event and its features meet the rule's conditions besides its Sigma
+    /// detection: its feature bounds and its `when` fields.
+    pub fn holds_conditions(&self, event: &Event, features: &Features) -> bool {
         self.features.iter().all(|(name, bounds)| bounds.holds(features.get(*name)))
-            && self.when.iter().all(|(field, accepted)| {
-                event.field(field).is_some_and(|value| accepted.iter().any(|a| *a == *value))
-            })
-            && self.sigma.as_ref().is_none_or(|sigma| sigma.matches_viewed(event, view))
+            && self.when.iter().all(|(field, accepted)| event.field(field).is_some_and(|value| accepted.iter().any(|a| *a == *value)))
     }
 }
 

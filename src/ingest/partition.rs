@@ -166,6 +166,17 @@ pub struct Decoding {
     /// partition's worker would do it alone. Canonical events are decoded as they are read, which
     /// costs less than sending them.
     pub defer: bool,
+    /// Matches a provider's record against the Sigma rules as soon as it is decoded, while it is
+    /// in the caches, so that its event can keep the record's text rather than its parsed form
+    /// (see [`crate::event::Fields::settle`]); `None`: rules read the parsed record later.
+    pub early_matching: Option<Arc<dyn EarlyMatching>>,
+}
+
+/// Matches a decoded event's record against the rules likely to be in force at its time (the
+/// decision step checks that they are: see `crate::detect::early`).
+pub trait EarlyMatching: std::fmt::Debug + Send + Sync {
+    /// The rules `event`'s record matches, when a rule set is known yet.
+    fn early_matches(&self, event: &Event) -> Option<crate::event::EarlyMatches>;
 }
 
 impl Decoding {
@@ -221,6 +232,7 @@ impl Default for Decoding {
             format: RecordFormat::Canonical,
             max_future_skew: DEFAULT_MAX_FUTURE_SKEW,
             defer: false,
+            early_matching: None,
         }
     }
 }
@@ -285,10 +297,18 @@ pub fn decode_record(
     }
     let parsed = std::str::from_utf8(bytes)
         .map_err(|e| RejectReason::InvalidUtf8(e.to_string()))
-        .and_then(|text| sonic_rs::from_str::<crate::event::Record>(text).map_err(|e| RejectReason::Invalid(not_json(&e))));
+        .and_then(|text| Ok((text, sonic_rs::from_str::<crate::event::Record>(text).map_err(|e| RejectReason::Invalid(not_json(&e)))?)));
     let mut decoded = Vec::new();
     match parsed {
-        Ok(record) => decoding.format.decode(record, &mut decoded),
+        Ok((text, record)) => {
+            decoding.format.decode(record, &mut decoded);
+            // A record that is one event is matched now, and its event keeps the record's text.
+            if let (Some(early), [(Ok(event), None)]) = (&decoding.early_matching, decoded.as_mut_slice()) {
+                if let Some(matches) = early.early_matches(event) {
+                    event.extra.settle(text, matches);
+                }
+            }
+        }
         // Sources that write text lines (flow logs, access logs) are read by their mappings.
         Err(reason) => {
             let text = std::str::from_utf8(bytes).unwrap_or_default();

@@ -468,7 +468,7 @@ impl Search {
     pub(super) fn matches<'v>(&'v self, record: &RecordView<'v>) -> bool {
         match self {
             Search::Maps(groups) => groups.iter().any(|group| group.iter().all(|m| m.matches(record))),
-            Search::Keywords(patterns) => patterns.iter().any(|p| any_string(record.record, &|s| p.matches(s))),
+            Search::Keywords(patterns) => patterns.iter().any(|p| any_string(record.record(), &|s| p.matches(s))),
         }
     }
 }
@@ -618,24 +618,39 @@ impl std::fmt::Debug for FieldName {
 /// assert!(folded("absent").is_empty());
 /// ```
 pub struct RecordView<'v> {
-    record: &'v Record,
-    /// The record's fields with their keys tagged, when the view was made from them: top-level
-    /// keys are found through the tags.
-    fields: Option<&'v Fields>,
+    held: Held<'v>,
     /// The fields asked for so far (a few per record: a list beats hashing, and eight are kept
     /// without allocating).
     found: RefCell<SmallVec<[(FieldName, FieldTexts<'v>); 8]>>,
 }
 
+/// What a view reads.
+#[derive(Clone, Copy)]
+enum Held<'v> {
+    /// A record.
+    Record(&'v Record),
+    /// An event's fields: top-level keys are found through their tags, and a settled record is
+    /// parsed again only when a field is read (see [`Fields`]).
+    Fields(&'v Fields),
+}
+
 impl<'v> RecordView<'v> {
     /// A view of `record`; nothing is looked up yet.
     pub fn new(record: &'v Record) -> RecordView<'v> {
-        RecordView { record, fields: None, found: RefCell::default() }
+        RecordView { held: Held::Record(record), found: RefCell::default() }
     }
 
     /// A view of an event's fields (see [`Fields`]).
     pub fn of_fields(fields: &'v Fields) -> RecordView<'v> {
-        RecordView { record: fields.record(), fields: Some(fields), found: RefCell::default() }
+        RecordView { held: Held::Fields(fields), found: RefCell::default() }
+    }
+
+    /// The whole record.
+    fn record(&self) -> &'v Record {
+        match self.held {
+            Held::Record(record) => record,
+            Held::Fields(fields) => fields.record(),
+        }
     }
 
     /// Where the field's texts (by its Sigma name: see [`field_with`]) are in `found`, finding them
@@ -644,10 +659,10 @@ impl<'v> RecordView<'v> {
         if let Some(index) = self.found.borrow().iter().position(|(known, _)| *known == name) {
             return index;
         }
-        let record = self.record;
-        let found = match self.fields {
-            Some(fields) => field_with(record, |key| fields.get(key), name.0),
-            None => field_with(record, |key| record.as_object().and_then(|object| object.get(&key)), name.0),
+        let record = self.record();
+        let found = match self.held {
+            Held::Fields(fields) => field_with(record, |key| fields.get(key), name.0),
+            Held::Record(_) => field_with(record, |key| record.as_object().and_then(|object| object.get(&key)), name.0),
         };
         let texts = FieldTexts::of(&found);
         let mut found = self.found.borrow_mut();

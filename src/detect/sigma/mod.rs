@@ -269,11 +269,16 @@ impl SigmaRule {
     /// [`SigmaRule::matches_event`] with the event's record read through `view`, which other
     /// rules share: each field is found and case-folded once per event.
     pub fn matches_viewed<'v>(&'v self, event: &crate::event::Event, view: &RecordView<'v>) -> bool {
-        event.source.as_deref().is_some_and(|source| self.applies_to(source))
-            && match &self.body {
-                Body::Detection(detection) => detection.matches(view),
-                Body::Correlation(_) => false,
-            }
+        event.source.as_deref().is_some_and(|source| self.applies_to(source)) && self.matches_detection(view)
+    }
+
+    /// Whether the rule's detection matches the record `view` reads (its logsource is not
+    /// checked here); never for a correlation rule.
+    pub fn matches_detection<'v>(&'v self, view: &RecordView<'v>) -> bool {
+        match &self.body {
+            Body::Detection(detection) => detection.matches(view),
+            Body::Correlation(_) => false,
+        }
     }
 
     /// A field the rule needs to hold one of a few exact (lower-cased) texts to match, when it
@@ -289,10 +294,7 @@ impl SigmaRule {
     /// Whether the rule's detection matches a record (its logsource is not checked here); never
     /// for a correlation rule.
     pub fn matches_record(&self, record: &crate::event::Record) -> bool {
-        match &self.body {
-            Body::Detection(detection) => detection.matches(&RecordView::new(record)),
-            Body::Correlation(_) => false,
-        }
+        self.matches_detection(&RecordView::new(record))
     }
 }
 

@@ -1,0 +1,194 @@
+//! The Sigma rules in force as one set, indexed by the records they can match: the decision step
+//! matches an event's record against it, and the decoders match each provider's record against
+//! the latest set as soon as it is parsed, while it is still in the caches ([`LatestSigmaSet`]).
+//!
+//! A record matched early keeps the matches and its text instead of its parsed form (see
+//! [`crate::event::Fields::settle`]): the decision step uses the matches when the set in force at
+//! the event's time is the one they were made with (the same rules in the same order: the same
+//! fingerprint) and matches the record again otherwise, so decisions do not depend on when a
+//! record was decoded.
+//!
+//! ```
+//! use threatflow::detect::sigma::{Placeholders, RecordView, SigmaRule};
+//! use threatflow::detect::sigma_set::SigmaSet;
+//!
+//! let rule = |name: &str| SigmaRule::parse(&format!(
+//!     "title: {name}\nlogsource: {{product: aws, service: cloudtrail}}\ndetection: {{sel: {{eventName: {name}}}, condition: sel}}"
+//! ), &Placeholders::default());
+//! let set = SigmaSet::new(vec![rule("GetObject")?, rule("DeleteBucket")?]);
+//! let record = sonic_rs::from_str(r#"{"eventName": "DeleteBucket"}"#)?;
+//! let view = RecordView::new(&record);
+//! assert_eq!(set.matched(&set.for_source("aws.cloudtrail"), &view).as_slice(), [1]);
+//! assert!(set.matched(&set.for_source("okta"), &view).is_empty());
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use smallvec::SmallVec;
+
+use crate::detect::sigma::{FieldName, RecordView, SigmaRule};
+use crate::event::{EarlyMatches, Event, Text};
+use crate::ingest::partition::EarlyMatching;
+
+/// Sigma rules in an order, with the fingerprint of that order and their texts.
+#[derive(Debug, Default)]
+pub struct SigmaSet {
+    fingerprint: u128,
+    rules: Vec<SigmaRule>,
+}
+
+/// The rules of a [`SigmaSet`] that apply to one source, by their positions in the set.
+#[derive(Debug, Default)]
+pub struct SourceRules {
+    /// Without a required field: tried on every record of the source.
+    unkeyed: Vec<u32>,
+    /// Per required field, the rules by each (lower-cased) value it must hold.
+    keyed: Vec<(FieldName, RulesByValue)>,
+}
+
+/// Rules by a (lower-cased) value their required field must hold.
+type RulesByValue = HashMap<String, Vec<u32>, foldhash::fast::FixedState>;
+
+impl SigmaSet {
+    /// The set of `rules` in this order.
+    pub fn new(rules: Vec<SigmaRule>) -> SigmaSet {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        rules.len().hash(&mut hasher);
+        rules.iter().for_each(|rule| rule.hash(&mut hasher));
+        SigmaSet { fingerprint: hasher.digest128(), rules }
+    }
+
+    /// What names the rules and their order: two sets with the same fingerprint match a record
+    /// alike.
+    pub fn fingerprint(&self) -> u128 {
+        self.fingerprint
+    }
+
+    /// The rules that apply to `source`'s records (correlation rules match none), indexed by the
+    /// field a rule needs to hold one of a few exact values, when it has one (see
+    /// [`SigmaRule::requirement`]).
+    pub fn for_source(&self, source: &str) -> SourceRules {
+        let mut rules = SourceRules::default();
+        for (position, sigma) in (0u32..).zip(&self.rules) {
+            if !sigma.applies_to(source) || sigma.correlation().is_some() {
+                continue;
+            }
+            match sigma.requirement() {
+                None => rules.unkeyed.push(position),
+                Some((field, values)) => {
+                    let slot = match rules.keyed.iter().position(|(f, _)| f == field) {
+                        Some(slot) => slot,
+                        None => {
+                            rules.keyed.push((*field, HashMap::default()));
+                            rules.keyed.len() - 1
+                        }
+                    };
+                    for value in values {
+                        rules.keyed[slot].1.entry(value.clone()).or_default().push(position);
+                    }
+                }
+            }
+        }
+        rules
+    }
+
+    /// The positions, ascending, of the rules of `of_source` (this set's [`SigmaSet::for_source`])
+    /// whose detections match the record `view` reads: the candidates its required fields' values
+    /// name, matched in full.
+    pub fn matched<'v>(&'v self, of_source: &SourceRules, view: &RecordView<'v>) -> SmallVec<[u32; 4]> {
+        let mut candidates: SmallVec<[u32; 16]> = of_source.unkeyed.iter().copied().collect();
+        for (field, by_value) in &of_source.keyed {
+            view.each_folded(*field, |text| candidates.extend(by_value.get(text).into_iter().flatten().copied()));
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        candidates.into_iter().filter(|&position| self.rules.get(position as usize).is_some_and(|rule| rule.matches_detection(view))).collect()
+    }
+}
+
+/// The latest set the decision step built, shared by the process's decoders, which match records
+/// against it early ([`EarlyMatching`]). Each decoding thread keeps its own reference to the set
+/// and its per-source indexes, and looks at the shared one only when a newer set was published.
+#[derive(Debug)]
+pub struct LatestSigmaSet {
+    /// Names this instance in the threads' caches.
+    id: u64,
+    /// How many sets were published (0: none yet).
+    generation: AtomicU64,
+    set: Mutex<Option<Arc<SigmaSet>>>,
+}
+
+/// Names each [`LatestSigmaSet`] of the process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// A decoding thread's reference to a published set, with that set's rules per source.
+struct Cached {
+    id: u64,
+    generation: u64,
+    set: Arc<SigmaSet>,
+    sources: Vec<(Text, SourceRules)>,
+}
+
+thread_local! {
+    static CACHED: RefCell<Option<Cached>> = const { RefCell::new(None) };
+}
+
+impl LatestSigmaSet {
+    /// No set yet.
+    pub fn new() -> Arc<LatestSigmaSet> {
+        Arc::new(LatestSigmaSet { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), generation: AtomicU64::new(0), set: Mutex::new(None) })
+    }
+
+    /// Makes `set` the latest (nothing changes when the latest has its fingerprint).
+    pub fn publish(&self, set: &Arc<SigmaSet>) {
+        let mut latest = self.set.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if latest.as_ref().is_some_and(|known| known.fingerprint == set.fingerprint) {
+            return;
+        }
+        *latest = Some(Arc::clone(set));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// This thread's reference to the latest set, refreshed when a newer one was published.
+    fn refreshed(&self, cached: &mut Option<Cached>) -> bool {
+        let generation = self.generation.load(Ordering::Acquire);
+        if generation == 0 {
+            return false;
+        }
+        if cached.as_ref().is_some_and(|c| (c.id, c.generation) == (self.id, generation)) {
+            return true;
+        }
+        let latest = self.set.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        *cached = latest.map(|set| Cached { id: self.id, generation, set, sources: Vec::new() });
+        cached.is_some()
+    }
+}
+
+impl EarlyMatching for LatestSigmaSet {
+    fn early_matches(&self, event: &Event) -> Option<EarlyMatches> {
+        // (Sigma rules match providers' records only; a canonical event's fields are not one.)
+        let source = event.source.as_ref()?;
+        CACHED.with(|cached| {
+            let mut cached = cached.borrow_mut();
+            if !self.refreshed(&mut cached) {
+                return None;
+            }
+            let cached = cached.as_mut()?;
+            let slot = match cached.sources.iter().position(|(known, _)| known == source) {
+                Some(slot) => slot,
+                None => {
+                    cached.sources.push((source.clone(), cached.set.for_source(source)));
+                    cached.sources.len() - 1
+                }
+            };
+            let (set, of_source) = (&cached.set, &cached.sources[slot].1);
+            let matched = set.matched(of_source, &RecordView::of_fields(&event.extra));
+            Some(EarlyMatches { rules: set.fingerprint, source: source.clone(), matched })
+        })
+    }
+}
