@@ -51,8 +51,34 @@ pub struct SourceRules {
     keyed: Vec<(FieldName, RulesByValue)>,
 }
 
-/// Rules by a (lower-cased) value their required field must hold.
-type RulesByValue = HashMap<String, Vec<u32>, foldhash::fast::FixedState>;
+/// Rules by a (lower-cased) value their required field must hold, with the longest value's
+/// length: a longer ASCII text (user agents, messages) holds none of them and is not folded.
+#[derive(Debug, Default)]
+struct RulesByValue {
+    rules: HashMap<String, Vec<u32>, foldhash::fast::FixedState>,
+    longest: usize,
+}
+
+impl RulesByValue {
+    /// The rules whose value `text` is, ignoring case (as `crate::event::lower_case` folds it).
+    /// ASCII texts, nearly all, are folded on the stack.
+    fn of_text(&self, text: &str) -> &[u32] {
+        const ON_STACK: usize = 64;
+        let found = match text.is_ascii() {
+            true if text.len() > self.longest => None,
+            true if !text.bytes().any(|b| b.is_ascii_uppercase()) => self.rules.get(text),
+            true if text.len() <= ON_STACK => {
+                let mut folded = [0u8; ON_STACK];
+                let folded = &mut folded[..text.len()];
+                folded.copy_from_slice(text.as_bytes());
+                folded.make_ascii_lowercase();
+                std::str::from_utf8(folded).ok().and_then(|folded| self.rules.get(folded))
+            }
+            _ => self.rules.get(crate::event::lower_case(text.into()).as_ref()),
+        };
+        found.map_or(&[], Vec::as_slice)
+    }
+}
 
 impl SigmaSet {
     /// The set of `rules` in this order.
@@ -84,12 +110,14 @@ impl SigmaSet {
                     let slot = match rules.keyed.iter().position(|(f, _)| f == field) {
                         Some(slot) => slot,
                         None => {
-                            rules.keyed.push((*field, HashMap::default()));
+                            rules.keyed.push((*field, RulesByValue::default()));
                             rules.keyed.len() - 1
                         }
                     };
+                    let by_value = &mut rules.keyed[slot].1;
                     for value in values {
-                        rules.keyed[slot].1.entry(value.clone()).or_default().push(position);
+                        by_value.rules.entry(value.clone()).or_default().push(position);
+                        by_value.longest = by_value.longest.max(value.len());
                     }
                 }
             }
@@ -103,7 +131,7 @@ impl SigmaSet {
     pub fn matched<'v>(&'v self, of_source: &SourceRules, view: &RecordView<'v>) -> SmallVec<[u32; 4]> {
         let mut candidates: SmallVec<[u32; 16]> = of_source.unkeyed.iter().copied().collect();
         for (field, by_value) in &of_source.keyed {
-            view.each_folded(*field, |text| candidates.extend(by_value.get(text).into_iter().flatten().copied()));
+            view.each_text(*field, |text| candidates.extend_from_slice(by_value.of_text(text)));
         }
         candidates.sort_unstable();
         candidates.dedup();

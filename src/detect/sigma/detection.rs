@@ -608,14 +608,14 @@ impl std::fmt::Debug for FieldName {
 /// use threatflow::detect::sigma::{FieldName, RecordView};
 /// let record = sonic_rs::json!({"eventName": "ConsoleLogin", "tags": ["A", "b"]});
 /// let view = RecordView::new(&record);
-/// let folded = |name| {
+/// let texts = |name| {
 ///     let mut texts = Vec::new();
-///     view.each_folded(FieldName::new(name), |text| texts.push(text.to_string()));
+///     view.each_text(FieldName::new(name), |text| texts.push(text.to_string()));
 ///     texts
 /// };
-/// assert_eq!(folded("eventName"), ["consolelogin"]);
-/// assert_eq!(folded("tags"), ["a", "b"]);
-/// assert!(folded("absent").is_empty());
+/// assert_eq!(texts("eventName"), ["ConsoleLogin"]);
+/// assert_eq!(texts("tags"), ["A", "b"]);
+/// assert!(texts("absent").is_empty());
 /// ```
 pub struct RecordView<'v> {
     held: Held<'v>,
@@ -670,11 +670,11 @@ impl<'v> RecordView<'v> {
         found.len() - 1
     }
 
-    /// Calls `each` with every text of the field (by its Sigma name), lower-cased: what a
-    /// [`Requirement`] is checked against.
-    pub fn each_folded(&self, name: FieldName, mut each: impl FnMut(&str)) {
+    /// Calls `each` with every text of the field (by its Sigma name), as written: what a
+    /// [`Requirement`] is checked against, ignoring case.
+    pub fn each_text(&self, name: FieldName, mut each: impl FnMut(&str)) {
         let index = self.load(name);
-        self.found.borrow()[index].1.folded().iter().for_each(|text| each(text));
+        self.found.borrow()[index].1.texts.iter().for_each(|text| each(text));
     }
 }
 
