@@ -477,7 +477,7 @@ fn the_rule_index_and_early_matching_change_no_decision() {
     for dir in [shipped_rules(), data("sigmahq-cloud-rules")] {
         sigma_rules.extend(sigma::read_dir(&dir, &Placeholders::new()).unwrap().0);
     }
-    let keyed = sigma_rules.iter().filter(|r| r.requirement().is_some()).count();
+    let keyed = sigma_rules.iter().filter(|r| !r.requirements().is_empty()).count();
     let owned: Vec<Control> = sigma_rules
         .into_iter()
         .map(|sigma| Control::Rule(Rule::from_spec(&threatflow::detect::rules::RuleSpec::from_sigma(sigma)).expect("a Sigma rule is a valid rule")))

@@ -95,16 +95,29 @@ impl SigmaSet {
         self.fingerprint
     }
 
-    /// The rules that apply to `source`'s records (correlation rules match none), indexed by the
+    /// The rules that apply to `source`'s records (correlation rules match none), indexed by a
     /// field a rule needs to hold one of a few exact values, when it has one (see
-    /// [`SigmaRule::requirement`]).
+    /// [`SigmaRule::requirements`]): of a rule's such fields, the one most of the source's rules
+    /// have, so that a record's fields are looked up for few of them.
     pub fn for_source(&self, source: &str) -> SourceRules {
+        let applies = |sigma: &&SigmaRule| sigma.applies_to(source) && sigma.correlation().is_none();
+        // (A few fields: a list.)
+        let mut rules_having: Vec<(FieldName, usize)> = Vec::new();
+        for (field, _) in self.rules.iter().filter(applies).flat_map(|sigma| sigma.requirements()) {
+            match rules_having.iter_mut().find(|(known, _)| known == field) {
+                Some((_, count)) => *count += 1,
+                None => rules_having.push((*field, 1)),
+            }
+        }
+        let having = |field: &FieldName| rules_having.iter().find(|(known, _)| known == field).map_or(0, |(_, count)| *count);
         let mut rules = SourceRules::default();
         for (position, sigma) in (0u32..).zip(&self.rules) {
-            if !sigma.applies_to(source) || sigma.correlation().is_some() {
+            if !applies(&sigma) {
                 continue;
             }
-            match sigma.requirement() {
+            // (The first of those most rules have: `max_by_key` would take the last.)
+            let most = sigma.requirements().iter().rev().max_by_key(|(field, _)| having(field));
+            match most {
                 None => rules.unkeyed.push(position),
                 Some((field, values)) => {
                     let slot = match rules.keyed.iter().position(|(f, _)| f == field) {
@@ -218,5 +231,50 @@ impl EarlyMatching for LatestSigmaSet {
             let matched = set.matched(of_source, &RecordView::of_fields(&event.extra));
             Some(EarlyMatches { rules: set.fingerprint, source: source.clone(), matched })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::sigma::Placeholders;
+
+    fn rule(detection: &str) -> SigmaRule {
+        let text = format!("title: t\nlogsource: {{product: aws, service: cloudtrail}}\ndetection:\n{detection}");
+        SigmaRule::parse(&text, &Placeholders::default()).expect("a valid rule")
+    }
+
+    fn fields(rule: &SigmaRule) -> Vec<(&str, Vec<&str>)> {
+        rule.requirements().iter().map(|(field, values)| (field.as_str(), values.iter().map(String::as_str).collect())).collect()
+    }
+
+    /// Every field an `and` pins is a requirement; an `or` keeps those all its parts pin, with
+    /// all their values; a `not` and a wildcard pin nothing.
+    #[test]
+    fn requirements_are_the_fields_a_match_needs() {
+        let both = rule("  sel: {eventSource: s3.amazonaws.com, eventName: [GetObject, PutObject]}\n  filter: {userAgent: x}\n  condition: sel and not filter");
+        assert_eq!(fields(&both), [("eventName", vec!["getobject", "putobject"]), ("eventSource", vec!["s3.amazonaws.com"])]);
+        let either = rule("  a: {eventSource: s3.amazonaws.com, eventName: GetObject}\n  b: {eventName: ListBuckets, userAgent|contains: cli}\n  condition: a or b");
+        assert_eq!(fields(&either), [("eventName", vec!["getobject", "listbuckets"])]);
+        assert!(rule("  sel: {eventName|startswith: Get}\n  condition: sel").requirements().is_empty());
+        assert!(rule("  sel: {eventName: Get}\n  condition: not sel").requirements().is_empty());
+    }
+
+    /// A rule is indexed by the required field most of the source's rules have, so that a record's
+    /// fields are looked up for few of them; a rule without one is tried on every record.
+    #[test]
+    fn rules_are_indexed_by_the_field_most_have() {
+        let set = SigmaSet::new(vec![
+            rule("  sel: {errorMessage: Failed authentication, eventName: ConsoleLogin}\n  condition: sel"),
+            rule("  sel: {eventName: GetObject}\n  condition: sel"),
+            rule("  sel: {userAgent|contains: trufflehog}\n  condition: sel"),
+        ]);
+        let of_source = set.for_source("aws.cloudtrail");
+        assert_eq!(of_source.unkeyed, [2]);
+        assert_eq!(of_source.keyed.len(), 1);
+        let (field, by_value) = &of_source.keyed[0];
+        assert_eq!(field.as_str(), "eventName");
+        assert_eq!((by_value.of_text("ConsoleLogin"), by_value.of_text("GETOBJECT"), by_value.of_text("DeleteBucket")), (&[0][..], &[1][..], &[][..]));
+        assert!(set.for_source("okta").keyed.is_empty());
     }
 }

@@ -30,8 +30,8 @@ pub(super) struct Detection {
     searches: BTreeMap<String, Search>,
     /// Any of these (a condition list is an `or`).
     conditions: Vec<Condition>,
-    /// Its [`Requirement`], found when compiled.
-    requirement: Option<Requirement>,
+    /// Its [`Requirement`]s, found when compiled.
+    requirements: Vec<Requirement>,
 }
 
 #[derive(Debug)]
@@ -210,11 +210,11 @@ impl Detection {
             }
         }
         ensure!(!conditions.is_empty(), "no `condition`");
-        let mut detection = Detection { searches, conditions, requirement: None };
+        let mut detection = Detection { searches, conditions, requirements: Vec::new() };
         for c in &detection.conditions {
             detection.check(c)?;
         }
-        detection.requirement = union(detection.conditions.iter().map(|c| detection.required(c)));
+        detection.requirements = any_of(detection.conditions.iter().map(|c| detection.required(c)));
         Ok(detection)
     }
 
@@ -237,23 +237,23 @@ impl Detection {
         self.conditions.iter().any(|c| self.eval(c, record))
     }
 
-    /// A field the detection needs to hold one of a few exact values for a match, when there is
-    /// one (see [`Requirement`]).
-    pub(super) fn requirement(&self) -> Option<&Requirement> {
-        self.requirement.as_ref()
+    /// The fields the detection needs to hold one of a few exact values for a match, each with
+    /// its values (see [`Requirement`]); each alone is necessary.
+    pub(super) fn requirements(&self) -> &[Requirement] {
+        &self.requirements
     }
 
-    fn required(&self, condition: &Condition) -> Option<Requirement> {
+    fn required(&self, condition: &Condition) -> Vec<Requirement> {
         match condition {
-            Condition::Search(name) => self.searches.get(name)?.requirement(),
-            Condition::Not(_) => None,
-            // Each part is needed: any part's requirement is the whole's.
-            Condition::And(cs) => cs.iter().find_map(|c| self.required(c)),
-            Condition::Of(None, pattern) => self.named(pattern).find_map(Search::requirement),
-            // One part is enough: every part must require the same field.
-            Condition::Or(cs) => union(cs.iter().map(|c| self.required(c))),
-            Condition::Of(Some(n), pattern) if *n >= 1 => union(self.named(pattern).map(Search::requirement)),
-            Condition::Of(Some(_), _) => None,
+            Condition::Search(name) => self.searches.get(name).map(Search::requirements).unwrap_or_default(),
+            Condition::Not(_) => Vec::new(),
+            // Each part is needed: every part's requirements are the whole's.
+            Condition::And(cs) => all_of(cs.iter().map(|c| self.required(c))),
+            Condition::Of(None, pattern) => all_of(self.named(pattern).map(Search::requirements)),
+            // One part is enough: a field every part requires, with all their values.
+            Condition::Or(cs) => any_of(cs.iter().map(|c| self.required(c))),
+            Condition::Of(Some(n), pattern) if *n >= 1 => any_of(self.named(pattern).map(Search::requirements)),
+            Condition::Of(Some(_), _) => Vec::new(),
         }
     }
 
@@ -439,30 +439,39 @@ pub(super) fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
 /// when one of its elements does.
 pub type Requirement = (FieldName, BTreeSet<String>);
 
-/// The requirement of an `or`: every part must have one, on the same field; their values joined.
-fn union(parts: impl Iterator<Item = Option<Requirement>>) -> Option<Requirement> {
-    let mut joined: Option<Requirement> = None;
-    for part in parts {
-        let (field, values) = part?;
-        match joined.as_mut() {
-            None => joined = Some((field, values)),
-            Some((known, all)) if *known == field => all.extend(values),
-            Some(_) => return None,
+/// The requirements of an `and`: each part's (one per field: the first part's that names it).
+fn all_of(parts: impl Iterator<Item = Vec<Requirement>>) -> Vec<Requirement> {
+    let mut all: Vec<Requirement> = Vec::new();
+    for requirement in parts.flatten() {
+        if !all.iter().any(|(field, _)| *field == requirement.0) {
+            all.push(requirement);
         }
+    }
+    all
+}
+
+/// The requirements of an `or`: the fields every part requires, each with all the parts' values
+/// (in the first part's order).
+fn any_of(mut parts: impl Iterator<Item = Vec<Requirement>>) -> Vec<Requirement> {
+    let mut joined = parts.next().unwrap_or_default();
+    for part in parts {
+        joined.retain_mut(|(field, values)| match part.iter().find(|(f, _)| f == field) {
+            Some((_, more)) => {
+                values.extend(more.iter().cloned());
+                true
+            }
+            None => false,
+        });
     }
     joined
 }
 
 impl Search {
-    /// In every group (one is enough for a match), a field pinned to exact values; the same field
-    /// in all groups.
-    fn requirement(&self) -> Option<Requirement> {
-        let Search::Maps(groups) = self else { return None };
-        let per_group: Vec<Vec<Requirement>> = groups.iter().map(|g| g.iter().filter_map(FieldMatcher::requirement).collect()).collect();
-        let first = per_group.first()?;
-        first.iter().find_map(|(field, _)| {
-            union(per_group.iter().map(|group| group.iter().find(|(f, _)| f == field).cloned()))
-        })
+    /// The fields every group (one is enough for a match) pins to exact values, each with the
+    /// values of all groups.
+    fn requirements(&self) -> Vec<Requirement> {
+        let Search::Maps(groups) = self else { return Vec::new() };
+        any_of(groups.iter().map(|group| all_of(group.iter().filter_map(FieldMatcher::requirement).map(|r| vec![r]))))
     }
 
     pub(super) fn matches<'v>(&'v self, record: &RecordView<'v>) -> bool {

@@ -281,13 +281,13 @@ impl SigmaRule {
         }
     }
 
-    /// A field the rule needs to hold one of a few exact (lower-cased) texts to match, when it
-    /// has one: rules are indexed by it (see `crate::detect::decision::RuleIndex`). Never for a
-    /// correlation rule, which matches no record.
-    pub fn requirement(&self) -> Option<&Requirement> {
+    /// The fields the rule needs to hold one of a few exact (lower-cased) texts to match, each
+    /// alone necessary: rules are indexed by one of them (see [`crate::detect::sigma_set`]). None
+    /// for a correlation rule, which matches no record.
+    pub fn requirements(&self) -> &[Requirement] {
         match &self.body {
-            Body::Detection(detection) => detection.requirement(),
-            Body::Correlation(_) => None,
+            Body::Detection(detection) => detection.requirements(),
+            Body::Correlation(_) => &[],
         }
     }
 
