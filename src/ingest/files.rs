@@ -165,25 +165,60 @@ impl Partition for JsonLinesPartition {
     fn poll(&mut self, max: usize, out: &mut Vec<Item>) -> Result<bool> {
         for _ in 0..max {
             let start = self.offset;
-            let Some(mut len) = self.next_record()? else { return Ok(false) };
+            // A line whole in the reader's buffer (nearly every one) is read from there; others
+            // are gathered first.
+            let whole = match self.document {
+                true => None,
+                false => memchr::memchr(b'\n', self.reader.fill_buf()?).filter(|&at| at <= self.decoding.max_record_bytes + 1),
+            };
+            let len = match whole {
+                Some(len) => len,
+                None => match self.next_record()? {
+                    Some(len) => len,
+                    None => return Ok(false),
+                },
+            };
             self.offset += len as u64 + 1;
             self.line += 1;
-            if self.record.last() == Some(&b'\r') && len <= self.decoding.max_record_bytes + 1 {
-                self.record.pop();
-                len -= 1;
-            }
-            if self.record.iter().all(u8::is_ascii_whitespace) && len == self.record.len() {
-                continue;
-            }
-            let position = || Position { source: std::sync::Arc::clone(&self.name), record: self.line, offset: start };
-            let written = match self.written {
-                Written::Unknown => None,
-                Written::At(time) => Some(time),
-                Written::AsRead => Some(unix_millis(std::time::SystemTime::now())),
+            let bytes = match whole {
+                // (The buffer as it was: filling a buffer that holds bytes reads nothing.)
+                Some(len) => &self.reader.fill_buf()?[..len],
+                None => &self.record[..],
             };
-            self.decoding.read(&self.record, len, written, position, None, out);
+            let (line, record) = (self.line, Record { bytes, len });
+            let position = || Position { source: std::sync::Arc::clone(&self.name), record: line, offset: start };
+            record.give(&self.decoding, self.written, position, out);
+            if whole.is_some() {
+                self.reader.consume(len + 1);
+            }
         }
         Ok(true)
+    }
+}
+
+/// A line's record: its bytes (only the first of an oversized one) and its whole length.
+struct Record<'b> {
+    bytes: &'b [u8],
+    len: usize,
+}
+
+impl Record<'_> {
+    /// Gives the record to `out` as `decoding` reads it, without its line's `\r`; a blank line
+    /// is not a record.
+    fn give(mut self, decoding: &Decoding, written: Written, position: impl Fn() -> Position, out: &mut Vec<Item>) {
+        if let Some(cut) = self.bytes.strip_suffix(b"\r").filter(|_| self.len <= decoding.max_record_bytes + 1) {
+            self.bytes = cut;
+            self.len -= 1;
+        }
+        if self.bytes.iter().all(u8::is_ascii_whitespace) && self.len == self.bytes.len() {
+            return;
+        }
+        let written = match written {
+            Written::Unknown => None,
+            Written::At(time) => Some(time),
+            Written::AsRead => Some(unix_millis(std::time::SystemTime::now())),
+        };
+        decoding.read(self.bytes, self.len, written, position, None, out);
     }
 }
 
