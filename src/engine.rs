@@ -230,9 +230,10 @@ fn run_worker(
     let index = worker.index();
     let peers = worker.peers();
     let dataflow: Box<dyn Dataflow> = crate::dataflows::find(&job.dataflow).ok_or_else(|| anyhow!("unknown dataflow {}", job.dataflow))?;
-    // Providers' raw records are decoded on every worker, whichever reads them.
+    // Providers' raw records are decoded on every worker, whichever reads them (a lone worker
+    // decodes them as it reads), and matched against the Sigma rules as they are decoded.
     let early_matching = controls.latest_sigma.clone().map(|latest| latest as Arc<dyn EarlyMatching>);
-    let decoding = Decoding { defer: true, early_matching, ..job.decoding.clone() };
+    let decoding = Decoding { defer: peers > 1, early_matching, ..job.decoding.clone() };
     let partitions = job.source.partitions(index, peers, &decoding, restored.as_deref())?;
     let errors: ErrorSlot = Rc::new(RefCell::new(None));
     let control = &controls.log;
