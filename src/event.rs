@@ -201,7 +201,7 @@ impl HeldRecord {
 }
 
 /// The Sigma rules a provider's record matched when it was decoded, while it was still in the
-/// caches (see `crate::detect::early`): which rule set (a fingerprint of its rules, in order) and
+/// caches (see `crate::detect::sigma_set`): which rule set (a fingerprint of its rules, in order) and
 /// the positions in it of the rules whose detections matched. The decision step uses them when
 /// the same rule set is in force at the event's time, and matches the record itself otherwise.
 #[derive(Clone, Debug, PartialEq, Eq)]

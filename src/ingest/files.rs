@@ -185,9 +185,9 @@ impl Partition for JsonLinesPartition {
                 Some(len) => &self.reader.fill_buf()?[..len],
                 None => &self.record[..],
             };
-            let (line, record) = (self.line, Record { bytes, len });
-            let position = || Position { source: std::sync::Arc::clone(&self.name), record: line, offset: start };
-            record.give(&self.decoding, self.written, position, out);
+            let (number, line) = (self.line, Line { bytes, len });
+            let position = || Position { source: std::sync::Arc::clone(&self.name), record: number, offset: start };
+            line.give(&self.decoding, self.written, position, out);
             if whole.is_some() {
                 self.reader.consume(len + 1);
             }
@@ -196,14 +196,14 @@ impl Partition for JsonLinesPartition {
     }
 }
 
-/// A line's record: its bytes (only the first of an oversized one) and its whole length.
-struct Record<'b> {
+/// A line: its bytes (only the first of an oversized one) and its whole length.
+struct Line<'b> {
     bytes: &'b [u8],
     len: usize,
 }
 
-impl Record<'_> {
-    /// Gives the record to `out` as `decoding` reads it, without its line's `\r`; a blank line
+impl Line<'_> {
+    /// Gives the line's record to `out` as `decoding` reads it, without its line's `\r`; a blank line
     /// is not a record.
     fn give(mut self, decoding: &Decoding, written: Written, position: impl Fn() -> Position, out: &mut Vec<Item>) {
         if let Some(cut) = self.bytes.strip_suffix(b"\r").filter(|_| self.len <= decoding.max_record_bytes + 1) {

@@ -173,7 +173,7 @@ pub struct Decoding {
 }
 
 /// Matches a decoded event's record against the rules likely to be in force at its time (the
-/// decision step checks that they are: see `crate::detect::early`).
+/// decision step checks that they are: see `crate::detect::sigma_set`).
 pub trait EarlyMatching: std::fmt::Debug + Send + Sync {
     /// The rules `event`'s record matches, when a rule set is known yet.
     fn early_matches(&self, event: &Event) -> Option<crate::event::EarlyMatches>;
