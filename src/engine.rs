@@ -49,9 +49,9 @@ pub fn run(config: timely::Config, mut job: JobSpec) -> Result<JobReport> {
         let topics: Vec<&str> = roles.map(|r| kafka.topic(*r)).collect();
         kafka.partition_counts(&topics)?;
     }
-    let controls = Arc::new(Controls::of(&job)?);
-    let job_started = Instant::now();
     let one_process = !matches!(config.communication, timely::CommunicationConfig::Cluster { .. });
+    let controls = Arc::new(Controls::of(&job, one_process)?);
+    let job_started = Instant::now();
     let (restore, stats) = restore(&job, one_process)?;
     let job = Arc::new(job);
     let progress = Arc::new(AtomicU64::new(0));
@@ -174,13 +174,14 @@ struct Controls {
     enrichment: EnrichmentMode,
     intel: IntelOptions,
     /// The Sigma rules in force, for the decoders to match providers' records early; only when
-    /// nothing else reads a record's fields after decoding (no enrichment, no indicators), so
-    /// that keeping its text rather than its parsed form pays.
+    /// nothing else reads a record's fields after decoding (no enrichment, no indicators) and
+    /// decoded records do not cross processes (which sends their fields as parsed pairs), so
+    /// that keeping a record's text rather than its parsed form pays.
     latest_sigma: Option<Arc<LatestSigmaSet>>,
 }
 
 impl Controls {
-    fn of(job: &JobSpec) -> Result<Controls> {
+    fn of(job: &JobSpec, one_process: bool) -> Result<Controls> {
         let log = job.control.load()?;
         // A job enriches only when it starts with a database; without a control topic or followed
         // file, the databases it starts with are those of its whole run.
@@ -191,7 +192,7 @@ impl Controls {
             (true, _) => EnrichmentMode::InForce,
         };
         let intel = IntelOptions { mode: intel_mode(job, &log), retro_window: job.retro_window };
-        let early_matching = matches!(enrichment, EnrichmentMode::Off) && matches!(intel.mode, IntelMode::Off);
+        let early_matching = one_process && matches!(enrichment, EnrichmentMode::Off) && matches!(intel.mode, IntelMode::Off);
         let latest_sigma = early_matching.then(LatestSigmaSet::new);
         Ok(Controls { log, enrichment, intel, latest_sigma })
     }

@@ -206,10 +206,9 @@ impl HeldRecord {
 /// the same rule set is in force at the event's time, and matches the record itself otherwise.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EarlyMatches {
-    /// The fingerprint of the rule set the record was matched against.
+    /// The fingerprint of the rule set the record was matched against (the rules of the
+    /// event's source).
     pub rules: u128,
-    /// The source (mapping) the record was matched as.
-    pub source: Text,
     /// The positions of the matching rules in the set, ascending.
     pub matched: smallvec::SmallVec<[u32; 4]>,
 }

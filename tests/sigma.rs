@@ -497,7 +497,7 @@ fn the_rule_index_and_early_matching_change_no_decision() {
         texts.extend(generated.iter().map(|e| serde_json::to_string(&provider.render(e)).unwrap()));
     }
     let latest = LatestSigmaSet::new();
-    latest.publish(indexed.sigma_set());
+    latest.publish(indexed.sigma_set(), 0);
     let plain = Decoding { format: RecordFormat::parse("auto", None).unwrap(), ..Decoding::default() };
     let early = Decoding { early_matching: Some(latest as Arc<dyn EarlyMatching>), ..plain.clone() };
     let decoded = |decoding: &Decoding, text: &str| {

@@ -224,7 +224,7 @@ pub fn decide_as_of<'s>(
                 let index = index.get(version, || {
                     let index = ControlIndex::new(controls);
                     if let Some(latest) = &latest {
-                        latest.publish(index.sigma_set());
+                        latest.publish(index.sigma_set(), time);
                     }
                     index
                 });
@@ -286,7 +286,7 @@ impl ControlIndex {
     pub fn scanning_every_rule(controls: &[(&Control, isize)]) -> ControlIndex {
         let mut index = ControlIndex::new(controls);
         index.rules.plain.append(&mut index.rules.sigma_positions);
-        index.rules.sigma = Arc::default();
+        index.rules.sigma = Arc::new(SigmaSet::new(Vec::new()));
         index
     }
 }
@@ -322,7 +322,7 @@ impl RuleIndex {
     /// against, else matched now.
     fn sigma_matches<'v>(&'v self, event: &Event, record: &RecordView<'v>) -> Vec<usize> {
         let Some(source) = event.source.as_deref() else { return Vec::new() };
-        let early = event.extra.early_matches().filter(|early| early.rules == self.sigma.fingerprint() && early.source == source);
+        let early = event.extra.early_matches().filter(|early| early.rules == self.sigma.fingerprint());
         let matched = match early {
             Some(early) => early.matched.clone(),
             None => self.sigma.matched(&self.for_source(source), record),

@@ -32,11 +32,11 @@ use std::sync::{Arc, Mutex};
 use smallvec::SmallVec;
 
 use crate::detect::sigma::{FieldName, RecordView, SigmaRule};
-use crate::event::{EarlyMatches, Event, Text};
+use crate::event::{EarlyMatches, Event, Text, Time};
 use crate::ingest::partition::EarlyMatching;
 
 /// Sigma rules in an order, with the fingerprint of that order and their texts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SigmaSet {
     fingerprint: u128,
     rules: Vec<SigmaRule>,
@@ -77,6 +77,12 @@ impl RulesByValue {
             _ => self.rules.get(crate::event::lower_case(text.into()).as_ref()),
         };
         found.map_or(&[], Vec::as_slice)
+    }
+}
+
+impl Default for SigmaSet {
+    fn default() -> Self {
+        SigmaSet::new(Vec::new())
     }
 }
 
@@ -161,7 +167,8 @@ pub struct LatestSigmaSet {
     id: u64,
     /// How many sets were published (0: none yet).
     generation: AtomicU64,
-    set: Mutex<Option<Arc<SigmaSet>>>,
+    /// The latest set, with the time of the event it was built for.
+    set: Mutex<Option<(Arc<SigmaSet>, Time)>>,
 }
 
 /// Names each [`LatestSigmaSet`] of the process.
@@ -185,13 +192,19 @@ impl LatestSigmaSet {
         Arc::new(LatestSigmaSet { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), generation: AtomicU64::new(0), set: Mutex::new(None) })
     }
 
-    /// Makes `set` the latest (nothing changes when the latest has its fingerprint).
-    pub fn publish(&self, set: &Arc<SigmaSet>) {
+    /// Makes `set`, built for an event at `time`, the latest, unless the latest was built for a
+    /// later event (a worker behind the others) or has its fingerprint.
+    pub fn publish(&self, set: &Arc<SigmaSet>, time: Time) {
         let mut latest = self.set.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if latest.as_ref().is_some_and(|known| known.fingerprint == set.fingerprint) {
-            return;
+        match latest.as_mut() {
+            Some((known, at)) if known.fingerprint == set.fingerprint => {
+                *at = (*at).max(time);
+                return;
+            }
+            Some((_, at)) if *at > time => return,
+            _ => {}
         }
-        *latest = Some(Arc::clone(set));
+        *latest = Some((Arc::clone(set), time));
         self.generation.fetch_add(1, Ordering::Release);
     }
 
@@ -204,7 +217,7 @@ impl LatestSigmaSet {
         if cached.as_ref().is_some_and(|c| (c.id, c.generation) == (self.id, generation)) {
             return true;
         }
-        let latest = self.set.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let latest = self.set.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref().map(|(set, _)| Arc::clone(set));
         *cached = latest.map(|set| Cached { id: self.id, generation, set, sources: Vec::new() });
         cached.is_some()
     }
@@ -229,7 +242,7 @@ impl EarlyMatching for LatestSigmaSet {
             };
             let (set, of_source) = (&cached.set, &cached.sources[slot].1);
             let matched = set.matched(of_source, &RecordView::of_fields(&event.extra));
-            Some(EarlyMatches { rules: set.fingerprint, source: source.clone(), matched })
+            Some(EarlyMatches { rules: set.fingerprint, matched })
         })
     }
 }
@@ -258,6 +271,23 @@ mod tests {
         assert_eq!(fields(&either), [("eventName", vec!["getobject", "listbuckets"])]);
         assert!(rule("  sel: {eventName|startswith: Get}\n  condition: sel").requirements().is_empty());
         assert!(rule("  sel: {eventName: Get}\n  condition: not sel").requirements().is_empty());
+    }
+
+    /// The latest set is the one built for the latest event: a worker behind the others does not
+    /// put back an older one.
+    #[test]
+    fn the_latest_set_is_the_one_for_the_latest_event() {
+        let older = Arc::new(SigmaSet::new(vec![rule("  sel: {eventName: A}\n  condition: sel")]));
+        let newer = Arc::new(SigmaSet::new(vec![rule("  sel: {eventName: B}\n  condition: sel")]));
+        let latest = LatestSigmaSet::new();
+        let published = || latest.set.lock().ok().and_then(|set| set.as_ref().map(|(set, at)| (set.fingerprint(), *at)));
+        latest.publish(&older, 5);
+        latest.publish(&newer, 10);
+        latest.publish(&older, 7);
+        assert_eq!(published(), Some((newer.fingerprint(), 10)));
+        latest.publish(&newer, 12);
+        assert_eq!(published(), Some((newer.fingerprint(), 12)));
+        assert_eq!(latest.generation.load(Ordering::Relaxed), 2);
     }
 
     /// A rule is indexed by the required field most of the source's rules have, so that a record's
