@@ -193,11 +193,24 @@ impl HeldRecord {
         HeldRecord { text: None, parsed: std::sync::OnceLock::from(record), early: None }
     }
 
-    /// The parsed record: kept, or made from the text, which parsed into an object when the
-    /// record was decoded and so does again.
+    /// The parsed record: kept, or made from the text.
     fn tagged(&self) -> &TaggedRecord {
-        self.parsed.get_or_init(|| TaggedRecord::of(sonic_rs::from_str(self.text.as_deref().unwrap_or("{}")).unwrap_or_default()))
+        self.parsed.get_or_init(|| TaggedRecord::of(reparsed(self.text.as_deref())))
     }
+
+    /// The record itself: kept, or made from the text.
+    fn into_record(self) -> Record {
+        match self.parsed.into_inner() {
+            Some(tagged) => tagged.into_owner(),
+            None => reparsed(self.text.as_deref()),
+        }
+    }
+}
+
+/// A settled record's text parsed again: it parsed into an object when the record was decoded,
+/// and so does again.
+fn reparsed(text: Option<&str>) -> Record {
+    sonic_rs::from_str(text.unwrap_or("{}")).unwrap_or_default()
 }
 
 /// The Sigma rules a provider's record matched when it was decoded, while it was still in the
@@ -329,13 +342,7 @@ impl Fields {
     /// of the same name; the record is copied only when another event still shares it.
     pub fn insert(&mut self, name: &str, value: Record) {
         let mut record = match self.0.take() {
-            Some(held) => match std::sync::Arc::try_unwrap(held) {
-                Ok(mut owned) => match owned.parsed.take() {
-                    Some(tagged) => tagged.into_owner(),
-                    None => owned.tagged().borrow_owner().clone(),
-                },
-                Err(shared) => shared.tagged().borrow_owner().clone(),
-            },
+            Some(held) => std::sync::Arc::try_unwrap(held).map_or_else(|shared| shared.tagged().borrow_owner().clone(), HeldRecord::into_record),
             None => sonic_rs::Object::new().into_value(),
         };
         if let Some(object) = record.as_object_mut() {
@@ -868,6 +875,27 @@ mod tests {
         assert_eq!(e.field("risk").as_deref(), Some("{\"a\":1}"));
         let again = parse_event(e.to_json().as_bytes(), DEFAULT_MAX_RECORD_BYTES).unwrap();
         assert_eq!(again, e);
+    }
+
+    /// A settled record keeps its early matches and reads as before from its text; a field
+    /// inserted (enrichment) keeps the others and drops the matches, made for the record before.
+    #[test]
+    fn settled_fields_read_and_change_as_parsed_ones() {
+        let text = r#"{"eventName":"GetObject","n":1}"#;
+        let parsed = || Fields::of_record(sonic_rs::from_str(text).unwrap());
+        let early = EarlyMatches { rules: 7, matched: smallvec::smallvec![2] };
+        let mut settled = parsed();
+        settled.settle(text, early.clone());
+        assert_eq!(settled.early_matches(), Some(&early));
+        assert_eq!(settled.pairs(), parsed().pairs());
+        assert_eq!(settled.get("n").and_then(|v| v.as_u64()), Some(1));
+        let mut unread = parsed();
+        unread.settle(text, early);
+        for fields in [&mut settled, &mut unread] {
+            fields.insert("enrichment", sonic_rs::json!({"asn": 3}));
+            assert_eq!(fields.early_matches(), None);
+            assert_eq!(fields.pairs(), [("enrichment", r#"{"asn":3}"#.to_string()), ("eventName", "\"GetObject\"".to_string()), ("n", "1".to_string())]);
+        }
     }
 
     #[test]
